@@ -1,0 +1,89 @@
+//! The domain's errors. `vault-server`'s `status.rs` is the one place that maps them to gRPC
+//! status codes; messages here never contain a PAN, a key, or the value of a bad input.
+
+use crate::policy::Operation;
+
+/// A request field that failed validation. The message names the field and the rule it broke,
+/// never the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidArgument {
+    /// The request field, as the API spells it.
+    pub field: &'static str,
+    /// What is wrong with it, in words that hold no part of the input.
+    pub problem: &'static str,
+}
+
+/// Why a vault operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A request field is malformed.
+    #[error(transparent)]
+    InvalidArgument(#[from] InvalidArgument),
+    /// The caller's policy does not grant this operation for this merchant.
+    #[error("caller may not {operation} for this merchant")]
+    PermissionDenied {
+        /// The operation that was refused.
+        operation: Operation,
+    },
+    /// No such token for this merchant.
+    #[error("token not found")]
+    NotFound,
+    /// Stored card data or a wrapped key failed authentication: it was altered, moved to another
+    /// row or merchant, or is under another key. No plaintext is released.
+    #[error("stored card data failed its integrity check")]
+    Integrity,
+    /// The key-encryption key could not be reached or used.
+    #[error("key service unavailable: {0}")]
+    KeyUnavailable(String),
+    /// The store could not be reached or refused the operation.
+    #[error("storage unavailable: {0}")]
+    StoreUnavailable(String),
+    /// The audit record could not be written, so the call is refused (fail closed).
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
+    /// Every token drawn for this card collided with an existing one (only possible for
+    /// PAN_SHAPED tokens of short PANs, whose random middle is a few digits).
+    #[error("no free token left for this card's BIN and last four digits")]
+    TokenSpaceExhausted,
+}
+
+/// Errors a [`crate::ports::TokenStore`] reports.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, timed out, or failed the statement.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A stored row could not be read back into domain types.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Errors a [`crate::ports::KeyEncryptionKey`] reports.
+#[derive(Debug, thiserror::Error)]
+pub enum KekError {
+    /// The KEK backend could not be reached or used.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A wrapped key failed authentication under the KEK.
+    #[error("wrapped key failed authentication")]
+    Integrity,
+}
+
+impl From<KekError> for VaultError {
+    fn from(err: KekError) -> Self {
+        match err {
+            KekError::Unavailable(detail) => Self::KeyUnavailable(detail),
+            KekError::Integrity => Self::Integrity,
+        }
+    }
+}
+
+impl From<StoreError> for VaultError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(detail) => Self::StoreUnavailable(detail),
+            StoreError::Corrupt(_) => Self::Integrity,
+        }
+    }
+}

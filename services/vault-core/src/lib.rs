@@ -1,0 +1,23 @@
+//! The card vault's domain: types, policy, use cases and the ports they need.
+//!
+//! Invariants this crate keeps:
+//! - It does no I/O and knows nothing of gRPC, SQL, TLS or configuration files. Adapters
+//!   implement [`ports::TokenStore`] and [`ports::KeyEncryptionKey`].
+//! - No type here prints a PAN: [`pan::Pan`] and [`vault::TokenizeCommand`] have redacted
+//!   `Debug`, and no error message carries an input value.
+//! - Every use case in [`vault::Vault`] writes exactly one audit record, and fails closed if it
+//!   cannot.
+
+pub mod audit;
+pub mod error;
+pub mod expiry;
+pub mod ids;
+pub mod pan;
+pub mod policy;
+pub mod ports;
+pub mod reason;
+pub mod token;
+pub mod vault;
+
+pub use error::{InvalidArgument, KekError, StoreError, VaultError};
+pub use vault::Vault;

@@ -1,0 +1,210 @@
+//! The ports the use cases need from the outside world: a store and a key-encryption key.
+//! Adapters live in other crates (`vault-store`, `vault-kms`); this crate knows no SQL and no
+//! key backend.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use vault_crypto::{FINGERPRINT_LEN, KeyMaterial, Sealed};
+
+use crate::audit::AuditRecord;
+use crate::error::{KekError, StoreError};
+use crate::expiry::Expiry;
+use crate::ids::MerchantId;
+use crate::pan::Brand;
+use crate::token::{Token, TokenFormat};
+
+/// What a key is for. Part of the associated data its wrapping is bound to, so a wrapped DEK
+/// can never be unwrapped as a fingerprint key or the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyPurpose {
+    /// Encrypts PANs (AES-256-GCM).
+    Dek,
+    /// Keys fingerprints (HMAC-SHA256).
+    Fingerprint,
+}
+
+impl KeyPurpose {
+    /// The purpose's name as the store spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dek => "dek",
+            Self::Fingerprint => "fingerprint",
+        }
+    }
+
+    /// The purpose named `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Dek, Self::Fingerprint]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
+/// The context a wrapped key is bound to: KEK backends authenticate it as associated data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyContext {
+    /// The merchant the key belongs to.
+    pub merchant: MerchantId,
+    /// What the key is for.
+    pub purpose: KeyPurpose,
+    /// The key's version, from 1.
+    pub version: u32,
+}
+
+impl KeyContext {
+    /// Associated data for wrapping this key: label, merchant, purpose and version.
+    #[must_use]
+    pub fn associated_data(&self) -> Vec<u8> {
+        vault_crypto::associated_data(
+            "vault.key.v1",
+            &[
+                self.merchant.as_str().as_bytes(),
+                self.purpose.as_str().as_bytes(),
+                &self.version.to_be_bytes(),
+            ],
+        )
+    }
+}
+
+/// A key as the store holds it: wrapped by a KEK, never in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Whose key, what for, which version.
+    pub context: KeyContext,
+    /// Which KEK wrapped it (backend and key id), as the KEK reports it.
+    pub kek_id: String,
+    /// The wrapped bytes, opaque to everyone but the KEK.
+    pub wrapped: Vec<u8>,
+}
+
+/// A merchant's current keys, wrapped: the newest DEK and the fingerprint key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantKeySet {
+    /// The DEK new PANs are encrypted under.
+    pub dek: WrappedKey,
+    /// The fingerprint key (one per merchant; it never rotates, so dedup stays stable).
+    pub fingerprint: WrappedKey,
+}
+
+/// The non-sensitive facts about a tokenized card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardMetadata {
+    /// The card brand.
+    pub brand: Brand,
+    /// The first six digits.
+    pub bin: String,
+    /// The last four digits.
+    pub last4: String,
+    /// The number of digits.
+    pub pan_length: u8,
+    /// The expiry, if one was given.
+    pub expiry: Option<Expiry>,
+    /// When the token was created, UTC.
+    pub created_at: OffsetDateTime,
+    /// The token's format.
+    pub format: TokenFormat,
+}
+
+/// A token and its encrypted card, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The token.
+    pub token: Token,
+    /// Its merchant.
+    pub merchant: MerchantId,
+    /// HMAC-SHA256 of the PAN under the merchant's fingerprint key.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+    /// The DEK version the PAN is encrypted under.
+    pub dek_version: u32,
+    /// The PAN, sealed with AES-256-GCM bound to merchant, token and DEK version.
+    pub sealed: Sealed,
+    /// Non-sensitive metadata.
+    pub metadata: CardMetadata,
+}
+
+/// How an attempt to insert a token ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The token, and its audit record, are durable.
+    Inserted,
+    /// The token string is already taken (by any merchant): draw another.
+    TokenTaken,
+    /// The merchant already has a token of this format for this fingerprint (a concurrent
+    /// tokenize of the same card won the race): return that one.
+    FingerprintTaken,
+}
+
+/// Durable storage for tokens, keys and audit records.
+///
+/// Implementations enforce uniqueness with constraints, not application locks: a token string
+/// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
+/// (merchant, purpose, version) at most one key.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// The merchant's newest DEK and its fingerprint key, if it has any.
+    async fn merchant_keys(&self, merchant: &MerchantId)
+    -> Result<Option<MerchantKeySet>, StoreError>;
+
+    /// Stores a merchant's first keys. If another caller stored them first, this does nothing
+    /// and returns `Ok(false)`; the caller then reads back the winner's keys.
+    async fn create_merchant_keys(&self, keys: &MerchantKeySet) -> Result<bool, StoreError>;
+
+    /// One version of a merchant's DEK.
+    async fn data_key(
+        &self,
+        merchant: &MerchantId,
+        version: u32,
+    ) -> Result<Option<WrappedKey>, StoreError>;
+
+    /// The merchant's token of `format` for this fingerprint, if any.
+    async fn token_by_fingerprint(
+        &self,
+        merchant: &MerchantId,
+        fingerprint: &[u8; FINGERPRINT_LEN],
+        format: TokenFormat,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Inserts a token and its audit record in one transaction: both are durable, or neither.
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// The merchant's token, if it exists.
+    async fn token(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Deletes the merchant's token and writes `audit` in one transaction. Returns `Ok(false)`,
+    /// having written nothing, if there was no such token.
+    async fn delete_token(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// Appends an audit record and returns once it is durable.
+    async fn append_audit(&self, audit: &AuditRecord) -> Result<(), StoreError>;
+}
+
+/// A key-encryption key: wraps and unwraps DEKs and fingerprint keys, binding each to its
+/// [`KeyContext`]. It never hands out its own key material.
+#[async_trait]
+pub trait KeyEncryptionKey: Send + Sync {
+    /// Names the backend and key, e.g. `danger-local-file:3f2a9c01`; stored beside every key it
+    /// wraps.
+    fn kek_id(&self) -> &str;
+
+    /// Wraps `key`, bound to `context`.
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError>;
+
+    /// Unwraps a key wrapped under `context`. Fails with [`KekError::Integrity`] if the bytes
+    /// or the context differ from what was wrapped.
+    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError>;
+}

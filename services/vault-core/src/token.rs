@@ -1,0 +1,217 @@
+//! Tokens: the two formats, generation, and parsing of tokens callers send back.
+
+use std::fmt;
+
+use crate::error::InvalidArgument;
+use crate::pan::{MAX_PAN_DIGITS, MIN_PAN_DIGITS, Pan, luhn_sum, luhn_valid};
+
+/// Prefix of every RANDOM token.
+pub const RANDOM_PREFIX: &str = "tok_";
+/// Base62 characters after the prefix of a RANDOM token: 22 x log2(62) = 131 random bits.
+pub const RANDOM_CHARS: usize = 22;
+const MAX_RANDOM_CHARS: usize = 64;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const DIGITS: &[u8] = b"0123456789";
+
+/// The shape of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TokenFormat {
+    /// `tok_` and 22 base62 characters from the CSPRNG. Reveals nothing.
+    #[default]
+    Random,
+    /// The PAN's length, its first 6 and last 4 digits, random digits between, and always
+    /// failing the Luhn check.
+    PanShaped,
+}
+
+impl TokenFormat {
+    /// The format's name as the store spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::PanShaped => "pan_shaped",
+        }
+    }
+
+    /// The format named `name`, as [`TokenFormat::as_str`] spells it.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Random, Self::PanShaped]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+}
+
+/// A token this vault issues: either format, checked for shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Token(String);
+
+impl Token {
+    /// Parses a token a caller sent. A digit string that passes the Luhn check is refused: no
+    /// PAN_SHAPED token passes it, so it can only be a card number sent by mistake, and it must
+    /// not reach the audit log.
+    ///
+    /// # Errors
+    /// An [`InvalidArgument`] naming `field`.
+    pub fn parse(field: &'static str, input: &str) -> Result<Self, InvalidArgument> {
+        let invalid = |problem| InvalidArgument { field, problem };
+        if input.is_empty() {
+            return Err(invalid("is required"));
+        }
+        if let Some(rest) = input.strip_prefix(RANDOM_PREFIX) {
+            if (RANDOM_CHARS..=MAX_RANDOM_CHARS).contains(&rest.len())
+                && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Ok(Self(input.to_owned()));
+            }
+            return Err(invalid("is not a token this vault issues"));
+        }
+        if (MIN_PAN_DIGITS..=MAX_PAN_DIGITS).contains(&input.len())
+            && input.bytes().all(|b| b.is_ascii_digit())
+        {
+            if luhn_valid(input) {
+                return Err(invalid("is a card number, not a token"));
+            }
+            return Ok(Self(input.to_owned()));
+        }
+        Err(invalid("is not a token this vault issues"))
+    }
+
+    /// A fresh token of `format` for `pan`. Uniqueness is the store's job: a collision is retried
+    /// by the caller of this function.
+    #[must_use]
+    pub fn generate(format: TokenFormat, pan: &Pan) -> Self {
+        match format {
+            TokenFormat::Random => Self::random(),
+            TokenFormat::PanShaped => Self::pan_shaped(pan),
+        }
+    }
+
+    fn random() -> Self {
+        let mut out = String::with_capacity(RANDOM_PREFIX.len() + RANDOM_CHARS);
+        out.push_str(RANDOM_PREFIX);
+        push_uniform(&mut out, RANDOM_CHARS, BASE62);
+        Self(out)
+    }
+
+    fn pan_shaped(pan: &Pan) -> Self {
+        let middle_len = pan.len().saturating_sub(10);
+        let mut out = String::with_capacity(pan.len());
+        out.push_str(pan.bin());
+        push_uniform(&mut out, middle_len, DIGITS);
+        out.push_str(pan.last4());
+        // If the digits happen to pass the Luhn check, move the last random digit on by one:
+        // every change of one digit changes the Luhn sum mod 10, so the result fails it.
+        if luhn_sum(&out).is_some_and(|sum| sum % 10 == 0) {
+            let at = 6 + middle_len - 1;
+            if let Some(d) = out.get(at..=at).and_then(|d| d.bytes().next()) {
+                let bumped = char::from(b'0' + (d - b'0' + 1) % 10);
+                out.replace_range(at..=at, bumped.encode_utf8(&mut [0; 4]));
+            }
+        }
+        Self(out)
+    }
+
+    /// Reads back a token the store holds, checking its shape like [`Token::parse`].
+    ///
+    /// # Errors
+    /// An [`InvalidArgument`] for the field `token` if the stored value is not a token.
+    pub fn from_stored(value: &str) -> Result<Self, InvalidArgument> {
+        Self::parse("token", value)
+    }
+
+    /// The token as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Appends `count` characters drawn uniformly from `alphabet` (at most 256 characters) with the
+/// CSPRNG. Rejection sampling: bytes at or above the largest multiple of the alphabet's size
+/// are thrown away, so no character is more likely than another.
+fn push_uniform(out: &mut String, count: usize, alphabet: &[u8]) {
+    let size = alphabet.len();
+    let limit = 256 - 256 % size;
+    let mut pushed = 0;
+    let mut pool = [0u8; 32];
+    while pushed < count {
+        rand::fill(&mut pool[..]);
+        for b in pool.iter().map(|b| usize::from(*b)).filter(|b| *b < limit) {
+            if pushed == count {
+                break;
+            }
+            if let Some(c) = alphabet.get(b % size) {
+                out.push(char::from(*c));
+                pushed += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pan::Brand;
+
+    #[test]
+    fn random_tokens_have_their_shape_and_differ() {
+        let pan = Pan::parse("pan", "4111111111111111").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let token = Token::generate(TokenFormat::Random, &pan);
+            assert_eq!(token.as_str().len(), 4 + RANDOM_CHARS);
+            assert!(token.as_str().starts_with("tok_"));
+            assert_eq!(Token::parse("token", token.as_str()).unwrap(), token);
+            assert!(seen.insert(token));
+        }
+    }
+
+    #[test]
+    fn pan_shaped_tokens_keep_bin_last4_length_and_fail_luhn() {
+        for pan in ["4111111111111111", "378282246310005", "30569309025904", "411111111117"] {
+            let pan = Pan::parse("pan", pan).unwrap();
+            for _ in 0..2_000 {
+                let token = Token::generate(TokenFormat::PanShaped, &pan);
+                let t = token.as_str();
+                assert_eq!(t.len(), pan.len());
+                assert_eq!(&t[..6], pan.bin());
+                assert_eq!(&t[t.len() - 4..], pan.last4());
+                assert!(t.bytes().all(|b| b.is_ascii_digit()));
+                assert!(!luhn_valid(t), "{t}");
+                assert_eq!(Brand::of(t), pan.brand());
+                assert_eq!(Token::parse("token", t).unwrap(), token);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_refuses_card_numbers_and_junk() {
+        for bad in [
+            "",
+            "4111111111111111",
+            "tok_short",
+            "tok_!!!!!!!!!!!!!!!!!!!!!!!!",
+            "hello",
+            "41111111111",
+        ] {
+            let err = Token::parse("token", bad).unwrap_err();
+            assert_eq!(err.field, "token");
+            assert!(!err.to_string().chars().any(|c| c.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn formats_round_trip_their_names() {
+        for f in [TokenFormat::Random, TokenFormat::PanShaped] {
+            assert_eq!(TokenFormat::from_name(f.as_str()), Some(f));
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The use cases: tokenize, detokenize, read metadata, delete. Each validates its request into
+//! domain types, checks the policy, does the work through the ports, and writes exactly one
+//! audit record, allowed or denied. A call whose audit record cannot be written fails with
+//! [`VaultError::AuditUnavailable`] and releases nothing (fail closed).
+
+use std::fmt;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use vault_crypto::{AeadKey, FINGERPRINT_LEN, FingerprintKey, KeyMaterial};
+use zeroize::Zeroizing;
+
+use crate::audit::AuditRecord;
+use crate::error::{InvalidArgument, VaultError};
+use crate::expiry::Expiry;
+use crate::ids::{CallContext, MerchantId};
+use crate::pan::Pan;
+use crate::policy::{Operation, Policy};
+use crate::ports::{
+    CardMetadata, InsertOutcome, KeyContext, KeyEncryptionKey, KeyPurpose, MerchantKeySet,
+    TokenRecord, TokenStore, WrappedKey,
+};
+use crate::reason::Reason;
+use crate::token::{Token, TokenFormat};
+
+/// How many tokens to draw for one card before giving up on collisions.
+const MAX_TOKEN_ATTEMPTS: usize = 16;
+
+/// A Tokenize request as the transport received it, not yet validated.
+pub struct TokenizeCommand {
+    /// The merchant id, unparsed.
+    pub merchant_id: String,
+    /// The card number, unparsed; zeroized on drop.
+    pub pan: Zeroizing<String>,
+    /// Expiry month, if given.
+    pub exp_month: Option<u32>,
+    /// Expiry year, if given.
+    pub exp_year: Option<u32>,
+    /// The requested format; `None` when the request named a format this vault does not know.
+    pub format: Option<TokenFormat>,
+}
+
+impl fmt::Debug for TokenizeCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenizeCommand")
+            .field("merchant_id", &self.merchant_id)
+            .field("pan", &"<redacted>")
+            .field("exp_month", &self.exp_month)
+            .field("exp_year", &self.exp_year)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// A request that names a merchant's token (Detokenize, metadata, delete), not yet validated.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCommand {
+    /// The merchant id, unparsed.
+    pub merchant_id: String,
+    /// The token, unparsed.
+    pub token: String,
+    /// The reason, unparsed (Detokenize only).
+    pub reason: String,
+}
+
+/// The result of a tokenize.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    /// The token.
+    pub token: Token,
+    /// The card's fingerprint for this merchant.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+    /// The card's metadata.
+    pub metadata: CardMetadata,
+    /// True if the card was already tokenized and its existing token is returned.
+    pub existing: bool,
+}
+
+/// The result of a detokenize. `Pan`'s `Debug` is redacted.
+#[derive(Debug)]
+pub struct Detokenized {
+    /// The card number.
+    pub pan: Pan,
+    /// Its expiry, if one was stored.
+    pub expiry: Option<Expiry>,
+}
+
+/// A use case's result, and whether its audit record is already durable (written in the same
+/// transaction as the data) or still to be written.
+struct Done<T> {
+    value: T,
+    audited: bool,
+}
+
+impl<T> Done<T> {
+    fn audited(value: T) -> Self {
+        Self {
+            value,
+            audited: true,
+        }
+    }
+
+    fn pending(value: T) -> Self {
+        Self {
+            value,
+            audited: false,
+        }
+    }
+}
+
+/// A merchant's unwrapped current keys.
+struct MerchantKeys {
+    dek_version: u32,
+    dek: AeadKey,
+    fingerprint: FingerprintKey,
+}
+
+/// The vault's use cases over a store, a KEK and a policy.
+#[derive(Clone)]
+pub struct Vault {
+    store: Arc<dyn TokenStore>,
+    kek: Arc<dyn KeyEncryptionKey>,
+    policy: Arc<Policy>,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("kek", &self.kek.kek_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// A vault over these ports.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        kek: Arc<dyn KeyEncryptionKey>,
+        policy: Arc<Policy>,
+    ) -> Self {
+        Self { store, kek, policy }
+    }
+
+    /// Swaps a PAN for a token; returns the existing token if the merchant already has one for
+    /// this card in this format. The token and its audit record commit in one transaction.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; the call is audited either way.
+    pub async fn tokenize(
+        &self,
+        ctx: &CallContext,
+        command: TokenizeCommand,
+    ) -> Result<Tokenized, VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::Tokenize);
+        let result = self.tokenize_audited(&mut audit, command).await;
+        self.conclude(audit, result).await
+    }
+
+    /// Swaps a token back for its PAN. The audit record is durable before the PAN is returned.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; the call is audited either way.
+    pub async fn detokenize(
+        &self,
+        ctx: &CallContext,
+        command: TokenCommand,
+    ) -> Result<Detokenized, VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::Detokenize);
+        let result = self.detokenize_audited(&mut audit, command).await;
+        self.conclude(audit, result).await
+    }
+
+    /// A token's non-sensitive metadata.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; the call is audited either way.
+    pub async fn metadata(
+        &self,
+        ctx: &CallContext,
+        command: TokenCommand,
+    ) -> Result<CardMetadata, VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::Metadata);
+        let result = async {
+            let (merchant, token) = Self::parse_token_command(&mut audit, &command)?;
+            self.authorize(&audit, Operation::Metadata, &merchant)?;
+            let record = self
+                .store
+                .token(&merchant, &token)
+                .await?
+                .ok_or(VaultError::NotFound)?;
+            Ok(Done::pending(record.metadata))
+        }
+        .await;
+        self.conclude(audit, result).await
+    }
+
+    /// Deletes a token and its encrypted PAN; the deletion and its audit record commit together.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; the call is audited either way.
+    pub async fn delete(&self, ctx: &CallContext, command: TokenCommand) -> Result<(), VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::Delete);
+        let result = async {
+            let (merchant, token) = Self::parse_token_command(&mut audit, &command)?;
+            self.authorize(&audit, Operation::Delete, &merchant)?;
+            if self.store.delete_token(&merchant, &token, &audit).await? {
+                Ok(Done::audited(()))
+            } else {
+                Err(VaultError::NotFound)
+            }
+        }
+        .await;
+        self.conclude(audit, result).await
+    }
+
+    async fn tokenize_audited(
+        &self,
+        audit: &mut AuditRecord,
+        command: TokenizeCommand,
+    ) -> Result<Done<Tokenized>, VaultError> {
+        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        audit.merchant = Some(merchant.clone());
+        let pan = Pan::parse("pan", &command.pan)?;
+        let expiry = Expiry::parse(command.exp_month, command.exp_year)?;
+        let format = command.format.ok_or(InvalidArgument {
+            field: "token_format",
+            problem: "is not a format this vault knows",
+        })?;
+        self.authorize(audit, Operation::Tokenize, &merchant)?;
+
+        let keys = self.current_keys(&merchant).await?;
+        let fingerprint = keys.fingerprint.fingerprint(pan.expose_digits().as_bytes());
+        if let Some(found) = self
+            .store
+            .token_by_fingerprint(&merchant, &fingerprint, format)
+            .await?
+        {
+            return Ok(Done::pending(Self::existing(audit, found)));
+        }
+
+        let metadata = CardMetadata {
+            brand: pan.brand(),
+            bin: pan.bin().to_owned(),
+            last4: pan.last4().to_owned(),
+            pan_length: u8::try_from(pan.len()).unwrap_or(u8::MAX),
+            expiry,
+            created_at: now(),
+            format,
+        };
+        for _ in 0..MAX_TOKEN_ATTEMPTS {
+            let token = Token::generate(format, &pan);
+            let aad = pan_associated_data(&merchant, &token, keys.dek_version);
+            let record = TokenRecord {
+                sealed: keys.dek.seal(&aad, pan.expose_digits().as_bytes()),
+                token: token.clone(),
+                merchant: merchant.clone(),
+                fingerprint,
+                dek_version: keys.dek_version,
+                metadata: metadata.clone(),
+            };
+            audit.token = Some(token);
+            match self.store.insert_token(&record, audit).await? {
+                InsertOutcome::Inserted => {
+                    return Ok(Done::audited(Tokenized {
+                        token: record.token,
+                        fingerprint,
+                        metadata: record.metadata,
+                        existing: false,
+                    }));
+                }
+                InsertOutcome::TokenTaken => {}
+                InsertOutcome::FingerprintTaken => {
+                    // A concurrent tokenize of the same card committed first: return its token.
+                    let winner = self
+                        .store
+                        .token_by_fingerprint(&merchant, &fingerprint, format)
+                        .await?
+                        .ok_or_else(|| {
+                            VaultError::StoreUnavailable(
+                                "token for a taken fingerprint not found".to_owned(),
+                            )
+                        })?;
+                    return Ok(Done::pending(Self::existing(audit, winner)));
+                }
+            }
+        }
+        audit.token = None;
+        Err(VaultError::TokenSpaceExhausted)
+    }
+
+    fn existing(audit: &mut AuditRecord, found: TokenRecord) -> Tokenized {
+        audit.token = Some(found.token.clone());
+        audit.detail = Some("existing");
+        Tokenized {
+            token: found.token,
+            fingerprint: found.fingerprint,
+            metadata: found.metadata,
+            existing: true,
+        }
+    }
+
+    async fn detokenize_audited(
+        &self,
+        audit: &mut AuditRecord,
+        command: TokenCommand,
+    ) -> Result<Done<Detokenized>, VaultError> {
+        let (merchant, token) = Self::parse_token_command(audit, &command)?;
+        audit.reason = Some(Reason::parse("reason", &command.reason)?);
+        self.authorize(audit, Operation::Detokenize, &merchant)?;
+
+        let record = self
+            .store
+            .token(&merchant, &token)
+            .await?
+            .ok_or(VaultError::NotFound)?;
+        // A row moved to another merchant finds that merchant's key (or none), and its
+        // associated data names the original merchant and token: either way it cannot open.
+        let wrapped = self
+            .store
+            .data_key(&merchant, record.dek_version)
+            .await?
+            .ok_or(VaultError::Integrity)?;
+        let dek = AeadKey::new(&self.unwrap_key(&wrapped).await?);
+        let aad = pan_associated_data(&merchant, &token, record.dek_version);
+        let digits = dek
+            .open(&aad, &record.sealed.nonce, &record.sealed.ciphertext)
+            .map_err(|_| VaultError::Integrity)?;
+        let digits = std::str::from_utf8(&digits).map_err(|_| VaultError::Integrity)?;
+        let pan = Pan::parse("pan", digits).map_err(|_| VaultError::Integrity)?;
+        Ok(Done::pending(Detokenized {
+            pan,
+            expiry: record.metadata.expiry,
+        }))
+    }
+
+    fn parse_token_command(
+        audit: &mut AuditRecord,
+        command: &TokenCommand,
+    ) -> Result<(MerchantId, Token), VaultError> {
+        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        audit.merchant = Some(merchant.clone());
+        let token = Token::parse("token", &command.token)?;
+        audit.token = Some(token.clone());
+        Ok((merchant, token))
+    }
+
+    fn authorize(
+        &self,
+        audit: &AuditRecord,
+        operation: Operation,
+        merchant: &MerchantId,
+    ) -> Result<(), VaultError> {
+        if self.policy.allows(&audit.caller, operation, merchant) {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied { operation })
+        }
+    }
+
+    /// Writes the audit record unless it is already durable, then releases the result. If the
+    /// record cannot be written, nothing is released.
+    async fn conclude<T>(
+        &self,
+        audit: AuditRecord,
+        result: Result<Done<T>, VaultError>,
+    ) -> Result<T, VaultError> {
+        match result {
+            Ok(Done {
+                value,
+                audited: true,
+            }) => Ok(value),
+            Ok(Done {
+                value,
+                audited: false,
+            }) => match self.store.append_audit(&audit).await {
+                Ok(()) => Ok(value),
+                Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
+            },
+            Err(error) => {
+                let audit = audit.failed(&error);
+                match self.store.append_audit(&audit).await {
+                    Ok(()) => Err(error),
+                    Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The merchant's current keys, creating them on its first use. Two replicas creating them
+    /// at once is settled by the store's uniqueness constraint: the loser reads the winner's.
+    async fn current_keys(&self, merchant: &MerchantId) -> Result<MerchantKeys, VaultError> {
+        let set = match self.store.merchant_keys(merchant).await? {
+            Some(set) => set,
+            None => {
+                let fresh = self.new_key_set(merchant).await?;
+                self.store.create_merchant_keys(&fresh).await?;
+                self.store.merchant_keys(merchant).await?.ok_or_else(|| {
+                    VaultError::StoreUnavailable("merchant keys missing after creation".to_owned())
+                })?
+            }
+        };
+        Ok(MerchantKeys {
+            dek_version: set.dek.context.version,
+            dek: AeadKey::new(&self.unwrap_key(&set.dek).await?),
+            fingerprint: FingerprintKey::new(&self.unwrap_key(&set.fingerprint).await?),
+        })
+    }
+
+    async fn new_key_set(&self, merchant: &MerchantId) -> Result<MerchantKeySet, VaultError> {
+        let wrap = async |purpose| {
+            let context = KeyContext {
+                merchant: merchant.clone(),
+                purpose,
+                version: 1,
+            };
+            let wrapped = self.kek.wrap(&context, &KeyMaterial::generate()).await?;
+            Ok::<_, VaultError>(WrappedKey {
+                context,
+                kek_id: self.kek.kek_id().to_owned(),
+                wrapped,
+            })
+        };
+        Ok(MerchantKeySet {
+            dek: wrap(KeyPurpose::Dek).await?,
+            fingerprint: wrap(KeyPurpose::Fingerprint).await?,
+        })
+    }
+
+    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<KeyMaterial, VaultError> {
+        if wrapped.kek_id != self.kek.kek_id() {
+            return Err(VaultError::KeyUnavailable(format!(
+                "key is wrapped by kek {} but this vault is configured with {}",
+                wrapped.kek_id,
+                self.kek.kek_id()
+            )));
+        }
+        Ok(self.kek.unwrap(&wrapped.context, &wrapped.wrapped).await?)
+    }
+}
+
+/// Associated data for a PAN ciphertext: it binds merchant, token and DEK version, so a
+/// ciphertext copied to another row, merchant or key version never opens.
+#[must_use]
+pub fn pan_associated_data(merchant: &MerchantId, token: &Token, dek_version: u32) -> Vec<u8> {
+    vault_crypto::associated_data(
+        "vault.pan.v1",
+        &[
+            merchant.as_str().as_bytes(),
+            token.as_str().as_bytes(),
+            &dek_version.to_be_bytes(),
+        ],
+    )
+}
+
+/// Now, UTC, truncated to whole microseconds (what every store keeps).
+#[must_use]
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
