@@ -76,7 +76,9 @@ impl Pan {
     /// The last four digits, which PCI DSS 3.4.1 allows to be shown.
     #[must_use]
     pub fn last4(&self) -> &str {
-        self.0.get(self.0.len().saturating_sub(4)..).unwrap_or_default()
+        self.0
+            .get(self.0.len().saturating_sub(4)..)
+            .unwrap_or_default()
     }
 
     /// The card brand, from the IIN ranges.
@@ -127,7 +129,9 @@ pub fn contains_card_number(text: &str) -> bool {
     let mut rest = text;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
         let tail = rest.get(start..).unwrap_or_default();
-        let end = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (digits, after) = tail.split_at(end);
         let mut next = after.chars();
         let joined = matches!(next.next(), Some(' ' | '-'))
@@ -205,7 +209,11 @@ impl Brand {
         // prefixes.
         if matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761..=6763) {
             Self::Maestro
-        } else if p4 == 6011 || (622_126..=622_925).contains(&p6) || (644..=649).contains(&p3) || p2 == 65 {
+        } else if p4 == 6011
+            || (622_126..=622_925).contains(&p6)
+            || (644..=649).contains(&p3)
+            || p2 == 65
+        {
             Self::Discover
         } else if p2 == 62 || p2 == 81 {
             Self::UnionPay

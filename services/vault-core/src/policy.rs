@@ -143,7 +143,11 @@ mod tests {
         assert!(!policy.allows(&gateway, Operation::Detokenize, &merchant("m1")));
         assert!(policy.allows(&payments, Operation::Detokenize, &merchant("m1")));
         assert!(!policy.allows(&payments, Operation::Detokenize, &merchant("m2")));
-        assert!(!policy.allows(&CallerId::new("stranger"), Operation::Metadata, &merchant("m1")));
+        assert!(!policy.allows(
+            &CallerId::new("stranger"),
+            Operation::Metadata,
+            &merchant("m1")
+        ));
         assert!(!Policy::default().allows(&gateway, Operation::Tokenize, &merchant("m1")));
     }
 

@@ -144,8 +144,10 @@ pub enum InsertOutcome {
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     /// The merchant's newest DEK and its fingerprint key, if it has any.
-    async fn merchant_keys(&self, merchant: &MerchantId)
-    -> Result<Option<MerchantKeySet>, StoreError>;
+    async fn merchant_keys(
+        &self,
+        merchant: &MerchantId,
+    ) -> Result<Option<MerchantKeySet>, StoreError>;
 
     /// Stores a merchant's first keys. If another caller stored them first, this does nothing
     /// and returns `Ok(false)`; the caller then reads back the winner's keys.

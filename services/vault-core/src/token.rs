@@ -176,7 +176,12 @@ mod tests {
 
     #[test]
     fn pan_shaped_tokens_keep_bin_last4_length_and_fail_luhn() {
-        for pan in ["4111111111111111", "378282246310005", "30569309025904", "411111111117"] {
+        for pan in [
+            "4111111111111111",
+            "378282246310005",
+            "30569309025904",
+            "411111111117",
+        ] {
             let pan = Pan::parse("pan", pan).unwrap();
             for _ in 0..2_000 {
                 let token = Token::generate(TokenFormat::PanShaped, &pan);

@@ -104,9 +104,11 @@ impl AeadKey {
         rand::fill(&mut nonce[..]);
         let mut buffer = Vec::with_capacity(plaintext.len() + TAG_LEN);
         buffer.extend_from_slice(plaintext);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), aad, buffer.as_mut_slice().into());
+        let tag = self.cipher.encrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad,
+            buffer.as_mut_slice().into(),
+        );
         match tag {
             Ok(tag) => buffer.extend_from_slice(&tag),
             // Only reachable with a plaintext or aad longer than GCM's 2^36-byte limit, which
@@ -138,7 +140,12 @@ impl AeadKey {
         let tag = Tag::try_from(tag).map_err(|_| CryptoError::Integrity)?;
         let mut buffer = Zeroizing::new(body.to_vec());
         self.cipher
-            .decrypt_inout_detached(&Nonce::from(*nonce), aad, buffer.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(
+                &Nonce::from(*nonce),
+                aad,
+                buffer.as_mut_slice().into(),
+                &tag,
+            )
             .map_err(|_| CryptoError::Integrity)?;
         Ok(buffer)
     }

@@ -27,12 +27,18 @@ fn every_single_bit_flip_fails_authentication() {
     for i in 0..sealed.ciphertext.len() * 8 {
         let mut ct = sealed.ciphertext.clone();
         ct[i / 8] ^= 1 << (i % 8);
-        assert_eq!(key.open(AAD, &sealed.nonce, &ct), Err(CryptoError::Integrity));
+        assert_eq!(
+            key.open(AAD, &sealed.nonce, &ct),
+            Err(CryptoError::Integrity)
+        );
     }
     for i in 0..NONCE_LEN * 8 {
         let mut nonce = sealed.nonce;
         nonce[i / 8] ^= 1 << (i % 8);
-        assert_eq!(key.open(AAD, &nonce, &sealed.ciphertext), Err(CryptoError::Integrity));
+        assert_eq!(
+            key.open(AAD, &nonce, &sealed.ciphertext),
+            Err(CryptoError::Integrity)
+        );
     }
 }
 
@@ -55,7 +61,10 @@ fn short_ciphertexts_fail_without_panicking() {
     let key = key();
     for len in 0..=TAG_LEN {
         let ct = vec![0u8; len];
-        assert_eq!(key.open(AAD, &[0; NONCE_LEN], &ct), Err(CryptoError::Integrity));
+        assert_eq!(
+            key.open(AAD, &[0; NONCE_LEN], &ct),
+            Err(CryptoError::Integrity)
+        );
     }
 }
 

@@ -1,1 +1,127 @@
-fn main() {}
+//! `vaultd`: the card vault server.
+//!
+//! - `vaultd dev [--data-dir DIR] [--listen ADDR]`: the embedded default (SQLite, dev KEK,
+//!   generated dev PKI), created on first run and reused after.
+//! - `vaultd serve --config FILE`: run from a configuration file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vault_server::app::Application;
+use vault_server::config::Config;
+use vault_server::dev;
+use vault_server::telemetry::{self, LogFormat};
+
+/// Exit code for a configuration the vault refuses (sysexits EX_CONFIG).
+const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultd",
+    version,
+    about = "Card tokenization vault: gRPC over mutual TLS 1.3"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "VAULTD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded default: SQLite, a local dev KEK and a generated dev PKI.
+    Dev {
+        /// Data directory; created on first run, reused after.
+        #[arg(long, default_value = ".vault-dev", env = "VAULTD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Listen address, overriding the one in the data directory's vaultd.toml.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run from a configuration file.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, env = "VAULTD_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "vaultd cannot start");
+            eprintln!("vaultd: {err:#}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev { data_dir, listen } => {
+            let config_path = dev::ensure_data_dir(&data_dir)?;
+            let mut config = Config::load(&config_path)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let app = Application::build(&config, &config_path).await?;
+            println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
+            serve(app).await
+        }
+        Command::Serve { config } => {
+            let loaded = Config::load(&config)?;
+            let app = Application::build(&loaded, Path::new(&config)).await?;
+            serve(app).await
+        }
+    }
+}
+
+async fn serve(app: Application) -> anyhow::Result<()> {
+    // A machine-readable line for scripts and tests that start vaultd on port 0.
+    println!("vaultd listening on {}", app.local_addr());
+    app.run(shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,291 @@
+//! The development KEK: 32 random bytes in a local file (mode 0600). Anyone who can read the
+//! file can unwrap every DEK, so it is for the embedded default only; production uses an HSM or
+//! Transit.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use vault_core::KekError;
+use vault_core::ports::{KeyContext, KeyEncryptionKey};
+use vault_crypto::{AeadKey, FingerprintKey, KEY_LEN, KeyMaterial, NONCE_LEN};
+use zeroize::Zeroizing;
+
+/// The backend name, as configuration files and stored key records spell it.
+pub const BACKEND: &str = "danger-local-file";
+
+/// First byte of every key this backend wraps: the wrapping format's version.
+const FORMAT_V1: u8 = 1;
+
+const WARNING: &str = "\
+# DANGER: development key-encryption key for the card vault. This is NOT an HSM.
+# Anyone who can read this file can decrypt every card in the vault's database.
+# Use the pkcs11 or transit KEK backend in production.
+";
+
+/// Why the local key file could not be created or opened. Messages name the path, never the
+/// key.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalFileError {
+    /// The file could not be read or written.
+    #[error("kek file {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Group or others may read or write the file.
+    #[error("kek file {path}: mode is {mode:o}; it must be 0600 or stricter (chmod 600)")]
+    Permissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file does not hold one 32-byte key in hex.
+    #[error("kek file {path}: expected 64 hex digits after the comment lines")]
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+    },
+}
+
+/// A KEK read from a local file. No `Debug` of the key; zeroized on drop.
+pub struct DangerLocalFileKek {
+    key: AeadKey,
+    kek_id: String,
+}
+
+impl DangerLocalFileKek {
+    /// Creates a new key file at `path` (mode 0600; refuses to overwrite one) and opens it.
+    ///
+    /// # Errors
+    /// [`LocalFileError`] if the file exists or cannot be written.
+    pub fn create(path: &Path) -> Result<Self, LocalFileError> {
+        let io = |source| LocalFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let key = KeyMaterial::generate();
+        let mut text = Zeroizing::new(String::with_capacity(WARNING.len() + 2 * KEY_LEN + 1));
+        text.push_str(WARNING);
+        for byte in key.expose_secret() {
+            text.push(hex_digit(byte >> 4));
+            text.push(hex_digit(byte & 0x0f));
+        }
+        text.push('\n');
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(Self::from_key(&key))
+    }
+
+    /// Opens an existing key file, refusing one that group or others can access.
+    ///
+    /// # Errors
+    /// [`LocalFileError`] if the file is missing, too permissive or malformed.
+    pub fn open(path: &Path) -> Result<Self, LocalFileError> {
+        let io = |source| LocalFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(LocalFileError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        let malformed = || LocalFileError::Malformed {
+            path: path.to_owned(),
+        };
+        let hex: Zeroizing<String> = Zeroizing::new(
+            text.lines()
+                .filter(|line| !line.trim_start().starts_with('#'))
+                .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
+                .collect(),
+        );
+        if hex.len() != 2 * KEY_LEN {
+            return Err(malformed());
+        }
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let (hi, lo) = match pair {
+                [hi, lo] => (hex_value(*hi), hex_value(*lo)),
+                _ => (None, None),
+            };
+            *byte = (hi.ok_or_else(malformed)? << 4) | lo.ok_or_else(malformed)?;
+        }
+        let key = KeyMaterial::from_slice(&bytes[..]).map_err(|_| malformed())?;
+        Ok(Self::from_key(&key))
+    }
+
+    fn from_key(key: &KeyMaterial) -> Self {
+        // A key check value: 4 bytes of an HMAC under the key. It tells two KEKs apart without
+        // revealing anything useful about either.
+        let check = FingerprintKey::new(key).fingerprint(b"vault.kek-id.v1");
+        let kek_id = check
+            .iter()
+            .take(4)
+            .fold(format!("{BACKEND}:"), |mut id, byte| {
+                id.push(hex_digit(byte >> 4));
+                id.push(hex_digit(byte & 0x0f));
+                id
+            });
+        Self {
+            key: AeadKey::new(key),
+            kek_id,
+        }
+    }
+}
+
+#[async_trait]
+impl KeyEncryptionKey for DangerLocalFileKek {
+    fn kek_id(&self) -> &str {
+        &self.kek_id
+    }
+
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError> {
+        let sealed = self
+            .key
+            .seal(&context.associated_data(), key.expose_secret());
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.ciphertext.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&sealed.nonce);
+        out.extend_from_slice(&sealed.ciphertext);
+        Ok(out)
+    }
+
+    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError> {
+        let Some((&FORMAT_V1, rest)) = wrapped.split_first() else {
+            return Err(KekError::Integrity);
+        };
+        if rest.len() < NONCE_LEN {
+            return Err(KekError::Integrity);
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| KekError::Integrity)?;
+        let bytes = self
+            .key
+            .open(&context.associated_data(), nonce, ciphertext)
+            .map_err(|_| KekError::Integrity)?;
+        KeyMaterial::from_slice(&bytes).map_err(|_| KekError::Integrity)
+    }
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from(
+        b"0123456789abcdef"
+            .get(usize::from(nibble & 0x0f))
+            .copied()
+            .unwrap_or(b'0'),
+    )
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    char::from(c)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use vault_core::ids::MerchantId;
+    use vault_core::ports::KeyPurpose;
+
+    use super::*;
+
+    fn context(merchant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
+        KeyContext {
+            merchant: MerchantId::parse("merchant_id", merchant).unwrap(),
+            purpose,
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_then_open_round_trips_wrapped_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let kek = DangerLocalFileKek::create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(fs::read_to_string(&path).unwrap().contains("NOT an HSM"));
+
+        let ctx = context("m1", KeyPurpose::Dek, 1);
+        let dek = KeyMaterial::generate();
+        let wrapped = kek.wrap(&ctx, &dek).await.unwrap();
+
+        let reopened = DangerLocalFileKek::open(&path).unwrap();
+        assert_eq!(reopened.kek_id(), kek.kek_id());
+        assert!(kek.kek_id().starts_with("danger-local-file:"));
+        let unwrapped = reopened.unwrap(&ctx, &wrapped).await.unwrap();
+        assert_eq!(unwrapped.expose_secret(), dek.expose_secret());
+        assert!(
+            DangerLocalFileKek::create(&path).is_err(),
+            "must not overwrite"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrapped_keys_are_bound_to_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = DangerLocalFileKek::create(&dir.path().join("kek")).unwrap();
+        let wrapped = kek
+            .wrap(&context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())
+            .await
+            .unwrap();
+        for other in [
+            context("m2", KeyPurpose::Dek, 1),
+            context("m1", KeyPurpose::Fingerprint, 1),
+            context("m1", KeyPurpose::Dek, 2),
+        ] {
+            assert!(matches!(
+                kek.unwrap(&other, &wrapped).await,
+                Err(KekError::Integrity)
+            ));
+        }
+        for len in 0..wrapped.len() {
+            assert!(
+                kek.unwrap(&context("m1", KeyPurpose::Dek, 1), &wrapped[..len])
+                    .await
+                    .is_err()
+            );
+        }
+        let other_kek = DangerLocalFileKek::create(&dir.path().join("other")).unwrap();
+        assert_ne!(other_kek.kek_id(), kek.kek_id());
+        assert!(
+            other_kek
+                .unwrap(&context("m1", KeyPurpose::Dek, 1), &wrapped)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn refuses_readable_or_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        DangerLocalFileKek::create(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = DangerLocalFileKek::open(&path).err().unwrap();
+        assert!(err.to_string().contains("0600"), "{err}");
+
+        let bad = dir.path().join("bad");
+        fs::write(&bad, "# comment\nnot hex at all\n").unwrap();
+        fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            DangerLocalFileKek::open(&bad),
+            Err(LocalFileError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,114 @@
+//! The composition root: builds the store, the KEK, the policy and the TLS settings from a
+//! [`Config`], binds the listener, and serves gRPC until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use vault_core::Vault;
+use vault_core::ports::{KeyEncryptionKey, TokenStore};
+use vault_kms::DangerLocalFileKek;
+use vault_proto::v1::token_service_server::TokenServiceServer;
+use vault_store::SqliteStore;
+
+use crate::config::{Config, KekConfig, StorageUrl, load_policy};
+use crate::grpc::TokenApi;
+use crate::tls;
+
+/// Largest request the vault decodes. A PAN is at most 38 characters; the margin lets a 10 KB
+/// junk field reach validation (and an INVALID_ARGUMENT that names it) instead of a transport
+/// error, while still bounding memory per call.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Upper bound on one call's handling time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A vault whose listener is bound and whose dependencies are open, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    vault: Vault,
+    store: SqliteStore,
+}
+
+impl Application {
+    /// Opens the store and the KEK, loads the policy and TLS settings, and binds the listener.
+    /// Everything is checked before the port is bound; nothing is served yet.
+    ///
+    /// # Errors
+    /// Any configuration, storage, key or TLS problem, with the file or setting named.
+    pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
+        let policy = load_policy(&config.policy.path)?;
+        let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+        let kek: Arc<dyn KeyEncryptionKey> = match &config.kek {
+            KekConfig::DangerLocalFile { path } => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "kek backend is danger-local-file: a key in a local file, not an HSM; for development only"
+                );
+                Arc::new(DangerLocalFileKek::open(path)?)
+            }
+        };
+        let store = match config.storage_url(config_path)? {
+            StorageUrl::Sqlite(path) => SqliteStore::open(&path).await?,
+        };
+        let vault = Vault::new(
+            Arc::new(store.clone()) as Arc<dyn TokenStore>,
+            kek,
+            Arc::new(policy),
+        );
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            tls,
+            vault,
+            store,
+        })
+    }
+
+    /// The address the vault listens on (useful when configured with port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls and closes the store.
+    ///
+    /// # Errors
+    /// If the gRPC server fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<TokenServiceServer<TokenApi>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl 1.8 speaks only the v1alpha reflection protocol.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let tokens = TokenServiceServer::new(TokenApi::new(self.vault))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        tracing::info!(addr = %self.local_addr, "vaultd serving gRPC over mutual TLS 1.3");
+        Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(tokens)
+            .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), shutdown)
+            .await?;
+        self.store.close().await;
+        tracing::info!("vaultd stopped");
+        Ok(())
+    }
+}

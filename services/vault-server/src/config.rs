@@ -1,0 +1,356 @@
+//! `vaultd`'s configuration file (TOML) and the policy file it points to.
+//!
+//! Relative paths in either file are resolved against the directory of the file that names
+//! them. Secrets never live in these files: they hold paths to key and certificate files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vault_core::ids::{CallerId, MerchantId};
+use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
+
+/// Why a configuration or policy file was refused. Messages name the file and the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for its schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a value the vault does not accept.
+    #[error("{path}: {setting}: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The setting, as a TOML path.
+        setting: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The server's configuration, as read from `vaultd.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where tokens, keys and audit records live.
+    pub storage: StorageConfig,
+    /// The server certificate and the CA that client certificates must chain to.
+    pub tls: TlsConfig,
+    /// The key-encryption key.
+    pub kek: KekConfig,
+    /// The access policy file.
+    pub policy: PolicyConfig,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A database URL. Today: `sqlite:PATH` (relative to this file).
+    pub url: String,
+}
+
+/// TLS settings: TLS 1.3 only, client certificates required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The server private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Which KEK backend, and its settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "backend", deny_unknown_fields)]
+pub enum KekConfig {
+    /// A key in a local file: development only. Not an HSM.
+    #[serde(rename = "danger-local-file")]
+    DangerLocalFile {
+        /// The key file (mode 0600).
+        path: PathBuf,
+    },
+}
+
+/// Where the policy lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (TOML).
+    pub path: PathBuf,
+}
+
+/// The storage backend a URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// An SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Reads `path` and resolves relative paths against its directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and setting at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.tls.cert = base.join(&config.tls.cert);
+        config.tls.key = base.join(&config.tls.key);
+        config.tls.client_ca = base.join(&config.tls.client_ca);
+        config.policy.path = base.join(&config.policy.path);
+        match &mut config.kek {
+            KekConfig::DangerLocalFile { path } => *path = base.join(&*path),
+        }
+        match config.storage_url(path)? {
+            StorageUrl::Sqlite(db) => {
+                config.storage.url = format!("sqlite:{}", base.join(db).display());
+            }
+        }
+        Ok(config)
+    }
+
+    /// The storage backend and its location.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a URL scheme the vault does not support.
+    pub fn storage_url(&self, file: &Path) -> Result<StorageUrl, ConfigError> {
+        let url = self.storage.url.as_str();
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        match path {
+            Some(path) if !path.is_empty() => Ok(StorageUrl::Sqlite(PathBuf::from(path))),
+            _ => Err(ConfigError::Invalid {
+                path: file.to_owned(),
+                setting: "storage.url".to_owned(),
+                problem: "must be sqlite:PATH".to_owned(),
+            }),
+        }
+    }
+}
+
+/// The policy file's shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    caller: Vec<CallerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerEntry {
+    identity: String,
+    operations: Vec<String>,
+    merchants: Vec<String>,
+}
+
+/// Reads a policy file: a list of `[[caller]]` tables, each with `identity` (SPIFFE ID or CN),
+/// `operations` and `merchants` (`["*"]` for all). Identities not listed may do nothing.
+///
+/// # Errors
+/// [`ConfigError`] for unknown operations, malformed merchant ids, duplicate identities.
+pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file: PolicyFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let invalid = |index: usize, key: &str, problem: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        setting: format!("caller[{index}].{key}"),
+        problem,
+    };
+    let mut grants = BTreeMap::new();
+    for (index, entry) in file.caller.into_iter().enumerate() {
+        if entry.identity.trim().is_empty() {
+            return Err(invalid(index, "identity", "must not be empty".to_owned()));
+        }
+        let mut operations = BTreeSet::new();
+        for name in &entry.operations {
+            let op = Operation::from_name(name).ok_or_else(|| {
+                let known: Vec<_> = Operation::ALL.iter().map(|op| op.as_str()).collect();
+                invalid(
+                    index,
+                    "operations",
+                    format!("unknown operation {name:?}; known: {}", known.join(", ")),
+                )
+            })?;
+            operations.insert(op);
+        }
+        let merchants = if entry.merchants.iter().any(|m| m == "*") {
+            if entry.merchants.len() != 1 {
+                return Err(invalid(
+                    index,
+                    "merchants",
+                    "\"*\" must stand alone".to_owned(),
+                ));
+            }
+            MerchantScope::Any
+        } else {
+            let mut only = BTreeSet::new();
+            for m in &entry.merchants {
+                only.insert(
+                    MerchantId::parse("merchants", m)
+                        .map_err(|e| invalid(index, "merchants", e.problem.to_owned()))?,
+                );
+            }
+            MerchantScope::Only(only)
+        };
+        let identity = CallerId::new(entry.identity);
+        if grants
+            .insert(
+                identity.clone(),
+                Grant {
+                    operations,
+                    merchants,
+                },
+            )
+            .is_some()
+        {
+            return Err(invalid(
+                index,
+                "identity",
+                format!("{identity} is listed twice"),
+            ));
+        }
+    }
+    Ok(Policy::new(grants))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn config_resolves_paths_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "vaultd.toml",
+            r#"
+listen = "127.0.0.1:0"
+[storage]
+url = "sqlite:vault.db"
+[tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "/etc/ca.pem"
+[kek]
+backend = "danger-local-file"
+path = "kek.key"
+[policy]
+path = "policy.toml"
+"#,
+        );
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tls.cert, dir.path().join("pki/server.pem"));
+        assert_eq!(config.tls.client_ca, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(
+            config.storage_url(&path).unwrap(),
+            StorageUrl::Sqlite(dir.path().join("vault.db"))
+        );
+    }
+
+    #[test]
+    fn unknown_settings_and_schemes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n\
+                    [kek]\nbackend = \"danger-local-file\"\npath = \"k\"\n[policy]\npath = \"p\"\n";
+        let typo = write(
+            dir.path(),
+            "typo.toml",
+            &format!("{base}[storage]\nurl = \"sqlite:x\"\nurll = 1\n"),
+        );
+        assert!(Config::load(&typo).is_err());
+        let scheme = write(
+            dir.path(),
+            "scheme.toml",
+            &format!("{base}[storage]\nurl = \"mysql://x\"\n"),
+        );
+        let err = Config::load(&scheme).unwrap_err().to_string();
+        assert!(err.contains("storage.url"), "{err}");
+    }
+
+    #[test]
+    fn policy_parses_and_refuses_mistakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            dir.path(),
+            "good.toml",
+            r#"
+[[caller]]
+identity = "spiffe://vault.test/gateway"
+operations = ["tokenize", "metadata"]
+merchants = ["*"]
+
+[[caller]]
+identity = "payments"
+operations = ["detokenize"]
+merchants = ["m1", "m2"]
+"#,
+        );
+        let policy = load_policy(&good).unwrap();
+        let m1 = MerchantId::parse("m", "m1").unwrap();
+        let m3 = MerchantId::parse("m", "m3").unwrap();
+        assert!(policy.allows(&CallerId::new("payments"), Operation::Detokenize, &m1));
+        assert!(!policy.allows(&CallerId::new("payments"), Operation::Detokenize, &m3));
+
+        for (name, text, expect) in [
+            (
+                "op.toml",
+                "[[caller]]\nidentity = \"a\"\noperations = [\"detokenise\"]\nmerchants = [\"*\"]\n",
+                "unknown operation",
+            ),
+            (
+                "dup.toml",
+                "[[caller]]\nidentity = \"a\"\noperations = []\nmerchants = [\"*\"]\n[[caller]]\nidentity = \"a\"\noperations = []\nmerchants = [\"*\"]\n",
+                "listed twice",
+            ),
+            (
+                "star.toml",
+                "[[caller]]\nidentity = \"a\"\noperations = []\nmerchants = [\"*\", \"m1\"]\n",
+                "stand alone",
+            ),
+        ] {
+            let path = write(dir.path(), name, text);
+            let err = load_policy(&path).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `vaultd dev`: the embedded default. The first run creates a data directory holding an SQLite
+//! database, a development KEK file, a dev CA with a server certificate and three client
+//! identities, the policy and a `vaultd.toml`; later runs reuse it, so tokens survive a restart.
+
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use vault_kms::DangerLocalFileKek;
+
+use crate::pki::DevCa;
+
+/// The config file inside a dev data directory.
+pub const CONFIG_FILE: &str = "vaultd.toml";
+/// The KEK file inside a dev data directory; its name says what it is not.
+pub const KEK_FILE: &str = "DANGER-dev-kek-not-an-hsm.key";
+/// The default listen address of the dev vault.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// The client identities `vaultd dev` creates: name, SPIFFE ID, operations.
+pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 3] = [
+    (
+        "gateway",
+        "spiffe://vault.dev/gateway",
+        &["tokenize", "metadata"],
+    ),
+    (
+        "payments",
+        "spiffe://vault.dev/payments",
+        &["detokenize", "metadata"],
+    ),
+    ("auditor", "spiffe://vault.dev/auditor", &[]),
+];
+
+/// Creates the dev data directory at `dir` unless it already holds a `vaultd.toml`, and returns
+/// the config file's path.
+///
+/// # Errors
+/// If a file cannot be written or a certificate cannot be generated.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let config = dir.join(CONFIG_FILE);
+    if config.exists() {
+        return Ok(config);
+    }
+    fs::create_dir_all(dir.join("pki")).with_context(|| format!("creating {}", dir.display()))?;
+    restrict_dir(dir)?;
+
+    let ca = DevCa::generate("vault dev CA")?;
+    write_file(&dir.join("pki/ca.pem"), &ca.cert_pem(), 0o644)?;
+    write_file(&dir.join("pki/ca.key"), ca.key_pem(), 0o600)?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
+    write_file(&dir.join("pki/server.pem"), &server.cert_pem, 0o644)?;
+    write_file(&dir.join("pki/server.key"), &server.key_pem, 0o600)?;
+
+    let mut policy = String::from(
+        "# Access policy: identities not listed here may do nothing (deny by default).\n\
+         # operations: tokenize, detokenize, metadata, delete, audit.read, keys.admin\n\
+         # merchants: [\"*\"] for every merchant, or a list of merchant ids.\n",
+    );
+    for (name, spiffe, operations) in DEV_IDENTITIES {
+        let client = ca.issue_client(name, Some(spiffe))?;
+        write_file(
+            &dir.join(format!("pki/{name}.pem")),
+            &client.cert_pem,
+            0o644,
+        )?;
+        write_file(&dir.join(format!("pki/{name}.key")), &client.key_pem, 0o600)?;
+        let ops: Vec<String> = operations.iter().map(|op| format!("{op:?}")).collect();
+        let _ = write!(
+            policy,
+            "\n[[caller]]\nidentity = {spiffe:?}\noperations = [{}]\nmerchants = [\"*\"]\n",
+            ops.join(", ")
+        );
+    }
+    write_file(&dir.join("policy.toml"), &policy, 0o644)?;
+    DangerLocalFileKek::create(&dir.join(KEK_FILE))?;
+
+    let text = format!(
+        "# vaultd configuration written by `vaultd dev`. Relative paths are relative to this file.\n\
+         listen = {DEFAULT_LISTEN:?}\n\n\
+         [storage]\nurl = \"sqlite:vault.db\"\n\n\
+         [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
+         [kek]\n# Development only: a key in a local file is not an HSM.\n\
+         backend = \"danger-local-file\"\npath = {KEK_FILE:?}\n\n\
+         [policy]\npath = \"policy.toml\"\n"
+    );
+    // Written last: its presence marks a complete data directory.
+    write_file(&config, &text, 0o644)?;
+    Ok(config)
+}
+
+/// Ready-to-paste grpcurl commands for the dev vault at `addr` with data directory `dir`.
+#[must_use]
+pub fn grpcurl_help(dir: &Path, addr: SocketAddr) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let pki = dir.join("pki");
+    let target = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let client = |name: &str| {
+        format!(
+            "grpcurl -cacert {pki}/ca.pem -cert {pki}/{name}.pem -key {pki}/{name}.key",
+            pki = pki.display()
+        )
+    };
+    format!(
+        "\nvaultd dev is serving on {target} (data directory {dir}).\n\n\
+         Tokenize a test card as the gateway:\n  {gateway} \\\n    -d '{{\"merchant_id\":\"merchant-1\",\"pan\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":2030}}' \\\n    {target} vault.v1.TokenService/Tokenize\n\n\
+         Detokenize it as the payments service (put the token from above in place of TOKEN):\n  {payments} \\\n    -d '{{\"merchant_id\":\"merchant-1\",\"token\":\"TOKEN\",\"reason\":\"capture order 1001\"}}' \\\n    {target} vault.v1.TokenService/Detokenize\n\n\
+         List services:\n  {gateway} {target} list\n",
+        dir = dir.display(),
+        gateway = client("gateway"),
+        payments = client("payments"),
+    )
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn restrict_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))
+}

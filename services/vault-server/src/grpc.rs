@@ -1,0 +1,226 @@
+//! The `vault.v1.TokenService` gRPC service: converts between protobuf and domain types, takes
+//! the caller's identity from its client certificate, and logs one line per call. All
+//! decisions are the domain's (`vault_core::Vault`); all error codes come from `status.rs`.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use vault_core::Vault;
+use vault_core::expiry::Expiry;
+use vault_core::ids::{CallContext, CallerId};
+use vault_core::ports::CardMetadata;
+use vault_core::token::TokenFormat;
+use vault_core::vault::{TokenCommand, TokenizeCommand};
+use vault_proto::v1 as pb;
+use zeroize::Zeroizing;
+
+use crate::identity::identity_of;
+use crate::status::{no_identity, to_status};
+
+/// Response metadata key carrying the call's request id (also in the audit record).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The gRPC face of the vault.
+#[derive(Debug, Clone)]
+pub struct TokenApi {
+    vault: Vault,
+}
+
+impl TokenApi {
+    /// Serves `vault` over gRPC.
+    #[must_use]
+    pub fn new(vault: Vault) -> Self {
+        Self { vault }
+    }
+}
+
+/// The call's context: identity from the verified client certificate, peer address, and a
+/// fresh request id. A connection without a usable certificate is UNAUTHENTICATED (rustls
+/// already refuses connections without a verified one; this is defence in depth).
+fn call_context<T>(request: &Request<T>) -> Result<CallContext, Status> {
+    let caller = request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|leaf| identity_of(leaf)))
+        .ok_or_else(no_identity)?;
+    Ok(CallContext {
+        caller: CallerId::new(caller),
+        peer: request.remote_addr().map(|addr| addr.to_string()),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+/// Logs the call's outcome and turns it into a gRPC response carrying the request id.
+/// Errors are logged with their domain message, which never holds a PAN.
+fn respond<T>(
+    ctx: &CallContext,
+    operation: &'static str,
+    result: Result<T, vault_core::VaultError>,
+) -> Result<Response<T>, Status> {
+    let request_id = MetadataValue::try_from(ctx.request_id.as_str()).ok();
+    match result {
+        Ok(body) => {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                caller = %ctx.caller,
+                operation,
+                outcome = "ok",
+                "call"
+            );
+            let mut response = Response::new(body);
+            if let Some(id) = request_id {
+                response.metadata_mut().insert(REQUEST_ID_HEADER, id);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            let mut status = to_status(&error);
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                caller = %ctx.caller,
+                operation,
+                outcome = ?status.code(),
+                error = %error,
+                "call"
+            );
+            if let Some(id) = request_id {
+                status.metadata_mut().insert(REQUEST_ID_HEADER, id);
+            }
+            Err(status)
+        }
+    }
+}
+
+fn format_from_proto(value: i32) -> Option<TokenFormat> {
+    match pb::TokenFormat::try_from(value).ok()? {
+        pb::TokenFormat::Unspecified | pb::TokenFormat::Random => Some(TokenFormat::Random),
+        pb::TokenFormat::PanShaped => Some(TokenFormat::PanShaped),
+    }
+}
+
+fn format_to_proto(format: TokenFormat) -> pb::TokenFormat {
+    match format {
+        TokenFormat::Random => pb::TokenFormat::Random,
+        TokenFormat::PanShaped => pb::TokenFormat::PanShaped,
+    }
+}
+
+fn expiry_to_proto(expiry: Option<Expiry>) -> Option<pb::Expiry> {
+    expiry.map(|e| pb::Expiry {
+        month: u32::from(e.month()),
+        year: u32::from(e.year()),
+    })
+}
+
+fn metadata_to_proto(metadata: CardMetadata) -> pb::TokenMetadata {
+    pb::TokenMetadata {
+        brand: metadata.brand.as_str().to_owned(),
+        bin: metadata.bin,
+        last4: metadata.last4,
+        expiry: expiry_to_proto(metadata.expiry),
+        created_at: metadata
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        token_format: format_to_proto(metadata.format).into(),
+        pan_length: u32::from(metadata.pan_length),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            out.push_str(&format!("{b:02x}"));
+            out
+        })
+}
+
+#[tonic::async_trait]
+impl pb::token_service_server::TokenService for TokenApi {
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let ctx = call_context(&request)?;
+        let body = request.into_inner();
+        let command = TokenizeCommand {
+            merchant_id: body.merchant_id,
+            pan: Zeroizing::new(body.pan),
+            exp_month: body.exp_month,
+            exp_year: body.exp_year,
+            format: format_from_proto(body.token_format),
+        };
+        let result = self
+            .vault
+            .tokenize(&ctx, command)
+            .await
+            .map(|done| pb::TokenizeResponse {
+                token: done.token.as_str().to_owned(),
+                fingerprint: hex(&done.fingerprint),
+                metadata: Some(metadata_to_proto(done.metadata)),
+                existing: done.existing,
+            });
+        respond(&ctx, "tokenize", result)
+    }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        let ctx = call_context(&request)?;
+        let body = request.into_inner();
+        let command = TokenCommand {
+            merchant_id: body.merchant_id,
+            token: body.token,
+            reason: body.reason,
+        };
+        let result =
+            self.vault
+                .detokenize(&ctx, command)
+                .await
+                .map(|done| pb::DetokenizeResponse {
+                    pan: done.pan.expose_digits().to_owned(),
+                    expiry: expiry_to_proto(done.expiry),
+                });
+        respond(&ctx, "detokenize", result)
+    }
+
+    async fn get_token_metadata(
+        &self,
+        request: Request<pb::GetTokenMetadataRequest>,
+    ) -> Result<Response<pb::GetTokenMetadataResponse>, Status> {
+        let ctx = call_context(&request)?;
+        let body = request.into_inner();
+        let command = TokenCommand {
+            merchant_id: body.merchant_id,
+            token: body.token,
+            reason: String::new(),
+        };
+        let result =
+            self.vault
+                .metadata(&ctx, command)
+                .await
+                .map(|metadata| pb::GetTokenMetadataResponse {
+                    metadata: Some(metadata_to_proto(metadata)),
+                });
+        respond(&ctx, "metadata", result)
+    }
+
+    async fn delete_token(
+        &self,
+        request: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let ctx = call_context(&request)?;
+        let body = request.into_inner();
+        let command = TokenCommand {
+            merchant_id: body.merchant_id,
+            token: body.token,
+            reason: String::new(),
+        };
+        let result = self
+            .vault
+            .delete(&ctx, command)
+            .await
+            .map(|()| pb::DeleteTokenResponse {});
+        respond(&ctx, "delete", result)
+    }
+}

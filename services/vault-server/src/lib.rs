@@ -1,0 +1,21 @@
+//! The card vault's server: gRPC over mutual TLS 1.3 in front of `vault_core::Vault`.
+//!
+//! - `app`: the composition root ([`app::Application`]): config in, a bound server out.
+//! - `config`: `vaultd.toml` and the policy file.
+//! - `tls`: rustls settings (TLS 1.3 only, client certificates required) and the accept loop.
+//! - `identity`: the caller's identity from its certificate (SPIFFE URI SAN, else CN).
+//! - `grpc`: the `TokenService` implementation (protobuf <-> domain).
+//! - `status`: the one table from domain errors to gRPC status codes.
+//! - `dev`: `vaultd dev`, the embedded default with a generated PKI and a dev KEK.
+//! - `pki`: the small CA `dev` and the tests use.
+//! - `telemetry`: logging.
+
+pub mod app;
+pub mod config;
+pub mod dev;
+pub mod grpc;
+pub mod identity;
+pub mod pki;
+pub mod status;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,115 @@
+//! A small certificate authority for the embedded default and for tests: a CA, a server
+//! certificate, and client certificates carrying a SPIFFE URI SAN and a CN. Keys are ECDSA
+//! P-256 (rcgen's default).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+/// A certificate and its private key, both PEM.
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM (PKCS#8). Zeroized on drop.
+    pub key_pem: Zeroizing<String>,
+}
+
+/// A certificate authority that issues server and client certificates.
+pub struct DevCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: Zeroizing<String>,
+}
+
+impl DevCa {
+    /// A new self-signed CA, valid for ten years, named `common_name`.
+    ///
+    /// # Errors
+    /// If key generation or signing fails.
+    pub fn generate(common_name: &str) -> Result<Self, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 3650);
+        let key = KeyPair::generate()?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, key)?,
+            key_pem,
+        })
+    }
+
+    /// The CA certificate, PEM: what servers and clients trust.
+    #[must_use]
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// The CA's private key, PEM.
+    #[must_use]
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), valid for one year.
+    ///
+    /// # Errors
+    /// If key generation or signing fails.
+    pub fn issue_server(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name = name(names.first().copied().unwrap_or("vault"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate with subject CN `common_name` and, if given, a SPIFFE URI SAN,
+    /// valid for one year.
+    ///
+    /// # Errors
+    /// If key generation or signing fails.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        spiffe_id: Option<&str>,
+    ) -> Result<Issued, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(common_name);
+        if let Some(uri) = spiffe_id {
+            params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<Issued, rcgen::Error> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, 365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(days);
+}
