@@ -80,6 +80,10 @@ impl SqliteStore {
     /// # Errors
     /// [`SqliteStoreError`] if the database cannot be opened, migrated, or made durable.
     pub async fn open(path: &Path) -> Result<Self, SqliteStoreError> {
+        create_private(path).map_err(|source| SqliteStoreError::Open {
+            path: path.to_owned(),
+            source: sqlx::Error::Io(source),
+        })?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|source| SqliteStoreError::Open {
                 path: path.to_owned(),
@@ -158,6 +162,22 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)
+    }
+}
+
+/// Creates an empty database file readable by its owner only, unless one exists. SQLite gives
+/// its `-wal` and `-shm` files the database file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
     }
 }
 

@@ -1,0 +1,349 @@
+//! Test harness: a throwaway PKI, a `vaultd` child process on port 0 with its own data
+//! directory and captured output, and tonic clients for each identity.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use vault_proto::v1::token_service_client::TokenServiceClient;
+use vault_proto::v1::{self as pb};
+use vault_server::pki::{DevCa, Issued};
+
+pub const GATEWAY: &str = "spiffe://vault.test/gateway";
+pub const PAYMENTS: &str = "spiffe://vault.test/payments";
+pub const AUDITOR: &str = "spiffe://vault.test/auditor";
+
+/// One Luhn-valid test PAN per brand (and two for Visa and Mastercard's 2-series).
+pub const PANS_BY_BRAND: [(&str, &str); 13] = [
+    ("4111111111111111", "visa"),
+    ("4000056655665556", "visa"),
+    ("5555555555554444", "mastercard"),
+    ("2223003122003222", "mastercard"),
+    ("378282246310005", "amex"),
+    ("6011111111111117", "discover"),
+    ("6221260000000000", "discover"),
+    ("3566002020360505", "jcb"),
+    ("30569309025904", "diners"),
+    ("6200000000000005", "unionpay"),
+    ("6759649826438453", "maestro"),
+    ("5018000000000009", "maestro"),
+    ("9999999999999995", "unknown"),
+];
+
+/// A CA, its server certificate and one client per test identity, written to `dir/pki`.
+pub struct TestPki {
+    pub ca_pem: String,
+    clients: Vec<(String, Issued)>,
+}
+
+impl TestPki {
+    pub fn generate(dir: &Path) -> Self {
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        let ca = DevCa::generate("vault test CA").unwrap();
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(pki.join("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(pki.join("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(pki.join("server.key"), server.key_pem.as_str()).unwrap();
+        let mut clients = Vec::new();
+        for (name, spiffe) in [
+            ("gateway", Some(GATEWAY)),
+            ("payments", Some(PAYMENTS)),
+            ("auditor", Some(AUDITOR)),
+            ("cn-only", None),
+        ] {
+            let issued = ca.issue_client(name, spiffe).unwrap();
+            std::fs::write(pki.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
+            std::fs::write(pki.join(format!("{name}.key")), issued.key_pem.as_str()).unwrap();
+            clients.push((name.to_owned(), issued));
+        }
+        Self {
+            ca_pem: ca.cert_pem(),
+            clients,
+        }
+    }
+
+    pub fn client(&self, name: &str) -> &Issued {
+        &self.clients.iter().find(|(n, _)| n == name).unwrap().1
+    }
+}
+
+/// The policy the tests run under: the gateway tokenizes, reads metadata and deletes; payments
+/// detokenizes; the CN-only client reads metadata; the auditor has no card operations.
+pub const POLICY: &str = r#"
+[[caller]]
+identity = "spiffe://vault.test/gateway"
+operations = ["tokenize", "metadata", "delete"]
+merchants = ["*"]
+
+[[caller]]
+identity = "spiffe://vault.test/payments"
+operations = ["detokenize", "metadata"]
+merchants = ["*"]
+
+[[caller]]
+identity = "cn-only"
+operations = ["metadata"]
+merchants = ["*"]
+
+[[caller]]
+identity = "spiffe://vault.test/auditor"
+operations = []
+merchants = ["*"]
+"#;
+
+/// A running `vaultd serve` with its own data directory.
+pub struct TestVault {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub pki: TestPki,
+    child: Child,
+}
+
+impl TestVault {
+    /// Starts `vaultd` with logging at `info`.
+    pub async fn start() -> Self {
+        Self::start_with_log("info").await
+    }
+
+    /// Starts `vaultd` with `RUST_LOG=log_filter`.
+    pub async fn start_with_log(log_filter: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(dir.path());
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+        std::fs::write(
+            dir.path().join("vaultd.toml"),
+            "listen = \"127.0.0.1:0\"\n\
+             [storage]\nurl = \"sqlite:vault.db\"\n\
+             [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
+             [kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n\
+             [policy]\npath = \"policy.toml\"\n",
+        )
+        .unwrap();
+        let child = spawn_vaultd(
+            &[
+                "serve",
+                "--config",
+                &dir.path().join("vaultd.toml").to_string_lossy(),
+            ],
+            dir.path(),
+            log_filter,
+        );
+        let addr = wait_for_listening(dir.path(), child).await;
+        let (addr, child) = addr;
+        Self {
+            dir,
+            addr,
+            pki,
+            child,
+        }
+    }
+
+    /// A client presenting the named identity's certificate.
+    pub async fn client(&self, name: &str) -> TokenServiceClient<Channel> {
+        let issued = self.pki.client(name);
+        connect(
+            &self.addr,
+            &self.pki.ca_pem,
+            Some((&issued.cert_pem, &issued.key_pem)),
+        )
+        .await
+    }
+
+    /// A pool on the vault's SQLite database, for tests that inspect or tamper with rows.
+    pub async fn db(&self) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(self.db_path())
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("vault.db")
+    }
+
+    /// Everything `vaultd` wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        read_logs(self.dir.path())
+    }
+
+    /// Stops `vaultd` with SIGTERM and waits for it.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        terminate(&mut self.child);
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestVault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the vaultd binary with output captured to files in `dir`.
+pub fn spawn_vaultd(args: &[&str], dir: &Path, log_filter: &str) -> Child {
+    let stdout = std::fs::File::create(dir.join("vaultd.stdout")).unwrap();
+    let stderr = std::fs::File::create(dir.join("vaultd.stderr")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_vaultd"))
+        .args(args)
+        .env("RUST_LOG", log_filter)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+pub fn read_logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for name in ["vaultd.stdout", "vaultd.stderr"] {
+        if let Ok(mut file) = std::fs::File::open(dir.join(name)) {
+            file.read_to_string(&mut all).unwrap();
+        }
+    }
+    all
+}
+
+/// Waits for the "vaultd listening on ADDR" line; panics with the logs if vaultd exits.
+pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = read_logs(dir);
+        if let Some(addr) = logs
+            .lines()
+            .find_map(|line| line.strip_prefix("vaultd listening on "))
+        {
+            return (addr.trim().to_owned(), child);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("vaultd exited with {status} before listening:\n{logs}");
+        }
+        assert!(Instant::now() < deadline, "vaultd did not start:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends SIGTERM and waits for the process to exit.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A tonic client over TLS trusting `ca_pem`, presenting `identity` if given.
+pub async fn connect(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> TokenServiceClient<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    TokenServiceClient::new(channel)
+}
+
+pub fn tokenize_request(merchant: &str, pan: &str) -> pb::TokenizeRequest {
+    pb::TokenizeRequest {
+        merchant_id: merchant.to_owned(),
+        pan: pan.to_owned(),
+        exp_month: Some(12),
+        exp_year: Some(2031),
+        token_format: pb::TokenFormat::Random.into(),
+    }
+}
+
+pub fn detokenize_request(merchant: &str, token: &str) -> pb::DetokenizeRequest {
+    pb::DetokenizeRequest {
+        merchant_id: merchant.to_owned(),
+        token: token.to_owned(),
+        reason: "capture order 1001".to_owned(),
+    }
+}
+
+/// A random Luhn-valid 16-digit PAN starting with `prefix`.
+pub fn random_pan(prefix: &str) -> String {
+    let mut digits: Vec<u32> = prefix.chars().map(|c| c.to_digit(10).unwrap()).collect();
+    while digits.len() < 15 {
+        digits.push(rand::random_range(0..10));
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    digits.push((10 - sum % 10) % 10);
+    digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect()
+}
+
+/// Audit rows for a request id: (caller, peer, operation, merchant, token, outcome, reason).
+pub type AuditRow = (
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+pub async fn audit_rows(db: &SqlitePool, request_id: &str) -> Vec<AuditRow> {
+    sqlx::query_as(
+        "SELECT caller, peer, operation, merchant_id, token, outcome, reason FROM audit_log \
+         WHERE request_id = ?",
+    )
+    .bind(request_id)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// The request id a response or status carries.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}

@@ -1,0 +1,18 @@
+//! End-to-end tests: the real `vaultd` binary, started on port 0 with certificates generated
+//! in the test, called over mutual TLS by a tonic client (and by grpcurl).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod harness;
+
+mod audit_fail_closed;
+mod grpcurl;
+mod integrity;
+mod no_pan_leaks;
+mod refusals;
+mod round_trip;

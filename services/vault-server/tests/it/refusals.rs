@@ -1,0 +1,184 @@
+//! Calls the vault must refuse, with the right status, an audit record, and no echo of input.
+
+use tonic::Code;
+use vault_server::pki::DevCa;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn no_client_certificate_is_refused() {
+    let vault = TestVault::start().await;
+    let mut anonymous = connect(&vault.addr, &vault.pki.ca_pem, None).await;
+    // TLS 1.3: the client finishes its side of the handshake before the server refuses it, so
+    // the refusal shows on the first call.
+    let status = anonymous
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    assert!(vault.logs().contains("tls handshake refused"));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+        .fetch_one(&vault.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let vault = TestVault::start().await;
+    let rogue_ca = DevCa::generate("rogue CA").unwrap();
+    let rogue = rogue_ca.issue_client("gateway", Some(GATEWAY)).unwrap();
+    let mut client = connect(
+        &vault.addr,
+        &vault.pki.ca_pem,
+        Some((&rogue.cert_pem, &rogue.key_pem)),
+    )
+    .await;
+    let status = client
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+        .fetch_one(&vault.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn gateway_may_not_detokenize_and_the_denial_is_audited() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let token = gateway
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let status = gateway
+        .detokenize(detokenize_request("m1", &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(!status.message().contains("4111"));
+    let id = request_id(status.metadata());
+    let rows = audit_rows(&vault.db().await, &id).await;
+    assert_eq!(rows.len(), 1);
+    let (caller, peer, operation, merchant, audited_token, outcome, reason) = &rows[0];
+    assert_eq!(caller, GATEWAY);
+    assert!(peer.as_deref().is_some_and(|p| p.starts_with("127.0.0.1:")));
+    assert_eq!(operation, "detokenize");
+    assert_eq!(merchant.as_deref(), Some("m1"));
+    assert_eq!(audited_token.as_deref(), Some(token.as_str()));
+    assert_eq!(outcome, "denied");
+    assert_eq!(reason.as_deref(), Some("capture order 1001"));
+
+    // The auditor has no card operations at all.
+    let mut auditor = vault.client("auditor").await;
+    let status = auditor
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn detokenize_needs_a_reason_without_card_numbers() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let token = gateway
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut payments = vault.client("payments").await;
+    for (reason, expect) in [
+        ("", "reason: is required"),
+        ("   ", "reason: is required"),
+        (
+            "refund card 4111 1111 1111 1111",
+            "reason: must not contain a card number",
+        ),
+    ] {
+        let mut request = detokenize_request("m1", &token);
+        request.reason = reason.to_owned();
+        let status = payments.detokenize(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), expect);
+        let rows = audit_rows(&vault.db().await, &request_id(status.metadata())).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].5, "invalid_argument");
+        assert_eq!(rows[0].6, None, "a refused reason is not stored");
+    }
+}
+
+#[tokio::test]
+async fn unknown_token_is_not_found() {
+    let vault = TestVault::start().await;
+    let mut payments = vault.client("payments").await;
+    let status = payments
+        .detokenize(detokenize_request("m1", "tok_0000000000000000000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let rows = audit_rows(&vault.db().await, &request_id(status.metadata())).await;
+    assert_eq!(rows[0].5, "not_found");
+}
+
+#[tokio::test]
+async fn bad_pans_are_invalid_argument_without_their_digits() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let long = "4".repeat(10 * 1024);
+    for pan in [
+        "4111abcd11111111",
+        "41111111111",
+        "41111111111111111110",
+        "4111111111111112",
+        "",
+        long.as_str(),
+    ] {
+        let status = gateway
+            .tokenize(tokenize_request("m1", pan))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().starts_with("pan: "),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().chars().any(|c| c.is_ascii_digit()),
+            "{}",
+            status.message()
+        );
+        let rows = audit_rows(&vault.db().await, &request_id(status.metadata())).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].5, "invalid_argument");
+    }
+    // Other fields name themselves too.
+    let mut request = tokenize_request("m1", "4111111111111111");
+    request.exp_month = Some(13);
+    let status = gateway.tokenize(request).await.unwrap_err();
+    assert_eq!(
+        status.message(),
+        "exp_month: must be a month from one to twelve"
+    );
+    let mut request = tokenize_request("bad merchant!", "4111111111111111");
+    request.token_format = 7;
+    let status = gateway.tokenize(request).await.unwrap_err();
+    assert!(status.message().starts_with("merchant_id: "));
+    let mut request = tokenize_request("m1", "4111111111111111");
+    request.token_format = 7;
+    let status = gateway.tokenize(request).await.unwrap_err();
+    assert!(status.message().starts_with("token_format: "));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+        .fetch_one(&vault.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing half-written");
+}

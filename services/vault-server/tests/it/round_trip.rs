@@ -1,0 +1,196 @@
+//! Tokenize, detokenize, dedup and token formats over mutual TLS.
+
+use tonic::Code;
+use vault_core::pan::luhn_valid;
+use vault_proto::v1 as pb;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn every_brand_round_trips() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let mut payments = vault.client("payments").await;
+    for (pan, brand) in PANS_BY_BRAND {
+        let tokenized = gateway
+            .tokenize(tokenize_request("m1", pan))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(tokenized.token.starts_with("tok_"), "{brand}");
+        assert!(!tokenized.existing);
+        let metadata = tokenized.metadata.unwrap();
+        assert_eq!(metadata.brand, brand, "{pan}");
+        assert_eq!(metadata.bin, pan[..6]);
+        assert_eq!(metadata.last4, pan[pan.len() - 4..]);
+        assert_eq!(metadata.pan_length as usize, pan.len());
+        assert_eq!(
+            metadata.expiry,
+            Some(pb::Expiry {
+                month: 12,
+                year: 2031
+            })
+        );
+
+        let detokenized = payments
+            .detokenize(detokenize_request("m1", &tokenized.token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(detokenized.pan, pan);
+        assert_eq!(
+            detokenized.expiry,
+            Some(pb::Expiry {
+                month: 12,
+                year: 2031
+            })
+        );
+    }
+}
+
+#[tokio::test]
+async fn same_pan_same_merchant_same_token_other_merchant_differs() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let pan = "4000056655665556";
+    let first = gateway
+        .tokenize(tokenize_request("m1", pan))
+        .await
+        .unwrap()
+        .into_inner();
+    // Separators are stripped: the same card written differently is the same card.
+    let again = gateway
+        .tokenize(tokenize_request("m1", "4000 0566-5566 5556"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.token, first.token);
+    assert_eq!(again.fingerprint, first.fingerprint);
+    assert!(!first.existing);
+    assert!(again.existing);
+
+    let other = gateway
+        .tokenize(tokenize_request("m2", pan))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.token, first.token);
+    assert_ne!(other.fingerprint, first.fingerprint);
+    assert!(!other.existing);
+
+    // Each merchant sees only its own token.
+    let mut payments = vault.client("payments").await;
+    let status = payments
+        .detokenize(detokenize_request("m2", &first.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn pan_shaped_tokens_keep_bin_last4_and_length_and_fail_luhn() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let mut payments = vault.client("payments").await;
+    for (pan, _) in PANS_BY_BRAND {
+        let mut request = tokenize_request("m-shaped", pan);
+        request.token_format = pb::TokenFormat::PanShaped.into();
+        let tokenized = gateway.tokenize(request).await.unwrap().into_inner();
+        let token = &tokenized.token;
+        assert_eq!(token.len(), pan.len(), "{pan}");
+        assert_eq!(token[..6], pan[..6]);
+        assert_eq!(token[token.len() - 4..], pan[pan.len() - 4..]);
+        assert!(token.bytes().all(|b| b.is_ascii_digit()));
+        assert!(!luhn_valid(token), "{token} passes Luhn");
+        assert_ne!(token, pan);
+        assert_eq!(
+            tokenized.metadata.unwrap().token_format,
+            i32::from(pb::TokenFormat::PanShaped)
+        );
+        let detokenized = payments
+            .detokenize(detokenize_request("m-shaped", token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(detokenized.pan, pan);
+    }
+}
+
+#[tokio::test]
+async fn metadata_and_delete() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let tokenized = gateway
+        .tokenize(tokenize_request("m1", "5555555555554444"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The CN-only identity is recognised by its subject CN and may read metadata.
+    let mut cn_only = vault.client("cn-only").await;
+    let metadata = cn_only
+        .get_token_metadata(pb::GetTokenMetadataRequest {
+            merchant_id: "m1".into(),
+            token: tokenized.token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    assert_eq!(metadata, tokenized.metadata.unwrap());
+
+    gateway
+        .delete_token(pb::DeleteTokenRequest {
+            merchant_id: "m1".into(),
+            token: tokenized.token.clone(),
+        })
+        .await
+        .unwrap();
+    let mut payments = vault.client("payments").await;
+    let status = payments
+        .detokenize(detokenize_request("m1", &tokenized.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = gateway
+        .delete_token(pb::DeleteTokenRequest {
+            merchant_id: "m1".into(),
+            token: tokenized.token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn tokens_survive_a_restart() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let tokenized = gateway
+        .tokenize(tokenize_request("m1", "378282246310005"))
+        .await
+        .unwrap()
+        .into_inner();
+    let addr = vault.addr.clone();
+    let dir = vault.stop();
+    // Same data directory, fresh process.
+    let config = dir.path().join("vaultd.toml");
+    let child = spawn_vaultd(
+        &["serve", "--config", &config.to_string_lossy()],
+        dir.path(),
+        "info",
+    );
+    let (new_addr, mut child) = wait_for_listening(dir.path(), child).await;
+    assert_ne!(addr, "");
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.pem")).unwrap();
+    let cert = std::fs::read_to_string(dir.path().join("pki/payments.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("pki/payments.key")).unwrap();
+    let mut payments = connect(&new_addr, &ca, Some((&cert, &key))).await;
+    let detokenized = payments
+        .detokenize(detokenize_request("m1", &tokenized.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(detokenized.pan, "378282246310005");
+    terminate(&mut child);
+}
