@@ -123,5 +123,20 @@ proptest! {
     #[test]
     fn parse_never_panics(input in ".{0,64}") {
         let _ = Pan::parse("pan", &input);
+        let _ = contains_card_number(&input);
+    }
+
+    #[test]
+    fn every_valid_pan_is_found_in_text(
+        payload in "[0-9]{11,18}",
+        before in "[a-z ]{0,8}",
+        after in "[a-z ]{0,8}",
+    ) {
+        let digits = (0..10)
+            .map(|check| format!("{payload}{check}"))
+            .find(|d| luhn_valid(d))
+            .unwrap();
+        let text = format!("{before}{digits}{after}");
+        prop_assert!(contains_card_number(&text));
     }
 }

@@ -63,6 +63,18 @@ pub struct TokenCommand {
     pub reason: String,
 }
 
+impl TokenCommand {
+    /// A command for the calls that take no reason (metadata, delete).
+    #[must_use]
+    pub fn without_reason(merchant_id: String, token: String) -> Self {
+        Self {
+            merchant_id,
+            token,
+            reason: String::new(),
+        }
+    }
+}
+
 /// The result of a tokenize.
 #[derive(Debug, Clone)]
 pub struct Tokenized {
@@ -459,4 +471,23 @@ pub fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
         .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenize_command_debug_is_redacted() {
+        let command = TokenizeCommand {
+            merchant_id: "m1".into(),
+            pan: Zeroizing::new("4111111111111111".into()),
+            exp_month: None,
+            exp_year: None,
+            format: Some(TokenFormat::Random),
+        };
+        let printed = format!("{command:?} {command:#?}");
+        assert!(!printed.contains("4111111111111111"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
 }

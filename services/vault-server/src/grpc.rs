@@ -211,14 +211,12 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
         let ctx = call_context(&request)?;
         let body = request.into_inner();
-        let command = TokenCommand {
-            merchant_id: body.merchant_id,
-            token: body.token,
-            reason: String::new(),
-        };
         let result = self
             .vault
-            .delete(&ctx, command)
+            .delete(
+                &ctx,
+                TokenCommand::without_reason(body.merchant_id, body.token),
+            )
             .await
             .map(|()| pb::DeleteTokenResponse {});
         respond(&ctx, "delete", result)

@@ -33,10 +33,7 @@ async fn detokenize_fails_without_a_pan_when_audit_writes_fail() {
     assert!(!format!("{status:?}").contains(pan));
 
     // Tokenize fails too, and leaves no token behind (token and audit commit together).
-    let before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let before = vault.token_count().await;
     let status = vault
         .client("gateway")
         .await
@@ -44,11 +41,7 @@ async fn detokenize_fails_without_a_pan_when_audit_writes_fail() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(before, after);
+    assert_eq!(vault.token_count().await, before);
 
     // Once the audit store accepts writes again, calls succeed without a restart.
     sqlx::query("DROP TRIGGER test_audit_down")

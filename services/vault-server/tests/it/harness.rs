@@ -172,6 +172,14 @@ impl TestVault {
         self.dir.path().join("vault.db")
     }
 
+    /// How many tokens the database holds.
+    pub async fn token_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+            .fetch_one(&self.db().await)
+            .await
+            .unwrap()
+    }
+
     /// Everything `vaultd` wrote to stdout and stderr so far.
     pub fn logs(&self) -> String {
         read_logs(self.dir.path())

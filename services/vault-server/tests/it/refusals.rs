@@ -17,11 +17,7 @@ async fn no_client_certificate_is_refused() {
         .unwrap_err();
     assert_ne!(status.code(), Code::Ok);
     assert!(vault.logs().contains("tls handshake refused"));
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-        .fetch_one(&vault.db().await)
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(vault.token_count().await, 0);
 }
 
 #[tokio::test]
@@ -40,11 +36,7 @@ async fn certificate_from_another_ca_is_refused() {
         .await
         .unwrap_err();
     assert_ne!(status.code(), Code::Ok);
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-        .fetch_one(&vault.db().await)
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(vault.token_count().await, 0);
 }
 
 #[tokio::test]
@@ -176,9 +168,55 @@ async fn bad_pans_are_invalid_argument_without_their_digits() {
     request.token_format = 7;
     let status = gateway.tokenize(request).await.unwrap_err();
     assert!(status.message().starts_with("token_format: "));
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-        .fetch_one(&vault.db().await)
-        .await
+    assert_eq!(vault.token_count().await, 0, "nothing half-written");
+}
+
+/// A TLS handshake with only the given protocol version, presenting the gateway certificate.
+async fn handshake_with(
+    vault: &TestVault,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::io::Result<()> {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(vault.pki.ca_pem.as_bytes()).unwrap())
         .unwrap();
-    assert_eq!(rows, 0, "nothing half-written");
+    let gateway = vault.pki.client("gateway");
+    let chain = vec![CertificateDer::from_pem_slice(gateway.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(gateway.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&vault.addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    // TLS 1.3 client auth completes after the client's Finished: read to see the verdict.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut buf = [0u8; 9];
+    tls.read_exact(&mut buf).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn only_tls_1_3_is_accepted() {
+    let vault = TestVault::start().await;
+    assert!(
+        handshake_with(&vault, &rustls::version::TLS13)
+            .await
+            .is_ok(),
+        "control: TLS 1.3 with a valid certificate connects"
+    );
+    let refused = handshake_with(&vault, &rustls::version::TLS12).await;
+    assert!(refused.is_err(), "TLS 1.2 must be refused");
 }
