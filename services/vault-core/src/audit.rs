@@ -17,6 +17,8 @@ pub enum Outcome {
     Success,
     /// The policy refused the caller.
     Denied,
+    /// The caller's certificate names no identity.
+    Unauthenticated,
     /// A request field was malformed.
     InvalidArgument,
     /// The token does not exist for this merchant.
@@ -36,6 +38,7 @@ impl Outcome {
         match self {
             Self::Success => "success",
             Self::Denied => "denied",
+            Self::Unauthenticated => "unauthenticated",
             Self::InvalidArgument => "invalid_argument",
             Self::NotFound => "not_found",
             Self::IntegrityFailure => "integrity_failure",
@@ -50,6 +53,7 @@ impl Outcome {
         match error {
             VaultError::InvalidArgument(_) => Self::InvalidArgument,
             VaultError::PermissionDenied { .. } => Self::Denied,
+            VaultError::Unauthenticated => Self::Unauthenticated,
             VaultError::NotFound => Self::NotFound,
             VaultError::Integrity => Self::IntegrityFailure,
             VaultError::KeyUnavailable(_)

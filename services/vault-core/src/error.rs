@@ -17,6 +17,9 @@ pub struct InvalidArgument {
 /// Why a vault operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// The client certificate names no identity (neither a SPIFFE URI SAN nor a subject CN).
+    #[error("client certificate names no identity")]
+    Unauthenticated,
     /// A request field is malformed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidArgument),

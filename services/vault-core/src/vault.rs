@@ -226,6 +226,20 @@ impl Vault {
         self.conclude(audit, result).await
     }
 
+    /// Refuses a call whose client certificate names no identity, auditing the attempt under
+    /// the caller description the transport put in `ctx` (e.g. the certificate's digest).
+    /// Returns the error to report.
+    pub async fn refuse_unidentified(&self, ctx: &CallContext, operation: Operation) -> VaultError {
+        let audit = AuditRecord::begin(ctx, operation);
+        match self
+            .conclude::<()>(audit, Err(VaultError::Unauthenticated))
+            .await
+        {
+            Err(error) => error,
+            Ok(()) => VaultError::Unauthenticated,
+        }
+    }
+
     async fn tokenize_audited(
         &self,
         audit: &mut AuditRecord,

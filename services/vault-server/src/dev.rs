@@ -62,7 +62,7 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
          # merchants: [\"*\"] for every merchant, or a list of merchant ids.\n",
     );
     for (name, spiffe, operations) in DEV_IDENTITIES {
-        let client = ca.issue_client(name, Some(spiffe))?;
+        let client = ca.issue_client(Some(name), Some(spiffe))?;
         write_file(
             &dir.join(format!("pki/{name}.pem")),
             &client.cert_pem,

@@ -2,11 +2,13 @@
 //! the caller's identity from its client certificate, and logs one line per call. All
 //! decisions are the domain's (`vault_core::Vault`); all error codes come from `status.rs`.
 
+use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use vault_core::Vault;
 use vault_core::expiry::Expiry;
 use vault_core::ids::{CallContext, CallerId};
+use vault_core::policy::Operation;
 use vault_core::ports::CardMetadata;
 use vault_core::token::TokenFormat;
 use vault_core::vault::{TokenCommand, TokenizeCommand};
@@ -14,7 +16,7 @@ use vault_proto::v1 as pb;
 use zeroize::Zeroizing;
 
 use crate::identity::identity_of;
-use crate::status::{no_identity, to_status};
+use crate::status::to_status;
 
 /// Response metadata key carrying the call's request id (also in the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -31,28 +33,52 @@ impl TokenApi {
     pub fn new(vault: Vault) -> Self {
         Self { vault }
     }
+
+    /// The call's context, or, for a certificate that names no identity, the audited
+    /// UNAUTHENTICATED refusal.
+    async fn identify<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+    ) -> Result<CallContext, Status> {
+        match call_context(request) {
+            Ok(ctx) => Ok(ctx),
+            Err(ctx) => {
+                let error = self.vault.refuse_unidentified(&ctx, operation).await;
+                respond::<()>(&ctx, operation, Err(error)).map(|_| ctx)
+            }
+        }
+    }
 }
 
-/// The call's context: identity from the verified client certificate, peer address, and a
-/// fresh request id. A connection without a usable certificate is UNAUTHENTICATED (rustls
-/// already refuses connections without a verified one; this is defence in depth).
-fn call_context<T>(request: &Request<T>) -> Result<CallContext, Status> {
-    let caller = request
+/// The call's context: identity from the verified client certificate (SPIFFE URI SAN, else
+/// CN), peer address, and a fresh request id. If the certificate names no identity, the
+/// context's caller describes the certificate by its SHA-256 digest instead, and `Err` says so.
+fn call_context<T>(request: &Request<T>) -> Result<CallContext, CallContext> {
+    let leaf = request
         .peer_certs()
-        .and_then(|certs| certs.first().and_then(|leaf| identity_of(leaf)))
-        .ok_or_else(no_identity)?;
-    Ok(CallContext {
+        .and_then(|certs| certs.first().map(|cert| cert.as_ref().to_vec()));
+    let identity = leaf.as_deref().and_then(identity_of);
+    let ctx = |caller: String| CallContext {
         caller: CallerId::new(caller),
         peer: request.remote_addr().map(|addr| addr.to_string()),
         request_id: uuid::Uuid::new_v4().to_string(),
-    })
+    };
+    match (identity, leaf) {
+        (Some(identity), _) => Ok(ctx(identity)),
+        (None, Some(der)) => Err(ctx(format!(
+            "unidentified-certificate:sha256:{}",
+            hex(&Sha256::digest(&der))
+        ))),
+        (None, None) => Err(ctx("no-certificate".to_owned())),
+    }
 }
 
 /// Logs the call's outcome and turns it into a gRPC response carrying the request id.
 /// Errors are logged with their domain message, which never holds a PAN.
 fn respond<T>(
     ctx: &CallContext,
-    operation: &'static str,
+    operation: Operation,
     result: Result<T, vault_core::VaultError>,
 ) -> Result<Response<T>, Status> {
     let request_id = MetadataValue::try_from(ctx.request_id.as_str()).ok();
@@ -61,7 +87,7 @@ fn respond<T>(
             tracing::info!(
                 request_id = %ctx.request_id,
                 caller = %ctx.caller,
-                operation,
+                operation = operation.as_str(),
                 outcome = "ok",
                 "call"
             );
@@ -76,7 +102,7 @@ fn respond<T>(
             tracing::warn!(
                 request_id = %ctx.request_id,
                 caller = %ctx.caller,
-                operation,
+                operation = operation.as_str(),
                 outcome = ?status.code(),
                 error = %error,
                 "call"
@@ -140,7 +166,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        let ctx = call_context(&request)?;
+        let ctx = self.identify(&request, Operation::Tokenize).await?;
         let body = request.into_inner();
         let command = TokenizeCommand {
             merchant_id: body.merchant_id,
@@ -159,14 +185,14 @@ impl pb::token_service_server::TokenService for TokenApi {
                 metadata: Some(metadata_to_proto(done.metadata)),
                 existing: done.existing,
             });
-        respond(&ctx, "tokenize", result)
+        respond(&ctx, Operation::Tokenize, result)
     }
 
     async fn detokenize(
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        let ctx = call_context(&request)?;
+        let ctx = self.identify(&request, Operation::Detokenize).await?;
         let body = request.into_inner();
         let command = TokenCommand {
             merchant_id: body.merchant_id,
@@ -181,14 +207,14 @@ impl pb::token_service_server::TokenService for TokenApi {
                     pan: done.pan.expose_digits().to_owned(),
                     expiry: expiry_to_proto(done.expiry),
                 });
-        respond(&ctx, "detokenize", result)
+        respond(&ctx, Operation::Detokenize, result)
     }
 
     async fn get_token_metadata(
         &self,
         request: Request<pb::GetTokenMetadataRequest>,
     ) -> Result<Response<pb::GetTokenMetadataResponse>, Status> {
-        let ctx = call_context(&request)?;
+        let ctx = self.identify(&request, Operation::Metadata).await?;
         let body = request.into_inner();
         let command = TokenCommand {
             merchant_id: body.merchant_id,
@@ -202,14 +228,14 @@ impl pb::token_service_server::TokenService for TokenApi {
                 .map(|metadata| pb::GetTokenMetadataResponse {
                     metadata: Some(metadata_to_proto(metadata)),
                 });
-        respond(&ctx, "metadata", result)
+        respond(&ctx, Operation::Metadata, result)
     }
 
     async fn delete_token(
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
-        let ctx = call_context(&request)?;
+        let ctx = self.identify(&request, Operation::Delete).await?;
         let body = request.into_inner();
         let result = self
             .vault
@@ -219,6 +245,6 @@ impl pb::token_service_server::TokenService for TokenApi {
             )
             .await
             .map(|()| pb::DeleteTokenResponse {});
-        respond(&ctx, "delete", result)
+        respond(&ctx, Operation::Delete, result)
     }
 }

@@ -42,13 +42,13 @@ mod tests {
     fn spiffe_san_wins_over_common_name() {
         let ca = DevCa::generate("test ca").unwrap();
         let with_san = ca
-            .issue_client("gateway", Some("spiffe://vault.test/gateway"))
+            .issue_client(Some("gateway"), Some("spiffe://vault.test/gateway"))
             .unwrap();
         assert_eq!(
             identity_of(&der(&with_san.cert_pem)).as_deref(),
             Some("spiffe://vault.test/gateway")
         );
-        let cn_only = ca.issue_client("payments", None).unwrap();
+        let cn_only = ca.issue_client(Some("payments"), None).unwrap();
         assert_eq!(
             identity_of(&der(&cn_only.cert_pem)).as_deref(),
             Some("payments")

@@ -70,18 +70,18 @@ impl DevCa {
         self.issue(params)
     }
 
-    /// A client certificate with subject CN `common_name` and, if given, a SPIFFE URI SAN,
+    /// A client certificate with, if given, subject CN `common_name` and a SPIFFE URI SAN,
     /// valid for one year.
     ///
     /// # Errors
     /// If key generation or signing fails.
     pub fn issue_client(
         &self,
-        common_name: &str,
+        common_name: Option<&str>,
         spiffe_id: Option<&str>,
     ) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(common_name);
+        params.distinguished_name = common_name.map(name).unwrap_or_default();
         if let Some(uri) = spiffe_id {
             params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
         }

@@ -11,6 +11,10 @@ use vault_core::VaultError;
 #[must_use]
 pub fn to_status(error: &VaultError) -> Status {
     let (code, message): (Code, std::borrow::Cow<'static, str>) = match error {
+        VaultError::Unauthenticated => (
+            Code::Unauthenticated,
+            "client certificate has neither a SPIFFE URI SAN nor a subject common name".into(),
+        ),
         VaultError::InvalidArgument(invalid) => (Code::InvalidArgument, invalid.to_string().into()),
         VaultError::PermissionDenied { operation } => (
             Code::PermissionDenied,
@@ -38,14 +42,6 @@ pub fn to_status(error: &VaultError) -> Status {
     Status::new(code, message)
 }
 
-/// The status for a connection whose client certificate names no identity the vault can use.
-#[must_use]
-pub fn no_identity() -> Status {
-    Status::unauthenticated(
-        "client certificate has neither a SPIFFE URI SAN nor a subject common name",
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use vault_core::InvalidArgument;
@@ -70,6 +66,7 @@ mod tests {
                 Code::PermissionDenied,
             ),
             (VaultError::NotFound, Code::NotFound),
+            (VaultError::Unauthenticated, Code::Unauthenticated),
             (VaultError::Integrity, Code::DataLoss),
             (
                 VaultError::KeyUnavailable("secret-detail".into()),

@@ -49,14 +49,15 @@ impl TestPki {
         std::fs::write(pki.join("ca.pem"), ca.cert_pem()).unwrap();
         std::fs::write(pki.join("server.pem"), &server.cert_pem).unwrap();
         std::fs::write(pki.join("server.key"), server.key_pem.as_str()).unwrap();
-        let mut clients = Vec::new();
+        // A certificate the CA signed that names no identity at all.
+        let mut clients = vec![("anonymous".to_owned(), ca.issue_client(None, None).unwrap())];
         for (name, spiffe) in [
             ("gateway", Some(GATEWAY)),
             ("payments", Some(PAYMENTS)),
             ("auditor", Some(AUDITOR)),
             ("cn-only", None),
         ] {
-            let issued = ca.issue_client(name, spiffe).unwrap();
+            let issued = ca.issue_client(Some(name), spiffe).unwrap();
             std::fs::write(pki.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
             std::fs::write(pki.join(format!("{name}.key")), issued.key_pem.as_str()).unwrap();
             clients.push((name.to_owned(), issued));

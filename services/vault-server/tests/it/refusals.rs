@@ -24,7 +24,9 @@ async fn no_client_certificate_is_refused() {
 async fn certificate_from_another_ca_is_refused() {
     let vault = TestVault::start().await;
     let rogue_ca = DevCa::generate("rogue CA").unwrap();
-    let rogue = rogue_ca.issue_client("gateway", Some(GATEWAY)).unwrap();
+    let rogue = rogue_ca
+        .issue_client(Some("gateway"), Some(GATEWAY))
+        .unwrap();
     let mut client = connect(
         &vault.addr,
         &vault.pki.ca_pem,
@@ -219,4 +221,25 @@ async fn only_tls_1_3_is_accepted() {
     );
     let refused = handshake_with(&vault, &rustls::version::TLS12).await;
     assert!(refused.is_err(), "TLS 1.2 must be refused");
+}
+
+#[tokio::test]
+async fn certificate_without_identity_is_unauthenticated_and_audited() {
+    let vault = TestVault::start().await;
+    let mut anonymous = vault.client("anonymous").await;
+    let status = anonymous
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let rows = audit_rows(&vault.db().await, &request_id(status.metadata())).await;
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].0.starts_with("unidentified-certificate:sha256:"),
+        "{}",
+        rows[0].0
+    );
+    assert_eq!(rows[0].2, "tokenize");
+    assert_eq!(rows[0].5, "unauthenticated");
+    assert_eq!(vault.token_count().await, 0);
 }
