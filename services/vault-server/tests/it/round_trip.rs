@@ -194,3 +194,42 @@ async fn tokens_survive_a_restart() {
     assert_eq!(detokenized.pan, "378282246310005");
     terminate(&mut child);
 }
+
+#[tokio::test]
+async fn concurrent_first_use_and_same_card_end_with_one_key_and_one_token() {
+    let vault = TestVault::start().await;
+    let gateway = vault.client("gateway").await;
+    let calls = (0..16).map(|_| {
+        let mut client = gateway.clone();
+        tokio::spawn(async move {
+            client
+                .tokenize(tokenize_request("m-race", "6759649826438453"))
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let mut tokens = std::collections::HashSet::new();
+    let mut fresh = 0;
+    for call in calls.collect::<Vec<_>>() {
+        let response = call.await.unwrap().unwrap();
+        fresh += usize::from(!response.existing);
+        tokens.insert(response.token);
+    }
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(fresh, 1, "exactly one call created the token");
+    let db = vault.db().await;
+    let keys: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE merchant_id = 'm-race'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(keys, 2, "one DEK and one fingerprint key");
+    assert_eq!(vault.token_count().await, 1);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE operation = 'tokenize' AND outcome = 'success'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 16, "every call is audited");
+}
