@@ -3,9 +3,13 @@
 
 use std::path::PathBuf;
 
-/// Messages that carry a PAN: prost must not derive `Debug` for them; `src/lib.rs` writes a
-/// redacted one by hand.
-const PAN_BEARING: [&str; 2] = ["vault.v1.TokenizeRequest", "vault.v1.DetokenizeResponse"];
+/// Messages that carry a PAN, or free-text fields a careless caller might put one in: prost
+/// must not derive `Debug` for them; `src/lib.rs` writes a redacted one by hand.
+const PAN_BEARING: [&str; 3] = [
+    "vault.v1.TokenizeRequest",
+    "vault.v1.DetokenizeRequest",
+    "vault.v1.DetokenizeResponse",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -118,13 +118,20 @@ pub(crate) fn luhn_sum(digits: &str) -> Option<u32> {
     Some(sum)
 }
 
-/// True if `text` holds a card number: 12 to 19 digits passing the Luhn check, written as one
-/// group of digits or as consecutive groups split by single spaces or dashes. Free-text and
-/// identifier fields that reach the audit log refuse such values, since no PAN may ever be
-/// stored there.
+/// True if `text` may hold a card number, so that it must not be stored in a field that
+/// reaches the audit log (reasons, merchant ids, tokens).
+///
+/// Digits are read in groups joined by one or two separators (any character that is neither a
+/// letter nor a digit: `4111 1111-1111.1111`, `4111  1111 …`). A joined sequence counts if
+/// 12 to 19 of its digits, starting at a group boundary, pass the Luhn check, or if it has more
+/// than 19 digits at all (a PAN glued to other digits, such as an expiry, cannot be told apart
+/// from them). Non-ASCII digits also count: they cannot be checked, so they are refused.
 #[must_use]
 pub fn contains_card_number(text: &str) -> bool {
-    // Groups of digits, each with whether a single separator joins it to the next group.
+    if text.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
+        return true;
+    }
+    // Groups of digits, each with whether it joins the next group (one or two separators).
     let mut groups: Vec<(&str, bool)> = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -133,19 +140,22 @@ pub fn contains_card_number(text: &str) -> bool {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(tail.len());
         let (digits, after) = tail.split_at(end);
-        let mut next = after.chars();
-        let joined = matches!(next.next(), Some(' ' | '-'))
-            && next.next().is_some_and(|c| c.is_ascii_digit());
+        let separators = after.chars().take_while(|c| !c.is_alphanumeric()).count();
+        let joined = (1..=2).contains(&separators)
+            && after
+                .chars()
+                .nth(separators)
+                .is_some_and(|c| c.is_ascii_digit());
         groups.push((digits, joined));
         rest = after;
     }
-    let mut candidate = String::with_capacity(MAX_PAN_DIGITS);
+    let mut candidate = String::with_capacity(MAX_PAN_DIGITS + 1);
     for first in 0..groups.len() {
         candidate.clear();
         for (digits, joined) in groups.iter().skip(first) {
             candidate.push_str(digits);
             if candidate.len() > MAX_PAN_DIGITS {
-                break;
+                return true;
             }
             if candidate.len() >= MIN_PAN_DIGITS && luhn_valid(&candidate) {
                 return true;

@@ -81,7 +81,19 @@ fn card_numbers_are_found_in_free_text() {
     assert!(contains_card_number("x4111111111111111x"));
     assert!(contains_card_number("card 4111 1111 1111 1111."));
     assert!(contains_card_number("card 4111-1111-1111-1111"));
-    assert!(!contains_card_number("4111  1111  1111  1111")); // two spaces end a run
+    assert!(contains_card_number("4111  1111  1111  1111"));
+    for separator in [".", ":", "_", "/", "\u{a0}", ". "] {
+        let text = ["4111", "1111", "1111", "1111"].join(separator);
+        assert!(contains_card_number(&text), "{text:?}");
+    }
+    assert!(!contains_card_number("4111   1111   1111   1111")); // three separators part groups
+    // Glued to more digits (an expiry, say): too long to tell apart, so refused.
+    assert!(contains_card_number("41111111111111111230"));
+    // Non-ASCII digits cannot be checked, so they are refused.
+    assert!(contains_card_number("\u{ff14}111"));
+    assert!(!contains_card_number(
+        "order 12345678901 (eleven digits) ok"
+    ));
     assert!(contains_card_number("order 77 4111111111111111 99"));
     assert!(!contains_card_number("refund order 123456"));
     assert!(!contains_card_number("4111111111111112")); // Luhn failure

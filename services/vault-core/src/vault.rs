@@ -43,7 +43,7 @@ pub struct TokenizeCommand {
 impl fmt::Debug for TokenizeCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenizeCommand")
-            .field("merchant_id", &self.merchant_id)
+            .field("merchant_id", &self.merchant_id.len())
             .field("pan", &"<redacted>")
             .field("exp_month", &self.exp_month)
             .field("exp_year", &self.exp_year)
@@ -53,7 +53,8 @@ impl fmt::Debug for TokenizeCommand {
 }
 
 /// A request that names a merchant's token (Detokenize, metadata, delete), not yet validated.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` redacts the unvalidated fields a careless caller might put a PAN in.
+#[derive(Clone, Default)]
 pub struct TokenCommand {
     /// The merchant id, unparsed.
     pub merchant_id: String,
@@ -61,6 +62,16 @@ pub struct TokenCommand {
     pub token: String,
     /// The reason, unparsed (Detokenize only).
     pub reason: String,
+}
+
+impl fmt::Debug for TokenCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCommand")
+            .field("merchant_id", &self.merchant_id.len())
+            .field("token", &self.token.len())
+            .field("reason", &"<redacted>")
+            .finish()
+    }
 }
 
 impl TokenCommand {
@@ -194,8 +205,8 @@ impl Vault {
     ) -> Result<CardMetadata, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::Metadata);
         let result = async {
-            let (merchant, token) = Self::parse_token_command(&mut audit, &command)?;
-            self.authorize(&audit, Operation::Metadata, &merchant)?;
+            let (merchant, token) =
+                self.authorize_token_command(&mut audit, Operation::Metadata, &command)?;
             let record = self
                 .store
                 .token(&merchant, &token)
@@ -214,8 +225,8 @@ impl Vault {
     pub async fn delete(&self, ctx: &CallContext, command: TokenCommand) -> Result<(), VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::Delete);
         let result = async {
-            let (merchant, token) = Self::parse_token_command(&mut audit, &command)?;
-            self.authorize(&audit, Operation::Delete, &merchant)?;
+            let (merchant, token) =
+                self.authorize_token_command(&mut audit, Operation::Delete, &command)?;
             if self.store.delete_token(&merchant, &token, &audit).await? {
                 Ok(Done::audited(()))
             } else {
@@ -247,13 +258,13 @@ impl Vault {
     ) -> Result<Done<Tokenized>, VaultError> {
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
+        self.authorize(audit, Operation::Tokenize, &merchant)?;
         let pan = Pan::parse("pan", &command.pan)?;
         let expiry = Expiry::parse(command.exp_month, command.exp_year)?;
         let format = command.format.ok_or(InvalidArgument {
             field: "token_format",
             problem: "is not a format this vault knows",
         })?;
-        self.authorize(audit, Operation::Tokenize, &merchant)?;
 
         let keys = self.current_keys(&merchant).await?;
         let fingerprint = keys.fingerprint.fingerprint(pan.expose_digits().as_bytes());
@@ -262,6 +273,7 @@ impl Vault {
             .token_by_fingerprint(&merchant, &fingerprint, format)
             .await?
         {
+            self.check_same_card(&found, &pan, &keys).await?;
             return Ok(Done::pending(Self::existing(audit, found)));
         }
 
@@ -276,7 +288,7 @@ impl Vault {
         };
         for _ in 0..MAX_TOKEN_ATTEMPTS {
             let token = Token::generate(format, &pan);
-            let aad = pan_associated_data(&merchant, &token, keys.dek_version);
+            let aad = pan_associated_data(&merchant, &token, keys.dek_version, expiry);
             let record = TokenRecord {
                 sealed: keys.dek.seal(&aad, pan.expose_digits().as_bytes()),
                 token: token.clone(),
@@ -285,9 +297,12 @@ impl Vault {
                 dek_version: keys.dek_version,
                 metadata: metadata.clone(),
             };
-            audit.token = Some(token);
-            match self.store.insert_token(&record, audit).await? {
+            // The record names the token only if the insert commits it.
+            let mut record_audit = audit.clone();
+            record_audit.token = Some(token);
+            match self.store.insert_token(&record, &record_audit).await? {
                 InsertOutcome::Inserted => {
+                    audit.token = record_audit.token;
                     return Ok(Done::audited(Tokenized {
                         token: record.token,
                         fingerprint,
@@ -307,11 +322,11 @@ impl Vault {
                                 "token for a taken fingerprint not found".to_owned(),
                             )
                         })?;
+                    self.check_same_card(&winner, &pan, &keys).await?;
                     return Ok(Done::pending(Self::existing(audit, winner)));
                 }
             }
         }
-        audit.token = None;
         Err(VaultError::TokenSpaceExhausted)
     }
 
@@ -331,43 +346,85 @@ impl Vault {
         audit: &mut AuditRecord,
         command: TokenCommand,
     ) -> Result<Done<Detokenized>, VaultError> {
-        let (merchant, token) = Self::parse_token_command(audit, &command)?;
-        audit.reason = Some(Reason::parse("reason", &command.reason)?);
-        self.authorize(audit, Operation::Detokenize, &merchant)?;
+        // A valid reason is recorded even when the call is then refused.
+        audit.reason = Reason::parse("reason", &command.reason).ok();
+        let (merchant, token) =
+            self.authorize_token_command(audit, Operation::Detokenize, &command)?;
+        Reason::parse("reason", &command.reason)?;
 
         let record = self
             .store
             .token(&merchant, &token)
             .await?
             .ok_or(VaultError::NotFound)?;
-        // A row moved to another merchant finds that merchant's key (or none), and its
-        // associated data names the original merchant and token: either way it cannot open.
-        let wrapped = self
-            .store
-            .data_key(&merchant, record.dek_version)
-            .await?
-            .ok_or(VaultError::Integrity)?;
-        let dek = AeadKey::new(&self.unwrap_key(&wrapped).await?);
-        let aad = pan_associated_data(&merchant, &token, record.dek_version);
-        let digits = dek
-            .open(&aad, &record.sealed.nonce, &record.sealed.ciphertext)
-            .map_err(|_| VaultError::Integrity)?;
-        let digits = std::str::from_utf8(&digits).map_err(|_| VaultError::Integrity)?;
-        let pan = Pan::parse("pan", digits).map_err(|_| VaultError::Integrity)?;
+        let pan = self.open_pan(&record).await?;
         Ok(Done::pending(Detokenized {
             pan,
             expiry: record.metadata.expiry,
         }))
     }
 
-    fn parse_token_command(
+    /// Decrypts a stored PAN under the DEK version the row names, for the row's merchant.
+    /// A row moved to another merchant finds that merchant's key (or none), and its associated
+    /// data names the original merchant, token, version and expiry: it cannot open.
+    async fn open_pan(&self, record: &TokenRecord) -> Result<Pan, VaultError> {
+        let wrapped = self
+            .store
+            .data_key(&record.merchant, record.dek_version)
+            .await?
+            .ok_or(VaultError::Integrity)?;
+        let dek = AeadKey::new(&self.unwrap_key(&wrapped).await?);
+        Self::open_with(&dek, record)
+    }
+
+    fn open_with(dek: &AeadKey, record: &TokenRecord) -> Result<Pan, VaultError> {
+        let aad = pan_associated_data(
+            &record.merchant,
+            &record.token,
+            record.dek_version,
+            record.metadata.expiry,
+        );
+        let digits = dek
+            .open(&aad, &record.sealed.nonce, &record.sealed.ciphertext)
+            .map_err(|_| VaultError::Integrity)?;
+        let digits = std::str::from_utf8(&digits).map_err(|_| VaultError::Integrity)?;
+        Pan::parse("pan", digits).map_err(|_| VaultError::Integrity)
+    }
+
+    /// Before a deduplicated tokenize returns an existing token, checks that the token really
+    /// holds this card: a fingerprint copied onto another row must not hand out that row's
+    /// token.
+    async fn check_same_card(
+        &self,
+        found: &TokenRecord,
+        pan: &Pan,
+        keys: &MerchantKeys,
+    ) -> Result<(), VaultError> {
+        let stored = if found.dek_version == keys.dek_version {
+            Self::open_with(&keys.dek, found)?
+        } else {
+            self.open_pan(found).await?
+        };
+        if stored.expose_digits() == pan.expose_digits() {
+            Ok(())
+        } else {
+            Err(VaultError::Integrity)
+        }
+    }
+
+    /// Parses the merchant, checks the policy for it, then parses the token. Valid values are
+    /// recorded in the audit record even when the call is refused.
+    fn authorize_token_command(
+        &self,
         audit: &mut AuditRecord,
+        operation: Operation,
         command: &TokenCommand,
     ) -> Result<(MerchantId, Token), VaultError> {
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
+        audit.token = Token::parse("token", &command.token).ok();
+        self.authorize(audit, operation, &merchant)?;
         let token = Token::parse("token", &command.token)?;
-        audit.token = Some(token.clone());
         Ok((merchant, token))
     }
 
@@ -465,16 +522,27 @@ impl Vault {
     }
 }
 
-/// Associated data for a PAN ciphertext: it binds merchant, token and DEK version, so a
-/// ciphertext copied to another row, merchant or key version never opens.
+/// Associated data for a PAN ciphertext: it binds merchant, token, DEK version and expiry, so
+/// a ciphertext copied to another row, merchant or key version never opens, and an expiry
+/// edited in the database makes the row fail rather than return a PAN with the wrong date.
 #[must_use]
-pub fn pan_associated_data(merchant: &MerchantId, token: &Token, dek_version: u32) -> Vec<u8> {
+pub fn pan_associated_data(
+    merchant: &MerchantId,
+    token: &Token,
+    dek_version: u32,
+    expiry: Option<Expiry>,
+) -> Vec<u8> {
+    let expiry = expiry.map_or([0; 3], |e| {
+        let [high, low] = e.year().to_be_bytes();
+        [e.month(), high, low]
+    });
     vault_crypto::associated_data(
         "vault.pan.v1",
         &[
             merchant.as_str().as_bytes(),
             token.as_str().as_bytes(),
             &dek_version.to_be_bytes(),
+            &expiry,
         ],
     )
 }

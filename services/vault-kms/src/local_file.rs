@@ -108,11 +108,13 @@ impl DangerLocalFileKek {
         let malformed = || LocalFileError::Malformed {
             path: path.to_owned(),
         };
-        let hex: Zeroizing<String> = Zeroizing::new(
+        // Pre-sized so that collecting never reallocates and leaves a copy of key material in
+        // freed memory.
+        let mut hex = Zeroizing::new(String::with_capacity(text.len()));
+        hex.extend(
             text.lines()
                 .filter(|line| !line.trim_start().starts_with('#'))
-                .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
-                .collect(),
+                .flat_map(|line| line.chars().filter(|c| !c.is_whitespace())),
         );
         if hex.len() != 2 * KEY_LEN {
             return Err(malformed());

@@ -21,11 +21,21 @@ const REDACTED: &str = "<redacted>";
 impl fmt::Debug for v1::TokenizeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenizeRequest")
-            .field("merchant_id", &self.merchant_id)
+            .field("merchant_id_len", &self.merchant_id.len())
             .field("pan", &REDACTED)
             .field("exp_month", &self.exp_month)
             .field("exp_year", &self.exp_year)
             .field("token_format", &self.token_format)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::DetokenizeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetokenizeRequest")
+            .field("merchant_id_len", &self.merchant_id.len())
+            .field("token_len", &self.token.len())
+            .field("reason", &REDACTED)
             .finish()
     }
 }
@@ -56,7 +66,13 @@ mod tests {
             pan: PAN.into(),
             expiry: None,
         };
+        let detokenize = v1::DetokenizeRequest {
+            merchant_id: PAN.into(),
+            token: PAN.into(),
+            reason: PAN.into(),
+        };
         for printed in [
+            format!("{detokenize:?}"),
             format!("{request:?}"),
             format!("{request:#?}"),
             format!("{response:?}"),

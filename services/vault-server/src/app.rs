@@ -24,6 +24,13 @@ use crate::tls;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Upper bound on one call's handling time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams (calls) one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// HTTP/2 pings find dead connections; a peer that does not answer in time is dropped.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block a client may send.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// A vault whose listener is bound and whose dependencies are open, ready to serve.
 pub struct Application {
@@ -101,6 +108,11 @@ impl Application {
         tracing::info!(addr = %self.local_addr, "vaultd serving gRPC over mutual TLS 1.3");
         Server::builder()
             .timeout(REQUEST_TIMEOUT)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,27 +1,57 @@
 //! The caller's identity, from its verified client certificate: the SPIFFE URI SAN if it has
 //! one, else the subject CN. rustls has already checked the chain against the client CA.
+//!
+//! Anything ambiguous names no identity (the call is then UNAUTHENTICATED and audited): a
+//! certificate without the clientAuth extended key usage, a SAN extension that does not parse,
+//! more than one SPIFFE ID, more than one CN, a CN that claims to be a SPIFFE ID (only a URI
+//! SAN may), or an identity with characters outside printable ASCII or holding a card number.
 
+use vault_core::pan::contains_card_number;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// The identity a DER certificate names, if any.
+/// Longest identity accepted, in bytes.
+const MAX_IDENTITY: usize = 256;
+
+/// The identity a DER certificate names, if exactly one.
 #[must_use]
 pub fn identity_of(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        let spiffe = san.value.general_names.iter().find_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
+    let client_auth = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        return None;
+    }
+    let san = cert.subject_alternative_name().ok()?;
+    let mut spiffe = san
+        .iter()
+        .flat_map(|san| san.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
             _ => None,
         });
-        if spiffe.is_some() {
-            return spiffe;
+    let identity = match (spiffe.next(), spiffe.next()) {
+        (Some(uri), None) => uri,
+        (Some(_), Some(_)) => return None,
+        (None, _) => {
+            let mut names = cert.subject().iter_common_name();
+            let (Some(cn), None) = (names.next(), names.next()) else {
+                return None;
+            };
+            let cn = cn.as_str().ok()?;
+            if cn.to_ascii_lowercase().starts_with("spiffe:") {
+                return None;
+            }
+            cn
         }
-    }
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .filter(|cn| !cn.is_empty())
-        .map(str::to_owned)
+    };
+    let acceptable = !identity.is_empty()
+        && identity.len() <= MAX_IDENTITY
+        && identity.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && !contains_card_number(identity);
+    acceptable.then(|| identity.to_owned())
 }
 
 #[cfg(test)]
@@ -54,5 +84,24 @@ mod tests {
             Some("payments")
         );
         assert_eq!(identity_of(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn ambiguous_or_spoofing_certificates_name_no_identity() {
+        let ca = DevCa::generate("test ca").unwrap();
+        // A CN may not pose as a SPIFFE ID.
+        let posing = ca
+            .issue_client(Some("spiffe://vault.test/payments"), None)
+            .unwrap();
+        assert_eq!(identity_of(&der(&posing.cert_pem)), None);
+        // Neither CN nor SAN.
+        let anonymous = ca.issue_client(None, None).unwrap();
+        assert_eq!(identity_of(&der(&anonymous.cert_pem)), None);
+        // A CN holding a card number.
+        let pan = ca.issue_client(Some("4111 1111 1111 1111"), None).unwrap();
+        assert_eq!(identity_of(&der(&pan.cert_pem)), None);
+        // A server certificate (no clientAuth usage) is not a client identity.
+        let server = ca.issue_server(&["payments"]).unwrap();
+        assert_eq!(identity_of(&der(&server.cert_pem)), None);
     }
 }

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
+/// TLS handshakes in progress at once. Past this, new connections are closed at once, so
+/// unauthenticated clients cannot pile up tasks and memory.
+const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// Why the TLS settings could not be loaded. Messages name files, never key material.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,7 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -117,11 +121,17 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many tls handshakes in progress; connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake(&acceptor, tcp, peer).await {
+                let handshaken = handshake(&acceptor, tcp, peer).await;
+                drop(permit);
+                if let Some(stream) = handshaken {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });

@@ -156,3 +156,50 @@ async fn flipped_ciphertext_bit_fails_integrity() {
     .unwrap();
     assert!(rows.iter().all(|o| o == "integrity_failure"), "{rows:?}");
 }
+
+#[tokio::test]
+async fn edited_expiry_fails_integrity() {
+    let vault = TestVault::start().await;
+    let a = tokenize(&vault, "m1", "4111111111111111").await;
+    sqlx::query("UPDATE tokens SET exp_year = 2039 WHERE token = ?")
+        .bind(&a)
+        .execute(&vault.db().await)
+        .await
+        .unwrap();
+    assert_eq!(detokenize_code(&vault, "m1", &a).await.0, Code::DataLoss);
+}
+
+#[tokio::test]
+async fn fingerprint_copied_onto_another_row_never_hands_out_that_token() {
+    let vault = TestVault::start().await;
+    let a = tokenize(&vault, "m1", "4111111111111111").await;
+    let b = tokenize(&vault, "m1", "5555555555554444").await;
+    let db = vault.db().await;
+    let fingerprint_a: Vec<u8> =
+        sqlx::query_scalar("SELECT fingerprint FROM tokens WHERE token = ?")
+            .bind(&a)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    // Move card A's row aside and give row B card A's fingerprint.
+    sqlx::query("UPDATE tokens SET fingerprint = x'00' WHERE token = ?")
+        .bind(&a)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tokens SET fingerprint = ? WHERE token = ?")
+        .bind(&fingerprint_a)
+        .bind(&b)
+        .execute(&db)
+        .await
+        .unwrap();
+    // Tokenizing card A again finds row B by fingerprint: the vault opens it, sees another
+    // card, and refuses instead of handing out B's token.
+    let status = vault
+        .client("gateway")
+        .await
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+}

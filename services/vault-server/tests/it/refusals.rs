@@ -114,7 +114,7 @@ async fn unknown_token_is_not_found() {
     let vault = TestVault::start().await;
     let mut payments = vault.client("payments").await;
     let status = payments
-        .detokenize(detokenize_request("m1", "tok_0000000000000000000000"))
+        .detokenize(detokenize_request("m1", "tok_ZZZZZZZZZZZZZZZZZZZZZZ"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
