@@ -141,10 +141,28 @@ fn key_types_zeroize_on_drop() {
     zeroizes::<Zeroizing<[u8; KEY_LEN]>>();
 }
 
-/// `KeyMaterial`, `AeadKey` and `FingerprintKey` must not implement `Debug`. This uses the
-/// autoref trick: if one of them implemented `Debug`, `implements_debug` would return true.
+/// `KeyMaterial`, `AeadKey` and `FingerprintKey` must implement neither `Debug` nor `Clone`.
+/// This uses the autoref trick: if one of them implemented the trait, the probe would say so.
 #[test]
-fn key_types_have_no_debug() {
+fn key_types_have_no_debug_and_no_clone() {
+    struct CloneProbe<T>(std::marker::PhantomData<T>);
+    trait ViaClone {
+        fn implements_clone(&self) -> bool {
+            true
+        }
+    }
+    impl<T: Clone> ViaClone for CloneProbe<T> {}
+    trait CloneFallback {
+        fn implements_clone(&self) -> bool {
+            false
+        }
+    }
+    impl<T> CloneFallback for &CloneProbe<T> {}
+    assert!(!(&CloneProbe::<KeyMaterial>(std::marker::PhantomData)).implements_clone());
+    assert!(!(&CloneProbe::<AeadKey>(std::marker::PhantomData)).implements_clone());
+    assert!(!(&CloneProbe::<FingerprintKey>(std::marker::PhantomData)).implements_clone());
+    assert!(CloneProbe::<u8>(std::marker::PhantomData).implements_clone());
+
     struct Probe<T>(std::marker::PhantomData<T>);
     trait ViaDebug {
         fn implements_debug(&self) -> bool {

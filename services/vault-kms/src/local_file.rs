@@ -22,7 +22,7 @@ const FORMAT_V1: u8 = 1;
 const WARNING: &str = "\
 # DANGER: development key-encryption key for the card vault. This is NOT an HSM.
 # Anyone who can read this file can decrypt every card in the vault's database.
-# Use the pkcs11 or transit KEK backend in production.
+# Production keeps its KEK in an HSM, never in a file.
 ";
 
 /// Why the local key file could not be created or opened. Messages name the path, never the

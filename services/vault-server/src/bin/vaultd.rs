@@ -13,7 +13,8 @@ use vault_server::config::Config;
 use vault_server::dev;
 use vault_server::telemetry::{self, LogFormat};
 
-/// Exit code for a configuration the vault refuses (sysexits EX_CONFIG).
+/// Exit code when vaultd cannot start: a configuration, file, key, store or address it refuses
+/// (sysexits EX_CONFIG).
 const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
@@ -65,17 +66,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let app = match runtime.block_on(start(cli.command)) {
+        Ok(app) => app,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "vaultd cannot start");
             eprintln!("vaultd: {err:#}");
-            ExitCode::from(EX_CONFIG)
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // A machine-readable line for scripts and tests that start vaultd on port 0.
+    println!("vaultd listening on {}", app.local_addr());
+    match runtime.block_on(app.run(shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "vaultd failed");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// Everything up to a bound, ready server: configuration, data directory, store, KEK, TLS.
+async fn start(command: Command) -> anyhow::Result<Application> {
     match command {
         Command::Dev { data_dir, listen } => {
             let config_path = dev::ensure_data_dir(&data_dir)?;
@@ -85,20 +96,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let app = Application::build(&config, &config_path).await?;
             println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
-            serve(app).await
+            Ok(app)
         }
         Command::Serve { config } => {
             let loaded = Config::load(&config)?;
-            let app = Application::build(&loaded, Path::new(&config)).await?;
-            serve(app).await
+            Application::build(&loaded, Path::new(&config)).await
         }
     }
-}
-
-async fn serve(app: Application) -> anyhow::Result<()> {
-    // A machine-readable line for scripts and tests that start vaultd on port 0.
-    println!("vaultd listening on {}", app.local_addr());
-    app.run(shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -16,7 +16,14 @@ fn grpcurl() -> PathBuf {
     let works = Command::new(&candidate)
         .arg("-version")
         .output()
-        .is_ok_and(|out| out.status.success() || !out.stderr.is_empty());
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .chars()
+                    .chain(String::from_utf8_lossy(&out.stderr).chars())
+                    .collect::<String>()
+                    .contains("grpcurl")
+        });
     assert!(
         works,
         "grpcurl not found ({}): run the test suite with `scripts/test`, which installs it, \

@@ -97,6 +97,18 @@ operations = []
 merchants = ["*"]
 "#;
 
+/// Waits up to ten seconds for `needle` to appear in the vault's logs.
+pub async fn wait_for_log(vault: &TestVault, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if vault.logs().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// A running `vaultd serve` with its own data directory.
 pub struct TestVault {
     pub dir: tempfile::TempDir,
@@ -245,10 +257,11 @@ pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child)
     }
 }
 
-/// Sends SIGTERM and waits for the process to exit.
+/// Sends SIGTERM (through the shell's `kill` builtin) and waits for the process to exit.
 pub fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {}", child.id()))
         .status();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

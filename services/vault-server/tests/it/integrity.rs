@@ -154,6 +154,7 @@ async fn flipped_ciphertext_bit_fails_integrity() {
     .fetch_all(&db)
     .await
     .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|o| o == "integrity_failure"), "{rows:?}");
 }
 

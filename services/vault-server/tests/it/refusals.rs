@@ -5,6 +5,12 @@ use vault_server::pki::DevCa;
 
 use crate::harness::*;
 
+/// The codes tonic reports when the server closes the connection during the handshake (which
+/// one depends on timing): a transport failure, never an answer from the service.
+fn refused_by_transport(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let vault = TestVault::start().await;
@@ -15,8 +21,9 @@ async fn no_client_certificate_is_refused() {
         .tokenize(tokenize_request("m1", "4111111111111111"))
         .await
         .unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
-    assert!(vault.logs().contains("tls handshake refused"));
+    // A transport failure, not an answer from the service.
+    assert!(refused_by_transport(status.code()), "{status:?}");
+    assert!(wait_for_log(&vault, "peer sent no certificates").await);
     assert_eq!(vault.token_count().await, 0);
 }
 
@@ -37,7 +44,8 @@ async fn certificate_from_another_ca_is_refused() {
         .tokenize(tokenize_request("m1", "4111111111111111"))
         .await
         .unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
+    assert!(refused_by_transport(status.code()), "{status:?}");
+    assert!(wait_for_log(&vault, "tls handshake refused").await);
     assert_eq!(vault.token_count().await, 0);
 }
 

@@ -181,7 +181,7 @@ async fn tokens_survive_a_restart() {
         "info",
     );
     let (new_addr, mut child) = wait_for_listening(dir.path(), child).await;
-    assert_ne!(addr, "");
+    assert_ne!(new_addr, addr, "a new process on a new port");
     let ca = std::fs::read_to_string(dir.path().join("pki/ca.pem")).unwrap();
     let cert = std::fs::read_to_string(dir.path().join("pki/payments.pem")).unwrap();
     let key = std::fs::read_to_string(dir.path().join("pki/payments.key")).unwrap();
