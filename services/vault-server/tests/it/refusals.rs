@@ -11,20 +11,29 @@ fn refused_by_transport(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
 }
 
-#[tokio::test]
-async fn no_client_certificate_is_refused() {
-    let vault = TestVault::start().await;
-    let mut anonymous = connect(&vault.addr, &vault.pki.ca_pem, None).await;
+/// Calls the vault presenting `identity` (or no certificate) and checks the TLS handshake is
+/// refused: the call fails in the transport, the server logs `log_needle`, nothing is stored.
+async fn assert_refused_at_handshake(
+    vault: &TestVault,
+    identity: Option<(&str, &str)>,
+    log_needle: &str,
+) {
+    let mut client = connect(&vault.addr, &vault.pki.ca_pem, identity).await;
     // TLS 1.3: the client finishes its side of the handshake before the server refuses it, so
     // the refusal shows on the first call.
-    let status = anonymous
+    let status = client
         .tokenize(tokenize_request("m1", "4111111111111111"))
         .await
         .unwrap_err();
-    // A transport failure, not an answer from the service.
     assert!(refused_by_transport(status.code()), "{status:?}");
-    assert!(wait_for_log(&vault, "peer sent no certificates").await);
+    assert!(wait_for_log(vault, log_needle).await, "{log_needle}");
     assert_eq!(vault.token_count().await, 0);
+}
+
+#[tokio::test]
+async fn no_client_certificate_is_refused() {
+    let vault = TestVault::start().await;
+    assert_refused_at_handshake(&vault, None, "peer sent no certificates").await;
 }
 
 #[tokio::test]
@@ -34,19 +43,8 @@ async fn certificate_from_another_ca_is_refused() {
     let rogue = rogue_ca
         .issue_client(Some("gateway"), Some(GATEWAY))
         .unwrap();
-    let mut client = connect(
-        &vault.addr,
-        &vault.pki.ca_pem,
-        Some((&rogue.cert_pem, &rogue.key_pem)),
-    )
-    .await;
-    let status = client
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap_err();
-    assert!(refused_by_transport(status.code()), "{status:?}");
-    assert!(wait_for_log(&vault, "tls handshake refused").await);
-    assert_eq!(vault.token_count().await, 0);
+    let identity = Some((rogue.cert_pem.as_str(), rogue.key_pem.as_str()));
+    assert_refused_at_handshake(&vault, identity, "tls handshake refused").await;
 }
 
 #[tokio::test]
