@@ -302,7 +302,6 @@ impl Vault {
             record_audit.token = Some(token);
             match self.store.insert_token(&record, &record_audit).await? {
                 InsertOutcome::Inserted => {
-                    audit.token = record_audit.token;
                     return Ok(Done::audited(Tokenized {
                         token: record.token,
                         fingerprint,
