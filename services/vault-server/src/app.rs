@@ -12,7 +12,7 @@ use vault_core::Vault;
 use vault_core::ports::{KeyEncryptionKey, TokenStore};
 use vault_kms::DangerLocalFileKek;
 use vault_proto::v1::token_service_server::TokenServiceServer;
-use vault_store::SqliteStore;
+use vault_store::{PgSettings, PgStore, SqliteStore};
 
 use crate::config::{Config, KekConfig, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
@@ -38,7 +38,62 @@ pub struct Application {
     local_addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     vault: Vault,
-    store: SqliteStore,
+    store: Backend,
+}
+
+/// The store the configuration selects.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite(SqliteStore),
+    /// Production.
+    Postgres(PgStore),
+}
+
+impl Backend {
+    /// Opens the configured store. SQLite always migrates; PostgreSQL migrates if `migrate`.
+    ///
+    /// # Errors
+    /// If the store cannot be opened, is not durable, or a migration fails.
+    pub async fn open(
+        config: &Config,
+        config_path: &std::path::Path,
+        migrate: bool,
+    ) -> anyhow::Result<Self> {
+        Ok(match config.storage_url(config_path)? {
+            StorageUrl::Sqlite(path) => Self::Sqlite(SqliteStore::open(&path).await?),
+            StorageUrl::Postgres(url) => {
+                let settings = PgSettings {
+                    url,
+                    max_connections: config.storage.max_connections,
+                    connect_timeout: Duration::from_millis(config.storage.connect_timeout_ms),
+                    statement_timeout: Duration::from_millis(config.storage.statement_timeout_ms),
+                };
+                let store = PgStore::connect_only(&settings).await?;
+                if migrate {
+                    store.migrate(&settings).await?;
+                }
+                Self::Postgres(store)
+            }
+        })
+    }
+
+    /// The store as the domain's port.
+    #[must_use]
+    pub fn port(&self) -> Arc<dyn TokenStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// Closes the store's connections.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
 }
 
 impl Application {
@@ -59,14 +114,8 @@ impl Application {
                 Arc::new(DangerLocalFileKek::open(path)?)
             }
         };
-        let store = match config.storage_url(config_path)? {
-            StorageUrl::Sqlite(path) => SqliteStore::open(&path).await?,
-        };
-        let vault = Vault::new(
-            Arc::new(store.clone()) as Arc<dyn TokenStore>,
-            kek,
-            Arc::new(policy),
-        );
+        let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
+        let vault = Vault::new(store.port(), kek, Arc::new(policy));
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {

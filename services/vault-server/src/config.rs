@@ -59,11 +59,49 @@ pub struct Config {
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// A database URL. Today: `sqlite:PATH` (relative to this file).
+    /// A database URL: `sqlite:PATH` (relative to this file) or
+    /// `postgres://user[:password]@host:port/db[?sslmode=verify-full&sslrootcert=ca.pem]`.
     pub url: String,
+    /// PostgreSQL: connections per replica.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// PostgreSQL: how long a call waits for a connection before failing UNAVAILABLE.
+    #[serde(default = "default_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// PostgreSQL: the server aborts statements (and lock waits) longer than this.
+    #[serde(default = "default_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: apply pending migrations at startup (default). Set to false when migrations
+    /// run ahead of a rollout with `vaultd migrate`.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &vault_store::redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// TLS settings: TLS 1.3 only, client certificates required.
@@ -103,6 +141,8 @@ pub struct PolicyConfig {
 pub enum StorageUrl {
     /// An SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
 }
 
 impl Config {
@@ -131,6 +171,7 @@ impl Config {
             StorageUrl::Sqlite(db) => {
                 config.storage.url = format!("sqlite:{}", base.join(db).display());
             }
+            StorageUrl::Postgres(_) => {}
         }
         Ok(config)
     }
@@ -141,6 +182,9 @@ impl Config {
     /// [`ConfigError::Invalid`] for a URL scheme the vault does not support.
     pub fn storage_url(&self, file: &Path) -> Result<StorageUrl, ConfigError> {
         let url = self.storage.url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StorageUrl::Postgres(url.to_owned()));
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"));
@@ -149,7 +193,7 @@ impl Config {
             _ => Err(ConfigError::Invalid {
                 path: file.to_owned(),
                 setting: "storage.url".to_owned(),
-                problem: "must be sqlite:PATH".to_owned(),
+                problem: "must be sqlite:PATH or postgres://…".to_owned(),
             }),
         }
     }

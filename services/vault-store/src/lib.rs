@@ -1,10 +1,19 @@
 //! Storage adapters for the card vault: `vault_core::ports::TokenStore` over sqlx.
 //!
-//! [`SqliteStore`] is the embedded default. It refuses to start unless the database runs in WAL
-//! mode with `synchronous=FULL`, read back from the connection, so that a commit is durable
-//! before a caller is answered.
+//! - [`SqliteStore`]: the embedded default. Refuses to start unless the database runs in WAL
+//!   mode with `synchronous=FULL`, read back from the connection.
+//! - [`PgStore`]: production. Refuses to start unless commits are durable
+//!   (`synchronous_commit`, `fsync`, `full_page_writes`); bounded connect and statement times,
+//!   so a database outage fails calls fast instead of hanging them.
+//!
+//! Both share one implementation of the port (`sql.rs`) and the row conversions (`rows.rs`);
+//! `tests/conformance.rs` runs the same suite against each.
 
+mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
+pub mod testing;
 
+pub use postgres::{PgSettings, PgStore, PgStoreError, redact_url};
 pub use sqlite::{SqliteStore, SqliteStoreError};

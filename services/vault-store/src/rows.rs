@@ -6,7 +6,9 @@ use vault_core::audit::AuditRecord;
 use vault_core::expiry::Expiry;
 use vault_core::ids::MerchantId;
 use vault_core::pan::Brand;
-use vault_core::ports::{CardMetadata, KeyContext, KeyPurpose, TokenRecord, WrappedKey};
+use vault_core::ports::{
+    CardMetadata, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, WrappedKey,
+};
 use vault_core::token::{Token, TokenFormat};
 use vault_crypto::{FINGERPRINT_LEN, NONCE_LEN, Sealed};
 
@@ -136,5 +138,25 @@ impl<'a> AuditColumns<'a> {
             reason: record.reason.as_ref().map(|r| r.as_str()),
             detail: record.detail,
         }
+    }
+}
+
+/// A merchant's newest DEK and fingerprint key from the rows that hold them: both or neither.
+pub(crate) fn key_set(rows: Vec<KeyRow>) -> Result<Option<MerchantKeySet>, StoreError> {
+    let mut dek = None;
+    let mut fingerprint = None;
+    for row in rows {
+        let key = row.into_key()?;
+        match key.context.purpose {
+            KeyPurpose::Dek => dek = Some(key),
+            KeyPurpose::Fingerprint => fingerprint = Some(key),
+        }
+    }
+    match (dek, fingerprint) {
+        (Some(dek), Some(fingerprint)) => Ok(Some(MerchantKeySet { dek, fingerprint })),
+        (None, None) => Ok(None),
+        _ => Err(corrupt(
+            "merchant has a dek or a fingerprint key but not both",
+        )),
     }
 }

@@ -24,7 +24,8 @@ use vault_core::token::{Token, TokenFormat};
 use vault_core::vault::now;
 use vault_crypto::Sealed;
 
-type Count<'a> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = i64> + 'a>> + 'a>;
+/// Counts the audit rows of the store under test.
+type Count = Box<dyn Fn() -> Pin<Box<dyn Future<Output = i64> + Send>>>;
 
 fn merchant(id: &str) -> MerchantId {
     MerchantId::parse("merchant_id", id).unwrap()
@@ -94,7 +95,7 @@ async fn first_keys_win(store: &dyn TokenStore) {
     assert_eq!(store.data_key(&merchant("m2"), 1).await.unwrap(), None);
 }
 
-async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count<'_>) {
+async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count) {
     let a = record("m1", "tok_AAAAAAAAAAAAAAAAAAAAAA", 1, TokenFormat::Random);
     assert_eq!(
         store.insert_token(&a, &audit("r1")).await.unwrap(),
@@ -153,7 +154,7 @@ async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
     );
 }
 
-async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_rows: Count<'_>) {
+async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_rows: Count) {
     let a = record("m1", "tok_EEEEEEEEEEEEEEEEEEEEEE", 6, TokenFormat::Random);
     store.insert_token(&a, &audit("r1")).await.unwrap();
     assert!(
@@ -175,13 +176,50 @@ async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_
     assert_eq!(audit_rows().await, 3);
 }
 
+/// The suite's tests for one backend. `$fresh` is an async fn returning a guard that keeps the
+/// backend's database alive, the store, and its audit-row counter.
+macro_rules! conformance_suite {
+    ($fresh:path) => {
+        #[tokio::test]
+        async fn first_keys_win() {
+            let (_guard, store, _) = $fresh().await;
+            super::first_keys_win(&store).await;
+        }
+
+        #[tokio::test]
+        async fn uniqueness_is_enforced() {
+            let (_guard, store, count) = $fresh().await;
+            super::uniqueness_is_enforced(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn tokens_read_back_scoped_to_their_merchant() {
+            let (_guard, store, _) = $fresh().await;
+            super::tokens_read_back_scoped_to_their_merchant(&store).await;
+        }
+
+        #[tokio::test]
+        async fn delete_writes_audit_only_when_it_deletes() {
+            let (_guard, store, count) = $fresh().await;
+            super::delete_writes_audit_only_when_it_deletes(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn appended_audit_records_are_stored() {
+            let (_guard, store, count) = $fresh().await;
+            store.append_audit(&super::audit("r1")).await.unwrap();
+            assert_eq!(count().await, 1);
+        }
+    };
+}
+
 mod sqlite {
     use sqlx::sqlite::SqlitePoolOptions;
     use vault_store::SqliteStore;
 
     use super::*;
 
-    async fn fresh() -> (tempfile::TempDir, SqliteStore, sqlx::SqlitePool) {
+    async fn fresh() -> (tempfile::TempDir, SqliteStore, Count) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.db");
         let store = SqliteStore::open(&path).await.unwrap();
@@ -189,57 +227,114 @@ mod sqlite {
             .connect(&format!("sqlite:{}", path.display()))
             .await
             .unwrap();
-        (dir, store, pool)
-    }
-
-    fn counter(pool: &sqlx::SqlitePool) -> Count<'_> {
-        Box::new(move || {
+        let count: Count = Box::new(move || {
+            let pool = pool.clone();
             Box::pin(async move {
                 sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
-                    .fetch_one(pool)
+                    .fetch_one(&pool)
                     .await
                     .unwrap()
             })
-        })
+        });
+        (dir, store, count)
     }
 
-    #[tokio::test]
-    async fn first_keys_win() {
-        let (_dir, store, _) = fresh().await;
-        super::first_keys_win(&store).await;
-    }
+    conformance_suite!(fresh);
 
     #[tokio::test]
-    async fn uniqueness_is_enforced() {
-        let (_dir, store, pool) = fresh().await;
-        super::uniqueness_is_enforced(&store, counter(&pool)).await;
-    }
-
-    #[tokio::test]
-    async fn tokens_read_back_scoped_to_their_merchant() {
-        let (_dir, store, _) = fresh().await;
-        super::tokens_read_back_scoped_to_their_merchant(&store).await;
-    }
-
-    #[tokio::test]
-    async fn delete_writes_audit_only_when_it_deletes() {
-        let (_dir, store, pool) = fresh().await;
-        super::delete_writes_audit_only_when_it_deletes(&store, counter(&pool)).await;
-    }
-
-    #[tokio::test]
-    async fn database_is_private_and_durable() {
+    async fn database_is_private_and_in_wal_mode() {
         use std::os::unix::fs::PermissionsExt;
-        let (dir, _store, pool) = fresh().await;
-        let mode = std::fs::metadata(dir.path().join("vault.db"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let _store = SqliteStore::open(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "database readable by others: {mode:o}");
+        let pool = SqlitePoolOptions::new()
+            .connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&pool)
             .await
             .unwrap();
         assert_eq!(journal, "wal");
+    }
+}
+
+mod postgres {
+    use std::time::Duration;
+
+    use sqlx::postgres::PgPoolOptions;
+    use vault_store::testing::TestDatabase;
+    use vault_store::{PgSettings, PgStore};
+
+    use super::*;
+
+    pub(crate) fn settings(url: &str) -> PgSettings {
+        PgSettings {
+            url: url.to_owned(),
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn fresh() -> (TestDatabase, PgStore, Count) {
+        let db = TestDatabase::create()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store = PgStore::connect(&settings(&db.url)).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        let count: Count = Box::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            })
+        });
+        (db, store, count)
+    }
+
+    conformance_suite!(fresh);
+
+    #[tokio::test]
+    async fn audit_rows_cannot_be_changed() {
+        let (db, store, _) = fresh().await;
+        store.append_audit(&super::audit("r1")).await.unwrap();
+        let pool = PgPoolOptions::new().connect(&db.url).await.unwrap();
+        assert!(
+            sqlx::query("UPDATE audit_log SET outcome = 'denied'")
+                .execute(&pool)
+                .await
+                .is_err()
+        );
+        assert!(
+            sqlx::query("DELETE FROM audit_log")
+                .execute(&pool)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_across_replicas() {
+        let db = TestDatabase::create()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let settings = settings(&db.url);
+        let (a, b, c) = tokio::join!(
+            PgStore::connect(&settings),
+            PgStore::connect(&settings),
+            PgStore::connect(&settings),
+        );
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
     }
 }

@@ -3,12 +3,13 @@
 //! - `vaultd dev [--data-dir DIR] [--listen ADDR]`: the embedded default (SQLite, dev KEK,
 //!   generated dev PKI), created on first run and reused after.
 //! - `vaultd serve --config FILE`: run from a configuration file.
+//! - `vaultd migrate --config FILE`: apply pending database migrations and exit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vault_server::app::Application;
+use vault_server::app::{Application, Backend};
 use vault_server::config::Config;
 use vault_server::dev;
 use vault_server::telemetry::{self, LogFormat};
@@ -54,11 +55,19 @@ enum Command {
         #[arg(long, env = "VAULTD_CONFIG")]
         config: PathBuf,
     },
+    /// Apply pending database migrations and exit (run before a rolling deploy).
+    Migrate {
+        /// The configuration file (TOML).
+        #[arg(long, env = "VAULTD_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    // One process-wide TLS provider for every rustls user (the server, the PostgreSQL client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -66,6 +75,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Migrate { config } = &cli.command {
+        return match runtime.block_on(migrate(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("vaultd migrate: {err:#}");
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
     let app = match runtime.block_on(start(cli.command)) {
         Ok(app) => app,
         Err(err) => {
@@ -98,11 +116,20 @@ async fn start(command: Command) -> anyhow::Result<Application> {
             println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
             Ok(app)
         }
-        Command::Serve { config } => {
+        Command::Serve { config } | Command::Migrate { config } => {
             let loaded = Config::load(&config)?;
             Application::build(&loaded, Path::new(&config)).await
         }
     }
+}
+
+/// Opens the configured store with migrations applied, then closes it.
+async fn migrate(config: &Path) -> anyhow::Result<()> {
+    let loaded = Config::load(config)?;
+    let store = Backend::open(&loaded, config, true).await?;
+    store.close().await;
+    println!("vaultd migrate: database schema is up to date");
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -125,17 +125,24 @@ impl TestVault {
 
     /// Starts `vaultd` with `RUST_LOG=log_filter`.
     pub async fn start_with_log(log_filter: &str) -> Self {
+        Self::start_on("sqlite:vault.db", log_filter).await
+    }
+
+    /// Starts `vaultd` on the given storage URL with `RUST_LOG=log_filter`.
+    pub async fn start_on(storage_url: &str, log_filter: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::generate(dir.path());
         std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
         vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
         std::fs::write(
             dir.path().join("vaultd.toml"),
-            "listen = \"127.0.0.1:0\"\n\
-             [storage]\nurl = \"sqlite:vault.db\"\n\
-             [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
-             [kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n\
-             [policy]\npath = \"policy.toml\"\n",
+            format!(
+                "listen = \"127.0.0.1:0\"\n\
+                 [storage]\nurl = {storage_url:?}\n\
+                 [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
+                 [kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n\
+                 [policy]\npath = \"policy.toml\"\n"
+            ),
         )
         .unwrap();
         let child = spawn_vaultd(
@@ -159,13 +166,33 @@ impl TestVault {
 
     /// A client presenting the named identity's certificate.
     pub async fn client(&self, name: &str) -> TokenServiceClient<Channel> {
+        self.client_at(&self.addr, name).await
+    }
+
+    /// A client of the vault (or a replica) at `addr`, presenting the named identity.
+    pub async fn client_at(&self, addr: &str, name: &str) -> TokenServiceClient<Channel> {
         let issued = self.pki.client(name);
         connect(
-            &self.addr,
+            addr,
             &self.pki.ca_pem,
             Some((&issued.cert_pem, &issued.key_pem)),
         )
         .await
+    }
+
+    /// Another `vaultd` process on the same configuration (same database, KEK, PKI and
+    /// policy), on its own port, with its output in `replica-N/` of the data directory.
+    pub async fn replica(&self, n: usize) -> Replica {
+        let out = self.dir.path().join(format!("replica-{n}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let config = self.dir.path().join("vaultd.toml");
+        let child = spawn_vaultd(
+            &["serve", "--config", &config.to_string_lossy()],
+            &out,
+            "info",
+        );
+        let (addr, child) = wait_for_listening(&out, child).await;
+        Replica { addr, child }
     }
 
     /// A pool on the vault's SQLite database, for tests that inspect or tamper with rows.
@@ -207,6 +234,19 @@ impl TestVault {
 }
 
 impl Drop for TestVault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second or third `vaultd` sharing a [`TestVault`]'s configuration; killed on drop.
+pub struct Replica {
+    pub addr: String,
+    child: Child,
+}
+
+impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

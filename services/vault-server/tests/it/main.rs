@@ -15,4 +15,5 @@ mod grpcurl;
 mod integrity;
 mod no_pan_leaks;
 mod refusals;
+mod replicas;
 mod round_trip;
