@@ -87,6 +87,14 @@ impl Backend {
         }
     }
 
+    /// True if the store answers a trivial query (within its timeouts).
+    pub async fn ping(&self) -> bool {
+        match self {
+            Self::Sqlite(store) => store.ping().await,
+            Self::Postgres(store) => store.ping().await,
+        }
+    }
+
     /// Closes the store's connections.
     pub async fn close(&self) {
         match self {
@@ -139,9 +147,7 @@ impl Application {
     /// If the gRPC server fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<TokenServiceServer<TokenApi>>()
-            .await;
+        let health = tokio::spawn(watch_store(self.store.clone(), health_reporter));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,8 +174,42 @@ impl Application {
             .add_service(tokens)
             .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), shutdown)
             .await?;
+        health.abort();
         self.store.close().await;
         tracing::info!("vaultd stopped");
         Ok(())
+    }
+}
+
+/// How often the health watcher checks the store.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps gRPC health in step with the store: SERVING while it answers, NOT_SERVING while it
+/// does not (both for `vault.v1.TokenService` and the server as a whole, `""`). Calls fail
+/// fast with UNAVAILABLE meanwhile (bounded connect and statement timeouts), and the pool
+/// reconnects by itself when the database returns.
+async fn watch_store(store: Backend, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let up = store.ping().await;
+        if last != Some(up) {
+            let status = if up {
+                tracing::info!("store reachable: serving");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("store unreachable: health is NOT_SERVING, calls fail UNAVAILABLE");
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(
+                    <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            reporter.set_service_status("", status).await;
+            last = Some(up);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
     }
 }

@@ -130,6 +130,11 @@ impl TestVault {
 
     /// Starts `vaultd` on the given storage URL with `RUST_LOG=log_filter`.
     pub async fn start_on(storage_url: &str, log_filter: &str) -> Self {
+        Self::start_with_storage(&format!("url = {storage_url:?}\n"), log_filter).await
+    }
+
+    /// Starts `vaultd` with `storage` as the body of its `[storage]` table.
+    pub async fn start_with_storage(storage: &str, log_filter: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::generate(dir.path());
         std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
@@ -138,7 +143,7 @@ impl TestVault {
             dir.path().join("vaultd.toml"),
             format!(
                 "listen = \"127.0.0.1:0\"\n\
-                 [storage]\nurl = {storage_url:?}\n\
+                 [storage]\n{storage}\
                  [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
                  [kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n\
                  [policy]\npath = \"policy.toml\"\n"

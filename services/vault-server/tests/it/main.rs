@@ -14,6 +14,7 @@ mod audit_fail_closed;
 mod grpcurl;
 mod integrity;
 mod no_pan_leaks;
+mod outage;
 mod refusals;
 mod replicas;
 mod round_trip;
