@@ -323,6 +323,30 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn a_database_without_durable_commits_is_refused() {
+        let db = TestDatabase::create()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = PgPoolOptions::new().connect(&db.url).await.unwrap();
+        let name: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} SET synchronous_commit = off"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let err = PgStore::connect(&settings(&db.url)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("synchronous_commit is off"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn migrations_are_idempotent_across_replicas() {
         let db = TestDatabase::create()
             .await

@@ -15,6 +15,8 @@ mod grpcurl;
 mod integrity;
 mod no_pan_leaks;
 mod outage;
+mod pg_cluster;
+mod pg_tls;
 mod refusals;
 mod replicas;
 mod round_trip;

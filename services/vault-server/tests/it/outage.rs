@@ -3,9 +3,6 @@
 //! NOT_SERVING, the vault recovers by itself when the database returns, and every token it
 //! acknowledged, before or during the outage, still detokenizes.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,137 +15,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::*;
+use crate::pg_cluster::ThrowawayCluster;
 
 /// How long the vault waits for a database connection (its `connect_timeout_ms`).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
-
-/// A PostgreSQL cluster of our own, run as the unprivileged `postgres` user (initdb refuses
-/// root). Stopped and removed on drop.
-struct ThrowawayCluster {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    bin: PathBuf,
-    socket_dir: PathBuf,
-    log: PathBuf,
-    port: u16,
-}
-
-impl ThrowawayCluster {
-    fn create() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|versions| {
-                versions
-                    .filter_map(Result::ok)
-                    .map(|v| v.path().join("bin"))
-                    .filter(|bin| bin.join("initdb").exists())
-                    .max()
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no PostgreSQL server binaries under /usr/lib/postgresql: \
-                     apt-get install postgresql (initdb and pg_ctl are needed)"
-                )
-            });
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let socket_dir = dir.path().join("socket");
-        std::fs::create_dir_all(&socket_dir).unwrap();
-        let log = dir.path().join("postgres.log");
-        shell(
-            &format!("chown -R postgres {}", dir.path().display()),
-            false,
-        );
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        shell(
-            &format!(
-                "{} -D {} -A trust -U postgres --no-sync >/dev/null",
-                bin.join("initdb").display(),
-                data.display()
-            ),
-            true,
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = Self {
-            _dir: dir,
-            data,
-            bin,
-            socket_dir,
-            log,
-            port,
-        };
-        cluster.start();
-        cluster
-    }
-
-    fn start(&self) {
-        shell(
-            &format!(
-                "{} -D {} -l {} -w -o \"-p {} -c listen_addresses=127.0.0.1 -k {}\" start >/dev/null",
-                self.bin.join("pg_ctl").display(),
-                self.data.display(),
-                self.log.display(),
-                self.port,
-                self.socket_dir.display()
-            ),
-            true,
-        );
-    }
-
-    /// Stops the server at once, as a crash would (no checkpoint).
-    fn stop_immediately(&self) {
-        shell(
-            &format!(
-                "{} -D {} -m immediate -w stop >/dev/null",
-                self.bin.join("pg_ctl").display(),
-                self.data.display()
-            ),
-            true,
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for ThrowawayCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", "sh", "-c"])
-            .arg(format!(
-                "{} -D {} -m immediate stop",
-                self.bin.join("pg_ctl").display(),
-                self.data.display()
-            ))
-            .output();
-    }
-}
-
-/// Runs a shell command, as the `postgres` user or as ourselves (root, for `chown`),
-/// panicking with its output if it fails.
-fn shell(command: &str, as_postgres: bool) {
-    let output = if !as_postgres {
-        Command::new("sh").arg("-c").arg(command).output()
-    } else {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--", "sh", "-c", command])
-            .output()
-    }
-    .unwrap_or_else(|e| panic!("{command}: {e} (runuser from util-linux is needed)"));
-    assert!(
-        output.status.success(),
-        "{command}\n{}{}\n(the throwaway cluster runs as the unprivileged `postgres` user, \
-         which the postgresql package creates)",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 async fn health(vault: &TestVault) -> Option<ServingStatus> {
     let issued = vault.pki.client("auditor");
@@ -180,7 +50,7 @@ async fn wait_for_health(vault: &TestVault, want: ServingStatus) {
 
 #[tokio::test]
 async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
-    let cluster = ThrowawayCluster::create();
+    let cluster = ThrowawayCluster::create(None);
     let vault = TestVault::start_with_storage(
         &format!(
             "url = {:?}\nconnect_timeout_ms = {}\nstatement_timeout_ms = 1000\n",
