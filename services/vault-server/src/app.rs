@@ -39,6 +39,7 @@ pub struct Application {
     tls: Arc<rustls::ServerConfig>,
     vault: Vault,
     store: Backend,
+    call_timeout: Duration,
 }
 
 /// The store the configuration selects.
@@ -132,6 +133,7 @@ impl Application {
             tls,
             vault,
             store,
+            call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
         })
     }
 
@@ -157,7 +159,7 @@ impl Application {
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let tokens = TokenServiceServer::new(TokenApi::new(self.vault))
+        let tokens = TokenServiceServer::new(TokenApi::new(self.vault, self.call_timeout))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         tracing::info!(addr = %self.local_addr, "vaultd serving gRPC over mutual TLS 1.3");

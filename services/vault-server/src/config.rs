@@ -74,6 +74,10 @@ pub struct StorageConfig {
     /// PostgreSQL: the server aborts statements (and lock waits) longer than this.
     #[serde(default = "default_timeout_ms")]
     pub statement_timeout_ms: u64,
+    /// The longest one call may spend on the store in total (its operation and its audit
+    /// record); past it the call fails UNAVAILABLE and releases nothing.
+    #[serde(default = "default_timeout_ms")]
+    pub call_timeout_ms: u64,
     /// PostgreSQL: apply pending migrations at startup (default). Set to false when migrations
     /// run ahead of a rollout with `vaultd migrate`.
     #[serde(default = "default_true")]
@@ -87,6 +91,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("call_timeout_ms", &self.call_timeout_ms)
             .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }

@@ -3,15 +3,18 @@
 //! decisions are the domain's (`vault_core::Vault`); all error codes come from `status.rs`.
 
 use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::time::Duration;
+
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
-use vault_core::Vault;
 use vault_core::expiry::Expiry;
 use vault_core::ids::{CallContext, CallerId};
 use vault_core::policy::Operation;
 use vault_core::ports::CardMetadata;
 use vault_core::token::TokenFormat;
 use vault_core::vault::{TokenCommand, TokenizeCommand};
+use vault_core::{Vault, VaultError};
 use vault_proto::v1 as pb;
 use zeroize::Zeroizing;
 
@@ -25,13 +28,32 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct TokenApi {
     vault: Vault,
+    call_timeout: Duration,
 }
 
 impl TokenApi {
-    /// Serves `vault` over gRPC.
+    /// Serves `vault` over gRPC. Each call's work on the store is bounded by `call_timeout`:
+    /// past it the call fails UNAVAILABLE and releases nothing (an unfinished transaction rolls
+    /// back; a Detokenize whose audit record is not yet durable returns no PAN).
     #[must_use]
-    pub fn new(vault: Vault) -> Self {
-        Self { vault }
+    pub fn new(vault: Vault, call_timeout: Duration) -> Self {
+        Self {
+            vault,
+            call_timeout,
+        }
+    }
+
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = Result<T, VaultError>>,
+    ) -> Result<T, VaultError> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(VaultError::StoreUnavailable(
+                    "call exceeded storage.call_timeout_ms".to_owned(),
+                ))
+            })
     }
 
     /// The call's context, or, for a certificate that names no identity, the audited
@@ -44,7 +66,13 @@ impl TokenApi {
         match call_context(request) {
             Ok(ctx) => Ok(ctx),
             Err(ctx) => {
-                let error = self.vault.refuse_unidentified(&ctx, operation).await;
+                let error = self
+                    .within(async {
+                        Err::<(), _>(self.vault.refuse_unidentified(&ctx, operation).await)
+                    })
+                    .await
+                    .err()
+                    .unwrap_or(VaultError::Unauthenticated);
                 respond::<()>(&ctx, operation, Err(error)).map(|_| ctx)
             }
         }
@@ -79,7 +107,7 @@ fn call_context<T>(request: &Request<T>) -> Result<CallContext, CallContext> {
 fn respond<T>(
     ctx: &CallContext,
     operation: Operation,
-    result: Result<T, vault_core::VaultError>,
+    result: Result<T, VaultError>,
 ) -> Result<Response<T>, Status> {
     let request_id = MetadataValue::try_from(ctx.request_id.as_str()).ok();
     match result {
@@ -176,8 +204,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             format: format_from_proto(body.token_format),
         };
         let result = self
-            .vault
-            .tokenize(&ctx, command)
+            .within(self.vault.tokenize(&ctx, command))
             .await
             .map(|done| pb::TokenizeResponse {
                 token: done.token.as_str().to_owned(),
@@ -199,14 +226,13 @@ impl pb::token_service_server::TokenService for TokenApi {
             token: body.token,
             reason: body.reason,
         };
-        let result =
-            self.vault
-                .detokenize(&ctx, command)
-                .await
-                .map(|done| pb::DetokenizeResponse {
-                    pan: done.pan.expose_digits().to_owned(),
-                    expiry: expiry_to_proto(done.expiry),
-                });
+        let result = self
+            .within(self.vault.detokenize(&ctx, command))
+            .await
+            .map(|done| pb::DetokenizeResponse {
+                pan: done.pan.expose_digits().to_owned(),
+                expiry: expiry_to_proto(done.expiry),
+            });
         respond(&ctx, Operation::Detokenize, result)
     }
 
@@ -216,18 +242,13 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::GetTokenMetadataResponse>, Status> {
         let ctx = self.identify(&request, Operation::Metadata).await?;
         let body = request.into_inner();
-        let command = TokenCommand {
-            merchant_id: body.merchant_id,
-            token: body.token,
-            reason: String::new(),
-        };
-        let result =
-            self.vault
-                .metadata(&ctx, command)
-                .await
-                .map(|metadata| pb::GetTokenMetadataResponse {
-                    metadata: Some(metadata_to_proto(metadata)),
-                });
+        let command = TokenCommand::without_reason(body.merchant_id, body.token);
+        let result = self
+            .within(self.vault.metadata(&ctx, command))
+            .await
+            .map(|metadata| pb::GetTokenMetadataResponse {
+                metadata: Some(metadata_to_proto(metadata)),
+            });
         respond(&ctx, Operation::Metadata, result)
     }
 
@@ -237,12 +258,9 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
         let ctx = self.identify(&request, Operation::Delete).await?;
         let body = request.into_inner();
+        let command = TokenCommand::without_reason(body.merchant_id, body.token);
         let result = self
-            .vault
-            .delete(
-                &ctx,
-                TokenCommand::without_reason(body.merchant_id, body.token),
-            )
+            .within(self.vault.delete(&ctx, command))
             .await
             .map(|()| pb::DeleteTokenResponse {});
         respond(&ctx, Operation::Delete, result)
