@@ -52,7 +52,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Opens the configured store. SQLite always migrates; PostgreSQL migrates if `migrate`.
+    /// Opens the configured store. SQLite always migrates; PostgreSQL migrates if `migrate`,
+    /// and otherwise refuses a schema that lacks a migration this release needs.
     ///
     /// # Errors
     /// If the store cannot be opened, is not durable, or a migration fails.
@@ -73,6 +74,8 @@ impl Backend {
                 let store = PgStore::connect_only(&settings).await?;
                 if migrate {
                     store.migrate(&settings).await?;
+                } else {
+                    store.check_migrated(&settings).await?;
                 }
                 Self::Postgres(store)
             }

@@ -84,6 +84,14 @@ pub enum PgStoreError {
         /// The underlying error.
         source: sqlx::migrate::MigrateError,
     },
+    /// `migrate_on_start` is off and the schema lacks migrations this release needs.
+    #[error("postgres {url}: the schema lacks migration {version}; run `vaultd migrate` first")]
+    Unmigrated {
+        /// The URL, password redacted.
+        url: String,
+        /// The first missing migration.
+        version: i64,
+    },
     /// The server does not make commits durable.
     #[error("postgres {url}: {setting} is {actual}, the vault requires {required}")]
     NotDurable {
@@ -160,6 +168,29 @@ impl PgStore {
                 url: redact_url(&settings.url),
                 source,
             })
+    }
+
+    /// Checks, without changing anything, that every migration this release embeds has been
+    /// applied (for replicas that start with `migrate_on_start = false`).
+    ///
+    /// # Errors
+    /// [`PgStoreError::Unmigrated`] naming the first missing migration.
+    pub async fn check_migrated(&self, settings: &PgSettings) -> Result<(), PgStoreError> {
+        let url = redact_url(&settings.url);
+        // A database never migrated has no `_sqlx_migrations` table: nothing is applied.
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        match sqlx::migrate!("../../migrations/postgres")
+            .iter()
+            .map(|m| m.version)
+            .find(|version| !applied.contains(version))
+        {
+            Some(version) => Err(PgStoreError::Unmigrated { url, version }),
+            None => Ok(()),
+        }
     }
 
     async fn check_durability(&self, url: &str) -> Result<(), PgStoreError> {

@@ -142,4 +142,14 @@ async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
     .await
     .unwrap();
     assert_eq!(orphans, 0);
+    // No audit record of a created token without the token.
+    let phantoms: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log a WHERE a.operation = 'tokenize' \
+         AND a.outcome = 'success' AND a.detail IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.token = a.token)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(phantoms, 0);
 }
