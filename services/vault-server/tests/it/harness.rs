@@ -185,6 +185,17 @@ impl TestVault {
         .await
     }
 
+    /// Tokenizes `pan` for `merchant` as the gateway at `addr` and returns the token.
+    pub async fn tokenize_at(&self, addr: &str, merchant: &str, pan: &str) -> String {
+        self.client_at(addr, "gateway")
+            .await
+            .tokenize(tokenize_request(merchant, pan))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
     /// Another `vaultd` process on the same configuration (same database, KEK, PKI and
     /// policy), on its own port, with its output in `replica-N/` of the data directory.
     pub async fn replica(&self, n: usize) -> Replica {

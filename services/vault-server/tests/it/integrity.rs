@@ -6,14 +6,7 @@ use tonic::Code;
 use crate::harness::*;
 
 async fn tokenize(vault: &TestVault, merchant: &str, pan: &str) -> String {
-    vault
-        .client("gateway")
-        .await
-        .tokenize(tokenize_request(merchant, pan))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
+    vault.tokenize_at(&vault.addr, merchant, pan).await
 }
 
 async fn detokenize_code(vault: &TestVault, merchant: &str, token: &str) -> (Code, String) {

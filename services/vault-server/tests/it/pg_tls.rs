@@ -34,13 +34,8 @@ async fn verify_full_with_the_right_ca_works_and_another_ca_is_refused() {
     // The vault itself, over verified TLS.
     let vault = TestVault::start_on(&verified, "info").await;
     let token = vault
-        .client("gateway")
-        .await
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
     let pan = vault
         .client("payments")
         .await

@@ -19,13 +19,8 @@ async fn a_token_made_on_one_replica_detokenizes_on_the_others() {
     let vault = TestVault::start_on(&db.url, "info").await;
     let (two, three) = (vault.replica(2).await, vault.replica(3).await);
     let token = vault
-        .client("gateway")
-        .await
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
     for addr in [&two.addr, &three.addr] {
         let pan = vault
             .client_at(addr, "payments")
@@ -171,14 +166,7 @@ async fn vaultd_migrate_runs_ahead_of_replicas_that_do_not_migrate() {
         "info",
     );
     let (addr, mut child) = wait_for_listening(&out, child).await;
-    let token = vault
-        .client_at(&addr, "gateway")
-        .await
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = vault.tokenize_at(&addr, "m1", "4111111111111111").await;
     assert!(token.starts_with("tok_"));
     terminate(&mut child);
 }
