@@ -1,0 +1,389 @@
+//! The HSM KEK: a non-extractable AES-256 key inside a PKCS#11 token. DEKs and fingerprint keys
+//! are wrapped by the token itself with CKM_AES_GCM, whose associated data binds merchant,
+//! purpose and version (`KeyContext::associated_data`). The key never leaves the token; the
+//! vault only asks it to encrypt and decrypt 32-byte keys.
+//!
+//! PKCS#11 calls block, so they run on tokio's blocking pool. Sessions are pooled (a
+//! `cryptoki::Session` is `Send` but not `Sync`): each call takes an idle session or opens one,
+//! and returns it afterwards unless the token reported it broken.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use vault_core::KekError;
+use vault_core::ports::{KeyContext, KeyEncryptionKey};
+use vault_crypto::{KEY_LEN, KeyMaterial, NONCE_LEN, TAG_LEN};
+use zeroize::Zeroizing;
+
+/// The backend name, as configuration files and stored key records spell it.
+pub const BACKEND: &str = "pkcs11";
+
+/// First byte of every key this backend wraps: the wrapping format's version.
+const FORMAT_V1: u8 = 1;
+
+/// Where the KEK lives and how to log in. The PIN is never printed.
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The user PIN.
+    pub pin: AuthPin,
+    /// The KEK's label (CKA_LABEL) inside the token.
+    pub key_label: String,
+}
+
+impl fmt::Debug for Pkcs11Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Settings")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin", &"<redacted>")
+            .field("key_label", &self.key_label)
+            .finish()
+    }
+}
+
+/// Why the HSM KEK could not be opened. Messages name the module, token and key, never the PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum Pkcs11Error {
+    /// The module could not be loaded or initialized.
+    #[error("pkcs11 module {module}: {detail}")]
+    Module {
+        /// The module path.
+        module: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// No token with that label.
+    #[error("pkcs11: no token labelled {0:?}")]
+    NoToken(String),
+    /// Login failed (wrong PIN, locked token).
+    #[error("pkcs11: login to token {token:?} failed: {detail}")]
+    Login {
+        /// The token label.
+        token: String,
+        /// The token's answer.
+        detail: String,
+    },
+    /// The key is missing, ambiguous, or not a sensitive, non-extractable AES-256 key.
+    #[error("pkcs11: key {key:?} in token {token:?}: {detail}")]
+    Key {
+        /// The token label.
+        token: String,
+        /// The key label.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// A KEK held in a PKCS#11 token.
+pub struct Pkcs11Kek {
+    inner: Arc<Inner>,
+    kek_id: String,
+}
+
+struct Inner {
+    ctx: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    key_label: String,
+    idle: Mutex<Vec<Session>>,
+}
+
+/// PKCS#11 modules must be initialized once per process: contexts are shared by module path.
+fn context(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let error = |detail: String| Pkcs11Error::Module {
+        module: module.to_owned(),
+        detail,
+    };
+    let mut contexts = CONTEXTS
+        .get_or_init(Mutex::default)
+        .lock()
+        .map_err(|_| error("context registry poisoned".to_owned()))?;
+    if let Some(ctx) = contexts.get(module) {
+        return Ok(ctx.clone());
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| error(e.to_string()))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(error(e.to_string())),
+    }
+    contexts.insert(module.to_owned(), ctx.clone());
+    Ok(ctx)
+}
+
+fn find_slot(ctx: &Pkcs11, settings: &Pkcs11Settings) -> Result<Slot, Pkcs11Error> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| Pkcs11Error::Module {
+            module: settings.module.clone(),
+            detail: e.to_string(),
+        })?;
+    slots
+        .into_iter()
+        .find(|slot| {
+            ctx.get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == settings.token_label)
+        })
+        .ok_or_else(|| Pkcs11Error::NoToken(settings.token_label.clone()))
+}
+
+fn login(session: &Session, pin: &AuthPin) -> Result<(), CkError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn key_template(label: &str) -> [Attribute; 3] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+impl Pkcs11Kek {
+    /// Opens the token, logs in and finds the KEK, checking that it is a sensitive,
+    /// non-extractable AES-256 key.
+    ///
+    /// # Errors
+    /// [`Pkcs11Error`] for a missing module, token or key, a wrong PIN, or an exportable key.
+    pub fn open(settings: Pkcs11Settings) -> Result<Self, Pkcs11Error> {
+        let ctx = context(&settings.module)?;
+        let slot = find_slot(&ctx, &settings)?;
+        let login_error = |e: CkError| Pkcs11Error::Login {
+            token: settings.token_label.clone(),
+            detail: e.to_string(),
+        };
+        let session = ctx.open_rw_session(slot).map_err(login_error)?;
+        login(&session, &settings.pin).map_err(login_error)?;
+        let key_error = |detail: String| Pkcs11Error::Key {
+            token: settings.token_label.clone(),
+            key: settings.key_label.clone(),
+            detail,
+        };
+        let keys = session
+            .find_objects(&key_template(&settings.key_label))
+            .map_err(|e| key_error(e.to_string()))?;
+        let key = match keys.as_slice() {
+            [key] => *key,
+            [] => return Err(key_error("not found".to_owned())),
+            _ => return Err(key_error("more than one key has this label".to_owned())),
+        };
+        let attributes = session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::ValueLen,
+                ],
+            )
+            .map_err(|e| key_error(e.to_string()))?;
+        let safe = attributes.iter().all(|a| match a {
+            Attribute::Sensitive(sensitive) => *sensitive,
+            Attribute::Extractable(extractable) => !*extractable,
+            Attribute::ValueLen(len) => u64::from(*len) == KEY_LEN as u64,
+            _ => true,
+        }) && attributes.len() == 3;
+        if !safe {
+            return Err(key_error(
+                "must be a sensitive, non-extractable AES-256 key".to_owned(),
+            ));
+        }
+        let kek_id = format!("{BACKEND}:{}/{}", settings.token_label, settings.key_label);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ctx,
+                slot,
+                pin: settings.pin,
+                key_label: settings.key_label,
+                idle: Mutex::new(vec![session]),
+            }),
+            kek_id,
+        })
+    }
+
+    /// Creates the KEK in the token unless a key with its label exists: AES-256, generated by
+    /// the token, sensitive and non-extractable, usable only to encrypt and decrypt.
+    ///
+    /// # Errors
+    /// [`Pkcs11Error`] if the token cannot be reached or refuses.
+    pub fn create_key(settings: &Pkcs11Settings) -> Result<(), Pkcs11Error> {
+        let ctx = context(&settings.module)?;
+        let slot = find_slot(&ctx, settings)?;
+        let login_error = |e: CkError| Pkcs11Error::Login {
+            token: settings.token_label.clone(),
+            detail: e.to_string(),
+        };
+        let session = ctx.open_rw_session(slot).map_err(login_error)?;
+        login(&session, &settings.pin).map_err(login_error)?;
+        let key_error = |e: CkError| Pkcs11Error::Key {
+            token: settings.token_label.clone(),
+            key: settings.key_label.clone(),
+            detail: e.to_string(),
+        };
+        if !session
+            .find_objects(&key_template(&settings.key_label))
+            .map_err(key_error)?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen((KEY_LEN as u64).into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Label(settings.key_label.as_bytes().to_vec()),
+                ],
+            )
+            .map_err(key_error)?;
+        Ok(())
+    }
+
+    /// Runs `op` on a pooled, logged-in session with the KEK's handle, on the blocking pool.
+    async fn with_session<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
+    ) -> Result<T, KekError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.run(op))
+            .await
+            .map_err(|e| KekError::Unavailable(format!("pkcs11 worker failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn run<T>(
+        &self,
+        op: impl FnOnce(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<T, KekError> {
+        let unavailable = |e: CkError| KekError::Unavailable(format!("pkcs11: {e}"));
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let session = match pooled {
+            Some(session) => session,
+            None => {
+                let session = self.ctx.open_rw_session(self.slot).map_err(unavailable)?;
+                login(&session, &self.pin).map_err(unavailable)?;
+                session
+            }
+        };
+        let key = match session.find_objects(&key_template(&self.key_label)) {
+            Ok(keys) => match keys.as_slice() {
+                [key] => *key,
+                _ => {
+                    return Err(KekError::Unavailable(
+                        "pkcs11: the KEK is missing from the token".to_owned(),
+                    ));
+                }
+            },
+            // The session is dropped (closed), not returned to the pool.
+            Err(e) => return Err(unavailable(e)),
+        };
+        match op(&session, key) {
+            Ok(value) => {
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.push(session);
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                // A decryption the token refuses while the session is still healthy means the
+                // wrapped key or its context does not authenticate (SoftHSM reports tampering as
+                // CKR_GENERAL_ERROR). Anything else means the token is not usable.
+                let healthy = session.get_session_info().is_ok()
+                    && matches!(
+                        e,
+                        CkError::Pkcs11(
+                            RvError::EncryptedDataInvalid
+                                | RvError::EncryptedDataLenRange
+                                | RvError::GeneralError,
+                            _
+                        )
+                    );
+                if healthy {
+                    if let Ok(mut idle) = self.idle.lock() {
+                        idle.push(session);
+                    }
+                    Err(KekError::Integrity)
+                } else {
+                    Err(unavailable(e))
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl KeyEncryptionKey for Pkcs11Kek {
+    fn kek_id(&self) -> &str {
+        &self.kek_id
+    }
+
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError> {
+        let aad = context.associated_data();
+        let plaintext = Zeroizing::new(key.expose_secret().to_vec());
+        let mut iv = [0u8; NONCE_LEN];
+        rand::fill(&mut iv[..]);
+        let sealed = self
+            .with_session(move |session, kek| {
+                let mut gcm_iv = iv;
+                let params = GcmParams::new(&mut gcm_iv, &aad, (TAG_LEN as u64 * 8).into())?;
+                session.encrypt(&Mechanism::AesGcm(params), kek, &plaintext)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError> {
+        let Some((&FORMAT_V1, rest)) = wrapped.split_first() else {
+            return Err(KekError::Integrity);
+        };
+        if rest.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
+            return Err(KekError::Integrity);
+        }
+        let (iv, sealed) = rest.split_at(NONCE_LEN);
+        let mut iv: [u8; NONCE_LEN] = iv.try_into().map_err(|_| KekError::Integrity)?;
+        let sealed = sealed.to_vec();
+        let aad = context.associated_data();
+        let plain = self
+            .with_session(move |session, kek| {
+                let params = GcmParams::new(&mut iv, &aad, (TAG_LEN as u64 * 8).into())?;
+                session
+                    .decrypt(&Mechanism::AesGcm(params), kek, &sealed)
+                    .map(Zeroizing::new)
+            })
+            .await?;
+        KeyMaterial::from_slice(&plain).map_err(|_| KekError::Integrity)
+    }
+}
