@@ -142,6 +142,19 @@ fn find_slot(ctx: &Pkcs11, settings: &Pkcs11Settings) -> Result<Slot, Pkcs11Erro
         .ok_or_else(|| Pkcs11Error::NoToken(settings.token_label.clone()))
 }
 
+/// The module's context, the token's slot, and a logged-in read-write session on it.
+fn logged_in(settings: &Pkcs11Settings) -> Result<(Pkcs11, Slot, Session), Pkcs11Error> {
+    let ctx = context(&settings.module)?;
+    let slot = find_slot(&ctx, settings)?;
+    let login_error = |e: CkError| Pkcs11Error::Login {
+        token: settings.token_label.clone(),
+        detail: e.to_string(),
+    };
+    let session = ctx.open_rw_session(slot).map_err(login_error)?;
+    login(&session, &settings.pin).map_err(login_error)?;
+    Ok((ctx, slot, session))
+}
+
 fn login(session: &Session, pin: &AuthPin) -> Result<(), CkError> {
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
@@ -164,14 +177,7 @@ impl Pkcs11Kek {
     /// # Errors
     /// [`Pkcs11Error`] for a missing module, token or key, a wrong PIN, or an exportable key.
     pub fn open(settings: Pkcs11Settings) -> Result<Self, Pkcs11Error> {
-        let ctx = context(&settings.module)?;
-        let slot = find_slot(&ctx, &settings)?;
-        let login_error = |e: CkError| Pkcs11Error::Login {
-            token: settings.token_label.clone(),
-            detail: e.to_string(),
-        };
-        let session = ctx.open_rw_session(slot).map_err(login_error)?;
-        login(&session, &settings.pin).map_err(login_error)?;
+        let (ctx, slot, session) = logged_in(&settings)?;
         let key_error = |detail: String| Pkcs11Error::Key {
             token: settings.token_label.clone(),
             key: settings.key_label.clone(),
@@ -225,14 +231,7 @@ impl Pkcs11Kek {
     /// # Errors
     /// [`Pkcs11Error`] if the token cannot be reached or refuses.
     pub fn create_key(settings: &Pkcs11Settings) -> Result<(), Pkcs11Error> {
-        let ctx = context(&settings.module)?;
-        let slot = find_slot(&ctx, settings)?;
-        let login_error = |e: CkError| Pkcs11Error::Login {
-            token: settings.token_label.clone(),
-            detail: e.to_string(),
-        };
-        let session = ctx.open_rw_session(slot).map_err(login_error)?;
-        login(&session, &settings.pin).map_err(login_error)?;
+        let (_, _, session) = logged_in(settings)?;
         let key_error = |e: CkError| Pkcs11Error::Key {
             token: settings.token_label.clone(),
             key: settings.key_label.clone(),

@@ -51,12 +51,9 @@ async fn certificate_from_another_ca_is_refused() {
 async fn gateway_may_not_detokenize_and_the_denial_is_audited() {
     let vault = TestVault::start().await;
     let mut gateway = vault.client("gateway").await;
-    let token = gateway
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = vault
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
     let status = gateway
         .detokenize(detokenize_request("m1", &token))
         .await
@@ -87,13 +84,9 @@ async fn gateway_may_not_detokenize_and_the_denial_is_audited() {
 #[tokio::test]
 async fn detokenize_needs_a_reason_without_card_numbers() {
     let vault = TestVault::start().await;
-    let mut gateway = vault.client("gateway").await;
-    let token = gateway
-        .tokenize(tokenize_request("m1", "4111111111111111"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = vault
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
     let mut payments = vault.client("payments").await;
     for (reason, expect) in [
         ("", "reason: is required"),
