@@ -12,6 +12,7 @@ pub mod audit;
 pub mod error;
 pub mod expiry;
 pub mod ids;
+pub mod keyring;
 pub mod pan;
 pub mod policy;
 pub mod ports;

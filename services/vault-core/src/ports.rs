@@ -43,7 +43,7 @@ impl KeyPurpose {
 }
 
 /// The context a wrapped key is bound to: KEK backends authenticate it as associated data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyContext {
     /// The merchant the key belongs to.
     pub merchant: MerchantId,
@@ -195,18 +195,46 @@ pub trait TokenStore: Send + Sync {
     async fn append_audit(&self, audit: &AuditRecord) -> Result<(), StoreError>;
 }
 
+/// A key as a KEK wrapped it: which KEK key (and version) did it, and the opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapping {
+    /// The KEK key that wrapped it, e.g. `pkcs11:vault/kek-2026` or `transit:vault-kek:v3`.
+    pub kek_id: String,
+    /// The wrapped bytes.
+    pub wrapped: Vec<u8>,
+}
+
 /// A key-encryption key: wraps and unwraps DEKs and fingerprint keys, binding each to its
 /// [`KeyContext`]. It never hands out its own key material.
+///
+/// A KEK id names the backend, the key and, where the backend versions keys (Transit), the
+/// version: it is stored beside every key the KEK wraps, so the store records which KEK wraps
+/// each DEK version, and KEK rotation can tell which keys still need rewrapping.
 #[async_trait]
 pub trait KeyEncryptionKey: Send + Sync {
-    /// Names the backend and key, e.g. `danger-local-file:3f2a9c01`; stored beside every key it
-    /// wraps.
-    fn kek_id(&self) -> &str;
+    /// Names the backend and key (without a version), for logs and errors.
+    fn name(&self) -> &str;
 
-    /// Wraps `key`, bound to `context`.
-    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError>;
+    /// True if a key stored with `kek_id` was wrapped by this KEK (by any of its versions).
+    fn owns(&self, kek_id: &str) -> bool;
 
-    /// Unwraps a key wrapped under `context`. Fails with [`KekError::Integrity`] if the bytes
-    /// or the context differ from what was wrapped.
-    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError>;
+    /// The KEK id new wraps are made under. For a versioned backend this asks it, since an
+    /// operator may have rotated the key since the vault started.
+    async fn current_id(&self) -> Result<String, KekError>;
+
+    /// Wraps `key`, bound to `context`, under the KEK's current version.
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Wrapping, KekError>;
+
+    /// Unwraps a key wrapped under `context` by the KEK key `kek_id`. Fails with
+    /// [`KekError::Integrity`] if the bytes or the context differ from what was wrapped.
+    async fn unwrap(
+        &self,
+        context: &KeyContext,
+        kek_id: &str,
+        wrapped: &[u8],
+    ) -> Result<KeyMaterial, KekError>;
+
+    /// Checks that the backend can be used now (reachable, logged in or unsealed, key
+    /// present). Health reporting calls it every second; it must be cheap.
+    async fn check(&self) -> Result<(), KekError>;
 }

@@ -16,9 +16,10 @@ use crate::expiry::Expiry;
 use crate::ids::{CallContext, MerchantId};
 use crate::pan::Pan;
 use crate::policy::{Operation, Policy};
+use crate::keyring::KeyRing;
 use crate::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyEncryptionKey, KeyPurpose, MerchantKeySet,
-    TokenRecord, TokenStore, WrappedKey,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord,
+    TokenStore,
 };
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
@@ -134,22 +135,22 @@ impl<T> Done<T> {
 /// A merchant's unwrapped current keys.
 struct MerchantKeys {
     dek_version: u32,
-    dek: AeadKey,
-    fingerprint: FingerprintKey,
+    dek: Arc<AeadKey>,
+    fingerprint: Arc<FingerprintKey>,
 }
 
-/// The vault's use cases over a store, a KEK and a policy.
+/// The vault's use cases over a store, the KEKs and a policy.
 #[derive(Clone)]
 pub struct Vault {
     store: Arc<dyn TokenStore>,
-    kek: Arc<dyn KeyEncryptionKey>,
+    keys: Arc<KeyRing>,
     policy: Arc<Policy>,
 }
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
-            .field("kek", &self.kek.kek_id())
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -157,12 +158,18 @@ impl fmt::Debug for Vault {
 impl Vault {
     /// A vault over these ports.
     #[must_use]
-    pub fn new(
-        store: Arc<dyn TokenStore>,
-        kek: Arc<dyn KeyEncryptionKey>,
-        policy: Arc<Policy>,
-    ) -> Self {
-        Self { store, kek, policy }
+    pub fn new(store: Arc<dyn TokenStore>, keys: Arc<KeyRing>, policy: Arc<Policy>) -> Self {
+        Self {
+            store,
+            keys,
+            policy,
+        }
+    }
+
+    /// The KEKs and the unwrapped-key cache (health checks, cache metrics).
+    #[must_use]
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
     }
 
     /// Swaps a PAN for a token; returns the existing token if the merchant already has one for
@@ -372,7 +379,7 @@ impl Vault {
             .data_key(&record.merchant, record.dek_version)
             .await?
             .ok_or(VaultError::Integrity)?;
-        let dek = AeadKey::new(&self.unwrap_key(&wrapped).await?);
+        let dek = self.keys.dek(&wrapped).await?;
         Self::open_with(&dek, record)
     }
 
@@ -484,40 +491,27 @@ impl Vault {
         };
         Ok(MerchantKeys {
             dek_version: set.dek.context.version,
-            dek: AeadKey::new(&self.unwrap_key(&set.dek).await?),
-            fingerprint: FingerprintKey::new(&self.unwrap_key(&set.fingerprint).await?),
+            dek: self.keys.dek(&set.dek).await?,
+            fingerprint: self.keys.fingerprint_key(&set.fingerprint).await?,
         })
     }
 
     async fn new_key_set(&self, merchant: &MerchantId) -> Result<MerchantKeySet, VaultError> {
-        let wrap = async |purpose| {
-            let context = KeyContext {
-                merchant: merchant.clone(),
-                purpose,
-                version: 1,
-            };
-            let wrapped = self.kek.wrap(&context, &KeyMaterial::generate()).await?;
-            Ok::<_, VaultError>(WrappedKey {
-                context,
-                kek_id: self.kek.kek_id().to_owned(),
-                wrapped,
-            })
+        let context = |purpose| KeyContext {
+            merchant: merchant.clone(),
+            purpose,
+            version: 1,
         };
         Ok(MerchantKeySet {
-            dek: wrap(KeyPurpose::Dek).await?,
-            fingerprint: wrap(KeyPurpose::Fingerprint).await?,
+            dek: self
+                .keys
+                .wrap(context(KeyPurpose::Dek), &KeyMaterial::generate())
+                .await?,
+            fingerprint: self
+                .keys
+                .wrap(context(KeyPurpose::Fingerprint), &KeyMaterial::generate())
+                .await?,
         })
-    }
-
-    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<KeyMaterial, VaultError> {
-        if wrapped.kek_id != self.kek.kek_id() {
-            return Err(VaultError::KeyUnavailable(format!(
-                "key is wrapped by kek {} but this vault is configured with {}",
-                wrapped.kek_id,
-                self.kek.kek_id()
-            )));
-        }
-        Ok(self.kek.unwrap(&wrapped.context, &wrapped.wrapped).await?)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use vault_core::KekError;
-use vault_core::ports::{KeyContext, KeyEncryptionKey};
+use vault_core::ports::{KeyContext, KeyEncryptionKey, Wrapping};
 use vault_crypto::{AeadKey, FingerprintKey, KEY_LEN, KeyMaterial, NONCE_LEN};
 use zeroize::Zeroizing;
 
@@ -152,11 +152,19 @@ impl DangerLocalFileKek {
 
 #[async_trait]
 impl KeyEncryptionKey for DangerLocalFileKek {
-    fn kek_id(&self) -> &str {
+    fn name(&self) -> &str {
         &self.kek_id
     }
 
-    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError> {
+    fn owns(&self, kek_id: &str) -> bool {
+        kek_id == self.kek_id
+    }
+
+    async fn current_id(&self) -> Result<String, KekError> {
+        Ok(self.kek_id.clone())
+    }
+
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Wrapping, KekError> {
         let sealed = self
             .key
             .seal(&context.associated_data(), key.expose_secret());
@@ -164,10 +172,18 @@ impl KeyEncryptionKey for DangerLocalFileKek {
         out.push(FORMAT_V1);
         out.extend_from_slice(&sealed.nonce);
         out.extend_from_slice(&sealed.ciphertext);
-        Ok(out)
+        Ok(Wrapping {
+            kek_id: self.kek_id.clone(),
+            wrapped: out,
+        })
     }
 
-    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError> {
+    async fn unwrap(
+        &self,
+        context: &KeyContext,
+        _kek_id: &str,
+        wrapped: &[u8],
+    ) -> Result<KeyMaterial, KekError> {
         let Some((&FORMAT_V1, rest)) = wrapped.split_first() else {
             return Err(KekError::Integrity);
         };
@@ -181,6 +197,10 @@ impl KeyEncryptionKey for DangerLocalFileKek {
             .open(&context.associated_data(), nonce, ciphertext)
             .map_err(|_| KekError::Integrity)?;
         KeyMaterial::from_slice(&bytes).map_err(|_| KekError::Integrity)
+    }
+
+    async fn check(&self) -> Result<(), KekError> {
+        Ok(())
     }
 }
 
@@ -226,11 +246,16 @@ mod tests {
         let ctx = context("m1", KeyPurpose::Dek, 1);
         let dek = KeyMaterial::generate();
         let wrapped = kek.wrap(&ctx, &dek).await.unwrap();
+        assert_eq!(wrapped.kek_id, kek.name());
 
         let reopened = DangerLocalFileKek::open(&path).unwrap();
-        assert_eq!(reopened.kek_id(), kek.kek_id());
-        assert!(kek.kek_id().starts_with("danger-local-file:"));
-        let unwrapped = reopened.unwrap(&ctx, &wrapped).await.unwrap();
+        assert_eq!(reopened.name(), kek.name());
+        assert!(reopened.owns(&wrapped.kek_id));
+        assert!(kek.name().starts_with("danger-local-file:"));
+        let unwrapped = reopened
+            .unwrap(&ctx, &wrapped.kek_id, &wrapped.wrapped)
+            .await
+            .unwrap();
         assert_eq!(unwrapped.expose_secret(), dek.expose_secret());
         assert!(
             DangerLocalFileKek::create(&path).is_err(),
@@ -246,28 +271,31 @@ mod tests {
             .wrap(&context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())
             .await
             .unwrap();
+        let id = wrapped.kek_id.as_str();
+        let wrapped = wrapped.wrapped;
         for other in [
             context("m2", KeyPurpose::Dek, 1),
             context("m1", KeyPurpose::Fingerprint, 1),
             context("m1", KeyPurpose::Dek, 2),
         ] {
             assert!(matches!(
-                kek.unwrap(&other, &wrapped).await,
+                kek.unwrap(&other, id, &wrapped).await,
                 Err(KekError::Integrity)
             ));
         }
         for len in 0..wrapped.len() {
             assert!(
-                kek.unwrap(&context("m1", KeyPurpose::Dek, 1), &wrapped[..len])
+                kek.unwrap(&context("m1", KeyPurpose::Dek, 1), id, &wrapped[..len])
                     .await
                     .is_err()
             );
         }
         let other_kek = DangerLocalFileKek::create(&dir.path().join("other")).unwrap();
-        assert_ne!(other_kek.kek_id(), kek.kek_id());
+        assert_ne!(other_kek.name(), kek.name());
+        assert!(!other_kek.owns(id));
         assert!(
             other_kek
-                .unwrap(&context("m1", KeyPurpose::Dek, 1), &wrapped)
+                .unwrap(&context("m1", KeyPurpose::Dek, 1), id, &wrapped)
                 .await
                 .is_err()
         );

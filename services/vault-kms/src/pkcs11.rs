@@ -22,7 +22,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use vault_core::KekError;
-use vault_core::ports::{KeyContext, KeyEncryptionKey};
+use vault_core::ports::{KeyContext, KeyEncryptionKey, Wrapping};
 use vault_crypto::{KEY_LEN, KeyMaterial, NONCE_LEN, TAG_LEN};
 use zeroize::Zeroizing;
 
@@ -341,11 +341,24 @@ impl Inner {
 
 #[async_trait]
 impl KeyEncryptionKey for Pkcs11Kek {
-    fn kek_id(&self) -> &str {
+    fn name(&self) -> &str {
         &self.kek_id
     }
 
-    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Vec<u8>, KekError> {
+    fn owns(&self, kek_id: &str) -> bool {
+        kek_id == self.kek_id
+    }
+
+    async fn current_id(&self) -> Result<String, KekError> {
+        Ok(self.kek_id.clone())
+    }
+
+    async fn check(&self) -> Result<(), KekError> {
+        // A pooled (or new, logged-in) session that still finds the KEK.
+        self.with_session(|_, _| Ok(())).await
+    }
+
+    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Wrapping, KekError> {
         let aad = context.associated_data();
         let plaintext = Zeroizing::new(key.expose_secret().to_vec());
         let mut iv = [0u8; NONCE_LEN];
@@ -361,10 +374,18 @@ impl KeyEncryptionKey for Pkcs11Kek {
         out.push(FORMAT_V1);
         out.extend_from_slice(&iv);
         out.extend_from_slice(&sealed);
-        Ok(out)
+        Ok(Wrapping {
+            kek_id: self.kek_id.clone(),
+            wrapped: out,
+        })
     }
 
-    async fn unwrap(&self, context: &KeyContext, wrapped: &[u8]) -> Result<KeyMaterial, KekError> {
+    async fn unwrap(
+        &self,
+        context: &KeyContext,
+        _kek_id: &str,
+        wrapped: &[u8],
+    ) -> Result<KeyMaterial, KekError> {
         let Some((&FORMAT_V1, rest)) = wrapped.split_first() else {
             return Err(KekError::Integrity);
         };

@@ -50,17 +50,21 @@ async fn wraps_and_unwraps_bound_to_context() {
     // Creating it again keeps the existing key.
     Pkcs11Kek::create_key(&settings("vault-test", "1234", "kek-round-trip")).unwrap();
     let kek = Pkcs11Kek::open(settings("vault-test", "1234", "kek-round-trip")).unwrap();
-    assert_eq!(kek.kek_id(), "pkcs11:vault-test/kek-round-trip");
+    assert_eq!(kek.name(), "pkcs11:vault-test/kek-round-trip");
+    kek.check().await.unwrap();
     let dek = KeyMaterial::generate();
-    let wrapped = kek.wrap(&context("m1", 1), &dek).await.unwrap();
+    let wrapping = kek.wrap(&context("m1", 1), &dek).await.unwrap();
+    assert_eq!(wrapping.kek_id, kek.name());
+    assert!(kek.owns(&wrapping.kek_id));
+    let (id, wrapped) = (wrapping.kek_id, wrapping.wrapped);
     assert!(!wrapped.windows(32).any(|w| w == dek.expose_secret()));
-    let unwrapped = kek.unwrap(&context("m1", 1), &wrapped).await.unwrap();
+    let unwrapped = kek.unwrap(&context("m1", 1), &id, &wrapped).await.unwrap();
     assert_eq!(unwrapped.expose_secret(), dek.expose_secret());
 
     // Another merchant or version, or a flipped bit: an integrity failure, not a key.
     for other in [context("m2", 1), context("m1", 2)] {
         assert!(matches!(
-            kek.unwrap(&other, &wrapped).await,
+            kek.unwrap(&other, &id, &wrapped).await,
             Err(KekError::Integrity)
         ));
     }
@@ -68,17 +72,17 @@ async fn wraps_and_unwraps_bound_to_context() {
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
     assert!(matches!(
-        kek.unwrap(&context("m1", 1), &tampered).await,
+        kek.unwrap(&context("m1", 1), &id, &tampered).await,
         Err(KekError::Integrity)
     ));
     // Sessions survive failures: the next call works.
-    assert!(kek.unwrap(&context("m1", 1), &wrapped).await.is_ok());
+    assert!(kek.unwrap(&context("m1", 1), &id, &wrapped).await.is_ok());
 
     // Many calls at once share the session pool.
     let kek = std::sync::Arc::new(kek);
     let calls = (0..32).map(|_| {
-        let (kek, wrapped) = (kek.clone(), wrapped.clone());
-        tokio::spawn(async move { kek.unwrap(&context("m1", 1), &wrapped).await.is_ok() })
+        let (kek, id, wrapped) = (kek.clone(), id.clone(), wrapped.clone());
+        tokio::spawn(async move { kek.unwrap(&context("m1", 1), &id, &wrapped).await.is_ok() })
     });
     for call in calls.collect::<Vec<_>>() {
         assert!(call.await.unwrap());
