@@ -246,7 +246,10 @@ impl KeyRing {
         if wrapped.context.purpose != KeyPurpose::Dek {
             return Err(VaultError::Integrity);
         }
-        match self.cached(wrapped, |key| Unwrapped::Dek(Arc::new(AeadKey::new(key)))).await? {
+        match self
+            .cached(wrapped, |key| Unwrapped::Dek(Arc::new(AeadKey::new(key))))
+            .await?
+        {
             Unwrapped::Dek(key) => Ok(key),
             Unwrapped::Fingerprint(_) => Err(VaultError::Integrity),
         }

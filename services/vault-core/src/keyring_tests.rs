@@ -92,7 +92,11 @@ fn context(merchant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
     }
 }
 
-fn ring(current: &Arc<CountingKek>, previous: &[&Arc<CountingKek>], limits: CacheLimits) -> KeyRing {
+fn ring(
+    current: &Arc<CountingKek>,
+    previous: &[&Arc<CountingKek>],
+    limits: CacheLimits,
+) -> KeyRing {
     KeyRing::new(
         current.clone(),
         previous
@@ -106,7 +110,9 @@ fn ring(current: &Arc<CountingKek>, previous: &[&Arc<CountingKek>], limits: Cach
 /// Seals with `dek` and opens with `other`: true if they are the same key.
 fn same_key(dek: &AeadKey, other: &AeadKey) -> bool {
     let sealed = dek.seal(b"aad", b"probe");
-    other.open(b"aad", &sealed.nonce, &sealed.ciphertext).is_ok()
+    other
+        .open(b"aad", &sealed.nonce, &sealed.ciphertext)
+        .is_ok()
 }
 
 #[tokio::test]
@@ -158,7 +164,10 @@ async fn size_and_age_bound_the_cache() {
     for version in 1..=3 {
         keys.push(
             small
-                .wrap(context("m1", KeyPurpose::Dek, version), &KeyMaterial::generate())
+                .wrap(
+                    context("m1", KeyPurpose::Dek, version),
+                    &KeyMaterial::generate(),
+                )
                 .await
                 .unwrap(),
         );

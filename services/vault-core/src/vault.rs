@@ -14,12 +14,11 @@ use crate::audit::AuditRecord;
 use crate::error::{InvalidArgument, VaultError};
 use crate::expiry::Expiry;
 use crate::ids::{CallContext, MerchantId};
+use crate::keyring::KeyRing;
 use crate::pan::Pan;
 use crate::policy::{Operation, Policy};
-use crate::keyring::KeyRing;
 use crate::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord,
-    TokenStore,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, TokenStore,
 };
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};

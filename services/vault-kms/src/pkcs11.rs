@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -97,11 +98,19 @@ pub struct Pkcs11Kek {
 
 struct Inner {
     ctx: Pkcs11,
-    slot: Slot,
+    module: PathBuf,
+    token_label: String,
+    /// The token's slot; found again by label when the token comes back after an outage.
+    slot: Mutex<Slot>,
     pin: AuthPin,
     key_label: String,
     idle: Mutex<Vec<Session>>,
+    /// When the module was last re-initialized (at most once per `RECOVERY_INTERVAL`).
+    last_recovery: Mutex<Option<Instant>>,
 }
+
+/// The shortest time between two re-initializations of the module.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// PKCS#11 modules must be initialized once per process: contexts are shared by module path.
 fn context(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
@@ -126,26 +135,26 @@ fn context(module: &Path) -> Result<Pkcs11, Pkcs11Error> {
     Ok(ctx)
 }
 
-fn find_slot(ctx: &Pkcs11, settings: &Pkcs11Settings) -> Result<Slot, Pkcs11Error> {
+fn find_slot(ctx: &Pkcs11, module: &Path, token_label: &str) -> Result<Slot, Pkcs11Error> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| Pkcs11Error::Module {
-            module: settings.module.clone(),
+            module: module.to_owned(),
             detail: e.to_string(),
         })?;
     slots
         .into_iter()
         .find(|slot| {
             ctx.get_token_info(*slot)
-                .is_ok_and(|info| info.label().trim_end() == settings.token_label)
+                .is_ok_and(|info| info.label().trim_end() == token_label)
         })
-        .ok_or_else(|| Pkcs11Error::NoToken(settings.token_label.clone()))
+        .ok_or_else(|| Pkcs11Error::NoToken(token_label.to_owned()))
 }
 
 /// The module's context, the token's slot, and a logged-in read-write session on it.
 fn logged_in(settings: &Pkcs11Settings) -> Result<(Pkcs11, Slot, Session), Pkcs11Error> {
     let ctx = context(&settings.module)?;
-    let slot = find_slot(&ctx, settings)?;
+    let slot = find_slot(&ctx, &settings.module, &settings.token_label)?;
     let login_error = |e: CkError| Pkcs11Error::Login {
         token: settings.token_label.clone(),
         detail: e.to_string(),
@@ -216,10 +225,13 @@ impl Pkcs11Kek {
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
-                slot,
+                module: settings.module,
+                token_label: settings.token_label,
+                slot: Mutex::new(slot),
                 pin: settings.pin,
                 key_label: settings.key_label,
                 idle: Mutex::new(vec![session]),
+                last_recovery: Mutex::new(None),
             }),
             kek_id,
         })
@@ -283,33 +295,10 @@ impl Inner {
         &self,
         op: impl FnOnce(&Session, ObjectHandle) -> Result<T, CkError>,
     ) -> Result<T, KekError> {
-        let unavailable = |e: CkError| KekError::Unavailable(format!("pkcs11: {e}"));
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let session = match pooled {
-            Some(session) => session,
-            None => {
-                let session = self.ctx.open_rw_session(self.slot).map_err(unavailable)?;
-                login(&session, &self.pin).map_err(unavailable)?;
-                session
-            }
-        };
-        let key = match session.find_objects(&key_template(&self.key_label)) {
-            Ok(keys) => match keys.as_slice() {
-                [key] => *key,
-                _ => {
-                    return Err(KekError::Unavailable(
-                        "pkcs11: the KEK is missing from the token".to_owned(),
-                    ));
-                }
-            },
-            // The session is dropped (closed), not returned to the pool.
-            Err(e) => return Err(unavailable(e)),
-        };
+        let (session, key) = self.session_with_key()?;
         match op(&session, key) {
             Ok(value) => {
-                if let Ok(mut idle) = self.idle.lock() {
-                    idle.push(session);
-                }
+                self.give_back(session);
                 Ok(value)
             }
             Err(e) => {
@@ -327,16 +316,106 @@ impl Inner {
                         )
                     );
                 if healthy {
-                    if let Ok(mut idle) = self.idle.lock() {
-                        idle.push(session);
-                    }
+                    self.give_back(session);
                     Err(KekError::Integrity)
                 } else {
-                    Err(unavailable(e))
+                    Err(unavailable(&e))
                 }
             }
         }
     }
+
+    fn give_back(&self, session: Session) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
+    }
+
+    /// A logged-in session that finds the KEK: a pooled one, else a fresh one, else, once the
+    /// token looks gone, a fresh one after re-initializing the module (a token that was pulled
+    /// and put back, or an HSM that restarted, is only seen again after C_Initialize).
+    fn session_with_key(&self) -> Result<(Session, ObjectHandle), KekError> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        if let Some(session) = pooled
+            && let Ok(key) = self.find_key(&session)
+        {
+            return Ok((session, key));
+        }
+        // A pooled session that fails is dropped (closed), not returned.
+        match self.fresh_session() {
+            Ok(found) => Ok(found),
+            Err(first) => {
+                if !self.reinitialize() {
+                    return Err(first);
+                }
+                self.fresh_session()
+            }
+        }
+    }
+
+    fn fresh_session(&self) -> Result<(Session, ObjectHandle), KekError> {
+        let slot = *self
+            .slot
+            .lock()
+            .map_err(|_| KekError::Unavailable("pkcs11: slot lock poisoned".to_owned()))?;
+        let session = self
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| unavailable(&e))?;
+        login(&session, &self.pin).map_err(|e| unavailable(&e))?;
+        let key = self.find_key(&session)?;
+        Ok((session, key))
+    }
+
+    fn find_key(&self, session: &Session) -> Result<ObjectHandle, KekError> {
+        match session
+            .find_objects(&key_template(&self.key_label))
+            .map_err(|e| unavailable(&e))?
+            .as_slice()
+        {
+            [key] => Ok(*key),
+            _ => Err(KekError::Unavailable(
+                "pkcs11: the KEK is missing from the token".to_owned(),
+            )),
+        }
+    }
+
+    /// Finalizes and initializes the module again and finds the token's slot by label. Returns
+    /// false if it was done less than `RECOVERY_INTERVAL` ago or did not find the token.
+    fn reinitialize(&self) -> bool {
+        let Ok(mut last) = self.last_recovery.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < RECOVERY_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+        let _ = self.ctx.clone().finalize();
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(_) => return false,
+        }
+        match (
+            find_slot(&self.ctx, &self.module, &self.token_label),
+            self.slot.lock(),
+        ) {
+            (Ok(found), Ok(mut slot)) => {
+                *slot = found;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn unavailable(e: &CkError) -> KekError {
+    KekError::Unavailable(format!("pkcs11: {e}"))
 }
 
 #[async_trait]

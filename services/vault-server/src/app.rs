@@ -9,13 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use vault_core::Vault;
-use vault_core::ports::{KeyEncryptionKey, TokenStore};
-use vault_kms::DangerLocalFileKek;
+use vault_core::keyring::KeyRing;
+use vault_core::ports::TokenStore;
 use vault_proto::v1::token_service_server::TokenServiceServer;
 use vault_store::{PgSettings, PgStore, SqliteStore};
 
-use crate::config::{Config, KekConfig, StorageUrl, load_policy};
+use crate::config::{Config, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
+use crate::kek::open_key_ring;
 use crate::tls;
 
 /// Largest request the vault decodes. A PAN is at most 38 characters; the margin lets a 10 KB
@@ -117,17 +118,9 @@ impl Application {
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         let policy = load_policy(&config.policy.path)?;
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
-        let kek: Arc<dyn KeyEncryptionKey> = match &config.kek {
-            KekConfig::DangerLocalFile { path } => {
-                tracing::warn!(
-                    path = %path.display(),
-                    "kek backend is danger-local-file: a key in a local file, not an HSM; for development only"
-                );
-                Arc::new(DangerLocalFileKek::open(path)?)
-            }
-        };
+        let keys = Arc::new(open_key_ring(config, config_path)?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
-        let vault = Vault::new(store.port(), kek, Arc::new(policy));
+        let vault = Vault::new(store.port(), keys, Arc::new(policy));
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -152,7 +145,11 @@ impl Application {
     /// If the gRPC server fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let health = tokio::spawn(watch_store(self.store.clone(), health_reporter));
+        let health = tokio::spawn(watch_health(
+            self.store.clone(),
+            self.vault.keys().clone(),
+            health_reporter,
+        ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -189,21 +186,36 @@ impl Application {
 /// How often the health watcher checks the store.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps gRPC health in step with the store: SERVING while it answers, NOT_SERVING while it
-/// does not (both for `vault.v1.TokenService` and the server as a whole, `""`). Calls fail
-/// fast with UNAVAILABLE meanwhile (bounded connect and statement timeouts), and the pool
-/// reconnects by itself when the database returns.
-async fn watch_store(store: Backend, reporter: tonic_health::server::HealthReporter) {
+/// Keeps gRPC health in step with the store and the KEKs: SERVING while both answer,
+/// NOT_SERVING while either does not (for `vault.v1.TokenService` and the server as a whole,
+/// `""`). Calls fail fast with UNAVAILABLE meanwhile (bounded store timeouts; a failed KEK
+/// check also empties the unwrapped-key cache, see `vault_core::keyring`), and both recover by
+/// themselves when the dependency returns.
+async fn watch_health(
+    store: Backend,
+    keys: Arc<KeyRing>,
+    reporter: tonic_health::server::HealthReporter,
+) {
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
-        let up = store.ping().await;
-        if last != Some(up) {
-            let status = if up {
-                tracing::info!("store reachable: serving");
+        let store_up = store.ping().await;
+        let kek = keys.check().await;
+        let now = (store_up, kek.is_ok());
+        if last != Some(now) {
+            if !store_up {
+                tracing::warn!("store unreachable: health is NOT_SERVING, calls fail UNAVAILABLE");
+            }
+            if let Err(err) = &kek {
+                tracing::warn!(
+                    error = %err,
+                    "kek unavailable: health is NOT_SERVING, cached keys dropped, no card data is released"
+                );
+            }
+            let status = if now == (true, true) {
+                tracing::info!(cache = ?keys.cache_stats(), "store and kek reachable: serving");
                 ServingStatus::Serving
             } else {
-                tracing::warn!("store unreachable: health is NOT_SERVING, calls fail UNAVAILABLE");
                 ServingStatus::NotServing
             };
             reporter
@@ -213,7 +225,7 @@ async fn watch_store(store: Backend, reporter: tonic_health::server::HealthRepor
                 )
                 .await;
             reporter.set_service_status("", status).await;
-            last = Some(up);
+            last = Some(now);
         }
         tokio::time::sleep(HEALTH_INTERVAL).await;
     }

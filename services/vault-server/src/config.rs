@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vault_core::ids::{CallerId, MerchantId};
 use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
+use zeroize::Zeroizing;
 
 /// Why a configuration or policy file was refused. Messages name the file and the setting.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +53,15 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The server certificate and the CA that client certificates must chain to.
     pub tls: TlsConfig,
-    /// The key-encryption key.
+    /// The key-encryption key: wraps every new key.
     pub kek: KekConfig,
+    /// Earlier KEKs that still unwrap keys not yet rewrapped under `kek` (`vaultctl kek
+    /// rotate`). Never used to wrap; remove one once rotation reports nothing left under it.
+    #[serde(default)]
+    pub previous_kek: Vec<KekConfig>,
+    /// The cache of unwrapped keys.
+    #[serde(default)]
+    pub key_cache: KeyCacheConfig,
     /// The access policy file.
     pub policy: PolicyConfig,
 }
@@ -121,7 +129,8 @@ pub struct TlsConfig {
     pub client_ca: PathBuf,
 }
 
-/// Which KEK backend, and its settings.
+/// Which KEK backend, and its settings. Secrets (PINs, tokens) are never written here: the
+/// file names a file or an environment variable that holds them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "backend", deny_unknown_fields)]
 pub enum KekConfig {
@@ -131,6 +140,111 @@ pub enum KekConfig {
         /// The key file (mode 0600).
         path: PathBuf,
     },
+    /// A non-extractable AES-256 key in an HSM, through its PKCS#11 module.
+    #[serde(rename = "pkcs11")]
+    Pkcs11 {
+        /// The PKCS#11 module (shared library).
+        module: PathBuf,
+        /// The token's label.
+        token_label: String,
+        /// The KEK's label (CKA_LABEL) in the token.
+        key_label: String,
+        /// A file holding the user PIN (one line). Exactly one of `pin_file` and `pin_env`.
+        pin_file: Option<PathBuf>,
+        /// An environment variable holding the user PIN.
+        pin_env: Option<String>,
+    },
+}
+
+impl KekConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            Self::DangerLocalFile { path } => *path = base.join(&*path),
+            Self::Pkcs11 {
+                module, pin_file, ..
+            } => {
+                *module = base.join(&*module);
+                if let Some(file) = pin_file {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+    }
+}
+
+/// Limits of the cache of unwrapped keys (see `vault_core::keyring`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCacheConfig {
+    /// Most keys held at once; 0 turns the cache off (every call then asks the KEK).
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// Seconds a key is held after it was unwrapped.
+    #[serde(default = "default_cache_age")]
+    pub max_age_secs: u64,
+}
+
+impl Default for KeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+            max_age_secs: default_cache_age(),
+        }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    vault_core::keyring::CacheLimits::default().max_entries
+}
+
+fn default_cache_age() -> u64 {
+    vault_core::keyring::CacheLimits::default()
+        .max_age
+        .as_secs()
+}
+
+/// Reads a secret from exactly one of a file (its first line) or an environment variable.
+/// Errors name the setting, the file or the variable, never the secret.
+///
+/// # Errors
+/// [`ConfigError`] if neither or both are given, or the source is missing or empty.
+pub fn read_secret(
+    config_file: &Path,
+    setting: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Zeroizing<String>, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        path: config_file.to_owned(),
+        setting: setting.to_owned(),
+        problem,
+    };
+    let secret = match (file, env) {
+        (Some(file), None) => {
+            let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
+                ConfigError::Read {
+                    path: file.to_owned(),
+                    source,
+                }
+            })?);
+            Zeroizing::new(text.lines().next().unwrap_or_default().trim().to_owned())
+        }
+        (None, Some(var)) => Zeroizing::new(
+            std::env::var(var)
+                .map_err(|_| invalid(format!("environment variable {var} is not set")))?
+                .trim()
+                .to_owned(),
+        ),
+        _ => {
+            return Err(invalid(
+                "give exactly one of the _file and _env settings".to_owned(),
+            ));
+        }
+    };
+    if secret.is_empty() {
+        return Err(invalid("the secret is empty".to_owned()));
+    }
+    Ok(secret)
 }
 
 /// Where the policy lives.
@@ -169,8 +283,9 @@ impl Config {
         config.tls.key = base.join(&config.tls.key);
         config.tls.client_ca = base.join(&config.tls.client_ca);
         config.policy.path = base.join(&config.policy.path);
-        match &mut config.kek {
-            KekConfig::DangerLocalFile { path } => *path = base.join(&*path),
+        config.kek.resolve_paths(base);
+        for kek in &mut config.previous_kek {
+            kek.resolve_paths(base);
         }
         match config.storage_url(path)? {
             StorageUrl::Sqlite(db) => {

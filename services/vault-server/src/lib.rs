@@ -2,6 +2,7 @@
 //!
 //! - `app`: the composition root ([`app::Application`]): config in, a bound server out.
 //! - `config`: `vaultd.toml` and the policy file.
+//! - `kek`: opens the configured KEKs as the domain's key ring.
 //! - `tls`: rustls settings (TLS 1.3 only, client certificates required) and the accept loop.
 //! - `identity`: the caller's identity from its certificate (SPIFFE URI SAN, else CN).
 //! - `grpc`: the `TokenService` implementation (protobuf <-> domain).
@@ -15,6 +16,7 @@ pub mod config;
 pub mod dev;
 pub mod grpc;
 pub mod identity;
+pub mod kek;
 pub mod pki;
 pub mod status;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 //!   generated dev PKI), created on first run and reused after.
 //! - `vaultd serve --config FILE`: run from a configuration file.
 //! - `vaultd migrate --config FILE`: apply pending database migrations and exit.
+//! - `vaultd create-kek --config FILE`: create the configured KEK (in the HSM) if missing.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,8 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vault_server::app::{Application, Backend};
 use vault_server::config::Config;
-use vault_server::dev;
 use vault_server::telemetry::{self, LogFormat};
+use vault_server::{dev, kek};
 
 /// Exit code when vaultd cannot start: a configuration, file, key, store or address it refuses
 /// (sysexits EX_CONFIG).
@@ -61,6 +62,13 @@ enum Command {
         #[arg(long, env = "VAULTD_CONFIG")]
         config: PathBuf,
     },
+    /// Create the configured KEK where it lives (inside the HSM: generated there, sensitive and
+    /// non-extractable) unless it exists, and exit.
+    CreateKek {
+        /// The configuration file (TOML).
+        #[arg(long, env = "VAULTD_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,21 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("vaultd migrate: {err:#}");
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
+    if let Command::CreateKek { config } = &cli.command {
+        let created = Config::load(config)
+            .map_err(anyhow::Error::from)
+            .and_then(|loaded| kek::create_kek(&loaded, config));
+        return match created {
+            Ok(what) => {
+                println!("vaultd create-kek: {what}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("vaultd create-kek: {err:#}");
                 ExitCode::from(EX_CONFIG)
             }
         };
@@ -116,7 +139,7 @@ async fn start(command: Command) -> anyhow::Result<Application> {
             println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
             Ok(app)
         }
-        Command::Serve { config } | Command::Migrate { config } => {
+        Command::Serve { config } | Command::Migrate { config } | Command::CreateKek { config } => {
             let loaded = Config::load(&config)?;
             Application::build(&loaded, Path::new(&config)).await
         }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::HealthCheckRequest;
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vault_proto::v1::token_service_client::TokenServiceClient;
 use vault_proto::v1::{self as pb};
 use vault_server::pki::{DevCa, Issued};
@@ -109,12 +112,34 @@ pub async fn wait_for_log(vault: &TestVault, needle: &str) -> bool {
     false
 }
 
+/// The development KEK's configuration (the file `kek.key` in the data directory).
+pub const DEV_KEK: &str = "[kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n";
+
+/// Writes a test PKI, the policy and `vaultd.toml` (listening on port 0) into `dir`.
+pub fn write_config(dir: &Path, storage: &str, keys: &str) -> TestPki {
+    let pki = TestPki::generate(dir);
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    std::fs::write(
+        dir.join("vaultd.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+             [storage]\n{storage}\
+             [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
+             {keys}\
+             [policy]\npath = \"policy.toml\"\n"
+        ),
+    )
+    .unwrap();
+    pki
+}
+
 /// A running `vaultd serve` with its own data directory.
 pub struct TestVault {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub pki: TestPki,
     child: Child,
+    env: Vec<(String, String)>,
 }
 
 impl TestVault {
@@ -136,21 +161,26 @@ impl TestVault {
     /// Starts `vaultd` with `storage` as the body of its `[storage]` table.
     pub async fn start_with_storage(storage: &str, log_filter: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::generate(dir.path());
-        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
         vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
-        std::fs::write(
-            dir.path().join("vaultd.toml"),
-            format!(
-                "listen = \"127.0.0.1:0\"\n\
-                 [storage]\n{storage}\
-                 [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\
-                 [kek]\nbackend = \"danger-local-file\"\npath = \"kek.key\"\n\
-                 [policy]\npath = \"policy.toml\"\n"
-            ),
-        )
-        .unwrap();
-        let child = spawn_vaultd(
+        Self::start_in(dir, storage, DEV_KEK, &[], log_filter).await
+    }
+
+    /// Starts `vaultd` in `dir` with `storage` as the body of its `[storage]` table, `keys` as
+    /// the configuration's key tables (`[kek]`, `[[previous_kek]]`, `[key_cache]` ...), and
+    /// `env` added to its environment.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        storage: &str,
+        keys: &str,
+        env: &[(&str, &str)],
+        log_filter: &str,
+    ) -> Self {
+        let pki = write_config(dir.path(), storage, keys);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_vaultd_env(
             &[
                 "serve",
                 "--config",
@@ -158,14 +188,45 @@ impl TestVault {
             ],
             dir.path(),
             log_filter,
+            &env,
         );
-        let addr = wait_for_listening(dir.path(), child).await;
-        let (addr, child) = addr;
+        let (addr, child) = wait_for_listening(dir.path(), child).await;
         Self {
             dir,
             addr,
             pki,
             child,
+            env,
+        }
+    }
+
+    /// The gRPC health of `vault.v1.TokenService`, or `None` if the vault does not answer.
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let issued = self.pki.client("auditor");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
+            .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "vault.v1.TokenService".into(),
+            })
+            .await
+            .ok()
+            .and_then(|r| ServingStatus::try_from(r.into_inner().status).ok())
+    }
+
+    /// Waits up to 30 s for health to become `want`.
+    pub async fn wait_for_health(&self, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.health().await != Some(want) {
+            assert!(Instant::now() < deadline, "health never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -202,10 +263,11 @@ impl TestVault {
         let out = self.dir.path().join(format!("replica-{n}"));
         std::fs::create_dir_all(&out).unwrap();
         let config = self.dir.path().join("vaultd.toml");
-        let child = spawn_vaultd(
+        let child = spawn_vaultd_env(
             &["serve", "--config", &config.to_string_lossy()],
             &out,
             "info",
+            &self.env,
         );
         let (addr, child) = wait_for_listening(&out, child).await;
         Replica { addr, child }
@@ -271,10 +333,22 @@ impl Drop for Replica {
 
 /// Starts the vaultd binary with output captured to files in `dir`.
 pub fn spawn_vaultd(args: &[&str], dir: &Path, log_filter: &str) -> Child {
+    spawn_vaultd_env(args, dir, log_filter, &[])
+}
+
+/// Starts the vaultd binary with `env` added to its environment and output captured to files
+/// in `dir`.
+pub fn spawn_vaultd_env(
+    args: &[&str],
+    dir: &Path,
+    log_filter: &str,
+    env: &[(String, String)],
+) -> Child {
     let stdout = std::fs::File::create(dir.join("vaultd.stdout")).unwrap();
     let stderr = std::fs::File::create(dir.join("vaultd.stderr")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_vaultd"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", log_filter)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -12,6 +12,7 @@ mod harness;
 
 mod audit_fail_closed;
 mod grpcurl;
+mod hsm;
 mod integrity;
 mod no_pan_leaks;
 mod outage;

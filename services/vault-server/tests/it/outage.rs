@@ -9,44 +9,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::*;
 use crate::pg_cluster::ThrowawayCluster;
 
 /// The vault's `storage.call_timeout_ms`: the most one call may spend on the store.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
-
-async fn health(vault: &TestVault) -> Option<ServingStatus> {
-    let issued = vault.pki.client("auditor");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&vault.pki.ca_pem))
-        .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", vault.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_lazy();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "vault.v1.TokenService".into(),
-        })
-        .await
-        .ok()
-        .and_then(|r| ServingStatus::try_from(r.into_inner().status).ok())
-}
-
-async fn wait_for_health(vault: &TestVault, want: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while health(vault).await != Some(want) {
-        assert!(Instant::now() < deadline, "health never became {want:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
@@ -61,7 +29,7 @@ async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
         "info",
     )
     .await;
-    wait_for_health(&vault, ServingStatus::Serving).await;
+    vault.wait_for_health(ServingStatus::Serving).await;
 
     // Load: tokenize fresh cards until told to stop, recording every acknowledged token.
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
@@ -110,10 +78,10 @@ async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
-    wait_for_health(&vault, ServingStatus::NotServing).await;
+    vault.wait_for_health(ServingStatus::NotServing).await;
 
     cluster.start();
-    wait_for_health(&vault, ServingStatus::Serving).await;
+    vault.wait_for_health(ServingStatus::Serving).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
 
