@@ -257,6 +257,17 @@ impl TestVault {
             .token
     }
 
+    /// Detokenizes `token` of `merchant` as the payments service at `addr` and returns the PAN.
+    pub async fn detokenize_at(&self, addr: &str, merchant: &str, token: &str) -> String {
+        self.client_at(addr, "payments")
+            .await
+            .detokenize(detokenize_request(merchant, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .pan
+    }
+
     /// Another `vaultd` process on the same configuration (same database, KEK, PKI and
     /// policy), on its own port, with its output in `replica-N/` of the data directory.
     pub async fn replica(&self, n: usize) -> Replica {

@@ -114,6 +114,11 @@ fn hsm_data_dir() -> (tempfile::TempDir, SoftHsm) {
     (dir, hsm)
 }
 
+async fn start_with_hsm(dir: tempfile::TempDir, hsm: &SoftHsm) -> TestVault {
+    let storage = "url = \"sqlite:vault.db\"\n";
+    TestVault::start_in(dir, storage, &SoftHsm::kek_config(), &hsm.env(PIN), "info").await
+}
+
 #[tokio::test]
 async fn an_hsm_kek_wraps_the_keys_and_a_wrong_pin_stops_vaultd_at_start() {
     let (dir, hsm) = hsm_data_dir();
@@ -151,24 +156,10 @@ async fn an_hsm_kek_wraps_the_keys_and_a_wrong_pin_stops_vaultd_at_start() {
     assert!(!logs.contains(wrong) && !logs.contains(PIN), "{logs}");
 
     // The right PIN: cards round-trip, and every key names the HSM KEK that wraps it.
-    let vault = TestVault::start_in(
-        dir,
-        "url = \"sqlite:vault.db\"\n",
-        &SoftHsm::kek_config(),
-        &hsm.env(PIN),
-        "info",
-    )
-    .await;
+    let vault = start_with_hsm(dir, &hsm).await;
     let pan = "4111111111111111";
     let token = vault.tokenize_at(&vault.addr, "m-hsm", pan).await;
-    let back = vault
-        .client("payments")
-        .await
-        .detokenize(detokenize_request("m-hsm", &token))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(back.pan, pan);
+    assert_eq!(vault.detokenize_at(&vault.addr, "m-hsm", &token).await, pan);
     let kek_ids: Vec<String> = sqlx::query_scalar("SELECT kek_id FROM data_keys")
         .fetch_all(&vault.db().await)
         .await
@@ -180,14 +171,7 @@ async fn an_hsm_kek_wraps_the_keys_and_a_wrong_pin_stops_vaultd_at_start() {
 #[tokio::test]
 async fn a_token_removed_mid_run_releases_no_pan_and_the_vault_recovers_when_it_returns() {
     let (dir, hsm) = hsm_data_dir();
-    let vault = TestVault::start_in(
-        dir,
-        "url = \"sqlite:vault.db\"\n",
-        &SoftHsm::kek_config(),
-        &hsm.env(PIN),
-        "info",
-    )
-    .await;
+    let vault = start_with_hsm(dir, &hsm).await;
     let pan = "5555555555554444";
     let token = vault.tokenize_at(&vault.addr, "m-hsm", pan).await;
     let mut payments = vault.client("payments").await;
