@@ -1,4 +1,4 @@
-//! Compiles `proto/vault/v1/vault.proto` with protox (pure Rust, no `protoc` needed) and writes the
+//! Compiles `proto/vault/v1/*.proto` with protox (pure Rust, no `protoc` needed) and writes the
 //! descriptor set that server reflection serves.
 
 use std::path::PathBuf;
@@ -13,9 +13,14 @@ const PAN_BEARING: [&str; 3] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let file = root.join("vault/v1/vault.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let fds = protox::compile([&file], [&root])?;
+    let files = [
+        root.join("vault/v1/vault.proto"),
+        root.join("vault/v1/admin.proto"),
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out.join("vault_descriptor.bin"),
