@@ -201,7 +201,7 @@ log_level     = "warn"
     /// The server's answer if it refuses.
     pub async fn approle(&self, name: &str, key: &str) -> Result<AppRoleFiles, String> {
         let mounts = self.read("sys/auth").await?;
-        if mounts.pointer("/data/approle/").is_none() && mounts.pointer("/approle/").is_none() {
+        if mounts.pointer("/data/approle~1").is_none() {
             self.write("sys/auth/approle", json!({"type": "approle"}))
                 .await?;
         }

@@ -74,6 +74,9 @@ const FORMAT_V1: u8 = 1;
 
 const TOKEN_HEADER: &str = "x-vault-token";
 
+/// The largest reply read from the server; Transit's are a few hundred bytes.
+const MAX_REPLY: usize = 1 << 20;
+
 /// Where a secret (a token, an AppRole role id or secret id) is read from. Configuration names
 /// the source, never the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,8 +263,15 @@ impl TransitKek {
         let info = kek.read_key().await.map_err(|failure| match failure {
             Failure::Status {
                 status: StatusCode::NOT_FOUND,
-                ..
-            } => kek.key_error("not found".to_owned()),
+                errors,
+            } => kek.key_error(format!(
+                "not found (is Transit enabled at this mount, and the key created?){}",
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", truncate(&errors.join("; ")))
+                }
+            )),
             other => TransitError::Unavailable(kek.client.describe(&other)),
         })?;
         kek.validate(&info)
@@ -677,9 +687,15 @@ impl Client {
             .content_length()
             .and_then(|len| usize::try_from(len).ok())
             .unwrap_or(1024)
-            .min(1 << 20);
+            .min(MAX_REPLY);
         let mut reply = Zeroizing::new(Vec::with_capacity(capacity));
         while let Some(chunk) = response.chunk().await.map_err(Failure::Transport)? {
+            if reply.len() + chunk.len() > MAX_REPLY {
+                return Err(Failure::Malformed(format!(
+                    "HTTP {}: reply larger than {MAX_REPLY} bytes",
+                    status.as_u16()
+                )));
+            }
             if reply.len() + chunk.len() > reply.capacity() {
                 // Grow by hand so that no unzeroized copy is left behind by a reallocation.
                 let mut bigger = Zeroizing::new(Vec::with_capacity(

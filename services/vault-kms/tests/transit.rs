@@ -312,6 +312,12 @@ async fn open_refuses_unsafe_missing_or_untrusted_keys() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 
+    let mut no_mount = bao.settings(KEY);
+    no_mount.mount = "no-such-mount".to_owned();
+    let err = TransitKek::open(no_mount).await.unwrap_err();
+    assert!(matches!(err, TransitError::Key { .. }), "{err}");
+    assert!(err.to_string().contains("not found"), "{err}");
+
     // create_key makes a key open accepts; creating it again keeps it.
     TransitKek::create_key(&bao.settings("created"))
         .await
@@ -435,6 +441,8 @@ async fn a_token_is_read_again_when_refused_and_never_printed() {
 async fn approle_logs_in_and_logs_in_again_when_its_token_expires() {
     let bao = server().await;
     let files = bao.approle("vault", KEY).await.unwrap();
+    // A second role reuses the AppRole mount.
+    bao.approle("second", KEY).await.unwrap();
     // Tokens live two seconds, so the test sees one expire.
     bao.write(
         "auth/approle/role/vault",
