@@ -29,6 +29,10 @@ pub enum Outcome {
     Unavailable,
     /// No token could be allocated.
     Exhausted,
+    /// The merchant's keys were destroyed.
+    KeyDestroyed,
+    /// The vault's state did not allow the request.
+    FailedPrecondition,
 }
 
 impl Outcome {
@@ -44,6 +48,8 @@ impl Outcome {
             Self::IntegrityFailure => "integrity_failure",
             Self::Unavailable => "unavailable",
             Self::Exhausted => "exhausted",
+            Self::KeyDestroyed => "key_destroyed",
+            Self::FailedPrecondition => "failed_precondition",
         }
     }
 
@@ -60,6 +66,8 @@ impl Outcome {
             | VaultError::StoreUnavailable(_)
             | VaultError::AuditUnavailable(_) => Self::Unavailable,
             VaultError::TokenSpaceExhausted => Self::Exhausted,
+            VaultError::KeyDestroyed => Self::KeyDestroyed,
+            VaultError::FailedPrecondition(_) => Self::FailedPrecondition,
         }
     }
 }
@@ -105,6 +113,13 @@ impl AuditRecord {
             reason: None,
             detail: None,
         }
+    }
+
+    /// The same record with another detail.
+    #[must_use]
+    pub fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
     }
 
     /// Sets the outcome (and, for a bad field, the detail) from `error`.

@@ -45,6 +45,14 @@ pub enum VaultError {
     /// The audit record could not be written, so the call is refused (fail closed).
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
+    /// The merchant's keys were destroyed (crypto-shred): its card data can never be released,
+    /// and it cannot tokenize again.
+    #[error("the merchant's keys were destroyed")]
+    KeyDestroyed,
+    /// The request is valid but the vault's state does not allow it (a fixed message that
+    /// says which rule, e.g. the approver of a shred must differ from its requester).
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// Every token drawn for this card collided with an existing one (only possible for
     /// PAN_SHAPED tokens of short PANs, whose random middle is a few digits).
     #[error("no free token left for this card's BIN and last four digits")]

@@ -308,6 +308,29 @@ impl KeyRing {
         Ok(())
     }
 
+    /// The names of the previous KEKs.
+    #[must_use]
+    pub fn previous_names(&self) -> Vec<String> {
+        self.previous.iter().map(|k| k.name().to_owned()).collect()
+    }
+
+    /// The cache's limits.
+    #[must_use]
+    pub fn cache_limits(&self) -> CacheLimits {
+        self.cache.limits
+    }
+
+    /// Drops every cached key of `merchant` (after its keys were destroyed).
+    pub fn forget_merchant(&self, merchant: &crate::ids::MerchantId) {
+        let mut entries = self.cache.lock();
+        entries
+            .map
+            .retain(|key, _| &key.context.merchant != merchant);
+        entries
+            .order
+            .retain(|(key, _)| &key.context.merchant != merchant);
+    }
+
     /// The cache's counters.
     #[must_use]
     pub fn cache_stats(&self) -> CacheStats {

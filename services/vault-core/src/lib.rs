@@ -8,11 +8,13 @@
 //! - Every use case in [`vault::Vault`] writes exactly one audit record, and fails closed if it
 //!   cannot.
 
+pub mod admin;
 pub mod audit;
 pub mod error;
 pub mod expiry;
 pub mod ids;
 pub mod keyring;
+pub mod lifecycle;
 pub mod pan;
 pub mod policy;
 pub mod ports;

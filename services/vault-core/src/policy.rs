@@ -105,6 +105,14 @@ impl Policy {
         })
     }
 
+    /// True if `caller` may perform `operation` for every merchant (vault-wide operations).
+    #[must_use]
+    pub fn allows_everywhere(&self, caller: &CallerId, operation: Operation) -> bool {
+        self.grants.get(caller).is_some_and(|grant| {
+            grant.operations.contains(&operation) && grant.merchants == MerchantScope::Any
+        })
+    }
+
     /// The identities the policy names.
     pub fn identities(&self) -> impl Iterator<Item = &CallerId> {
         self.grants.keys()
@@ -149,6 +157,8 @@ mod tests {
             &merchant("m1")
         ));
         assert!(!Policy::default().allows(&gateway, Operation::Tokenize, &merchant("m1")));
+        assert!(policy.allows_everywhere(&gateway, Operation::Tokenize));
+        assert!(!policy.allows_everywhere(&payments, Operation::Detokenize));
     }
 
     #[test]

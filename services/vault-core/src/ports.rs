@@ -9,8 +9,9 @@ use vault_crypto::{FINGERPRINT_LEN, KeyMaterial, Sealed};
 use crate::audit::AuditRecord;
 use crate::error::{KekError, StoreError};
 use crate::expiry::Expiry;
-use crate::ids::MerchantId;
+use crate::ids::{CallerId, MerchantId};
 use crate::pan::Brand;
+use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
 
 /// What a key is for. Part of the associated data its wrapping is bound to, so a wrapped DEK
@@ -84,8 +85,47 @@ pub struct WrappedKey {
 pub struct MerchantKeySet {
     /// The DEK new PANs are encrypted under.
     pub dek: WrappedKey,
+    /// When that DEK version was created (for rotation by age).
+    pub dek_created_at: OffsetDateTime,
     /// The fingerprint key (one per merchant; it never rotates, so dedup stays stable).
     pub fingerprint: WrappedKey,
+}
+
+/// One stored key version and its bookkeeping, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersionInfo {
+    /// Whose key, what for, which version, and which KEK wraps it.
+    pub key: WrappedKey,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// Encryptions reserved under it (DEKs).
+    pub uses: u64,
+    /// Tokens whose PAN it encrypts (DEKs).
+    pub tokens: u64,
+}
+
+/// The result of reserving DEK uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UseReservation {
+    /// Uses granted to the caller (0: the version has reached its cap).
+    pub granted: u64,
+    /// The version's reserved uses after this reservation.
+    pub total: u64,
+}
+
+/// A request to destroy a merchant's keys, awaiting a second admin's approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShredRequest {
+    /// Its id, quoted by the approver.
+    pub request_id: String,
+    /// The merchant whose keys are to be destroyed.
+    pub merchant: MerchantId,
+    /// The admin who asked.
+    pub requested_by: CallerId,
+    /// When.
+    pub requested_at: OffsetDateTime,
+    /// Why.
+    pub reason: Reason,
 }
 
 /// The non-sensitive facts about a tokenized card.
@@ -136,13 +176,108 @@ pub enum InsertOutcome {
     FingerprintTaken,
 }
 
+/// Durable storage for the key lifecycle: DEK use counts and rotation, KEK rewrapping,
+/// re-encryption and crypto-shred. Every change that needs a compare-and-set gets one, so
+/// replicas never need a lock between them.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Reserves up to `want` uses of the merchant's DEK `version`, never taking its count past
+    /// `limit`. Durable before it returns.
+    async fn reserve_dek_uses(
+        &self,
+        merchant: &MerchantId,
+        version: u32,
+        want: u64,
+        limit: u64,
+    ) -> Result<UseReservation, StoreError>;
+
+    /// Stores a new DEK version (rotation). `Ok(false)` if that version exists already (another
+    /// replica rotated first).
+    async fn add_data_key(&self, key: &WrappedKey) -> Result<bool, StoreError>;
+
+    /// Every key version of the merchant, oldest first.
+    async fn key_versions(&self, merchant: &MerchantId) -> Result<Vec<KeyVersionInfo>, StoreError>;
+
+    /// The merchant's tokens under DEK versions older than `newest`, in token order after
+    /// `after` (from the start if empty), at most `limit`.
+    async fn tokens_under_older_dek(
+        &self,
+        merchant: &MerchantId,
+        newest: u32,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// How many of the merchant's tokens are under DEK versions older than `newest`.
+    async fn count_tokens_under_older_dek(
+        &self,
+        merchant: &MerchantId,
+        newest: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Replaces a token's ciphertext and DEK version with `record`'s if the row is still under
+    /// `from_version`. `Ok(false)` if it was changed or deleted meanwhile.
+    async fn reencrypt_token(
+        &self,
+        record: &TokenRecord,
+        from_version: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// Keys (every merchant and purpose) not wrapped under `kek_id`, in key order after
+    /// `after`, at most `limit`.
+    async fn keys_not_under(
+        &self,
+        kek_id: &str,
+        after: Option<&KeyContext>,
+        limit: u32,
+    ) -> Result<Vec<WrappedKey>, StoreError>;
+
+    /// How many keys are not wrapped under `kek_id`.
+    async fn count_keys_not_under(&self, kek_id: &str) -> Result<u64, StoreError>;
+
+    /// Replaces a key's wrapping with `new`'s if it still is `old`'s. `Ok(false)` if it was
+    /// changed or destroyed meanwhile.
+    async fn rewrap_key(&self, old: &WrappedKey, new: &WrappedKey) -> Result<bool, StoreError>;
+
+    /// The merchant's pending shred request, if any (expired ones included).
+    async fn pending_shred(
+        &self,
+        merchant: &MerchantId,
+    ) -> Result<Option<ShredRequest>, StoreError>;
+
+    /// Stores `request` as the merchant's pending shred request, with `audit`, in one
+    /// transaction; `supersede` names an expired pending request it replaces. `Ok(false)`,
+    /// having written nothing, if another request is pending.
+    async fn request_shred(
+        &self,
+        request: &ShredRequest,
+        supersede: Option<&str>,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// Executes the pending request `request_id` of `merchant`, approved by `approver` (who
+    /// must not be its requester): destroys every key of the merchant, marks it shredded and
+    /// writes `audit`, in one transaction. Returns the number of keys destroyed, or `Ok(None)`,
+    /// having written nothing, if there is no such pending request by another identity.
+    async fn execute_shred(
+        &self,
+        merchant: &MerchantId,
+        request_id: &str,
+        approver: &CallerId,
+        audit: &AuditRecord,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// True once the merchant's keys were destroyed.
+    async fn is_shredded(&self, merchant: &MerchantId) -> Result<bool, StoreError>;
+}
+
 /// Durable storage for tokens, keys and audit records.
 ///
 /// Implementations enforce uniqueness with constraints, not application locks: a token string
 /// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
 /// (merchant, purpose, version) at most one key.
 #[async_trait]
-pub trait TokenStore: Send + Sync {
+pub trait TokenStore: KeyStore {
     /// The merchant's newest DEK and its fingerprint key, if it has any.
     async fn merchant_keys(
         &self,

@@ -15,6 +15,7 @@ use crate::error::{InvalidArgument, VaultError};
 use crate::expiry::Expiry;
 use crate::ids::{CallContext, MerchantId};
 use crate::keyring::KeyRing;
+use crate::lifecycle::{DekLimits, UseLeases};
 use crate::pan::Pan;
 use crate::policy::{Operation, Policy};
 use crate::ports::{
@@ -110,20 +111,20 @@ pub struct Detokenized {
 
 /// A use case's result, and whether its audit record is already durable (written in the same
 /// transaction as the data) or still to be written.
-struct Done<T> {
+pub(crate) struct Done<T> {
     value: T,
     audited: bool,
 }
 
 impl<T> Done<T> {
-    fn audited(value: T) -> Self {
+    pub(crate) fn audited(value: T) -> Self {
         Self {
             value,
             audited: true,
         }
     }
 
-    fn pending(value: T) -> Self {
+    pub(crate) fn pending(value: T) -> Self {
         Self {
             value,
             audited: false,
@@ -132,18 +133,21 @@ impl<T> Done<T> {
 }
 
 /// A merchant's unwrapped current keys.
-struct MerchantKeys {
-    dek_version: u32,
-    dek: Arc<AeadKey>,
-    fingerprint: Arc<FingerprintKey>,
+pub(crate) struct MerchantKeys {
+    pub(crate) dek_version: u32,
+    pub(crate) dek: Arc<AeadKey>,
+    pub(crate) dek_created_at: OffsetDateTime,
+    pub(crate) fingerprint: Arc<FingerprintKey>,
 }
 
 /// The vault's use cases over a store, the KEKs and a policy.
 #[derive(Clone)]
 pub struct Vault {
-    store: Arc<dyn TokenStore>,
-    keys: Arc<KeyRing>,
-    policy: Arc<Policy>,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) keys: Arc<KeyRing>,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) limits: DekLimits,
+    leases: Arc<UseLeases>,
 }
 
 impl fmt::Debug for Vault {
@@ -162,7 +166,16 @@ impl Vault {
             store,
             keys,
             policy,
+            limits: DekLimits::default(),
+            leases: Arc::default(),
         }
+    }
+
+    /// The same vault with these DEK rotation limits.
+    #[must_use]
+    pub fn with_dek_limits(mut self, limits: DekLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The KEKs and the unwrapped-key cache (health checks, cache metrics).
@@ -272,7 +285,7 @@ impl Vault {
             problem: "is not a format this vault knows",
         })?;
 
-        let keys = self.current_keys(&merchant).await?;
+        let mut keys = self.current_keys(&merchant).await?;
         let fingerprint = keys.fingerprint.fingerprint(pan.expose_digits().as_bytes());
         if let Some(found) = self
             .store
@@ -293,6 +306,8 @@ impl Vault {
             format,
         };
         for _ in 0..MAX_TOKEN_ATTEMPTS {
+            // Every seal spends one counted use of the DEK (and may rotate it).
+            self.reserve_dek_use(&merchant, &mut keys).await?;
             let token = Token::generate(format, &pan);
             let aad = pan_associated_data(&merchant, &token, keys.dek_version, expiry);
             let record = TokenRecord {
@@ -372,12 +387,18 @@ impl Vault {
     /// Decrypts a stored PAN under the DEK version the row names, for the row's merchant.
     /// A row moved to another merchant finds that merchant's key (or none), and its associated
     /// data names the original merchant, token, version and expiry: it cannot open.
-    async fn open_pan(&self, record: &TokenRecord) -> Result<Pan, VaultError> {
-        let wrapped = self
+    pub(crate) async fn open_pan(&self, record: &TokenRecord) -> Result<Pan, VaultError> {
+        let Some(wrapped) = self
             .store
             .data_key(&record.merchant, record.dek_version)
             .await?
-            .ok_or(VaultError::Integrity)?;
+        else {
+            return Err(if self.store.is_shredded(&record.merchant).await? {
+                VaultError::KeyDestroyed
+            } else {
+                VaultError::Integrity
+            });
+        };
         let dek = self.keys.dek(&wrapped).await?;
         Self::open_with(&dek, record)
     }
@@ -433,7 +454,7 @@ impl Vault {
         Ok((merchant, token))
     }
 
-    fn authorize(
+    pub(crate) fn authorize(
         &self,
         audit: &AuditRecord,
         operation: Operation,
@@ -448,7 +469,7 @@ impl Vault {
 
     /// Writes the audit record unless it is already durable, then releases the result. If the
     /// record cannot be written, nothing is released.
-    async fn conclude<T>(
+    pub(crate) async fn conclude<T>(
         &self,
         audit: AuditRecord,
         result: Result<Done<T>, VaultError>,
@@ -475,24 +496,109 @@ impl Vault {
         }
     }
 
-    /// The merchant's current keys, creating them on its first use. Two replicas creating them
-    /// at once is settled by the store's uniqueness constraint: the loser reads the winner's.
+    /// The merchant's current keys, creating them on its first use and rotating a DEK that
+    /// is older than the limits allow. Two replicas creating or rotating at once are settled by
+    /// the store's uniqueness constraint: the loser reads the winner's. A shredded merchant
+    /// gets [`VaultError::KeyDestroyed`] and never new keys.
     async fn current_keys(&self, merchant: &MerchantId) -> Result<MerchantKeys, VaultError> {
         let set = match self.store.merchant_keys(merchant).await? {
             Some(set) => set,
             None => {
+                if self.store.is_shredded(merchant).await? {
+                    return Err(VaultError::KeyDestroyed);
+                }
                 let fresh = self.new_key_set(merchant).await?;
                 self.store.create_merchant_keys(&fresh).await?;
-                self.store.merchant_keys(merchant).await?.ok_or_else(|| {
-                    VaultError::StoreUnavailable("merchant keys missing after creation".to_owned())
-                })?
+                self.stored_keys(merchant).await?
             }
+        };
+        let set = match self.limits.rotate_after {
+            Some(max_age) if now() - set.dek_created_at >= max_age => {
+                self.rotate_dek(merchant, set.dek.context.version).await?;
+                self.stored_keys(merchant).await?
+            }
+            _ => set,
         };
         Ok(MerchantKeys {
             dek_version: set.dek.context.version,
             dek: self.keys.dek(&set.dek).await?,
+            dek_created_at: set.dek_created_at,
             fingerprint: self.keys.fingerprint_key(&set.fingerprint).await?,
         })
+    }
+
+    /// The merchant's stored keys, which must exist (or the merchant was shredded).
+    pub(crate) async fn stored_keys(
+        &self,
+        merchant: &MerchantId,
+    ) -> Result<MerchantKeySet, VaultError> {
+        match self.store.merchant_keys(merchant).await? {
+            Some(set) => Ok(set),
+            None if self.store.is_shredded(merchant).await? => Err(VaultError::KeyDestroyed),
+            None => Err(VaultError::FailedPrecondition(
+                "the merchant has no keys yet; its first tokenize creates them",
+            )),
+        }
+    }
+
+    /// Reserves one use of the merchant's DEK for a seal. When the version is full it rotates
+    /// and moves `keys` to the new version; when a reservation crosses `rotate_after_uses` it
+    /// rotates for the next callers. No version is ever used more than `max_uses` times.
+    pub(crate) async fn reserve_dek_use(
+        &self,
+        merchant: &MerchantId,
+        keys: &mut MerchantKeys,
+    ) -> Result<(), VaultError> {
+        // Each round either spends a use or rotates; a few rounds cover racing replicas.
+        for _ in 0..8 {
+            if self.leases.take(merchant, keys.dek_version) {
+                return Ok(());
+            }
+            let reserved = self
+                .store
+                .reserve_dek_uses(
+                    merchant,
+                    keys.dek_version,
+                    self.limits.lease.max(1),
+                    self.limits.max_uses,
+                )
+                .await?;
+            if reserved.granted > 0 {
+                self.leases
+                    .put(merchant, keys.dek_version, reserved.granted - 1);
+                if reserved.total >= self.limits.rotate_after_uses {
+                    self.rotate_dek(merchant, keys.dek_version).await?;
+                }
+                return Ok(());
+            }
+            self.rotate_dek(merchant, keys.dek_version).await?;
+            let set = self.stored_keys(merchant).await?;
+            keys.dek_version = set.dek.context.version;
+            keys.dek = self.keys.dek(&set.dek).await?;
+            keys.dek_created_at = set.dek_created_at;
+        }
+        Err(VaultError::StoreUnavailable(
+            "could not reserve a use of the merchant's DEK".to_owned(),
+        ))
+    }
+
+    /// Stores DEK version `from + 1` for the merchant unless it exists. Returns the version.
+    pub(crate) async fn rotate_dek(
+        &self,
+        merchant: &MerchantId,
+        from: u32,
+    ) -> Result<u32, VaultError> {
+        let version = from.checked_add(1).ok_or(VaultError::FailedPrecondition(
+            "the merchant's DEK has no versions left",
+        ))?;
+        let context = KeyContext {
+            merchant: merchant.clone(),
+            purpose: KeyPurpose::Dek,
+            version,
+        };
+        let wrapped = self.keys.wrap(context, &KeyMaterial::generate()).await?;
+        self.store.add_data_key(&wrapped).await?;
+        Ok(version)
     }
 
     async fn new_key_set(&self, merchant: &MerchantId) -> Result<MerchantKeySet, VaultError> {
@@ -502,6 +608,7 @@ impl Vault {
             version: 1,
         };
         Ok(MerchantKeySet {
+            dek_created_at: now(),
             dek: self
                 .keys
                 .wrap(context(KeyPurpose::Dek), &KeyMaterial::generate())

@@ -34,6 +34,13 @@ pub fn to_status(error: &VaultError) -> Status {
             Code::Unavailable,
             "audit log unavailable; the call was refused and no card data was released".into(),
         ),
+        VaultError::KeyDestroyed => (
+            Code::FailedPrecondition,
+            "this merchant's keys were destroyed (crypto-shred); its card data can never be \
+             released"
+                .into(),
+        ),
+        VaultError::FailedPrecondition(rule) => (Code::FailedPrecondition, (*rule).into()),
         VaultError::TokenSpaceExhausted => (
             Code::ResourceExhausted,
             "no free PAN_SHAPED token left for this card's BIN and last four; use RANDOM".into(),
@@ -81,6 +88,11 @@ mod tests {
                 Code::Unavailable,
             ),
             (VaultError::TokenSpaceExhausted, Code::ResourceExhausted),
+            (VaultError::KeyDestroyed, Code::FailedPrecondition),
+            (
+                VaultError::FailedPrecondition("a shred needs a second admin"),
+                Code::FailedPrecondition,
+            ),
         ];
         for (error, code) in cases {
             let status = to_status(&error);

@@ -4,11 +4,13 @@ use time::OffsetDateTime;
 use vault_core::StoreError;
 use vault_core::audit::AuditRecord;
 use vault_core::expiry::Expiry;
-use vault_core::ids::MerchantId;
+use vault_core::ids::{CallerId, MerchantId};
 use vault_core::pan::Brand;
 use vault_core::ports::{
-    CardMetadata, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, WrappedKey,
+    CardMetadata, KeyContext, KeyPurpose, KeyVersionInfo, MerchantKeySet, ShredRequest,
+    TokenRecord, WrappedKey,
 };
+use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
 use vault_crypto::{FINGERPRINT_LEN, NONCE_LEN, Sealed};
 
@@ -85,7 +87,7 @@ impl TokenRow {
     }
 }
 
-/// A key row's columns.
+/// A key row's columns (`key_columns!`).
 #[derive(sqlx::FromRow)]
 pub(crate) struct KeyRow {
     pub merchant_id: String,
@@ -93,6 +95,8 @@ pub(crate) struct KeyRow {
     pub version: i64,
     pub kek_id: String,
     pub wrapped: Vec<u8>,
+    pub created_at: i64,
+    pub uses: i64,
 }
 
 impl KeyRow {
@@ -108,6 +112,55 @@ impl KeyRow {
             wrapped: self.wrapped,
         })
     }
+}
+
+/// A key row with the number of tokens its version encrypts.
+#[derive(sqlx::FromRow)]
+pub(crate) struct KeyVersionRow {
+    #[sqlx(flatten)]
+    pub key: KeyRow,
+    pub tokens: i64,
+}
+
+impl KeyVersionRow {
+    pub(crate) fn into_info(self) -> Result<KeyVersionInfo, StoreError> {
+        let created_at = from_micros(self.key.created_at)?;
+        let uses = u64::try_from(self.key.uses).map_err(|_| corrupt("uses"))?;
+        Ok(KeyVersionInfo {
+            key: self.key.into_key()?,
+            created_at,
+            uses,
+            tokens: u64::try_from(self.tokens).map_err(|_| corrupt("tokens"))?,
+        })
+    }
+}
+
+/// A shred request row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ShredRow {
+    pub request_id: String,
+    pub merchant_id: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub reason: String,
+}
+
+impl ShredRow {
+    pub(crate) fn into_request(self) -> Result<ShredRequest, StoreError> {
+        Ok(ShredRequest {
+            request_id: self.request_id,
+            merchant: MerchantId::parse("merchant_id", &self.merchant_id)
+                .map_err(|_| corrupt("merchant_id"))?,
+            requested_by: CallerId::new(self.requested_by),
+            requested_at: from_micros(self.requested_at)?,
+            reason: Reason::parse("reason", &self.reason).map_err(|_| corrupt("reason"))?,
+        })
+    }
+}
+
+/// A count, as the database returns it.
+pub(crate) fn count(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| corrupt("negative count"))
 }
 
 /// An audit record's columns, in insert order.
@@ -146,14 +199,19 @@ pub(crate) fn key_set(rows: Vec<KeyRow>) -> Result<Option<MerchantKeySet>, Store
     let mut dek = None;
     let mut fingerprint = None;
     for row in rows {
+        let created_at = from_micros(row.created_at)?;
         let key = row.into_key()?;
         match key.context.purpose {
-            KeyPurpose::Dek => dek = Some(key),
+            KeyPurpose::Dek => dek = Some((key, created_at)),
             KeyPurpose::Fingerprint => fingerprint = Some(key),
         }
     }
     match (dek, fingerprint) {
-        (Some(dek), Some(fingerprint)) => Ok(Some(MerchantKeySet { dek, fingerprint })),
+        (Some((dek, dek_created_at)), Some(fingerprint)) => Ok(Some(MerchantKeySet {
+            dek,
+            dek_created_at,
+            fingerprint,
+        })),
         (None, None) => Ok(None),
         _ => Err(corrupt(
             "merchant has a dek or a fingerprint key but not both",

@@ -17,9 +17,10 @@ use vault_core::ids::{CallContext, CallerId, MerchantId};
 use vault_core::pan::Brand;
 use vault_core::policy::Operation;
 use vault_core::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, TokenStore,
-    WrappedKey,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, ShredRequest, TokenRecord,
+    TokenStore, UseReservation, WrappedKey,
 };
+use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
 use vault_core::vault::now;
 use vault_crypto::Sealed;
@@ -54,6 +55,20 @@ fn key(merchant_id: &str, purpose: KeyPurpose, bytes: u8) -> WrappedKey {
     }
 }
 
+/// A merchant's first keys; `bytes` and `bytes + 1` fill the wrapped DEK and fingerprint key.
+fn key_set(merchant_id: &str, bytes: u8) -> MerchantKeySet {
+    MerchantKeySet {
+        dek: key(merchant_id, KeyPurpose::Dek, bytes),
+        dek_created_at: now(),
+        fingerprint: key(merchant_id, KeyPurpose::Fingerprint, bytes + 1),
+    }
+}
+
+fn version(mut key: WrappedKey, version: u32) -> WrappedKey {
+    key.context.version = version;
+    key
+}
+
 fn record(merchant_id: &str, token: &str, fingerprint: u8, format: TokenFormat) -> TokenRecord {
     TokenRecord {
         token: Token::parse("token", token).unwrap(),
@@ -79,14 +94,8 @@ fn record(merchant_id: &str, token: &str, fingerprint: u8, format: TokenFormat) 
 async fn first_keys_win(store: &dyn TokenStore) {
     let m = merchant("m1");
     assert_eq!(store.merchant_keys(&m).await.unwrap(), None);
-    let first = MerchantKeySet {
-        dek: key("m1", KeyPurpose::Dek, 1),
-        fingerprint: key("m1", KeyPurpose::Fingerprint, 2),
-    };
-    let second = MerchantKeySet {
-        dek: key("m1", KeyPurpose::Dek, 3),
-        fingerprint: key("m1", KeyPurpose::Fingerprint, 4),
-    };
+    let first = key_set("m1", 1);
+    let second = key_set("m1", 3);
     assert!(store.create_merchant_keys(&first).await.unwrap());
     assert!(!store.create_merchant_keys(&second).await.unwrap());
     assert_eq!(store.merchant_keys(&m).await.unwrap(), Some(first.clone()));
@@ -176,6 +185,280 @@ async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_
     assert_eq!(audit_rows().await, 3);
 }
 
+async fn dek_uses_are_reserved_up_to_the_cap(store: std::sync::Arc<dyn TokenStore>) {
+    let m = merchant("m1");
+    store.create_merchant_keys(&key_set("m1", 1)).await.unwrap();
+    let reserve = |want| {
+        let (store, m) = (store.clone(), m.clone());
+        async move { store.reserve_dek_uses(&m, 1, want, 25).await.unwrap() }
+    };
+    let got = |granted, total| UseReservation { granted, total };
+    assert_eq!(reserve(10).await, got(10, 10));
+    assert_eq!(reserve(10).await, got(10, 20));
+    assert_eq!(reserve(10).await, got(5, 25), "capped");
+    assert_eq!(reserve(10).await, got(0, 25), "full");
+
+    // Racing reservations never grant more than the cap in total.
+    store
+        .add_data_key(&version(key("m1", KeyPurpose::Dek, 2), 2))
+        .await
+        .unwrap();
+    let racers = (0..8).map(|_| {
+        let (store, m) = (store.clone(), m.clone());
+        tokio::spawn(async move {
+            let mut granted = 0;
+            loop {
+                let r = store.reserve_dek_uses(&m, 2, 3, 20).await.unwrap();
+                if r.granted == 0 {
+                    return granted;
+                }
+                granted += r.granted;
+            }
+        })
+    });
+    let mut total = 0;
+    for racer in racers.collect::<Vec<_>>() {
+        total += racer.await.unwrap();
+    }
+    assert_eq!(total, 20);
+    let versions = store.key_versions(&m).await.unwrap();
+    let uses: Vec<(KeyPurpose, u32, u64)> = versions
+        .iter()
+        .map(|v| (v.key.context.purpose, v.key.context.version, v.uses))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (KeyPurpose::Dek, 1, 25),
+            (KeyPurpose::Dek, 2, 20),
+            (KeyPurpose::Fingerprint, 1, 0)
+        ]
+    );
+}
+
+async fn rotation_adds_each_version_once(store: &dyn TokenStore) {
+    let m = merchant("m1");
+    store.create_merchant_keys(&key_set("m1", 1)).await.unwrap();
+    let v2 = version(key("m1", KeyPurpose::Dek, 7), 2);
+    assert!(store.add_data_key(&v2).await.unwrap());
+    assert!(
+        !store
+            .add_data_key(&version(key("m1", KeyPurpose::Dek, 8), 2))
+            .await
+            .unwrap()
+    );
+    let newest = store.merchant_keys(&m).await.unwrap().unwrap();
+    assert_eq!(newest.dek, v2);
+    assert_eq!(newest.fingerprint.context.version, 1);
+    assert_eq!(
+        store.data_key(&m, 1).await.unwrap().unwrap().wrapped,
+        vec![1; 61]
+    );
+
+    store
+        .insert_token(
+            &record("m1", "tok_AAAAAAAAAAAAAAAAAAAAAA", 1, TokenFormat::Random),
+            &audit("r1"),
+        )
+        .await
+        .unwrap();
+    let tokens: Vec<(u32, u64)> = store
+        .key_versions(&m)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|v| v.key.context.purpose == KeyPurpose::Dek)
+        .map(|v| (v.key.context.version, v.tokens))
+        .collect();
+    assert_eq!(tokens, [(1, 1), (2, 0)]);
+}
+
+async fn reencryption_pages_and_compares_and_sets(store: &dyn TokenStore) {
+    let m = merchant("m1");
+    let names = [
+        "tok_CCCCCCCCCCCCCCCCCCCCCC",
+        "tok_AAAAAAAAAAAAAAAAAAAAAA",
+        "tok_BBBBBBBBBBBBBBBBBBBBBB",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let r = record("m1", name, u8::try_from(i).unwrap(), TokenFormat::Random);
+        store
+            .insert_token(&r, &audit(&format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_token(
+            &record("m2", "tok_DDDDDDDDDDDDDDDDDDDDDD", 9, TokenFormat::Random),
+            &audit("r9"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.count_tokens_under_older_dek(&m, 2).await.unwrap(), 3);
+    assert_eq!(store.count_tokens_under_older_dek(&m, 1).await.unwrap(), 0);
+    let page = store.tokens_under_older_dek(&m, 2, "", 2).await.unwrap();
+    let order: Vec<&str> = page.iter().map(|r| r.token.as_str()).collect();
+    assert_eq!(order, [names[1], names[2]]);
+    let rest = store
+        .tokens_under_older_dek(&m, 2, page[1].token.as_str(), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+
+    let mut moved = page[0].clone();
+    moved.dek_version = 2;
+    moved.sealed.ciphertext = vec![1; 32];
+    assert!(store.reencrypt_token(&moved, 1).await.unwrap());
+    assert!(
+        !store.reencrypt_token(&moved, 1).await.unwrap(),
+        "no longer under version 1"
+    );
+    assert_eq!(store.token(&m, &moved.token).await.unwrap(), Some(moved));
+    assert_eq!(store.count_tokens_under_older_dek(&m, 2).await.unwrap(), 2);
+}
+
+async fn rewrap_pages_and_compares_and_sets(store: &dyn TokenStore) {
+    for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+        let set = key_set(m, u8::try_from(i * 2).unwrap());
+        store.create_merchant_keys(&set).await.unwrap();
+    }
+    assert_eq!(store.count_keys_not_under("new-kek:1").await.unwrap(), 6);
+    assert_eq!(store.count_keys_not_under("test-kek:1").await.unwrap(), 0);
+    let page = store.keys_not_under("new-kek:1", None, 4).await.unwrap();
+    assert_eq!(page.len(), 4);
+    let rest = store
+        .keys_not_under("new-kek:1", Some(&page[3].context), 4)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[1].context.merchant.as_str(), "m3");
+
+    let old = page[0].clone();
+    let new = WrappedKey {
+        kek_id: "new-kek:1".into(),
+        wrapped: vec![0xee; 61],
+        ..old.clone()
+    };
+    assert!(store.rewrap_key(&old, &new).await.unwrap());
+    assert!(
+        !store.rewrap_key(&old, &new).await.unwrap(),
+        "already rewrapped"
+    );
+    assert_eq!(store.count_keys_not_under("new-kek:1").await.unwrap(), 5);
+    let mut moved = new.clone();
+    moved.context.version = 9;
+    assert!(
+        store.rewrap_key(&old, &moved).await.is_err(),
+        "a rewrap keeps the context"
+    );
+}
+
+async fn a_shred_needs_a_second_admin(store: &dyn TokenStore, audit_rows: Count) {
+    let m = merchant("m1");
+    store.create_merchant_keys(&key_set("m1", 1)).await.unwrap();
+    store.create_merchant_keys(&key_set("m2", 3)).await.unwrap();
+    let first_admin = CallerId::new("spiffe://test/admin-1");
+    let request = ShredRequest {
+        request_id: "shred-1".into(),
+        merchant: m.clone(),
+        requested_by: first_admin.clone(),
+        requested_at: now(),
+        reason: Reason::parse("reason", "merchant offboarded").unwrap(),
+    };
+    assert!(
+        store
+            .request_shred(&request, None, &audit("r1"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.pending_shred(&m).await.unwrap(),
+        Some(request.clone())
+    );
+    let again = ShredRequest {
+        request_id: "shred-2".into(),
+        ..request.clone()
+    };
+    assert!(
+        !store
+            .request_shred(&again, None, &audit("r2"))
+            .await
+            .unwrap(),
+        "one pending"
+    );
+    assert_eq!(audit_rows().await, 1);
+
+    // The requester cannot approve, nor can anyone approve another request id.
+    assert_eq!(
+        store
+            .execute_shred(&m, "shred-1", &first_admin, &audit("r3"))
+            .await
+            .unwrap(),
+        None
+    );
+    let second_admin = CallerId::new("spiffe://test/admin-2");
+    assert_eq!(
+        store
+            .execute_shred(&m, "shred-9", &second_admin, &audit("r4"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(audit_rows().await, 1);
+    assert!(store.merchant_keys(&m).await.unwrap().is_some());
+
+    assert_eq!(
+        store
+            .execute_shred(&m, "shred-1", &second_admin, &audit("r5"))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(audit_rows().await, 2);
+    assert!(store.is_shredded(&m).await.unwrap());
+    assert_eq!(store.merchant_keys(&m).await.unwrap(), None);
+    assert_eq!(store.data_key(&m, 1).await.unwrap(), None);
+    assert_eq!(store.pending_shred(&m).await.unwrap(), None);
+    // No key is ever created for a shredded merchant again, by first use or by rotation.
+    assert!(!store.create_merchant_keys(&key_set("m1", 5)).await.unwrap());
+    assert!(
+        !store
+            .add_data_key(&version(key("m1", KeyPurpose::Dek, 5), 2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.merchant_keys(&m).await.unwrap(), None);
+    // Other merchants are untouched.
+    assert!(!store.is_shredded(&merchant("m2")).await.unwrap());
+    assert!(
+        store
+            .merchant_keys(&merchant("m2"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // An expired request is superseded by a new one.
+    let m2 = merchant("m2");
+    let old = ShredRequest {
+        request_id: "shred-3".into(),
+        merchant: m2.clone(),
+        ..request.clone()
+    };
+    store.request_shred(&old, None, &audit("r6")).await.unwrap();
+    let newer = ShredRequest {
+        request_id: "shred-4".into(),
+        ..old.clone()
+    };
+    assert!(
+        store
+            .request_shred(&newer, Some("shred-3"), &audit("r7"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.pending_shred(&m2).await.unwrap(), Some(newer));
+}
+
 /// The suite's tests for one backend. `$fresh` is an async fn returning a guard that keeps the
 /// backend's database alive, the store, and its audit-row counter.
 macro_rules! conformance_suite {
@@ -202,6 +485,36 @@ macro_rules! conformance_suite {
         async fn delete_writes_audit_only_when_it_deletes() {
             let (_guard, store, count) = $fresh().await;
             super::delete_writes_audit_only_when_it_deletes(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn dek_uses_are_reserved_up_to_the_cap() {
+            let (_guard, store, _) = $fresh().await;
+            super::dek_uses_are_reserved_up_to_the_cap(std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test]
+        async fn rotation_adds_each_version_once() {
+            let (_guard, store, _) = $fresh().await;
+            super::rotation_adds_each_version_once(&store).await;
+        }
+
+        #[tokio::test]
+        async fn reencryption_pages_and_compares_and_sets() {
+            let (_guard, store, _) = $fresh().await;
+            super::reencryption_pages_and_compares_and_sets(&store).await;
+        }
+
+        #[tokio::test]
+        async fn rewrap_pages_and_compares_and_sets() {
+            let (_guard, store, _) = $fresh().await;
+            super::rewrap_pages_and_compares_and_sets(&store).await;
+        }
+
+        #[tokio::test]
+        async fn a_shred_needs_a_second_admin() {
+            let (_guard, store, count) = $fresh().await;
+            super::a_shred_needs_a_second_admin(&store, count).await;
         }
 
         #[tokio::test]
