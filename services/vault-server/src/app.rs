@@ -11,9 +11,11 @@ use tonic::transport::Server;
 use vault_core::Vault;
 use vault_core::keyring::KeyRing;
 use vault_core::ports::TokenStore;
+use vault_proto::v1::key_admin_service_server::KeyAdminServiceServer;
 use vault_proto::v1::token_service_server::TokenServiceServer;
 use vault_store::{PgSettings, PgStore, SqliteStore};
 
+use crate::admin::AdminApi;
 use crate::config::{Config, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
 use crate::kek::open_key_ring;
@@ -118,9 +120,10 @@ impl Application {
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         let policy = load_policy(&config.policy.path)?;
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
-        let keys = Arc::new(open_key_ring(config, config_path)?);
+        let keys = Arc::new(open_key_ring(config, config_path).await?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
-        let vault = Vault::new(store.port(), keys, Arc::new(policy));
+        let vault =
+            Vault::new(store.port(), keys, Arc::new(policy)).with_dek_limits(config.dek.limits());
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -159,6 +162,9 @@ impl Application {
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let admin =
+            KeyAdminServiceServer::new(AdminApi::new(self.vault.clone(), self.call_timeout))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
         let tokens = TokenServiceServer::new(TokenApi::new(self.vault, self.call_timeout))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -174,6 +180,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(tokens)
+            .add_service(admin)
             .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), shutdown)
             .await?;
         health.abort();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vault_core::ids::{CallerId, MerchantId};
+use vault_core::lifecycle::DekLimits;
 use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
 use zeroize::Zeroizing;
 
@@ -62,6 +63,9 @@ pub struct Config {
     /// The cache of unwrapped keys.
     #[serde(default)]
     pub key_cache: KeyCacheConfig,
+    /// When merchants' DEKs rotate.
+    #[serde(default)]
+    pub dek: DekConfig,
     /// The access policy file.
     pub policy: PolicyConfig,
 }
@@ -154,6 +158,45 @@ pub enum KekConfig {
         /// An environment variable holding the user PIN.
         pin_env: Option<String>,
     },
+    /// An AES-256-GCM key in a HashiCorp Vault or OpenBao Transit engine, over HTTPS.
+    #[serde(rename = "transit")]
+    Transit {
+        /// The server, `https://host:port`.
+        address: String,
+        /// The CA certificate(s) (PEM) the server's certificate must chain to; only these are
+        /// trusted.
+        ca_cert: PathBuf,
+        /// The mount Transit is enabled at.
+        #[serde(default = "default_transit_mount")]
+        mount: String,
+        /// The key's name.
+        key: String,
+        /// A file holding a token (e.g. an agent's sink). Give a token, or AppRole ids.
+        token_file: Option<PathBuf>,
+        /// An environment variable holding a token.
+        token_env: Option<String>,
+        /// The mount AppRole is enabled at (default "approle").
+        approle_mount: Option<String>,
+        /// AppRole role id, from a file ...
+        role_id_file: Option<PathBuf>,
+        /// ... or an environment variable.
+        role_id_env: Option<String>,
+        /// AppRole secret id, from a file ...
+        secret_id_file: Option<PathBuf>,
+        /// ... or an environment variable.
+        secret_id_env: Option<String>,
+        /// How long one request may take, in milliseconds.
+        #[serde(default = "default_transit_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_transit_mount() -> String {
+    vault_kms::DEFAULT_MOUNT.to_owned()
+}
+
+fn default_transit_timeout_ms() -> u64 {
+    u64::try_from(vault_kms::DEFAULT_TIMEOUT.as_millis()).unwrap_or(5_000)
 }
 
 impl KekConfig {
@@ -164,7 +207,22 @@ impl KekConfig {
                 module, pin_file, ..
             } => {
                 *module = base.join(&*module);
-                if let Some(file) = pin_file {
+                for file in [pin_file].into_iter().flatten() {
+                    *file = base.join(&*file);
+                }
+            }
+            Self::Transit {
+                ca_cert,
+                token_file,
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                *ca_cert = base.join(&*ca_cert);
+                for file in [token_file, role_id_file, secret_id_file]
+                    .into_iter()
+                    .flatten()
+                {
                     *file = base.join(&*file);
                 }
             }
@@ -201,6 +259,89 @@ fn default_cache_age() -> u64 {
     vault_core::keyring::CacheLimits::default()
         .max_age
         .as_secs()
+}
+
+/// DEK rotation limits (see `vault_core::lifecycle`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DekConfig {
+    /// Rotate a merchant's DEK after this many encryptions (default 2^30).
+    #[serde(default = "default_rotate_after_uses")]
+    pub rotate_after_uses: u64,
+    /// Never encrypt more often than this under one DEK version (default 2^31; at most 2^32,
+    /// NIST SP 800-38D's limit for random nonces).
+    #[serde(default = "default_max_uses")]
+    pub max_uses: u64,
+    /// Also rotate a DEK older than this many days (0, the default: no age limit).
+    #[serde(default)]
+    pub rotate_after_days: u64,
+    /// Uses each replica reserves from the store at a time (default 1024).
+    #[serde(default = "default_lease")]
+    pub lease: u64,
+}
+
+impl Default for DekConfig {
+    fn default() -> Self {
+        Self {
+            rotate_after_uses: default_rotate_after_uses(),
+            max_uses: default_max_uses(),
+            rotate_after_days: 0,
+            lease: default_lease(),
+        }
+    }
+}
+
+impl DekConfig {
+    /// The domain's limits.
+    #[must_use]
+    pub fn limits(&self) -> DekLimits {
+        DekLimits {
+            rotate_after_uses: self.rotate_after_uses,
+            max_uses: self.max_uses,
+            rotate_after: (self.rotate_after_days > 0)
+                .then(|| std::time::Duration::from_secs(self.rotate_after_days * 86_400)),
+            lease: self.lease,
+        }
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, problem: &str| ConfigError::Invalid {
+            path: file.to_owned(),
+            setting: format!("dek.{setting}"),
+            problem: problem.to_owned(),
+        };
+        if self.max_uses == 0 || self.max_uses > DekLimits::NIST_GCM_LIMIT {
+            return Err(invalid(
+                "max_uses",
+                "must be from 1 to 2^32 (NIST SP 800-38D, random-nonce AES-GCM)",
+            ));
+        }
+        if self.rotate_after_uses == 0 || self.rotate_after_uses > self.max_uses {
+            return Err(invalid(
+                "rotate_after_uses",
+                "must be from 1 to dek.max_uses",
+            ));
+        }
+        if self.lease == 0 {
+            return Err(invalid("lease", "must be at least 1"));
+        }
+        if self.rotate_after_days > 36_500 {
+            return Err(invalid("rotate_after_days", "must be at most 36500"));
+        }
+        Ok(())
+    }
+}
+
+fn default_rotate_after_uses() -> u64 {
+    DekLimits::default().rotate_after_uses
+}
+
+fn default_max_uses() -> u64 {
+    DekLimits::default().max_uses
+}
+
+fn default_lease() -> u64 {
+    DekLimits::default().lease
 }
 
 /// Reads a secret from exactly one of a file (its first line) or an environment variable.
@@ -283,6 +424,7 @@ impl Config {
         config.tls.key = base.join(&config.tls.key);
         config.tls.client_ca = base.join(&config.tls.client_ca);
         config.policy.path = base.join(&config.policy.path);
+        config.dek.check(path)?;
         config.kek.resolve_paths(base);
         for kek in &mut config.previous_kek {
             kek.resolve_paths(base);

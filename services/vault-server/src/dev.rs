@@ -1,6 +1,7 @@
 //! `vaultd dev`: the embedded default. The first run creates a data directory holding an SQLite
-//! database, a development KEK file, a dev CA with a server certificate and three client
-//! identities, the policy and a `vaultd.toml`; later runs reuse it, so tokens survive a restart.
+//! database, a development KEK file, a dev CA with a server certificate and five client
+//! identities (gateway, payments, auditor, and two key admins), the policy and a `vaultd.toml`;
+//! later runs reuse it, so tokens survive a restart.
 
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
@@ -22,7 +23,8 @@ pub const KEK_FILE: &str = "DANGER-dev-kek-not-an-hsm.key";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 /// The client identities `vaultd dev` creates: name, SPIFFE ID, operations.
-pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 3] = [
+/// Two admins, because a crypto-shred needs a second one to approve (dual control).
+pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 5] = [
     (
         "gateway",
         "spiffe://vault.dev/gateway",
@@ -34,6 +36,8 @@ pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 3] = [
         &["detokenize", "metadata"],
     ),
     ("auditor", "spiffe://vault.dev/auditor", &[]),
+    ("admin-1", "spiffe://vault.dev/admin-1", &["keys.admin"]),
+    ("admin-2", "spiffe://vault.dev/admin-2", &["keys.admin"]),
 ];
 
 /// Creates the dev data directory at `dir` unless it already holds a `vaultd.toml`, and returns

@@ -24,11 +24,10 @@ use crate::status::to_status;
 /// Response metadata key carrying the call's request id (also in the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The gRPC face of the vault.
+/// The gRPC face of the vault's card-data calls.
 #[derive(Debug, Clone)]
 pub struct TokenApi {
-    vault: Vault,
-    call_timeout: Duration,
+    calls: Calls,
 }
 
 impl TokenApi {
@@ -38,12 +37,25 @@ impl TokenApi {
     #[must_use]
     pub fn new(vault: Vault, call_timeout: Duration) -> Self {
         Self {
-            vault,
-            call_timeout,
+            calls: Calls {
+                vault,
+                call_timeout,
+            },
         }
     }
+}
 
-    async fn within<T>(
+/// What every service's calls share: the vault, the time bound on a call's store work, and
+/// the caller's identity from its certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct Calls {
+    pub(crate) vault: Vault,
+    pub(crate) call_timeout: Duration,
+}
+
+impl Calls {
+    /// Runs `call`, failing UNAVAILABLE if it takes longer than `storage.call_timeout_ms`.
+    pub(crate) async fn within<T>(
         &self,
         call: impl Future<Output = Result<T, VaultError>>,
     ) -> Result<T, VaultError> {
@@ -58,7 +70,7 @@ impl TokenApi {
 
     /// The call's context, or, for a certificate that names no identity, the audited
     /// UNAUTHENTICATED refusal.
-    async fn identify<T>(
+    pub(crate) async fn identify<T>(
         &self,
         request: &Request<T>,
         operation: Operation,
@@ -104,7 +116,7 @@ fn call_context<T>(request: &Request<T>) -> Result<CallContext, CallContext> {
 
 /// Logs the call's outcome and turns it into a gRPC response carrying the request id.
 /// Errors are logged with their domain message, which never holds a PAN.
-fn respond<T>(
+pub(crate) fn respond<T>(
     ctx: &CallContext,
     operation: Operation,
     result: Result<T, VaultError>,
@@ -170,16 +182,19 @@ fn metadata_to_proto(metadata: CardMetadata) -> pb::TokenMetadata {
         bin: metadata.bin,
         last4: metadata.last4,
         expiry: expiry_to_proto(metadata.expiry),
-        created_at: metadata
-            .created_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        created_at: rfc3339(metadata.created_at),
         token_format: format_to_proto(metadata.format).into(),
         pan_length: u32::from(metadata.pan_length),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A time as RFC 3339, UTC.
+pub(crate) fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
@@ -194,7 +209,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        let ctx = self.identify(&request, Operation::Tokenize).await?;
+        let ctx = self.calls.identify(&request, Operation::Tokenize).await?;
         let body = request.into_inner();
         let command = TokenizeCommand {
             merchant_id: body.merchant_id,
@@ -204,7 +219,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             format: format_from_proto(body.token_format),
         };
         let result = self
-            .within(self.vault.tokenize(&ctx, command))
+            .calls
+            .within(self.calls.vault.tokenize(&ctx, command))
             .await
             .map(|done| pb::TokenizeResponse {
                 token: done.token.as_str().to_owned(),
@@ -219,7 +235,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        let ctx = self.identify(&request, Operation::Detokenize).await?;
+        let ctx = self.calls.identify(&request, Operation::Detokenize).await?;
         let body = request.into_inner();
         let command = TokenCommand {
             merchant_id: body.merchant_id,
@@ -227,7 +243,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             reason: body.reason,
         };
         let result = self
-            .within(self.vault.detokenize(&ctx, command))
+            .calls
+            .within(self.calls.vault.detokenize(&ctx, command))
             .await
             .map(|done| pb::DetokenizeResponse {
                 pan: done.pan.expose_digits().to_owned(),
@@ -240,11 +257,12 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::GetTokenMetadataRequest>,
     ) -> Result<Response<pb::GetTokenMetadataResponse>, Status> {
-        let ctx = self.identify(&request, Operation::Metadata).await?;
+        let ctx = self.calls.identify(&request, Operation::Metadata).await?;
         let body = request.into_inner();
         let command = TokenCommand::without_reason(body.merchant_id, body.token);
         let result = self
-            .within(self.vault.metadata(&ctx, command))
+            .calls
+            .within(self.calls.vault.metadata(&ctx, command))
             .await
             .map(|metadata| pb::GetTokenMetadataResponse {
                 metadata: Some(metadata_to_proto(metadata)),
@@ -256,11 +274,12 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
-        let ctx = self.identify(&request, Operation::Delete).await?;
+        let ctx = self.calls.identify(&request, Operation::Delete).await?;
         let body = request.into_inner();
         let command = TokenCommand::without_reason(body.merchant_id, body.token);
         let result = self
-            .within(self.vault.delete(&ctx, command))
+            .calls
+            .within(self.calls.vault.delete(&ctx, command))
             .await
             .map(|()| pb::DeleteTokenResponse {});
         respond(&ctx, Operation::Delete, result)

@@ -2,29 +2,30 @@
 //! A KEK that cannot be opened (module missing, wrong PIN, key absent or exportable) stops
 //! `vaultd` at startup with the backend's message, which never holds the secret.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use vault_core::keyring::{CacheLimits, KeyRing};
 use vault_core::ports::KeyEncryptionKey;
-use vault_kms::{DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings};
+use vault_kms::{
+    DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, SecretSource,
+    TransitAuth, TransitKek, TransitSettings,
+};
 
-use crate::config::{Config, KekConfig, read_secret};
+use crate::config::{Config, ConfigError, KekConfig, read_secret};
 
 /// The key ring the configuration describes.
 ///
 /// # Errors
 /// If any configured KEK cannot be opened; the message names the setting.
-pub fn open_key_ring(config: &Config, config_path: &Path) -> anyhow::Result<KeyRing> {
-    let current = open_kek(&config.kek, config_path, "kek")?;
-    let previous = config
-        .previous_kek
-        .iter()
-        .enumerate()
-        .map(|(index, kek)| open_kek(kek, config_path, &format!("previous_kek[{index}]")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+pub async fn open_key_ring(config: &Config, config_path: &Path) -> anyhow::Result<KeyRing> {
+    let current = open_kek(&config.kek, config_path, "kek").await?;
+    let mut previous = Vec::with_capacity(config.previous_kek.len());
+    for (index, kek) in config.previous_kek.iter().enumerate() {
+        previous.push(open_kek(kek, config_path, &format!("previous_kek[{index}]")).await?);
+    }
     let limits = CacheLimits {
         max_entries: config.key_cache.max_entries,
         max_age: Duration::from_secs(config.key_cache.max_age_secs),
@@ -37,7 +38,7 @@ pub fn open_key_ring(config: &Config, config_path: &Path) -> anyhow::Result<KeyR
 ///
 /// # Errors
 /// If the backend cannot be reached or refuses.
-pub fn create_kek(config: &Config, config_path: &Path) -> anyhow::Result<String> {
+pub async fn create_kek(config: &Config, config_path: &Path) -> anyhow::Result<String> {
     match &config.kek {
         KekConfig::DangerLocalFile { path } => {
             if path.exists() {
@@ -54,7 +55,73 @@ pub fn create_kek(config: &Config, config_path: &Path) -> anyhow::Result<String>
                 settings.key_label, settings.token_label
             ))
         }
+        KekConfig::Transit { .. } => {
+            let settings = transit_settings(&config.kek, config_path, "kek")?;
+            TransitKek::create_key(&settings).await?;
+            Ok(format!(
+                "transit key {:?} exists at {}/{} (created there if it was missing)",
+                settings.key, settings.address, settings.mount
+            ))
+        }
     }
+}
+
+fn transit_settings(
+    kek: &KekConfig,
+    config_path: &Path,
+    setting: &str,
+) -> anyhow::Result<TransitSettings> {
+    let KekConfig::Transit {
+        address,
+        ca_cert,
+        mount,
+        key,
+        token_file,
+        token_env,
+        approle_mount,
+        role_id_file,
+        role_id_env,
+        secret_id_file,
+        secret_id_env,
+        timeout_ms,
+    } = kek
+    else {
+        anyhow::bail!("{setting}: not a transit kek");
+    };
+    let invalid = |problem: &str| ConfigError::Invalid {
+        path: config_path.to_owned(),
+        setting: setting.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let source = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+        (Some(file), None) => Ok(Some(SecretSource::File(file.clone()))),
+        (None, Some(env)) => Ok(Some(SecretSource::Env(env.clone()))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(invalid("give a secret's _file or its _env, not both")),
+    };
+    let token = source(token_file, token_env)?;
+    let role_id = source(role_id_file, role_id_env)?;
+    let secret_id = source(secret_id_file, secret_id_env)?;
+    let auth = match (token, role_id, secret_id) {
+        (Some(token), None, None) => TransitAuth::Token(token),
+        (None, Some(role_id), Some(secret_id)) => TransitAuth::AppRole {
+            mount: approle_mount
+                .clone()
+                .unwrap_or_else(|| DEFAULT_APPROLE_MOUNT.to_owned()),
+            role_id,
+            secret_id,
+        },
+        _ => {
+            return Err(invalid(
+                "give either token_file/token_env, or both role_id and secret_id (AppRole)",
+            )
+            .into());
+        }
+    };
+    let mut settings = TransitSettings::new(address.clone(), ca_cert.clone(), key.clone(), auth);
+    settings.mount.clone_from(mount);
+    settings.timeout = Duration::from_millis(*timeout_ms);
+    Ok(settings)
 }
 
 fn pkcs11_settings(
@@ -86,7 +153,7 @@ fn pkcs11_settings(
     })
 }
 
-fn open_kek(
+async fn open_kek(
     kek: &KekConfig,
     config_path: &Path,
     setting: &str,
@@ -103,6 +170,14 @@ fn open_kek(
         KekConfig::Pkcs11 { .. } => {
             let settings = pkcs11_settings(kek, config_path, setting)?;
             Arc::new(Pkcs11Kek::open(settings).with_context(|| setting.to_owned())?)
+        }
+        KekConfig::Transit { .. } => {
+            let settings = transit_settings(kek, config_path, setting)?;
+            Arc::new(
+                TransitKek::open(settings)
+                    .await
+                    .with_context(|| setting.to_owned())?,
+            )
         }
     };
     tracing::info!(setting, kek = opened.name(), "kek opened");

@@ -6,11 +6,13 @@
 //! - `tls`: rustls settings (TLS 1.3 only, client certificates required) and the accept loop.
 //! - `identity`: the caller's identity from its certificate (SPIFFE URI SAN, else CN).
 //! - `grpc`: the `TokenService` implementation (protobuf <-> domain).
+//! - `admin`: the `KeyAdminService` implementation (key status, rotation, rewrap, shred).
 //! - `status`: the one table from domain errors to gRPC status codes.
 //! - `dev`: `vaultd dev`, the embedded default with a generated PKI and a dev KEK.
 //! - `pki`: the small CA `dev` and the tests use.
 //! - `telemetry`: logging.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dev;

@@ -93,9 +93,10 @@ fn main() -> ExitCode {
         };
     }
     if let Command::CreateKek { config } = &cli.command {
-        let created = Config::load(config)
-            .map_err(anyhow::Error::from)
-            .and_then(|loaded| kek::create_kek(&loaded, config));
+        let created = runtime.block_on(async {
+            let loaded = Config::load(config)?;
+            kek::create_kek(&loaded, config).await
+        });
         return match created {
             Ok(what) => {
                 println!("vaultd create-kek: {what}");

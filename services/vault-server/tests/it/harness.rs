@@ -12,6 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::HealthCheckRequest;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use vault_proto::v1::key_admin_service_client::KeyAdminServiceClient;
 use vault_proto::v1::token_service_client::TokenServiceClient;
 use vault_proto::v1::{self as pb};
 use vault_server::pki::{DevCa, Issued};
@@ -19,6 +20,8 @@ use vault_server::pki::{DevCa, Issued};
 pub const GATEWAY: &str = "spiffe://vault.test/gateway";
 pub const PAYMENTS: &str = "spiffe://vault.test/payments";
 pub const AUDITOR: &str = "spiffe://vault.test/auditor";
+pub const ADMIN_1: &str = "spiffe://vault.test/admin-1";
+pub const ADMIN_2: &str = "spiffe://vault.test/admin-2";
 
 /// One Luhn-valid test PAN per brand (and two for Visa and Mastercard's 2-series).
 pub const PANS_BY_BRAND: [(&str, &str); 13] = [
@@ -58,6 +61,8 @@ impl TestPki {
             ("gateway", Some(GATEWAY)),
             ("payments", Some(PAYMENTS)),
             ("auditor", Some(AUDITOR)),
+            ("admin-1", Some(ADMIN_1)),
+            ("admin-2", Some(ADMIN_2)),
             ("cn-only", None),
         ] {
             let issued = ca.issue_client(Some(name), spiffe).unwrap();
@@ -77,7 +82,8 @@ impl TestPki {
 }
 
 /// The policy the tests run under: the gateway tokenizes, reads metadata and deletes; payments
-/// detokenizes; the CN-only client reads metadata; the auditor has no card operations.
+/// detokenizes; the CN-only client reads metadata; the auditor has no card operations; the two
+/// admins manage keys.
 pub const POLICY: &str = r#"
 [[caller]]
 identity = "spiffe://vault.test/gateway"
@@ -97,6 +103,16 @@ merchants = ["*"]
 [[caller]]
 identity = "spiffe://vault.test/auditor"
 operations = []
+merchants = ["*"]
+
+[[caller]]
+identity = "spiffe://vault.test/admin-1"
+operations = ["keys.admin"]
+merchants = ["*"]
+
+[[caller]]
+identity = "spiffe://vault.test/admin-2"
+operations = ["keys.admin"]
 merchants = ["*"]
 "#;
 
@@ -203,15 +219,11 @@ impl TestVault {
     /// The gRPC health of `vault.v1.TokenService`, or `None` if the vault does not answer.
     pub async fn health(&self) -> Option<ServingStatus> {
         let issued = self.pki.client("auditor");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem))
-            .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_lazy();
+        let channel = channel(
+            &self.addr,
+            &self.pki.ca_pem,
+            Some((&issued.cert_pem, &issued.key_pem)),
+        );
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: "vault.v1.TokenService".into(),
@@ -244,6 +256,16 @@ impl TestVault {
             Some((&issued.cert_pem, &issued.key_pem)),
         )
         .await
+    }
+
+    /// A key administration client presenting the named identity's certificate.
+    pub async fn admin(&self, name: &str) -> KeyAdminServiceClient<Channel> {
+        let issued = self.pki.client(name);
+        KeyAdminServiceClient::new(channel(
+            &self.addr,
+            &self.pki.ca_pem,
+            Some((&issued.cert_pem, &issued.key_pem)),
+        ))
     }
 
     /// Tokenizes `pan` for `merchant` as the gateway at `addr` and returns the token.
@@ -421,18 +443,22 @@ pub async fn connect(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> TokenServiceClient<Channel> {
+    TokenServiceClient::new(channel(addr, ca_pem, identity))
+}
+
+/// A lazily connecting channel over TLS trusting `ca_pem`, presenting `identity` if given.
+pub fn channel(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Channel {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    let channel = Channel::from_shared(format!("https://{addr}"))
+    Channel::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
         .unwrap()
-        .connect_lazy();
-    TokenServiceClient::new(channel)
+        .connect_lazy()
 }
 
 pub fn tokenize_request(merchant: &str, pan: &str) -> pb::TokenizeRequest {
