@@ -44,17 +44,24 @@ Examples:
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = AFTER_HELP,
-    propagate_version = true
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
+    /// Output format: text for people, json for scripts.
+    ///
+    /// json prints one JSON object on standard output; for re-encryption and rewrap only the
+    /// final summary (progress goes to standard error either way).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = OutputFormat::Text
+    )]
+    pub output: OutputFormat,
     /// Where the vault is and who this client is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
-    /// Output format: `text` for people, `json` for scripts (one JSON object on standard
-    /// output; for re-encryption and rewrap only the final summary).
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -82,8 +89,9 @@ pub struct ConnectionArgs {
         env = "VAULTCTL_ADDR"
     )]
     pub addr: String,
-    /// CA certificate (PEM) that the vault's server certificate must chain to. Needs --cert and
-    /// --key.
+    /// CA certificate (PEM) the vault's server certificate must chain to.
+    ///
+    /// Goes with --cert and --key.
     #[arg(
         long,
         global = true,
@@ -93,7 +101,9 @@ pub struct ConnectionArgs {
         conflicts_with_all = ["dev_dir", "identity"]
     )]
     pub ca: Option<PathBuf>,
-    /// This client's certificate (PEM), naming an identity with the keys.admin permission.
+    /// This client's certificate (PEM).
+    ///
+    /// Its identity needs the keys.admin permission in the vault's policy.
     #[arg(
         long,
         global = true,
@@ -113,8 +123,9 @@ pub struct ConnectionArgs {
         conflicts_with_all = ["dev_dir", "identity"]
     )]
     pub key: Option<PathBuf>,
-    /// A `vaultd dev` data directory: takes the CA and the --identity's certificate and key from
-    /// its pki/ folder. Instead of --ca, --cert and --key.
+    /// A `vaultd dev` data directory, instead of --ca, --cert and --key.
+    ///
+    /// Uses DIR/pki/ca.pem and the --identity's DIR/pki/NAME.pem and DIR/pki/NAME.key.
     #[arg(
         long,
         global = true,
@@ -123,7 +134,7 @@ pub struct ConnectionArgs {
         requires = "identity"
     )]
     pub dev_dir: Option<PathBuf>,
-    /// The identity in --dev-dir to connect as, e.g. admin-1: uses pki/NAME.pem and pki/NAME.key.
+    /// The identity in --dev-dir to connect as, e.g. admin-1.
     #[arg(
         long,
         global = true,
@@ -141,7 +152,8 @@ pub struct ConnectionArgs {
         env = "VAULTCTL_SERVER_NAME"
     )]
     pub server_name: String,
-    /// How long to wait for each single-answer call (and for connecting), in seconds.
+    /// Seconds to wait for connecting and for each single-answer call.
+    ///
     /// Re-encryption and rewrap streams have no overall limit.
     #[arg(
         long,
@@ -229,22 +241,27 @@ pub enum Command {
 /// `vaultctl keys ...`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// List a merchant's key versions: purpose, version, wrapping KEK, uses, tokens, creation
-    /// time; and whether it is shredded or has a shred awaiting approval.
+    /// List a merchant's key versions, and any shred.
+    ///
+    /// One row per key: purpose, version, the KEK that wraps it, uses, tokens, creation time;
+    /// then whether the merchant is shredded or has a shred awaiting approval.
     Show {
         /// The merchant id.
         merchant: String,
     },
-    /// Start a new DEK version for the merchant now. New tokens are encrypted under it; older
-    /// versions still decrypt until `keys reencrypt` moves their tokens.
+    /// Start a new DEK version for the merchant now.
+    ///
+    /// New tokens are encrypted under it; older versions still decrypt until `keys reencrypt`
+    /// moves their tokens.
     Rotate {
         /// The merchant id.
         merchant: String,
         #[command(flatten)]
         reason: Reason,
     },
-    /// Re-encrypt the merchant's tokens under older DEK versions to the newest one, with
-    /// progress. Resumable: if it stops, run it again and it continues.
+    /// Move the merchant's tokens from older DEK versions to the newest one.
+    ///
+    /// Shows progress on standard error. Resumable: if it stops, run it again and it continues.
     Reencrypt {
         /// The merchant id.
         merchant: String,
@@ -256,8 +273,10 @@ pub enum KeysCommand {
 /// `vaultctl kek ...`.
 #[derive(Debug, Subcommand)]
 pub enum KekCommand {
-    /// Rewrap every key not yet under the current KEK, with progress. No card number is
-    /// decrypted. Resumable: if it stops, run it again and it continues.
+    /// Rewrap every key not yet under the current KEK.
+    ///
+    /// No card number is decrypted. Shows progress on standard error. Resumable: if it stops,
+    /// run it again and it continues.
     Rewrap {
         #[command(flatten)]
         reason: Reason,
@@ -267,16 +286,20 @@ pub enum KekCommand {
 /// `vaultctl shred ...`.
 #[derive(Debug, Subcommand)]
 pub enum ShredCommand {
-    /// Step 1 of 2: ask to destroy every key of the merchant. Nothing is destroyed until a
-    /// different admin approves; the request expires after 24 hours.
+    /// Step 1 of 2: ask to destroy every key of the merchant.
+    ///
+    /// Nothing is destroyed until a different admin approves; the request expires after 24
+    /// hours.
     Request {
         /// The merchant id.
         merchant: String,
         #[command(flatten)]
         reason: Reason,
     },
-    /// Step 2 of 2: approve another admin's shred request. The merchant's keys are destroyed at
-    /// once and its tokens can never be detokenized again.
+    /// Step 2 of 2: approve another admin's shred request.
+    ///
+    /// The merchant's keys are destroyed at once: its tokens can never be detokenized again,
+    /// and it cannot tokenize again.
     Approve {
         /// The merchant id.
         merchant: String,
@@ -291,7 +314,7 @@ pub enum ShredCommand {
 /// The audited reason every changing command needs.
 #[derive(Debug, Clone, Args)]
 pub struct Reason {
-    /// Why (written to the audit log): 1 to 256 printable characters, never a card number.
+    /// Why, for the audit log: 1 to 256 printable characters, never a card number.
     #[arg(long = "reason", value_name = "TEXT", value_parser = NonEmptyStringValueParser::new())]
     pub text: String,
 }

@@ -15,13 +15,12 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// The vault (or the transport to it) answered the call with an error status.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}", status_text(.0))]
     Rpc(Status),
     /// A re-encryption or rewrap stream failed after it had started.
     #[error(
-        "{}: {} (the job stopped after {done} items; run the same command again to resume)",
-        code_name(.status.code()),
-        .status.message()
+        "{} (the job stopped after {done} items; run the same command again to resume)",
+        status_text(.status)
     )]
     JobFailed {
         /// The error status the stream ended with.
@@ -70,6 +69,23 @@ impl From<Status> for Error {
     }
 }
 
+/// `CODE: message`, followed by the causes behind a transport failure (tonic keeps a TLS alert,
+/// for one, in the status's source rather than its message).
+#[must_use]
+pub fn status_text(status: &Status) -> String {
+    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The canonical gRPC name of `code`, as in the gRPC status code documentation
 /// (`PERMISSION_DENIED`, `FAILED_PRECONDITION`, ...).
 #[must_use]
@@ -110,6 +126,19 @@ mod tests {
         );
         assert_eq!(err.exit_code(), EXIT_FAILED);
         assert_eq!(err.status().map(Status::code), Some(Code::PermissionDenied));
+    }
+
+    #[test]
+    fn transport_causes_follow_the_message_once() {
+        let io = std::io::Error::other("received fatal alert: UnknownCA");
+        let status = Status::from_error(Box::new(io));
+        let text = status_text(&status);
+        assert!(text.starts_with("UNKNOWN: "), "{text}");
+        assert_eq!(
+            text.matches("received fatal alert: UnknownCA").count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]

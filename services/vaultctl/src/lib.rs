@@ -26,7 +26,7 @@ use vault_proto::v1::{
 };
 
 pub use cli::{Cli, OutputFormat};
-pub use error::{EXIT_FAILED, EXIT_USAGE, Error, code_name};
+pub use error::{EXIT_FAILED, EXIT_USAGE, Error, code_name, status_text};
 pub use output::Report;
 
 use cli::{Command, KekCommand, KeysCommand, ShredCommand};
