@@ -1,0 +1,565 @@
+//! The command line: global connection and output options, and one subcommand per RPC of
+//! `vault.v1.KeyAdminService`.
+
+use std::path::PathBuf;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::Error;
+
+/// The vault's address when none is given (the `vaultd dev` default).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+const ABOUT: &str =
+    "Key administration for the card vault (vault.v1.KeyAdminService) over mutual TLS";
+
+const LONG_ABOUT: &str = "\
+Key administration for the card vault (vault.v1.KeyAdminService) over mutual TLS.
+
+Every call needs a client certificate whose identity has the keys.admin permission, and is
+written to the vault's audit log, allowed or denied. Give the certificate either as three files
+(--ca, --cert, --key) or as a `vaultd dev` data directory and an identity name (--dev-dir,
+--identity), which picks DIR/pki/ca.pem, DIR/pki/NAME.pem and DIR/pki/NAME.key.";
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success
+  1  the vault refused or failed the call (the gRPC code is printed, e.g. PERMISSION_DENIED,
+     UNAVAILABLE, DEADLINE_EXCEEDED), or a re-encryption or rewrap stopped before it finished
+     (run the same command again to resume)
+  2  usage or configuration error: bad arguments, no client identity given, an unreadable or
+     invalid certificate or key file, a malformed address
+
+Examples:
+  vaultctl --dev-dir .vault-dev --identity admin-1 status
+  vaultctl --dev-dir .vault-dev --identity admin-1 keys rotate merchant-1 --reason 'quarterly rotation'
+  vaultctl --ca ca.pem --cert me.pem --key me.key --addr vault.internal:50051 \\
+      --server-name vault.internal kek rewrap --reason 'KEK rotation CHG-1234'";
+
+/// `vaultctl`: the operators' client for the vault's key administration service.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultctl",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Output format: text for people, json for scripts.
+    ///
+    /// json prints one JSON object on standard output; for re-encryption and rewrap only the
+    /// final summary (progress goes to standard error either way).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = OutputFormat::Text
+    )]
+    pub output: OutputFormat,
+    /// Where the vault is and who this client is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed on standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// The connection options, valid before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// The vault's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        default_value = DEFAULT_ADDR,
+        env = "VAULTCTL_ADDR"
+    )]
+    pub addr: String,
+    /// CA certificate (PEM) the vault's server certificate must chain to.
+    ///
+    /// Goes with --cert and --key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "VAULTCTL_CA",
+        requires_all = ["cert", "key"],
+        conflicts_with_all = ["dev_dir", "identity"]
+    )]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM).
+    ///
+    /// Its identity needs the keys.admin permission in the vault's policy.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "VAULTCTL_CERT",
+        requires_all = ["ca", "key"],
+        conflicts_with_all = ["dev_dir", "identity"]
+    )]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM) for --cert.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "VAULTCTL_KEY",
+        requires_all = ["ca", "cert"],
+        conflicts_with_all = ["dev_dir", "identity"]
+    )]
+    pub key: Option<PathBuf>,
+    /// A `vaultd dev` data directory, instead of --ca, --cert and --key.
+    ///
+    /// Uses DIR/pki/ca.pem and the --identity's DIR/pki/NAME.pem and DIR/pki/NAME.key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "VAULTCTL_DEV_DIR",
+        requires = "identity"
+    )]
+    pub dev_dir: Option<PathBuf>,
+    /// The identity in --dev-dir to connect as, e.g. admin-1.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "VAULTCTL_IDENTITY",
+        requires = "dev_dir"
+    )]
+    pub identity: Option<String>,
+    /// The name the vault's server certificate must carry (TLS server name).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        default_value = "localhost",
+        env = "VAULTCTL_SERVER_NAME"
+    )]
+    pub server_name: String,
+    /// Seconds to wait for connecting and for each single-answer call.
+    ///
+    /// Re-encryption and rewrap streams have no overall limit.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout_secs: u64,
+}
+
+/// The three PEM files of a mutual TLS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// The client certificate.
+    pub cert: PathBuf,
+    /// The client's private key.
+    pub key: PathBuf,
+}
+
+impl ConnectionArgs {
+    /// The CA, certificate and key files to use: the three given, or the ones of `--identity`
+    /// in `--dev-dir`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if neither form was given (clap already refuses both together, or
+    /// either form half given).
+    pub fn tls_files(&self) -> Result<TlsFiles, Error> {
+        match (
+            &self.ca,
+            &self.cert,
+            &self.key,
+            &self.dev_dir,
+            &self.identity,
+        ) {
+            (Some(ca), Some(cert), Some(key), None, None) => Ok(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None, Some(dir), Some(name)) => {
+                if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
+                    return Err(Error::Config(format!(
+                        "--identity {name:?} is not an identity name (e.g. admin-1)"
+                    )));
+                }
+                let pki = dir.join("pki");
+                Ok(TlsFiles {
+                    ca: pki.join("ca.pem"),
+                    cert: pki.join(format!("{name}.pem")),
+                    key: pki.join(format!("{name}.key")),
+                })
+            }
+            (None, None, None, None, None) => Err(Error::Config(
+                "no client identity: give --ca, --cert and --key, or --dev-dir and --identity \
+                 (or the VAULTCTL_* environment variables)"
+                    .to_owned(),
+            )),
+            _ => Err(Error::Config(
+                "give either all of --ca, --cert and --key, or --dev-dir and --identity, not a mix"
+                    .to_owned(),
+            )),
+        }
+    }
+}
+
+/// The commands, one RPC each.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the KEKs, the DEK lifecycle limits and the unwrapped-key cache (vault-wide).
+    Status,
+    /// Show, rotate or re-encrypt one merchant's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Key-encryption key rotation: rewrap keys under the current KEK (vault-wide).
+    #[command(subcommand)]
+    Kek(KekCommand),
+    /// Crypto-shred a merchant's keys, under dual control (two different admins).
+    #[command(subcommand)]
+    Shred(ShredCommand),
+}
+
+/// `vaultctl keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List a merchant's key versions, and any shred.
+    ///
+    /// One row per key: purpose, version, the KEK that wraps it, uses, tokens, creation time;
+    /// then whether the merchant is shredded or has a shred awaiting approval.
+    Show {
+        /// The merchant id.
+        merchant: String,
+    },
+    /// Start a new DEK version for the merchant now.
+    ///
+    /// New tokens are encrypted under it; older versions still decrypt until `keys reencrypt`
+    /// moves their tokens.
+    Rotate {
+        /// The merchant id.
+        merchant: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+    /// Move the merchant's tokens from older DEK versions to the newest one.
+    ///
+    /// Shows progress on standard error. Resumable: if it stops, run it again and it continues.
+    Reencrypt {
+        /// The merchant id.
+        merchant: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+}
+
+/// `vaultctl kek ...`.
+#[derive(Debug, Subcommand)]
+pub enum KekCommand {
+    /// Rewrap every key not yet under the current KEK.
+    ///
+    /// No card number is decrypted. Shows progress on standard error. Resumable: if it stops,
+    /// run it again and it continues.
+    Rewrap {
+        #[command(flatten)]
+        reason: Reason,
+    },
+}
+
+/// `vaultctl shred ...`.
+#[derive(Debug, Subcommand)]
+pub enum ShredCommand {
+    /// Step 1 of 2: ask to destroy every key of the merchant.
+    ///
+    /// Nothing is destroyed until a different admin approves; the request expires after 24
+    /// hours.
+    Request {
+        /// The merchant id.
+        merchant: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+    /// Step 2 of 2: approve another admin's shred request.
+    ///
+    /// The merchant's keys are destroyed at once: its tokens can never be detokenized again,
+    /// and it cannot tokenize again.
+    Approve {
+        /// The merchant id.
+        merchant: String,
+        /// The request id printed by `shred request` (or shown by `keys show`).
+        #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+        request_id: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+}
+
+/// The audited reason every changing command needs.
+#[derive(Debug, Clone, Args)]
+pub struct Reason {
+    /// Why, for the audit log: 1 to 256 printable characters, never a card number.
+    #[arg(long = "reason", value_name = "TEXT", value_parser = NonEmptyStringValueParser::new())]
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    const ENV: [&str; 7] = [
+        "VAULTCTL_ADDR",
+        "VAULTCTL_CA",
+        "VAULTCTL_CERT",
+        "VAULTCTL_KEY",
+        "VAULTCTL_DEV_DIR",
+        "VAULTCTL_IDENTITY",
+        "VAULTCTL_SERVER_NAME",
+    ];
+
+    /// Parses `args` after `vaultctl`, refusing to run if a VAULTCTL_* variable could leak in.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        for var in ENV {
+            assert!(
+                std::env::var_os(var).is_none(),
+                "unset {var} to run these tests"
+            );
+        }
+        Cli::try_parse_from(std::iter::once("vaultctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dev_dir_and_identity_resolve_to_the_three_pki_files() {
+        let cli = parse(&[
+            "--dev-dir",
+            "/srv/.vault-dev",
+            "--identity",
+            "admin-1",
+            "status",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.connection.tls_files().unwrap(),
+            TlsFiles {
+                ca: Path::new("/srv/.vault-dev/pki/ca.pem").to_owned(),
+                cert: Path::new("/srv/.vault-dev/pki/admin-1.pem").to_owned(),
+                key: Path::new("/srv/.vault-dev/pki/admin-1.key").to_owned(),
+            }
+        );
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn global_options_may_follow_the_subcommand() {
+        let cli = parse(&[
+            "keys",
+            "show",
+            "merchant-1",
+            "--dev-dir",
+            "d",
+            "--identity",
+            "admin-2",
+            "--output",
+            "json",
+            "--addr",
+            "vault:443",
+            "--timeout-secs",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.connection.addr, "vault:443");
+        assert_eq!(cli.connection.timeout_secs, 5);
+        assert_eq!(
+            cli.connection.tls_files().unwrap().key,
+            Path::new("d/pki/admin-2.key")
+        );
+        match cli.command {
+            Command::Keys(KeysCommand::Show { merchant }) => assert_eq!(merchant, "merchant-1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_files_are_used_as_given_with_the_defaults() {
+        let cli = parse(&[
+            "--ca", "c.pem", "--cert", "me.pem", "--key", "me.key", "status",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.connection.tls_files().unwrap(),
+            TlsFiles {
+                ca: "c.pem".into(),
+                cert: "me.pem".into(),
+                key: "me.key".into(),
+            }
+        );
+        assert_eq!(cli.connection.addr, DEFAULT_ADDR);
+        assert_eq!(cli.connection.server_name, "localhost");
+        assert_eq!(cli.connection.timeout_secs, 30);
+        assert_eq!(cli.output, OutputFormat::Text);
+    }
+
+    #[test]
+    fn both_identity_forms_together_are_refused() {
+        for extra in [["--dev-dir", "d"], ["--identity", "admin-1"]] {
+            let mut args = vec!["--ca", "c.pem", "--cert", "me.pem", "--key", "me.key"];
+            args.extend(extra);
+            args.push("status");
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{args:?}: {err}");
+        }
+        let err = parse(&[
+            "--dev-dir",
+            "d",
+            "--identity",
+            "admin-1",
+            "--cert",
+            "me.pem",
+            "--ca",
+            "c.pem",
+            "--key",
+            "k",
+            "status",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{err}");
+    }
+
+    #[test]
+    fn half_an_identity_form_is_refused() {
+        for args in [
+            &["--dev-dir", "d", "status"][..],
+            &["--identity", "admin-1", "status"],
+            &["--ca", "c.pem", "--cert", "me.pem", "status"],
+            &["--key", "me.key", "status"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::MissingRequiredArgument,
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_identity_at_all_is_a_config_error() {
+        let cli = parse(&["status"]).unwrap();
+        let err = cli.connection.tls_files().unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn identity_names_cannot_leave_the_pki_folder() {
+        for name in ["../ca", "", ".."] {
+            let cli = parse(&["--dev-dir", "d", "--identity", name, "status"]).unwrap();
+            assert!(matches!(cli.connection.tls_files(), Err(Error::Config(_))));
+        }
+    }
+
+    #[test]
+    fn changing_commands_need_a_reason() {
+        for args in [
+            &["keys", "rotate", "m-1"][..],
+            &["keys", "reencrypt", "m-1"],
+            &["kek", "rewrap"],
+            &["shred", "request", "m-1"],
+            &["shred", "approve", "m-1", "--request-id", "r-1"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::MissingRequiredArgument,
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains("--reason"), "{err}");
+        }
+        let err = parse(&["kek", "rewrap", "--reason", ""]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue, "{err}");
+    }
+
+    #[test]
+    fn changing_commands_parse_their_arguments() {
+        let cli = parse(&[
+            "shred",
+            "approve",
+            "m-1",
+            "--request-id",
+            "r-1",
+            "--reason",
+            "ticket 42",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Shred(ShredCommand::Approve {
+                merchant,
+                request_id,
+                reason,
+            }) => {
+                assert_eq!(merchant, "m-1");
+                assert_eq!(request_id, "r-1");
+                assert_eq!(reason.text, "ticket 42");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["shred", "approve", "m-1", "--reason", "r"]).is_err());
+        assert!(parse(&["keys", "rotate", "--reason", "r"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_with_two() {
+        let err = parse(&["keys", "rotate", "m-1"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["--timeout-secs", "0", "status"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn every_option_has_help_text() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                if arg.get_id() == "help" || arg.get_id() == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{path}: {} has no help",
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{path} {}", sub.get_name());
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "vaultctl");
+    }
+}

@@ -1,0 +1,173 @@
+//! `vaultctl`: the operators' command-line client for the vault's key administration service
+//! (`vault.v1.KeyAdminService` in `proto/vault/v1/admin.proto`), over mutual TLS only.
+//!
+//! The binary is a thin shell around [`run`]: parse a [`Cli`], run it, print the [`Report`] in
+//! the chosen [`OutputFormat`], or print the [`Error`] and exit with [`Error::exit_code`]. Tests
+//! can call [`run`] the same way.
+//!
+//! - [`cli`]: the command line (clap).
+//! - [`connect`]: the mutual TLS channel.
+//! - [`progress`]: following a streamed job, with a bar or plain lines on standard error.
+//! - [`output`]: what each command prints, as text or JSON.
+
+pub mod cli;
+pub mod connect;
+mod error;
+pub mod output;
+pub mod progress;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::{Response, Status, Streaming};
+use vault_proto::v1::{
+    ApproveShredRequest, GetKeyStatusRequest, GetMerchantKeysRequest, Progress,
+    ReencryptMerchantRequest, RequestShredRequest, RewrapKeysRequest, RotateDekRequest,
+};
+
+pub use cli::{Cli, OutputFormat};
+pub use error::{EXIT_FAILED, EXIT_USAGE, Error, code_name, status_text};
+pub use output::Report;
+
+use cli::{Command, KekCommand, KeysCommand, ShredCommand};
+use progress::Reporter;
+
+/// Runs one command: connects as `cli.connection` says, makes the command's one call and
+/// returns what to print. Streamed jobs show their progress on standard error as they go.
+///
+/// Must be called inside a Tokio runtime.
+///
+/// # Errors
+/// [`Error::Config`] before any call (bad files, address); [`Error::Rpc`] if the vault refuses
+/// or fails the call, or it does not answer within `--timeout-secs` (`DEADLINE_EXCEEDED`);
+/// [`Error::JobFailed`] or [`Error::Interrupted`] if a streamed job stops before it finishes.
+pub async fn run(cli: &Cli) -> Result<Report, Error> {
+    let mut client = connect::client(&cli.connection)?;
+    let timeout = Duration::from_secs(cli.connection.timeout_secs);
+    match &cli.command {
+        Command::Status => {
+            let status = unary(timeout, client.get_key_status(GetKeyStatusRequest {})).await?;
+            Ok(Report::Status(status))
+        }
+        Command::Keys(KeysCommand::Show { merchant }) => {
+            let keys = unary(
+                timeout,
+                client.get_merchant_keys(GetMerchantKeysRequest {
+                    merchant_id: merchant.clone(),
+                }),
+            )
+            .await?;
+            Ok(Report::MerchantKeys {
+                merchant_id: merchant.clone(),
+                keys,
+            })
+        }
+        Command::Keys(KeysCommand::Rotate { merchant, reason }) => {
+            let rotated = unary(
+                timeout,
+                client.rotate_dek(RotateDekRequest {
+                    merchant_id: merchant.clone(),
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            Ok(Report::Rotated {
+                merchant_id: merchant.clone(),
+                version: rotated.version,
+            })
+        }
+        Command::Keys(KeysCommand::Reencrypt { merchant, reason }) => {
+            let request = ReencryptMerchantRequest {
+                merchant_id: merchant.clone(),
+                reason: reason.text.clone(),
+            };
+            let stream = client.reencrypt_merchant(request).await?.into_inner();
+            let last = follow_job(stream, format!("re-encrypting merchant {merchant}")).await?;
+            Ok(Report::Reencrypted {
+                merchant_id: merchant.clone(),
+                tokens: last.done,
+                dek_version: last.target,
+            })
+        }
+        Command::Kek(KekCommand::Rewrap { reason }) => {
+            let request = RewrapKeysRequest {
+                reason: reason.text.clone(),
+            };
+            let stream = client.rewrap_keys(request).await?.into_inner();
+            let last = follow_job(stream, "rewrapping keys").await?;
+            Ok(Report::Rewrapped {
+                keys: last.done,
+                kek_id: last.target,
+            })
+        }
+        Command::Shred(ShredCommand::Request { merchant, reason }) => {
+            let answer = unary(
+                timeout,
+                client.request_shred(RequestShredRequest {
+                    merchant_id: merchant.clone(),
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            let request = answer.request.ok_or_else(|| {
+                Error::Protocol("RequestShred answered without the request".to_owned())
+            })?;
+            let addr =
+                (cli.connection.addr != cli::DEFAULT_ADDR).then_some(cli.connection.addr.as_str());
+            let approve_command = output::approve_command(addr, merchant, &request.request_id);
+            Ok(Report::ShredRequested {
+                request,
+                approve_command,
+            })
+        }
+        Command::Shred(ShredCommand::Approve {
+            merchant,
+            request_id,
+            reason,
+        }) => {
+            let approved = unary(
+                timeout,
+                client.approve_shred(ApproveShredRequest {
+                    merchant_id: merchant.clone(),
+                    request_id: request_id.clone(),
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            Ok(Report::ShredApproved {
+                merchant_id: merchant.clone(),
+                request_id: request_id.clone(),
+                keys_destroyed: approved.keys_destroyed,
+            })
+        }
+    }
+}
+
+/// Awaits a single-answer call for at most `timeout`.
+async fn unary<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(answer) => Ok(answer?.into_inner()),
+        Err(_) => Err(Error::Rpc(Status::deadline_exceeded(format!(
+            "no answer within {} s (--timeout-secs)",
+            timeout.as_secs()
+        )))),
+    }
+}
+
+/// Follows a started job to its finished message, showing progress under `label` on standard
+/// error.
+async fn follow_job(
+    stream: Streaming<Progress>,
+    label: impl Into<String>,
+) -> Result<Progress, Error> {
+    let mut reporter = Reporter::stderr(label);
+    let result = progress::follow(stream, |progress| reporter.update(progress)).await;
+    match &result {
+        Ok(_) => reporter.finish(),
+        Err(_) => reporter.abandon(),
+    }
+    result
+}
