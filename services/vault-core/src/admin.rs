@@ -24,8 +24,11 @@ use crate::vault::{Done, MerchantKeys, Vault, now, pan_associated_data};
 /// A shred request no second admin approved within this long must be made again.
 pub const SHRED_REQUEST_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Items a job step handles before it reports progress.
+/// Most items a job step reads at once ...
 const STEP: u32 = 100;
+/// ... and the longest it works before it reports progress (the rest of its batch is read
+/// again by the next step), so a step stays well inside a call's time bound on a busy vault.
+const STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The KEKs, the DEK limits and the unwrapped-key cache.
 #[derive(Debug, Clone)]
@@ -417,7 +420,11 @@ impl ReencryptJob {
             .store
             .tokens_under_older_dek(&self.merchant, self.target, &self.cursor, STEP)
             .await?;
+        let started = std::time::Instant::now();
         for record in &batch {
+            if started.elapsed() > STEP_BUDGET {
+                break;
+            }
             self.cursor = record.token.as_str().to_owned();
             match self.move_one(record).await {
                 Ok(true) => self.done += 1,
@@ -495,7 +502,11 @@ impl RewrapJob {
             .store
             .keys_not_under(&self.target, self.cursor.as_ref(), STEP)
             .await?;
+        let started = std::time::Instant::now();
         for key in &batch {
+            if started.elapsed() > STEP_BUDGET {
+                break;
+            }
             self.cursor = Some(key.context.clone());
             match vault.keys.rewrap(key).await {
                 Ok(new) => {

@@ -12,7 +12,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::HealthCheckRequest;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use vault_proto::v1::key_admin_service_client::KeyAdminServiceClient;
 use vault_proto::v1::token_service_client::TokenServiceClient;
 use vault_proto::v1::{self as pb};
 use vault_server::pki::{DevCa, Issued};
@@ -135,6 +134,12 @@ pub const DEV_KEK: &str = "[kek]\nbackend = \"danger-local-file\"\npath = \"kek.
 pub fn write_config(dir: &Path, storage: &str, keys: &str) -> TestPki {
     let pki = TestPki::generate(dir);
     std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    write_vaultd_toml(dir, storage, keys);
+    pki
+}
+
+/// Writes `vaultd.toml` (listening on port 0) into `dir`, next to its PKI and policy.
+pub fn write_vaultd_toml(dir: &Path, storage: &str, keys: &str) {
     std::fs::write(
         dir.join("vaultd.toml"),
         format!(
@@ -146,7 +151,6 @@ pub fn write_config(dir: &Path, storage: &str, keys: &str) -> TestPki {
         ),
     )
     .unwrap();
-    pki
 }
 
 /// A running `vaultd serve` with its own data directory.
@@ -179,6 +183,59 @@ impl TestVault {
         let dir = tempfile::tempdir().unwrap();
         vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
         Self::start_in(dir, storage, DEV_KEK, &[], log_filter).await
+    }
+
+    /// Starts `vaultd` with the development KEK plus `keys` (e.g. a `[dek]` table) in its
+    /// configuration.
+    pub async fn start_with_keys(storage: &str, keys: &str, log_filter: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+        Self::start_in(dir, storage, &format!("{DEV_KEK}{keys}"), &[], log_filter).await
+    }
+
+    /// Stops `vaultd`, rewrites its `vaultd.toml` with `storage` and `keys` (same PKI, policy,
+    /// data and environment) and starts it again.
+    pub async fn restart_with(mut self, storage: &str, keys: &str) -> Self {
+        terminate(&mut self.child);
+        write_vaultd_toml(self.dir.path(), storage, keys);
+        let child = spawn_vaultd_env(
+            &[
+                "serve",
+                "--config",
+                &self.dir.path().join("vaultd.toml").to_string_lossy(),
+            ],
+            self.dir.path(),
+            "info",
+            &self.env,
+        );
+        let (addr, child) = wait_for_listening(self.dir.path(), child).await;
+        self.addr = addr;
+        self.child = child;
+        self
+    }
+
+    /// Runs `vaultctl ARGS` (the real CLI code, in this process) as the named identity.
+    pub async fn vaultctl(
+        &self,
+        identity: &str,
+        args: &[&str],
+    ) -> Result<vaultctl::Report, vaultctl::Error> {
+        let pki = self.dir.path().join("pki");
+        let file = |name: String| pki.join(name).to_string_lossy().into_owned();
+        let mut argv = vec![
+            "vaultctl".to_owned(),
+            "--addr".to_owned(),
+            self.addr.clone(),
+            "--ca".to_owned(),
+            file("ca.pem".to_owned()),
+            "--cert".to_owned(),
+            file(format!("{identity}.pem")),
+            "--key".to_owned(),
+            file(format!("{identity}.key")),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let cli = <vaultctl::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        vaultctl::run(&cli).await
     }
 
     /// Starts `vaultd` in `dir` with `storage` as the body of its `[storage]` table, `keys` as
@@ -256,16 +313,6 @@ impl TestVault {
             Some((&issued.cert_pem, &issued.key_pem)),
         )
         .await
-    }
-
-    /// A key administration client presenting the named identity's certificate.
-    pub async fn admin(&self, name: &str) -> KeyAdminServiceClient<Channel> {
-        let issued = self.pki.client(name);
-        KeyAdminServiceClient::new(channel(
-            &self.addr,
-            &self.pki.ca_pem,
-            Some((&issued.cert_pem, &issued.key_pem)),
-        ))
     }
 
     /// Tokenizes `pan` for `merchant` as the gateway at `addr` and returns the token.

@@ -9,19 +9,19 @@ use tonic::Code;
 
 use crate::harness::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const TOKEN: &str = "vault-e2e";
-const PIN: &str = "4321-e2e";
-const PIN_ENV: &str = "VAULT_TEST_HSM_PIN";
+pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const TOKEN: &str = "vault-e2e";
+pub const PIN: &str = "4321-e2e";
+pub const PIN_ENV: &str = "VAULT_TEST_HSM_PIN";
 
 /// A SoftHSM2 configuration and token directory inside a test's data directory.
-struct SoftHsm {
+pub struct SoftHsm {
     conf: PathBuf,
-    tokens: PathBuf,
+    pub tokens: PathBuf,
 }
 
 impl SoftHsm {
-    fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         assert!(
             Path::new(MODULE).exists() && which("softhsm2-util"),
             "SoftHSM2 is needed: run the tests with `scripts/test`, which installs softhsm2 \
@@ -68,18 +68,43 @@ impl SoftHsm {
     }
 
     /// The child's environment: this HSM's configuration and the PIN (right or wrong).
-    fn env<'a>(&'a self, pin: &'a str) -> [(&'a str, &'a str); 2] {
+    pub fn env<'a>(&'a self, pin: &'a str) -> [(&'a str, &'a str); 2] {
         [
             ("SOFTHSM2_CONF", self.conf.to_str().unwrap()),
             (PIN_ENV, pin),
         ]
     }
 
-    fn kek_config() -> String {
+    pub fn kek_config() -> String {
+        Self::kek_table("kek", "kek-1")
+    }
+
+    /// A `[kek]` (or `[[previous_kek]]`) table for the key labelled `label` in this token.
+    pub fn kek_table(table: &str, label: &str) -> String {
+        let header = if table == "kek" {
+            "[kek]".to_owned()
+        } else {
+            format!("[[{table}]]")
+        };
         format!(
-            "[kek]\nbackend = \"pkcs11\"\nmodule = {MODULE:?}\ntoken_label = {TOKEN:?}\n\
-             key_label = \"kek-1\"\npin_env = {PIN_ENV:?}\n"
+            "{header}\nbackend = \"pkcs11\"\nmodule = {MODULE:?}\ntoken_label = {TOKEN:?}\n\
+             key_label = {label:?}\npin_env = {PIN_ENV:?}\n"
         )
+    }
+
+    /// Runs `vaultd create-kek` on the configuration in `dir` with this HSM.
+    pub fn create_kek(&self, dir: &Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_vaultd"))
+            .args(["create-kek", "--config"])
+            .arg(dir.join("vaultd.toml"))
+            .envs(self.env(PIN))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vaultd create-kek: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -92,7 +117,7 @@ fn which(program: &str) -> bool {
 }
 
 /// A data directory with an HSM whose token holds the KEK (made by `vaultd create-kek`).
-fn hsm_data_dir() -> (tempfile::TempDir, SoftHsm) {
+pub fn hsm_data_dir() -> (tempfile::TempDir, SoftHsm) {
     let dir = tempfile::tempdir().unwrap();
     let hsm = SoftHsm::new(dir.path());
     write_config(
@@ -100,21 +125,11 @@ fn hsm_data_dir() -> (tempfile::TempDir, SoftHsm) {
         "url = \"sqlite:vault.db\"\n",
         &SoftHsm::kek_config(),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_vaultd"))
-        .args(["create-kek", "--config"])
-        .arg(dir.path().join("vaultd.toml"))
-        .envs(hsm.env(PIN))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vaultd create-kek: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hsm.create_kek(dir.path());
     (dir, hsm)
 }
 
-async fn start_with_hsm(dir: tempfile::TempDir, hsm: &SoftHsm) -> TestVault {
+pub async fn start_with_hsm(dir: tempfile::TempDir, hsm: &SoftHsm) -> TestVault {
     let storage = "url = \"sqlite:vault.db\"\n";
     TestVault::start_in(dir, storage, &SoftHsm::kek_config(), &hsm.env(PIN), "info").await
 }

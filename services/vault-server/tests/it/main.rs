@@ -14,6 +14,7 @@ mod audit_fail_closed;
 mod grpcurl;
 mod hsm;
 mod integrity;
+mod key_lifecycle;
 mod no_pan_leaks;
 mod outage;
 mod pg_cluster;
