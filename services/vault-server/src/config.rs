@@ -57,7 +57,7 @@ pub struct Config {
     /// The key-encryption key: wraps every new key.
     pub kek: KekConfig,
     /// Earlier KEKs that still unwrap keys not yet rewrapped under `kek` (`vaultctl kek
-    /// rotate`). Never used to wrap; remove one once rotation reports nothing left under it.
+    /// rewrap`). Never used to wrap; remove one once `vaultctl status` shows no key left to rewrap.
     #[serde(default)]
     pub previous_kek: Vec<KekConfig>,
     /// The cache of unwrapped keys.
