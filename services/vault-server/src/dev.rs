@@ -117,7 +117,9 @@ pub fn grpcurl_help(dir: &Path, addr: SocketAddr) -> String {
         "\nvaultd dev is serving on {target} (data directory {dir}).\n\n\
          Tokenize a test card as the gateway:\n  {gateway} \\\n    -d '{{\"merchant_id\":\"merchant-1\",\"pan\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":2030}}' \\\n    {target} vault.v1.TokenService/Tokenize\n\n\
          Detokenize it as the payments service (put the token from above in place of TOKEN):\n  {payments} \\\n    -d '{{\"merchant_id\":\"merchant-1\",\"token\":\"TOKEN\",\"reason\":\"capture order 1001\"}}' \\\n    {target} vault.v1.TokenService/Detokenize\n\n\
-         List services:\n  {gateway} {target} list\n",
+         List services:\n  {gateway} {target} list\n\n\
+         Key administration (status, DEK rotation, KEK rewrap, crypto-shred) as a key admin:\n  \
+         cargo run --bin vaultctl -- --dev-dir {dir} --identity admin-1 --addr {target} status\n",
         dir = dir.display(),
         gateway = client("gateway"),
         payments = client("payments"),

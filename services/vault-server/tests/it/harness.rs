@@ -508,6 +508,41 @@ pub fn channel(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Chan
         .connect_lazy()
 }
 
+/// With the KEK down: health is NOT_SERVING, detokenizing `token` (whose DEK was cached) is
+/// refused UNAVAILABLE without the PAN and audited as `unavailable`, and `new_merchant` (no keys
+/// yet) cannot tokenize either.
+pub async fn assert_kek_down_releases_nothing(
+    vault: &TestVault,
+    merchant: &str,
+    token: &str,
+    pan: &str,
+    new_merchant: &str,
+) {
+    vault.wait_for_health(ServingStatus::NotServing).await;
+    let refused = vault
+        .client("payments")
+        .await
+        .detokenize(detokenize_request(merchant, token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(!refused.message().contains(pan), "{refused:?}");
+    let refused = vault
+        .client("gateway")
+        .await
+        .tokenize(tokenize_request(new_merchant, "4000056655665556"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE operation = 'detokenize' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&vault.db().await)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "unavailable");
+}
+
 pub fn tokenize_request(merchant: &str, pan: &str) -> pb::TokenizeRequest {
     pb::TokenizeRequest {
         merchant_id: merchant.to_owned(),

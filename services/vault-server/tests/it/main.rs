@@ -22,3 +22,4 @@ mod pg_tls;
 mod refusals;
 mod replicas;
 mod round_trip;
+mod transit;
