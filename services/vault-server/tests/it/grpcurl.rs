@@ -126,6 +126,16 @@ async fn grpcurl_tokenizes_and_detokenizes_against_the_dev_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
 
+    // The printed vaultctl command works as printed (run in-process, as the binary would).
+    let vaultctl = banner
+        .lines()
+        .find_map(|l| l.split_once("--bin vaultctl -- ").map(|(_, args)| args))
+        .unwrap_or_else(|| panic!("no vaultctl command in {banner}"));
+    let argv = std::iter::once("vaultctl").chain(vaultctl.split_whitespace());
+    let cli = <vaultctl::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+    let report = vaultctl::run(&cli).await.unwrap();
+    assert!(matches!(report, vaultctl::Report::Status(_)), "{report:?}");
+
     // Restart on the same directory: the token still detokenizes.
     terminate(&mut child);
     let logs2 = work.path().join("second");

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-
 use crate::harness::*;
 
 pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
