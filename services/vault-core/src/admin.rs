@@ -175,9 +175,10 @@ impl Vault {
             let merchant =
                 self.admin_merchant(&mut audit, "dek.rotate", merchant_id, Some(reason))?;
             let newest = self.stored_keys(&merchant).await?.dek.context.version;
-            self.rotate_dek(&merchant, newest).await?;
-            let now_newest = self.stored_keys(&merchant).await?.dek.context.version;
-            Ok(Done::pending(now_newest))
+            // The new key and this call's audit record commit together. If another replica
+            // made that version first, it is still the merchant's newest.
+            let version = self.rotate_dek(&merchant, newest, Some(&audit)).await?;
+            Ok(Done::audited(version))
         }
         .await;
         self.conclude(audit, result).await
@@ -368,20 +369,22 @@ fn expired(request: &ShredRequest) -> bool {
     now() - request.requested_at >= SHRED_REQUEST_TTL
 }
 
-/// Writes a finished job's audit record (once).
+/// Writes a finished job's audit record, once: kept until it is written, so a failed write is
+/// retried by the next step.
 async fn audit_end(
     vault: &Vault,
     end: &mut Option<AuditRecord>,
     progress: &JobProgress,
 ) -> Result<(), VaultError> {
     if progress.finished
-        && let Some(record) = end.take()
+        && let Some(record) = end
     {
-        let mut record = record;
+        let mut record = record.clone();
         record.time = OffsetDateTime::now_utc();
         // Its own id: the start's record already holds the call's request id.
         record.request_id.push_str(":finished");
         vault.conclude(record, Ok(Done::pending(()))).await?;
+        *end = None;
     }
     Ok(())
 }

@@ -107,7 +107,7 @@ pub struct KeyVersionInfo {
 /// The result of reserving DEK uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UseReservation {
-    /// Uses granted to the caller (0: the version has reached its cap).
+    /// Uses granted to the caller (0: the version has reached its cap, or is gone).
     pub granted: u64,
     /// The version's reserved uses after this reservation.
     pub total: u64,
@@ -177,12 +177,14 @@ pub enum InsertOutcome {
 }
 
 /// Durable storage for the key lifecycle: DEK use counts and rotation, KEK rewrapping,
-/// re-encryption and crypto-shred. Every change that needs a compare-and-set gets one, so
-/// replicas never need a lock between them.
+/// re-encryption and crypto-shred. Every change that needs a compare-and-set gets one; adding
+/// a key and shredding a merchant are serialized per merchant, so a key added while the
+/// merchant is being shredded never survives the shred.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// Reserves up to `want` uses of the merchant's DEK `version`, never taking its count past
-    /// `limit`. Durable before it returns.
+    /// `limit`. Durable before it returns. A version that is no longer stored (its merchant was
+    /// shredded meanwhile) grants nothing, like a full one.
     async fn reserve_dek_uses(
         &self,
         merchant: &MerchantId,
@@ -191,9 +193,14 @@ pub trait KeyStore: Send + Sync {
         limit: u64,
     ) -> Result<UseReservation, StoreError>;
 
-    /// Stores a new DEK version (rotation). `Ok(false)` if that version exists already (another
-    /// replica rotated first).
-    async fn add_data_key(&self, key: &WrappedKey) -> Result<bool, StoreError>;
+    /// Stores a new DEK version (rotation), and `audit` (an admin's rotation) in the same
+    /// transaction, whether or not the key was added. `Ok(false)` if that version exists
+    /// already (another replica rotated first) or the merchant was shredded.
+    async fn add_data_key(
+        &self,
+        key: &WrappedKey,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError>;
 
     /// Every key version of the merchant, oldest first.
     async fn key_versions(&self, merchant: &MerchantId) -> Result<Vec<KeyVersionInfo>, StoreError>;

@@ -394,7 +394,7 @@ impl Vault {
             .await?
         else {
             return Err(if self.store.is_shredded(&record.merchant).await? {
-                VaultError::KeyDestroyed
+                self.destroyed(&record.merchant)
             } else {
                 VaultError::Integrity
             });
@@ -505,7 +505,7 @@ impl Vault {
             Some(set) => set,
             None => {
                 if self.store.is_shredded(merchant).await? {
-                    return Err(VaultError::KeyDestroyed);
+                    return Err(self.destroyed(merchant));
                 }
                 let fresh = self.new_key_set(merchant).await?;
                 self.store.create_merchant_keys(&fresh).await?;
@@ -514,7 +514,8 @@ impl Vault {
         };
         let set = match self.limits.rotate_after {
             Some(max_age) if now() - set.dek_created_at >= max_age => {
-                self.rotate_dek(merchant, set.dek.context.version).await?;
+                self.rotate_dek(merchant, set.dek.context.version, None)
+                    .await?;
                 self.stored_keys(merchant).await?
             }
             _ => set,
@@ -527,6 +528,13 @@ impl Vault {
         })
     }
 
+    /// A shredded merchant's answer. Its keys also leave this replica's cache: the replica that
+    /// approved the shred forgot them at once, the others do when they first meet it.
+    fn destroyed(&self, merchant: &MerchantId) -> VaultError {
+        self.keys.forget_merchant(merchant);
+        VaultError::KeyDestroyed
+    }
+
     /// The merchant's stored keys, which must exist (or the merchant was shredded).
     pub(crate) async fn stored_keys(
         &self,
@@ -534,7 +542,7 @@ impl Vault {
     ) -> Result<MerchantKeySet, VaultError> {
         match self.store.merchant_keys(merchant).await? {
             Some(set) => Ok(set),
-            None if self.store.is_shredded(merchant).await? => Err(VaultError::KeyDestroyed),
+            None if self.store.is_shredded(merchant).await? => Err(self.destroyed(merchant)),
             None => Err(VaultError::FailedPrecondition(
                 "the merchant has no keys yet; its first tokenize creates them",
             )),
@@ -567,11 +575,11 @@ impl Vault {
                 self.leases
                     .put(merchant, keys.dek_version, reserved.granted - 1);
                 if reserved.total >= self.limits.rotate_after_uses {
-                    self.rotate_dek(merchant, keys.dek_version).await?;
+                    self.rotate_dek(merchant, keys.dek_version, None).await?;
                 }
                 return Ok(());
             }
-            self.rotate_dek(merchant, keys.dek_version).await?;
+            self.rotate_dek(merchant, keys.dek_version, None).await?;
             let set = self.stored_keys(merchant).await?;
             keys.dek_version = set.dek.context.version;
             keys.dek = self.keys.dek(&set.dek).await?;
@@ -587,6 +595,7 @@ impl Vault {
         &self,
         merchant: &MerchantId,
         from: u32,
+        audit: Option<&AuditRecord>,
     ) -> Result<u32, VaultError> {
         let version = from.checked_add(1).ok_or(VaultError::FailedPrecondition(
             "the merchant's DEK has no versions left",
@@ -597,7 +606,7 @@ impl Vault {
             version,
         };
         let wrapped = self.keys.wrap(context, &KeyMaterial::generate()).await?;
-        self.store.add_data_key(&wrapped).await?;
+        self.store.add_data_key(&wrapped, audit).await?;
         Ok(version)
     }
 

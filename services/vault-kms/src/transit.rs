@@ -96,10 +96,17 @@ impl SecretSource {
             Self::File(path) => Zeroizing::new(
                 fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?,
             ),
-            Self::Env(name) => Zeroizing::new(
-                std::env::var(name)
-                    .map_err(|e| error(format!("environment variable {name}: {e}")))?,
-            ),
+            // Never format the VarError: NotUnicode carries the value.
+            Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|e| {
+                error(match e {
+                    std::env::VarError::NotPresent => {
+                        format!("environment variable {name} is not set")
+                    }
+                    std::env::VarError::NotUnicode(_) => {
+                        format!("environment variable {name} is not valid UTF-8")
+                    }
+                })
+            })?),
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() {

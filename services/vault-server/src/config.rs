@@ -237,9 +237,29 @@ pub struct KeyCacheConfig {
     /// Most keys held at once; 0 turns the cache off (every call then asks the KEK).
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
-    /// Seconds a key is held after it was unwrapped.
+    /// Seconds a key is held after it was unwrapped (at most [`KeyCacheConfig::MAX_AGE_SECS`]).
     #[serde(default = "default_cache_age")]
     pub max_age_secs: u64,
+}
+
+impl KeyCacheConfig {
+    /// The longest a key may stay cached: after a shred, other replicas may hold the merchant's
+    /// keys this long, so it is bounded.
+    pub const MAX_AGE_SECS: u64 = 3_600;
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.max_age_secs == 0 || self.max_age_secs > Self::MAX_AGE_SECS {
+            return Err(ConfigError::Invalid {
+                path: file.to_owned(),
+                setting: "key_cache.max_age_secs".to_owned(),
+                problem: format!(
+                    "must be from 1 to {} (use max_entries = 0 to turn the cache off)",
+                    Self::MAX_AGE_SECS
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for KeyCacheConfig {
@@ -370,12 +390,14 @@ pub fn read_secret(
             })?);
             Zeroizing::new(text.lines().next().unwrap_or_default().trim().to_owned())
         }
-        (None, Some(var)) => Zeroizing::new(
-            std::env::var(var)
-                .map_err(|_| invalid(format!("environment variable {var} is not set")))?
-                .trim()
-                .to_owned(),
-        ),
+        (None, Some(var)) => {
+            let value = Zeroizing::new(std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "environment variable {var} is not set or not valid UTF-8"
+                ))
+            })?);
+            Zeroizing::new(value.trim().to_owned())
+        }
         _ => {
             return Err(invalid(
                 "give exactly one of the _file and _env settings".to_owned(),
@@ -425,6 +447,7 @@ impl Config {
         config.tls.client_ca = base.join(&config.tls.client_ca);
         config.policy.path = base.join(&config.policy.path);
         config.dek.check(path)?;
+        config.key_cache.check(path)?;
         config.kek.resolve_paths(base);
         for kek in &mut config.previous_kek {
             kek.resolve_paths(base);
@@ -611,6 +634,35 @@ path = "policy.toml"
         );
         let err = Config::load(&scheme).unwrap_err().to_string();
         assert!(err.contains("storage.url"), "{err}");
+
+        let storage = "[storage]\nurl = \"sqlite:x\"\n";
+        for (table, setting) in [
+            (
+                "[key_cache]\nmax_age_secs = 3601\n",
+                "key_cache.max_age_secs",
+            ),
+            ("[key_cache]\nmax_age_secs = 0\n", "key_cache.max_age_secs"),
+            ("[dek]\nmax_uses = 4294967297\n", "dek.max_uses"),
+            (
+                "[dek]\nmax_uses = 10\nrotate_after_uses = 11\n",
+                "dek.rotate_after_uses",
+            ),
+            ("[dek]\nlease = 0\n", "dek.lease"),
+        ] {
+            let file = write(
+                dir.path(),
+                "limits.toml",
+                &format!("{base}{storage}{table}"),
+            );
+            let err = Config::load(&file).unwrap_err().to_string();
+            assert!(err.contains(setting), "{table}: {err}");
+        }
+        let fine = write(
+            dir.path(),
+            "fine.toml",
+            &format!("{base}{storage}[key_cache]\nmax_age_secs = 3600\nmax_entries = 0\n"),
+        );
+        assert!(Config::load(&fine).is_ok());
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl PgStore {
     }
 }
 
-token_store_impl!(PgStore, Postgres);
+token_store_impl!(PgStore, Postgres, Some(crate::sql::PG_LOCK_MERCHANT_KEYS));
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! The `TokenStore` implementation every sqlx backend shares: one set of statements, written
 //! with `$N` placeholders (PostgreSQL's; SQLite reads them as positional parameters too), and
 //! one body, stamped out per backend by `token_store_impl!`. A backend supplies its pool, a
-//! `begin()` that opens a write transaction, and nothing else.
+//! `begin()` that opens a write transaction, and the statement (if any) that serializes
+//! changes to one merchant's keys (see [`PG_LOCK_MERCHANT_KEYS`]).
 
 use vault_core::StoreError;
 
@@ -32,6 +33,15 @@ pub(crate) const SELECT_DEK: &str = concat!(
     key_columns!(),
     " FROM data_keys WHERE merchant_id = $1 AND purpose = 'dek' AND version = $2"
 );
+
+/// PostgreSQL: a transaction-scoped lock on one merchant's keys, taken by every transaction
+/// that adds a key and by the shred. Without it, under READ COMMITTED, a key inserted by a
+/// rotation or first use that had not committed when the shred's DELETE ran would survive the
+/// shred (the insert's `NOT EXISTS shredded_merchants` check cannot see the shred's uncommitted
+/// row either). The two-key form keeps clear of sqlx's migration lock (a one-key lock). SQLite
+/// needs none: `BEGIN IMMEDIATE` already serializes writers.
+pub(crate) const PG_LOCK_MERCHANT_KEYS: &str =
+    "SELECT pg_advisory_xact_lock(1447385160, hashtext($1))";
 
 /// Never creates a key for a merchant whose keys were destroyed.
 pub(crate) const INSERT_KEY: &str = "INSERT INTO data_keys (merchant_id, purpose, version, \
@@ -139,8 +149,25 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// Implements `vault_core::ports::TokenStore` for `$store`, a struct with a `pool: Pool<$db>`
 /// field and an `async fn begin(&self) -> Result<Transaction<'static, $db>, StoreError>`.
 macro_rules! token_store_impl {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $lock_merchant_keys:expr) => {
         impl $store {
+            /// Serializes this transaction with every other that changes `merchant`'s keys
+            /// (until it ends), where the backend needs it.
+            async fn lock_merchant_keys(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                merchant: &vault_core::ids::MerchantId,
+            ) -> Result<(), vault_core::StoreError> {
+                let statement: Option<&'static str> = $lock_merchant_keys;
+                if let Some(statement) = statement {
+                    sqlx::query(statement)
+                        .bind(merchant.as_str())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                }
+                Ok(())
+            }
+
             async fn insert_audit(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 audit: &vault_core::audit::AuditRecord,
@@ -202,6 +229,7 @@ macro_rules! token_store_impl {
                 keys: &vault_core::ports::MerchantKeySet,
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
+                Self::lock_merchant_keys(&mut tx, &keys.dek.context.merchant).await?;
                 let dek = Self::insert_key(&mut tx, &keys.dek, keys.dek_created_at).await?;
                 let fingerprint =
                     Self::insert_key(&mut tx, &keys.fingerprint, keys.dek_created_at).await?;
@@ -353,9 +381,14 @@ macro_rules! token_store_impl {
                         .fetch_optional(&self.pool)
                         .await
                         .map_err($crate::sql::unavailable)?;
-                    let old = $crate::rows::count(uses.ok_or_else(|| {
-                        $crate::rows::corrupt("reserving uses of a dek that is not stored")
-                    })?)?;
+                    let Some(uses) = uses else {
+                        // Shredded meanwhile: nothing to grant (the caller then finds out).
+                        return Ok(vault_core::ports::UseReservation {
+                            granted: 0,
+                            total: 0,
+                        });
+                    };
+                    let old = $crate::rows::count(uses)?;
                     let new = old.saturating_add(want).min(limit).max(old);
                     if new == old {
                         return Ok(vault_core::ports::UseReservation {
@@ -386,9 +419,14 @@ macro_rules! token_store_impl {
             async fn add_data_key(
                 &self,
                 key: &vault_core::ports::WrappedKey,
+                audit: Option<&vault_core::audit::AuditRecord>,
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
+                Self::lock_merchant_keys(&mut tx, &key.context.merchant).await?;
                 let added = Self::insert_key(&mut tx, key, vault_core::vault::now()).await?;
+                if let Some(audit) = audit {
+                    Self::insert_audit(&mut tx, audit).await?;
+                }
                 tx.commit().await.map_err($crate::sql::unavailable)?;
                 Ok(added == 1)
             }
@@ -581,6 +619,7 @@ macro_rules! token_store_impl {
             ) -> Result<Option<u64>, vault_core::StoreError> {
                 let now = $crate::rows::micros(vault_core::vault::now());
                 let mut tx = self.begin().await?;
+                Self::lock_merchant_keys(&mut tx, merchant).await?;
                 let approved = sqlx::query($crate::sql::APPROVE_SHRED)
                     .bind(request_id)
                     .bind(merchant.as_str())

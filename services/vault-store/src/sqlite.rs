@@ -170,4 +170,4 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-token_store_impl!(SqliteStore, Sqlite);
+token_store_impl!(SqliteStore, Sqlite, None);

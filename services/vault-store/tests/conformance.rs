@@ -200,7 +200,7 @@ async fn dek_uses_are_reserved_up_to_the_cap(store: std::sync::Arc<dyn TokenStor
 
     // Racing reservations never grant more than the cap in total.
     store
-        .add_data_key(&version(key("m1", KeyPurpose::Dek, 2), 2))
+        .add_data_key(&version(key("m1", KeyPurpose::Dek, 2), 2), None)
         .await
         .unwrap();
     let racers = (0..8).map(|_| {
@@ -236,14 +236,14 @@ async fn dek_uses_are_reserved_up_to_the_cap(store: std::sync::Arc<dyn TokenStor
     );
 }
 
-async fn rotation_adds_each_version_once(store: &dyn TokenStore) {
+async fn rotation_adds_each_version_once(store: &dyn TokenStore, audit_rows: Count) {
     let m = merchant("m1");
     store.create_merchant_keys(&key_set("m1", 1)).await.unwrap();
     let v2 = version(key("m1", KeyPurpose::Dek, 7), 2);
-    assert!(store.add_data_key(&v2).await.unwrap());
+    assert!(store.add_data_key(&v2, None).await.unwrap());
     assert!(
         !store
-            .add_data_key(&version(key("m1", KeyPurpose::Dek, 8), 2))
+            .add_data_key(&version(key("m1", KeyPurpose::Dek, 8), 2), None)
             .await
             .unwrap()
     );
@@ -271,6 +271,23 @@ async fn rotation_adds_each_version_once(store: &dyn TokenStore) {
         .map(|v| (v.key.context.version, v.tokens))
         .collect();
     assert_eq!(tokens, [(1, 1), (2, 0)]);
+
+    // An admin's rotation commits its audit record with the key, even if it lost the race.
+    let before = audit_rows().await;
+    let v3 = version(key("m1", KeyPurpose::Dek, 9), 3);
+    assert!(
+        store
+            .add_data_key(&v3, Some(&audit("rot-1")))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .add_data_key(&v3, Some(&audit("rot-2")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_rows().await, before + 2);
 }
 
 async fn reencryption_pages_and_compares_and_sets(store: &dyn TokenStore) {
@@ -419,11 +436,20 @@ async fn a_shred_needs_a_second_admin(store: &dyn TokenStore, audit_rows: Count)
     assert_eq!(store.merchant_keys(&m).await.unwrap(), None);
     assert_eq!(store.data_key(&m, 1).await.unwrap(), None);
     assert_eq!(store.pending_shred(&m).await.unwrap(), None);
+    assert_eq!(
+        store
+            .reserve_dek_uses(&m, 1, 10, 100)
+            .await
+            .unwrap()
+            .granted,
+        0,
+        "a destroyed DEK grants no use"
+    );
     // No key is ever created for a shredded merchant again, by first use or by rotation.
     assert!(!store.create_merchant_keys(&key_set("m1", 5)).await.unwrap());
     assert!(
         !store
-            .add_data_key(&version(key("m1", KeyPurpose::Dek, 5), 2))
+            .add_data_key(&version(key("m1", KeyPurpose::Dek, 5), 2), None)
             .await
             .unwrap()
     );
@@ -457,6 +483,43 @@ async fn a_shred_needs_a_second_admin(store: &dyn TokenStore, audit_rows: Count)
             .unwrap()
     );
     assert_eq!(store.pending_shred(&m2).await.unwrap(), Some(newer));
+}
+
+/// A shred racing a rotation (or a first use) on another replica: whichever commits first, no
+/// key of the merchant survives the shred.
+async fn a_shred_racing_a_rotation_leaves_no_key(store: &dyn TokenStore) {
+    let second_admin = CallerId::new("spiffe://test/admin-2");
+    for trial in 0..40 {
+        let id = format!("race-{trial}");
+        let m = merchant(&id);
+        store.create_merchant_keys(&key_set(&id, 1)).await.unwrap();
+        let request = ShredRequest {
+            request_id: format!("shred-{trial}"),
+            merchant: m.clone(),
+            requested_by: CallerId::new("spiffe://test/admin-1"),
+            requested_at: now(),
+            reason: Reason::parse("reason", "merchant offboarded").unwrap(),
+        };
+        assert!(
+            store
+                .request_shred(&request, None, &audit(&format!("r-{trial}")))
+                .await
+                .unwrap()
+        );
+        let rotation = version(key(&id, KeyPurpose::Dek, 2), 2);
+        let approval = audit(&format!("a-{trial}"));
+        let (shred, _) = tokio::join!(
+            store.execute_shred(&m, &request.request_id, &second_admin, &approval),
+            store.add_data_key(&rotation, None),
+        );
+        assert_eq!(shred.unwrap().map(|n| n >= 2), Some(true));
+        assert_eq!(
+            store.merchant_keys(&m).await.unwrap(),
+            None,
+            "trial {trial}"
+        );
+        assert_eq!(store.data_key(&m, 2).await.unwrap(), None, "trial {trial}");
+    }
 }
 
 /// The suite's tests for one backend. `$fresh` is an async fn returning a guard that keeps the
@@ -495,8 +558,8 @@ macro_rules! conformance_suite {
 
         #[tokio::test]
         async fn rotation_adds_each_version_once() {
-            let (_guard, store, _) = $fresh().await;
-            super::rotation_adds_each_version_once(&store).await;
+            let (_guard, store, count) = $fresh().await;
+            super::rotation_adds_each_version_once(&store, count).await;
         }
 
         #[tokio::test]
@@ -515,6 +578,12 @@ macro_rules! conformance_suite {
         async fn a_shred_needs_a_second_admin() {
             let (_guard, store, count) = $fresh().await;
             super::a_shred_needs_a_second_admin(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn a_shred_racing_a_rotation_leaves_no_key() {
+            let (_guard, store, _) = $fresh().await;
+            super::a_shred_racing_a_rotation_leaves_no_key(&store).await;
         }
 
         #[tokio::test]
