@@ -7,6 +7,8 @@
 //!   mismatch of key, nonce, ciphertext, tag or associated data, and never panics on short input.
 //! - [`FingerprintKey`]: HMAC-SHA256 for keyed fingerprints (PCI DSS 3.5.1.1: never a plain hash).
 //! - [`associated_data`]: an unambiguous encoding of the context a ciphertext is bound to.
+//! - [`SigningKey`]: Ed25519 for audit checkpoints (its seed is a [`KeyMaterial`], wrapped by
+//!   the KEK like any other key); [`verify_signature`] and [`sha256`] for offline verifiers.
 //!
 //! Nothing here does I/O or knows what a merchant or a token is.
 
@@ -198,6 +200,59 @@ pub fn associated_data(label: &str, parts: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(part);
     }
     out
+}
+
+/// Length of an Ed25519 public key, in bytes.
+pub const PUBLIC_KEY_LEN: usize = 32;
+/// Length of an Ed25519 signature, in bytes.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// An Ed25519 signing key (RFC 8032), made from a 32-byte seed. Zeroized on drop
+/// (ed25519-dalek's `ZeroizeOnDrop`); no `Debug`, no `Clone`.
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl SigningKey {
+    /// The key whose secret seed is `seed`.
+    #[must_use]
+    pub fn from_seed(seed: &KeyMaterial) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(seed.expose_secret()))
+    }
+
+    /// The public half, for verifiers.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; PUBLIC_KEY_LEN] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Signs `message` (deterministic: the same message always gets the same signature).
+    #[must_use]
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        use ed25519_dalek::Signer;
+        self.0.sign(message).to_bytes()
+    }
+}
+
+/// True if `signature` is `public_key`'s Ed25519 signature of `message`. Strict verification:
+/// weak public keys and non-canonical signatures are refused, so a signature cannot be mauled
+/// into another that also verifies.
+#[must_use]
+pub fn verify_signature(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    message: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    key.verify_strict(message, &signature).is_ok()
+}
+
+/// SHA-256 of `data` (hash chains, key ids). Not for secrets: see [`FingerprintKey`].
+#[must_use]
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(data).into()
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ fn key_types_zeroize_on_drop() {
     zeroizes::<Zeroizing<[u8; KEY_LEN]>>();
 }
 
-/// `KeyMaterial`, `AeadKey` and `FingerprintKey` must implement neither `Debug` nor `Clone`.
+/// `KeyMaterial`, `AeadKey`, `FingerprintKey` and `SigningKey` must implement neither `Debug` nor `Clone`.
 /// This uses the autoref trick: if one of them implemented the trait, the probe would say so.
 #[test]
 fn key_types_have_no_debug_and_no_clone() {
@@ -161,6 +161,7 @@ fn key_types_have_no_debug_and_no_clone() {
     assert!(!(&CloneProbe::<KeyMaterial>(std::marker::PhantomData)).implements_clone());
     assert!(!(&CloneProbe::<AeadKey>(std::marker::PhantomData)).implements_clone());
     assert!(!(&CloneProbe::<FingerprintKey>(std::marker::PhantomData)).implements_clone());
+    assert!(!(&CloneProbe::<SigningKey>(std::marker::PhantomData)).implements_clone());
     assert!(CloneProbe::<u8>(std::marker::PhantomData).implements_clone());
 
     struct Probe<T>(std::marker::PhantomData<T>);
@@ -179,6 +180,34 @@ fn key_types_have_no_debug_and_no_clone() {
     assert!(!(&Probe::<KeyMaterial>(std::marker::PhantomData)).implements_debug());
     assert!(!(&Probe::<AeadKey>(std::marker::PhantomData)).implements_debug());
     assert!(!(&Probe::<FingerprintKey>(std::marker::PhantomData)).implements_debug());
+    assert!(!(&Probe::<SigningKey>(std::marker::PhantomData)).implements_debug());
     // The probe itself works: a type with Debug is seen as such.
     assert!(Probe::<u8>(std::marker::PhantomData).implements_debug());
+}
+
+#[test]
+fn signatures_verify_and_refuse_any_change() {
+    let key = SigningKey::from_seed(&KeyMaterial::generate());
+    let public = key.public_key();
+    let signature = key.sign(b"checkpoint 7");
+    assert!(verify_signature(&public, b"checkpoint 7", &signature));
+    assert!(!verify_signature(&public, b"checkpoint 8", &signature));
+    let other = SigningKey::from_seed(&KeyMaterial::generate()).public_key();
+    assert!(!verify_signature(&other, b"checkpoint 7", &signature));
+    for bit in 0..SIGNATURE_LEN * 8 {
+        let mut flipped = signature;
+        if let Some(byte) = flipped.get_mut(bit / 8) {
+            *byte ^= 1 << (bit % 8);
+        }
+        assert!(
+            !verify_signature(&public, b"checkpoint 7", &flipped),
+            "bit {bit}"
+        );
+    }
+    // The same seed makes the same key (it is stored wrapped and unwrapped at startup).
+    let seed = KeyMaterial::generate();
+    let a = SigningKey::from_seed(&KeyMaterial::from_slice(seed.expose_secret()).unwrap());
+    let b = SigningKey::from_seed(&seed);
+    assert_eq!(a.public_key(), b.public_key());
+    assert_eq!(sha256(b"abc")[..4], [0xba, 0x78, 0x16, 0xbf]);
 }
