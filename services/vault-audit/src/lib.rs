@@ -9,6 +9,8 @@
 //!   audit key. Checkpoints form one chain of their own across all writers (`cp_seq` from 1,
 //!   each naming its predecessor's hash), so a whole writer's chain cannot vanish unnoticed.
 //! - [`Line`]: the JSON lines of an export (a header, the checkpoints, then the records).
+//! - A writer's records in an export are exactly those after the lowest head signed for it
+//!   (its first checkpoint, or the one a prune wrote at the cut) up to the highest.
 //! - [`verify`]: checks one or more exports against the public key and names each broken
 //!   record and how it broke ([`ProblemKind`]).
 

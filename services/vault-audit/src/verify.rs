@@ -532,7 +532,12 @@ fn check_writer(
         }
     }
 
-    let (Some((_, first)), Some((_, last))) = (checkpoints.first(), checkpoints.last()) else {
+    // The anchor is the lowest head signed for this writer: its first checkpoint, or the
+    // checkpoint a prune wrote at the cut (records before it were pruned).
+    let (Some((_, first)), Some((_, last))) = (
+        checkpoints.iter().min_by_key(|(_, c)| (c.seq, c.cp_seq)),
+        checkpoints.iter().max_by_key(|(_, c)| (c.seq, c.cp_seq)),
+    ) else {
         for (seq, (line, _)) in records {
             let name = record_name(writer, *seq);
             problems.push(problem(

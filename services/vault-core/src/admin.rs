@@ -86,7 +86,7 @@ impl Vault {
         merchant_id: Option<&str>,
         reason: Option<&str>,
     ) -> Result<Option<MerchantId>, VaultError> {
-        audit.detail = Some(action);
+        audit.detail = Some(action.into());
         if let Some(reason) = reason {
             audit.reason = Reason::parse("reason", reason).ok();
         }

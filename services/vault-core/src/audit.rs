@@ -2,6 +2,8 @@
 //! the transport (caller, peer, request id) or a parsed domain value that cannot hold one
 //! (merchant ids, tokens and reasons refuse card numbers when parsed).
 
+use std::borrow::Cow;
+
 use time::OffsetDateTime;
 
 use crate::error::VaultError;
@@ -72,17 +74,47 @@ impl Outcome {
     }
 }
 
-/// One audited call.
+/// The caller and origin the vault's own events are recorded under.
+pub const VAULTD: &str = "vaultd";
+
+/// What an audit record records: a call, or one of the vault's own events (PCI DSS 10.2.1.6:
+/// start and stop of the audit log; 10.2.1.2: pruning it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A call of this operation (allowed or not).
+    Call(Operation),
+    /// The vault started writing its audit trail.
+    VaultStart,
+    /// The vault is stopping; the last record of its writer's chain.
+    VaultStop,
+    /// Audit records older than the online window were removed after export.
+    AuditPrune,
+}
+
+impl Event {
+    /// The event's name as audit records spell it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Call(operation) => operation.as_str(),
+            Self::VaultStart => "vault.start",
+            Self::VaultStop => "vault.stop",
+            Self::AuditPrune => "audit.prune",
+        }
+    }
+}
+
+/// One audited call or vault event.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
     /// When the call was decided, UTC.
     pub time: OffsetDateTime,
-    /// The authenticated caller.
+    /// The authenticated caller ([`VAULTD`] for the vault's own events).
     pub caller: CallerId,
     /// The caller's socket address, when known.
     pub peer: Option<String>,
     /// What was attempted.
-    pub operation: Operation,
+    pub event: Event,
     /// The merchant, when the request named a valid one.
     pub merchant: Option<MerchantId>,
     /// The token, when the request named a valid one or one was issued.
@@ -93,8 +125,9 @@ pub struct AuditRecord {
     pub request_id: String,
     /// The caller's stated reason (Detokenize).
     pub reason: Option<Reason>,
-    /// A short fixed note: the invalid field's name, or `existing` for a deduplicated tokenize.
-    pub detail: Option<&'static str>,
+    /// A short note: the admin action, the invalid field's name, `existing` for a deduplicated
+    /// tokenize, what an audit read asked for. Never a request value that could hold a PAN.
+    pub detail: Option<Cow<'static, str>>,
 }
 
 impl AuditRecord {
@@ -105,7 +138,7 @@ impl AuditRecord {
             time: OffsetDateTime::now_utc(),
             caller: ctx.caller.clone(),
             peer: ctx.peer.clone(),
-            operation,
+            event: Event::Call(operation),
             merchant: None,
             token: None,
             outcome: Outcome::Success,
@@ -115,11 +148,61 @@ impl AuditRecord {
         }
     }
 
+    /// A record of the vault's own `event`, stamped now, under a fresh request id.
+    #[must_use]
+    pub fn system(event: Event, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            time: OffsetDateTime::now_utc(),
+            caller: CallerId::new(VAULTD),
+            peer: None,
+            event,
+            merchant: None,
+            token: None,
+            outcome: Outcome::Success,
+            request_id: crate::ids::new_request_id(),
+            reason: None,
+            detail: Some(detail.into()),
+        }
+    }
+
     /// The same record with another detail.
     #[must_use]
-    pub fn with_detail(mut self, detail: &'static str) -> Self {
-        self.detail = Some(detail);
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
         self
+    }
+
+    /// Where the event came from (PCI DSS 10.2.2 "origination"): the peer's address, or
+    /// [`VAULTD`] for the vault's own events.
+    #[must_use]
+    pub fn origin(&self) -> &str {
+        match (&self.peer, self.event) {
+            (Some(peer), _) => peer,
+            (None, Event::Call(_)) => "unknown",
+            (None, _) => VAULTD,
+        }
+    }
+
+    /// What the event touched (PCI DSS 10.2.2 "affected data, component or resource"): the
+    /// token, else the merchant, else the part of the vault the call aimed at.
+    #[must_use]
+    pub fn resource(&self) -> String {
+        match (&self.merchant, &self.token) {
+            (Some(merchant), Some(token)) => format!("merchant/{merchant}/token/{token}"),
+            (Some(merchant), None) => format!("merchant/{merchant}"),
+            (None, _) => match self.event {
+                Event::Call(
+                    Operation::Tokenize
+                    | Operation::Detokenize
+                    | Operation::Metadata
+                    | Operation::Delete,
+                ) => "tokens",
+                Event::Call(Operation::KeysAdmin) => "keys",
+                Event::Call(Operation::AuditRead) | Event::AuditPrune => "audit",
+                Event::VaultStart | Event::VaultStop => "vault",
+            }
+            .to_owned(),
+        }
     }
 
     /// Sets the outcome (and, for a bad field, the detail) from `error`.
@@ -127,7 +210,7 @@ impl AuditRecord {
     pub fn failed(mut self, error: &VaultError) -> Self {
         self.outcome = Outcome::of(error);
         if let VaultError::InvalidArgument(invalid) = error {
-            self.detail = Some(invalid.field);
+            self.detail = Some(invalid.field.into());
         }
         self
     }

@@ -42,7 +42,29 @@ impl MerchantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The owner of the vault's own keys (the audit signing key): `~vault`, a name
+    /// [`MerchantId::parse`] refuses, so no request can name it.
+    #[must_use]
+    pub fn vault_owner() -> Self {
+        Self(VAULT_OWNER.to_owned())
+    }
+
+    /// A merchant id read back from the store: a valid one, or the vault's own.
+    ///
+    /// # Errors
+    /// An [`InvalidArgument`] naming `field`.
+    pub fn from_stored(field: &'static str, input: &str) -> Result<Self, InvalidArgument> {
+        if input == VAULT_OWNER {
+            Ok(Self::vault_owner())
+        } else {
+            Self::parse(field, input)
+        }
+    }
 }
+
+/// See [`MerchantId::vault_owner`].
+const VAULT_OWNER: &str = "~vault";
 
 impl fmt::Display for MerchantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,4 +107,10 @@ pub struct CallContext {
     pub peer: Option<String>,
     /// A unique id for this call, returned to the caller and written to the audit record.
     pub request_id: String,
+}
+
+/// A fresh request id: a random UUID.
+#[must_use]
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }

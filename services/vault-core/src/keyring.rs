@@ -273,6 +273,22 @@ impl KeyRing {
         }
     }
 
+    /// The vault's audit signing key `wrapped` holds (never cached: it is unwrapped once, at
+    /// startup, and kept by its owner).
+    ///
+    /// # Errors
+    /// As [`KeyRing::dek`].
+    pub async fn signing_key(
+        &self,
+        wrapped: &WrappedKey,
+    ) -> Result<vault_crypto::SigningKey, VaultError> {
+        if wrapped.context.purpose != KeyPurpose::AuditSigning {
+            return Err(VaultError::Integrity);
+        }
+        let seed = self.unwrap(wrapped).await?;
+        Ok(vault_crypto::SigningKey::from_seed(&seed))
+    }
+
     /// `wrapped` unwrapped by the KEK that owns it and wrapped again under the current KEK,
     /// for KEK rotation. The key is never cached or returned in the clear.
     ///

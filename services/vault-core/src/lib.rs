@@ -20,6 +20,7 @@ pub mod policy;
 pub mod ports;
 pub mod reason;
 pub mod token;
+pub mod trail;
 pub mod vault;
 
 pub use error::{InvalidArgument, KekError, StoreError, VaultError};

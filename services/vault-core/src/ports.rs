@@ -22,6 +22,8 @@ pub enum KeyPurpose {
     Dek,
     /// Keys fingerprints (HMAC-SHA256).
     Fingerprint,
+    /// The vault's Ed25519 audit signing key (its seed), owned by [`MerchantId::vault_owner`].
+    AuditSigning,
 }
 
 impl KeyPurpose {
@@ -31,13 +33,14 @@ impl KeyPurpose {
         match self {
             Self::Dek => "dek",
             Self::Fingerprint => "fingerprint",
+            Self::AuditSigning => "audit_signing",
         }
     }
 
     /// The purpose named `name`.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Dek, Self::Fingerprint]
+        [Self::Dek, Self::Fingerprint, Self::AuditSigning]
             .into_iter()
             .find(|p| p.as_str() == name)
     }
@@ -283,8 +286,123 @@ pub trait KeyStore: Send + Sync {
 /// Implementations enforce uniqueness with constraints, not application locks: a token string
 /// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
 /// (merchant, purpose, version) at most one key.
+/// A writer's chain head: its newest committed record (seq 0 and [`vault_audit::GENESIS`]
+/// before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The writer.
+    pub writer: String,
+    /// The newest record's seq.
+    pub seq: u64,
+    /// The newest record's hash.
+    pub hash: [u8; vault_audit::HASH_LEN],
+}
+
+/// Which audit records a read wants. Every filter is optional; times are UTC, `to` exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Records at or after this time.
+    pub from: Option<OffsetDateTime>,
+    /// Records before this time.
+    pub to: Option<OffsetDateTime>,
+    /// Only this merchant's.
+    pub merchant: Option<MerchantId>,
+    /// Only this caller's.
+    pub caller: Option<CallerId>,
+    /// Only this event (`detokenize`, `keys.admin`, `vault.start`, ...).
+    pub event: Option<String>,
+    /// Only this outcome (`success`, `denied`, ...).
+    pub outcome: Option<String>,
+}
+
+/// Where a paged audit read resumes: after this record (by time, writer, seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCursor {
+    /// The last record's time, microseconds since the epoch.
+    pub at_micros: i64,
+    /// Its writer.
+    pub writer: String,
+    /// Its seq.
+    pub seq: u64,
+}
+
+/// What an export holds: a contiguous run of checkpoints, and for each writer the records
+/// between the lowest and highest head signed for it in that run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportPlan {
+    /// The first and last checkpoint (`None`: no checkpoint at all yet).
+    pub checkpoints: Option<(u64, u64)>,
+    /// Each writer's records: seqs after `.1` up to `.2`.
+    pub writers: Vec<(String, u64, u64)>,
+}
+
+/// The audit trail's storage: records are chained as they are written (every store method
+/// that takes an [`AuditRecord`] appends it to this store's writer chain in the same
+/// transaction), checkpoints are kept in their own chain, and both are read back for audits.
 #[async_trait]
-pub trait TokenStore: KeyStore {
+pub trait AuditStore: Send + Sync {
+    /// This store's writer: the chain its records join.
+    fn audit_writer(&self) -> &str;
+
+    /// This writer's committed head.
+    async fn audit_head(&self) -> Result<ChainHead, StoreError>;
+
+    /// Every writer's head that no checkpoint signs yet.
+    async fn unsealed_heads(&self) -> Result<Vec<ChainHead>, StoreError>;
+
+    /// The newest checkpoint's `cp_seq` and hash.
+    async fn checkpoint_tip(
+        &self,
+    ) -> Result<Option<(u64, [u8; vault_audit::HASH_LEN])>, StoreError>;
+
+    /// The vault's newest audit signing key, wrapped.
+    async fn audit_signing_key(&self) -> Result<Option<WrappedKey>, StoreError>;
+
+    /// Stores the vault's audit signing key; `Ok(false)` if that version exists already
+    /// (another replica made it first: read that one).
+    async fn add_audit_signing_key(&self, key: &WrappedKey) -> Result<bool, StoreError>;
+
+    /// Stores `checkpoint`; `Ok(false)` if its `cp_seq` was taken meanwhile (draw again).
+    async fn insert_checkpoint(
+        &self,
+        checkpoint: &vault_audit::Checkpoint,
+    ) -> Result<bool, StoreError>;
+
+    /// Checkpoints with `cp_seq` from `from` to `to` (inclusive), ascending, at most `limit`.
+    async fn checkpoints(
+        &self,
+        from: u64,
+        to: u64,
+        limit: u32,
+    ) -> Result<Vec<vault_audit::Checkpoint>, StoreError>;
+
+    /// What an export of `[from, to)` holds (see [`ExportPlan`]).
+    async fn plan_export(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> Result<ExportPlan, StoreError>;
+
+    /// `writer`'s records with seq in `(after, to]`, ascending, at most `limit`.
+    async fn writer_records(
+        &self,
+        writer: &str,
+        after: u64,
+        to: u64,
+        limit: u32,
+    ) -> Result<Vec<vault_audit::Entry>, StoreError>;
+
+    /// Records matching `query`, by time, writer and seq, after `cursor`, at most `limit`.
+    async fn find_audit(
+        &self,
+        query: &AuditQuery,
+        cursor: Option<&AuditCursor>,
+        limit: u32,
+    ) -> Result<Vec<vault_audit::Entry>, StoreError>;
+}
+
+#[async_trait]
+pub trait TokenStore: KeyStore + AuditStore {
     /// The merchant's newest DEK and its fingerprint key, if it has any.
     async fn merchant_keys(
         &self,

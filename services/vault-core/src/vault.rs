@@ -148,6 +148,7 @@ pub struct Vault {
     pub(crate) policy: Arc<Policy>,
     pub(crate) limits: DekLimits,
     leases: Arc<UseLeases>,
+    pub(crate) trail: Arc<crate::trail::TrailState>,
 }
 
 impl fmt::Debug for Vault {
@@ -168,6 +169,7 @@ impl Vault {
             policy,
             limits: DekLimits::default(),
             leases: Arc::default(),
+            trail: Arc::default(),
         }
     }
 
@@ -352,7 +354,7 @@ impl Vault {
 
     fn existing(audit: &mut AuditRecord, found: TokenRecord) -> Tokenized {
         audit.token = Some(found.token.clone());
-        audit.detail = Some("existing");
+        audit.detail = Some("existing".into());
         Tokenized {
             token: found.token,
             fingerprint: found.fingerprint,

@@ -102,7 +102,7 @@ fn call_context<T>(request: &Request<T>) -> Result<CallContext, CallContext> {
     let ctx = |caller: String| CallContext {
         caller: CallerId::new(caller),
         peer: request.remote_addr().map(|addr| addr.to_string()),
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: vault_core::ids::new_request_id(),
     };
     match (identity, leaf) {
         (Some(identity), _) => Ok(ctx(identity)),

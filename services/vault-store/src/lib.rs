@@ -9,6 +9,7 @@
 //! Both share one implementation of the port (`sql.rs`) and the row conversions (`rows.rs`);
 //! `tests/conformance.rs` runs the same suite against each.
 
+mod chain;
 mod postgres;
 mod rows;
 mod sql;

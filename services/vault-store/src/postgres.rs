@@ -110,6 +110,8 @@ pub enum PgStoreError {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This store's audit writer chain; clones share it.
+    chain: std::sync::Arc<crate::chain::Chain>,
 }
 
 impl PgStore {
@@ -150,7 +152,10 @@ impl PgStore {
                 url: url.clone(),
                 source,
             })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
+        };
         store.check_durability(&url).await?;
         Ok(store)
     }

@@ -63,7 +63,7 @@ impl TokenRow {
         };
         Ok(TokenRecord {
             token: Token::from_stored(&self.token).map_err(|_| corrupt("token"))?,
-            merchant: MerchantId::parse("merchant_id", &self.merchant_id)
+            merchant: MerchantId::from_stored("merchant_id", &self.merchant_id)
                 .map_err(|_| corrupt("merchant_id"))?,
             fingerprint: <[u8; FINGERPRINT_LEN]>::try_from(self.fingerprint.as_slice())
                 .map_err(|_| corrupt("fingerprint"))?,
@@ -103,7 +103,7 @@ impl KeyRow {
     pub(crate) fn into_key(self) -> Result<WrappedKey, StoreError> {
         Ok(WrappedKey {
             context: KeyContext {
-                merchant: MerchantId::parse("merchant_id", &self.merchant_id)
+                merchant: MerchantId::from_stored("merchant_id", &self.merchant_id)
                     .map_err(|_| corrupt("merchant_id"))?,
                 purpose: KeyPurpose::from_name(&self.purpose).ok_or_else(|| corrupt("purpose"))?,
                 version: u32::try_from(self.version).map_err(|_| corrupt("version"))?,
@@ -163,35 +163,130 @@ pub(crate) fn count(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| corrupt("negative count"))
 }
 
-/// An audit record's columns, in insert order.
-pub(crate) struct AuditColumns<'a> {
-    pub at: i64,
-    pub caller: &'a str,
-    pub peer: Option<&'a str>,
-    pub operation: &'static str,
-    pub merchant_id: Option<&'a str>,
-    pub token: Option<&'a str>,
-    pub outcome: &'static str,
-    pub request_id: &'a str,
-    pub reason: Option<&'a str>,
-    pub detail: Option<&'static str>,
+/// `record` as the next entry of `writer`'s chain after `head`, hashed.
+pub(crate) fn chained_entry(
+    record: &AuditRecord,
+    writer: &str,
+    head: crate::chain::Head,
+) -> Result<vault_audit::Entry, StoreError> {
+    Ok(vault_audit::Entry {
+        writer: writer.to_owned(),
+        seq: head.seq + 1,
+        at: vault_audit::format_time(micros(record.time))
+            .ok_or_else(|| corrupt("audit time out of range"))?,
+        caller: record.caller.as_str().to_owned(),
+        origin: record.origin().to_owned(),
+        event: record.event.as_str().to_owned(),
+        detail: record.detail.as_ref().map(|d| d.to_string()),
+        outcome: record.outcome.as_str().to_owned(),
+        resource: record.resource(),
+        merchant_id: record.merchant.as_ref().map(|m| m.as_str().to_owned()),
+        token: record.token.as_ref().map(|t| t.as_str().to_owned()),
+        request_id: record.request_id.clone(),
+        reason: record.reason.as_ref().map(|r| r.as_str().to_owned()),
+        prev_hash: head.hash,
+        hash: vault_audit::GENESIS,
+    }
+    .sealed())
 }
 
-impl<'a> AuditColumns<'a> {
-    pub(crate) fn of(record: &'a AuditRecord) -> Self {
-        Self {
-            at: micros(record.time),
-            caller: record.caller.as_str(),
-            peer: record.peer.as_deref(),
-            operation: record.operation.as_str(),
-            merchant_id: record.merchant.as_ref().map(MerchantId::as_str),
-            token: record.token.as_ref().map(Token::as_str),
-            outcome: record.outcome.as_str(),
-            request_id: &record.request_id,
-            reason: record.reason.as_ref().map(|r| r.as_str()),
-            detail: record.detail,
-        }
+fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; vault_audit::HASH_LEN], StoreError> {
+    bytes.try_into().map_err(|_| corrupt(what))
+}
+
+pub(crate) fn seq_of(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| corrupt("negative seq"))
+}
+
+/// A stored seq, as the database binds it.
+pub(crate) fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// An `audit_log` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    pub writer: String,
+    pub seq: i64,
+    pub at: i64,
+    pub caller: String,
+    pub origin: String,
+    pub operation: String,
+    pub detail: Option<String>,
+    pub outcome: String,
+    pub resource: String,
+    pub merchant_id: Option<String>,
+    pub token: Option<String>,
+    pub request_id: String,
+    pub reason: Option<String>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl AuditRow {
+    pub(crate) fn into_entry(self) -> Result<vault_audit::Entry, StoreError> {
+        Ok(vault_audit::Entry {
+            writer: self.writer,
+            seq: seq_of(self.seq)?,
+            at: vault_audit::format_time(self.at).ok_or_else(|| corrupt("audit time"))?,
+            caller: self.caller,
+            origin: self.origin,
+            event: self.operation,
+            detail: self.detail,
+            outcome: self.outcome,
+            resource: self.resource,
+            merchant_id: self.merchant_id,
+            token: self.token,
+            request_id: self.request_id,
+            reason: self.reason,
+            prev_hash: hash_of(&self.prev_hash, "audit prev_hash")?,
+            hash: hash_of(&self.hash, "audit hash")?,
+        })
     }
+}
+
+/// An `audit_checkpoints` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CheckpointRow {
+    pub cp_seq: i64,
+    pub kind: String,
+    pub at: i64,
+    pub writer: String,
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub prev_hash: Vec<u8>,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl CheckpointRow {
+    pub(crate) fn into_checkpoint(self) -> Result<vault_audit::Checkpoint, StoreError> {
+        Ok(vault_audit::Checkpoint {
+            cp_seq: seq_of(self.cp_seq)?,
+            kind: self.kind,
+            at: vault_audit::format_time(self.at).ok_or_else(|| corrupt("checkpoint time"))?,
+            writer: self.writer,
+            seq: seq_of(self.seq)?,
+            head_hash: hash_of(&self.head_hash, "checkpoint head_hash")?,
+            prev_hash: hash_of(&self.prev_hash, "checkpoint prev_hash")?,
+            key_id: self.key_id,
+            signature: self
+                .signature
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt("checkpoint signature"))?,
+            hash: hash_of(&self.hash, "checkpoint hash")?,
+        })
+    }
+}
+
+/// A head read back from the database: a seq and a hash.
+pub(crate) fn head(seq: i64, hash: &[u8]) -> Result<crate::chain::Head, StoreError> {
+    Ok(crate::chain::Head {
+        seq: seq_of(seq)?,
+        hash: hash_of(hash, "head hash")?,
+    })
 }
 
 /// A merchant's newest DEK and fingerprint key from the rows that hold them: both or neither.
@@ -204,6 +299,8 @@ pub(crate) fn key_set(rows: Vec<KeyRow>) -> Result<Option<MerchantKeySet>, Store
         match key.context.purpose {
             KeyPurpose::Dek => dek = Some((key, created_at)),
             KeyPurpose::Fingerprint => fingerprint = Some(key),
+            // Not a merchant's: the vault's own key never joins a merchant's set.
+            KeyPurpose::AuditSigning => {}
         }
     }
     match (dek, fingerprint) {

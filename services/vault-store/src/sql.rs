@@ -133,9 +133,93 @@ pub(crate) const TOKEN_EXISTS: &str = "SELECT token FROM tokens WHERE token = $1
 
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE token = $1 AND merchant_id = $2";
 
-pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, caller, peer, operation, \
-     merchant_id, token, outcome, request_id, reason, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// The columns of `audit_log`, in the order `AuditRow` and the insert use.
+macro_rules! audit_columns {
+    () => {
+        "writer, seq, at, caller, origin, operation, detail, outcome, resource, merchant_id, \
+         token, request_id, reason, prev_hash, hash"
+    };
+}
+
+/// The columns of `audit_checkpoints`, in the order `CheckpointRow` and the insert use.
+macro_rules! checkpoint_columns {
+    () => {
+        "cp_seq, kind, at, writer, seq, head_hash, prev_hash, key_id, signature, hash"
+    };
+}
+
+pub(crate) const INSERT_AUDIT: &str = concat!(
+    "INSERT INTO audit_log (",
+    audit_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+);
+
+pub(crate) const SELECT_AUDIT_SIGNING_KEY: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM data_keys WHERE merchant_id = $1 AND purpose = 'audit_signing' ORDER BY version DESC \
+     LIMIT 1"
+);
+
+pub(crate) const INSERT_WRITER: &str =
+    "INSERT INTO audit_writers (writer, started_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+pub(crate) const SELECT_WRITERS: &str = "SELECT writer FROM audit_writers ORDER BY writer";
+
+pub(crate) const SELECT_RECORD_HEAD: &str =
+    "SELECT seq, hash FROM audit_log WHERE writer = $1 ORDER BY seq DESC LIMIT 1";
+
+pub(crate) const SELECT_CHECKPOINT_HEAD: &str = "SELECT seq, head_hash FROM audit_checkpoints \
+     WHERE writer = $1 ORDER BY seq DESC, cp_seq DESC LIMIT 1";
+
+pub(crate) const SELECT_CHECKPOINT_TIP: &str =
+    "SELECT cp_seq, hash FROM audit_checkpoints ORDER BY cp_seq DESC LIMIT 1";
+
+pub(crate) const INSERT_CHECKPOINT: &str = concat!(
+    "INSERT INTO audit_checkpoints (",
+    checkpoint_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+);
+
+pub(crate) const SELECT_CHECKPOINTS: &str = concat!(
+    "SELECT ",
+    checkpoint_columns!(),
+    " FROM audit_checkpoints WHERE cp_seq >= $1 AND cp_seq <= $2 ORDER BY cp_seq LIMIT $3"
+);
+
+pub(crate) const SELECT_FIRST_CHECKPOINT: &str = "SELECT MIN(cp_seq) FROM audit_checkpoints";
+
+/// Per writer, its newest checkpoint at or before a time.
+pub(crate) const CHECKPOINTS_AT_OR_BEFORE: &str = "SELECT writer, MAX(cp_seq) FROM \
+     audit_checkpoints WHERE at <= $1 GROUP BY writer";
+
+/// Per writer, its oldest checkpoint after a time.
+pub(crate) const CHECKPOINTS_AFTER: &str = "SELECT writer, MIN(cp_seq) FROM audit_checkpoints \
+     WHERE at > $1 GROUP BY writer";
+
+/// Per writer with a checkpoint from `cp_seq` on: its newest checkpoint.
+pub(crate) const NEWEST_CHECKPOINTS_FROM: &str = "SELECT writer, MAX(cp_seq) FROM \
+     audit_checkpoints WHERE cp_seq >= $1 GROUP BY writer";
+
+/// Per writer, the lowest and highest head its checkpoints in a range sign.
+pub(crate) const WRITER_RANGES: &str = "SELECT writer, MIN(seq), MAX(seq) FROM \
+     audit_checkpoints WHERE cp_seq >= $1 AND cp_seq <= $2 GROUP BY writer ORDER BY writer";
+
+pub(crate) const SELECT_WRITER_RECORDS: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_log WHERE writer = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+);
+
+/// Audit records by optional filters (a NULL filter matches all), after a cursor.
+pub(crate) const FIND_AUDIT: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_log WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2) \
+     AND ($3 IS NULL OR merchant_id = $3) AND ($4 IS NULL OR caller = $4) \
+     AND ($5 IS NULL OR operation = $5) AND ($6 IS NULL OR outcome = $6) \
+     AND (at, writer, seq) > ($7, $8, $9) ORDER BY at, writer, seq LIMIT $10"
+);
 
 pub(crate) fn unavailable(err: sqlx::Error) -> StoreError {
     StoreError::Unavailable(err.to_string())
@@ -168,26 +252,86 @@ macro_rules! token_store_impl {
                 Ok(())
             }
 
-            async fn insert_audit(
+            /// Appends `audits` to this writer's chain inside `tx` and commits; the chain's
+            /// head moves only if the commit succeeds (see `chain.rs`).
+            async fn commit_audited(
+                &self,
+                mut tx: sqlx::Transaction<'static, $db>,
+                audits: &[&vault_core::audit::AuditRecord],
+            ) -> Result<Vec<vault_audit::Entry>, vault_core::StoreError> {
+                let mut guard = self.chain.lock().await;
+                let mut head = match *guard {
+                    Some(head) => head,
+                    None => Self::read_head(&mut tx, &self.chain.writer).await?,
+                };
+                let mut entries = Vec::with_capacity(audits.len());
+                for audit in audits {
+                    let entry = $crate::rows::chained_entry(audit, &self.chain.writer, head)?;
+                    sqlx::query($crate::sql::INSERT_AUDIT)
+                        .bind(&entry.writer)
+                        .bind($crate::rows::seq_param(entry.seq))
+                        .bind($crate::rows::micros(audit.time))
+                        .bind(&entry.caller)
+                        .bind(&entry.origin)
+                        .bind(&entry.event)
+                        .bind(&entry.detail)
+                        .bind(&entry.outcome)
+                        .bind(&entry.resource)
+                        .bind(&entry.merchant_id)
+                        .bind(&entry.token)
+                        .bind(&entry.request_id)
+                        .bind(&entry.reason)
+                        .bind(&entry.prev_hash[..])
+                        .bind(&entry.hash[..])
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                    head = $crate::chain::Head {
+                        seq: entry.seq,
+                        hash: entry.hash,
+                    };
+                    entries.push(entry);
+                }
+                // Unknown until the commit answers: a failed COMMIT may still have landed.
+                *guard = None;
+                tx.commit().await.map_err($crate::sql::unavailable)?;
+                *guard = Some(head);
+                Ok(entries)
+            }
+
+            /// Reads this writer's head back: its newest record, or the newest head a
+            /// checkpoint signs (a prune may have removed the records), registering the writer
+            /// on its first record.
+            async fn read_head(
                 tx: &mut sqlx::Transaction<'static, $db>,
-                audit: &vault_core::audit::AuditRecord,
-            ) -> Result<(), vault_core::StoreError> {
-                let c = $crate::rows::AuditColumns::of(audit);
-                sqlx::query($crate::sql::INSERT_AUDIT)
-                    .bind(c.at)
-                    .bind(c.caller)
-                    .bind(c.peer)
-                    .bind(c.operation)
-                    .bind(c.merchant_id)
-                    .bind(c.token)
-                    .bind(c.outcome)
-                    .bind(c.request_id)
-                    .bind(c.reason)
-                    .bind(c.detail)
+                writer: &str,
+            ) -> Result<$crate::chain::Head, vault_core::StoreError> {
+                sqlx::query($crate::sql::INSERT_WRITER)
+                    .bind(writer)
+                    .bind($crate::rows::micros(vault_core::vault::now()))
                     .execute(&mut **tx)
                     .await
-                    .map(|_| ())
-                    .map_err($crate::sql::unavailable)
+                    .map_err($crate::sql::unavailable)?;
+                let record: Option<(i64, Vec<u8>)> =
+                    sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
+                        .bind(writer)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                let signed: Option<(i64, Vec<u8>)> =
+                    sqlx::query_as($crate::sql::SELECT_CHECKPOINT_HEAD)
+                        .bind(writer)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                let mut head = $crate::chain::EMPTY;
+                for (seq, hash) in record.into_iter().chain(signed) {
+                    let candidate = $crate::rows::head(seq, &hash)?;
+                    if candidate.seq > head.seq {
+                        head = candidate;
+                    }
+                }
+                Ok(head)
             }
 
             async fn insert_key(
@@ -312,8 +456,7 @@ macro_rules! token_store_impl {
                     }
                     Err(err) => return Err($crate::sql::unavailable(err)),
                 }
-                Self::insert_audit(&mut tx, audit).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                self.commit_audited(tx, &[audit]).await?;
                 Ok(InsertOutcome::Inserted)
             }
 
@@ -349,8 +492,7 @@ macro_rules! token_store_impl {
                     tx.rollback().await.map_err($crate::sql::unavailable)?;
                     return Ok(false);
                 }
-                Self::insert_audit(&mut tx, audit).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                self.commit_audited(tx, &[audit]).await?;
                 Ok(true)
             }
 
@@ -358,9 +500,8 @@ macro_rules! token_store_impl {
                 &self,
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<(), vault_core::StoreError> {
-                let mut tx = self.begin().await?;
-                Self::insert_audit(&mut tx, audit).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)
+                let tx = self.begin().await?;
+                self.commit_audited(tx, &[audit]).await.map(|_| ())
             }
         }
 
@@ -424,10 +565,12 @@ macro_rules! token_store_impl {
                 let mut tx = self.begin().await?;
                 Self::lock_merchant_keys(&mut tx, &key.context.merchant).await?;
                 let added = Self::insert_key(&mut tx, key, vault_core::vault::now()).await?;
-                if let Some(audit) = audit {
-                    Self::insert_audit(&mut tx, audit).await?;
+                match audit {
+                    Some(audit) => {
+                        self.commit_audited(tx, &[audit]).await?;
+                    }
+                    None => tx.commit().await.map_err($crate::sql::unavailable)?,
                 }
-                tx.commit().await.map_err($crate::sql::unavailable)?;
                 Ok(added == 1)
             }
 
@@ -605,8 +748,7 @@ macro_rules! token_store_impl {
                     }
                     Err(err) => return Err($crate::sql::unavailable(err)),
                 }
-                Self::insert_audit(&mut tx, audit).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                self.commit_audited(tx, &[audit]).await?;
                 Ok(true)
             }
 
@@ -645,8 +787,7 @@ macro_rules! token_store_impl {
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::sql::unavailable)?;
-                Self::insert_audit(&mut tx, audit).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                self.commit_audited(tx, &[audit]).await?;
                 Ok(Some(destroyed))
             }
 
@@ -660,6 +801,290 @@ macro_rules! token_store_impl {
                     .await
                     .map_err($crate::sql::unavailable)?;
                 Ok(found.is_some())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl vault_core::ports::AuditStore for $store {
+            fn audit_writer(&self) -> &str {
+                &self.chain.writer
+            }
+
+            async fn audit_head(
+                &self,
+            ) -> Result<vault_core::ports::ChainHead, vault_core::StoreError> {
+                let mut guard = self.chain.lock().await;
+                let head = match *guard {
+                    Some(head) => head,
+                    None => {
+                        let mut tx = self.begin().await?;
+                        let head = Self::read_head(&mut tx, &self.chain.writer).await?;
+                        tx.commit().await.map_err($crate::sql::unavailable)?;
+                        *guard = Some(head);
+                        head
+                    }
+                };
+                Ok(vault_core::ports::ChainHead {
+                    writer: self.chain.writer.clone(),
+                    seq: head.seq,
+                    hash: head.hash,
+                })
+            }
+
+            async fn unsealed_heads(
+                &self,
+            ) -> Result<Vec<vault_core::ports::ChainHead>, vault_core::StoreError> {
+                let writers: Vec<String> = sqlx::query_scalar($crate::sql::SELECT_WRITERS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let mut heads = Vec::new();
+                for writer in writers {
+                    let record: Option<(i64, Vec<u8>)> =
+                        sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
+                            .bind(&writer)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err($crate::sql::unavailable)?;
+                    let signed: Option<(i64, Vec<u8>)> =
+                        sqlx::query_as($crate::sql::SELECT_CHECKPOINT_HEAD)
+                            .bind(&writer)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err($crate::sql::unavailable)?;
+                    let Some((seq, hash)) = record else { continue };
+                    let head = $crate::rows::head(seq, &hash)?;
+                    let signed_seq = match signed {
+                        Some((seq, _)) => Some($crate::rows::seq_of(seq)?),
+                        None => None,
+                    };
+                    if signed_seq.is_none_or(|signed| signed < head.seq) {
+                        heads.push(vault_core::ports::ChainHead {
+                            writer,
+                            seq: head.seq,
+                            hash: head.hash,
+                        });
+                    }
+                }
+                Ok(heads)
+            }
+
+            async fn checkpoint_tip(
+                &self,
+            ) -> Result<Option<(u64, [u8; vault_audit::HASH_LEN])>, vault_core::StoreError> {
+                let tip: Option<(i64, Vec<u8>)> =
+                    sqlx::query_as($crate::sql::SELECT_CHECKPOINT_TIP)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                tip.map(|(cp_seq, hash)| $crate::rows::head(cp_seq, &hash).map(|h| (h.seq, h.hash)))
+                    .transpose()
+            }
+
+            async fn audit_signing_key(
+                &self,
+            ) -> Result<Option<vault_core::ports::WrappedKey>, vault_core::StoreError> {
+                let row: Option<$crate::rows::KeyRow> =
+                    sqlx::query_as($crate::sql::SELECT_AUDIT_SIGNING_KEY)
+                        .bind(vault_core::ids::MerchantId::vault_owner().as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                row.map($crate::rows::KeyRow::into_key).transpose()
+            }
+
+            async fn add_audit_signing_key(
+                &self,
+                key: &vault_core::ports::WrappedKey,
+            ) -> Result<bool, vault_core::StoreError> {
+                let mut tx = self.begin().await?;
+                let added = Self::insert_key(&mut tx, key, vault_core::vault::now()).await?;
+                tx.commit().await.map_err($crate::sql::unavailable)?;
+                Ok(added == 1)
+            }
+
+            async fn insert_checkpoint(
+                &self,
+                checkpoint: &vault_audit::Checkpoint,
+            ) -> Result<bool, vault_core::StoreError> {
+                let at = vault_audit::parse_time(&checkpoint.at)
+                    .ok_or_else(|| $crate::rows::corrupt("checkpoint time"))?;
+                let done = sqlx::query($crate::sql::INSERT_CHECKPOINT)
+                    .bind($crate::rows::seq_param(checkpoint.cp_seq))
+                    .bind(&checkpoint.kind)
+                    .bind(at)
+                    .bind(&checkpoint.writer)
+                    .bind($crate::rows::seq_param(checkpoint.seq))
+                    .bind(&checkpoint.head_hash[..])
+                    .bind(&checkpoint.prev_hash[..])
+                    .bind(&checkpoint.key_id)
+                    .bind(&checkpoint.signature[..])
+                    .bind(&checkpoint.hash[..])
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn checkpoints(
+                &self,
+                from: u64,
+                to: u64,
+                limit: u32,
+            ) -> Result<Vec<vault_audit::Checkpoint>, vault_core::StoreError> {
+                let rows: Vec<$crate::rows::CheckpointRow> =
+                    sqlx::query_as($crate::sql::SELECT_CHECKPOINTS)
+                        .bind($crate::rows::seq_param(from))
+                        .bind($crate::rows::seq_param(to))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                rows.into_iter()
+                    .map($crate::rows::CheckpointRow::into_checkpoint)
+                    .collect()
+            }
+
+            async fn plan_export(
+                &self,
+                from: Option<time::OffsetDateTime>,
+                to: Option<time::OffsetDateTime>,
+            ) -> Result<vault_core::ports::ExportPlan, vault_core::StoreError> {
+                let per_writer = |statement: &'static str, bound: i64| async move {
+                    let rows: Vec<(String, i64)> = sqlx::query_as(statement)
+                        .bind(bound)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                    rows.into_iter()
+                        .map(|(writer, cp)| $crate::rows::seq_of(cp).map(|seq| (writer, seq)))
+                        .collect::<Result<std::collections::BTreeMap<String, u64>, _>>()
+                };
+                let Some((tip, _)) = self.checkpoint_tip().await? else {
+                    return Ok(vault_core::ports::ExportPlan::default());
+                };
+                // The first checkpoint: for every writer still writing after `from`, its
+                // newest checkpoint at or before `from` (or its first, if it started later).
+                let first = match from {
+                    None => {
+                        let first: Option<i64> =
+                            sqlx::query_scalar($crate::sql::SELECT_FIRST_CHECKPOINT)
+                                .fetch_one(&self.pool)
+                                .await
+                                .map_err($crate::sql::unavailable)?;
+                        $crate::rows::seq_of(first.unwrap_or(1))?
+                    }
+                    Some(from) => {
+                        let from = $crate::rows::micros(from);
+                        let before =
+                            per_writer($crate::sql::CHECKPOINTS_AT_OR_BEFORE, from).await?;
+                        let after = per_writer($crate::sql::CHECKPOINTS_AFTER, from).await?;
+                        after
+                            .iter()
+                            .map(|(writer, first_after)| {
+                                before.get(writer).copied().unwrap_or(*first_after)
+                            })
+                            .min()
+                            .unwrap_or(tip)
+                    }
+                };
+                // The last: for every writer in the run, its first checkpoint at or after
+                // `to` (or its newest).
+                let last = match to {
+                    None => tip,
+                    Some(to) => {
+                        let to = $crate::rows::micros(to);
+                        let newest = per_writer(
+                            $crate::sql::NEWEST_CHECKPOINTS_FROM,
+                            $crate::rows::seq_param(first),
+                        )
+                        .await?;
+                        let after =
+                            per_writer($crate::sql::CHECKPOINTS_AFTER, to.saturating_sub(1))
+                                .await?;
+                        newest
+                            .iter()
+                            .map(|(writer, newest)| {
+                                after.get(writer).copied().unwrap_or(*newest).min(*newest)
+                            })
+                            .max()
+                            .unwrap_or(first)
+                            .max(first)
+                    }
+                };
+                let ranges: Vec<(String, i64, i64)> = sqlx::query_as($crate::sql::WRITER_RANGES)
+                    .bind($crate::rows::seq_param(first))
+                    .bind($crate::rows::seq_param(last))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let writers = ranges
+                    .into_iter()
+                    .map(|(writer, low, high)| {
+                        Ok((
+                            writer,
+                            $crate::rows::seq_of(low)?,
+                            $crate::rows::seq_of(high)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, vault_core::StoreError>>()?;
+                Ok(vault_core::ports::ExportPlan {
+                    checkpoints: Some((first, last)),
+                    writers,
+                })
+            }
+
+            async fn writer_records(
+                &self,
+                writer: &str,
+                after: u64,
+                to: u64,
+                limit: u32,
+            ) -> Result<Vec<vault_audit::Entry>, vault_core::StoreError> {
+                let rows: Vec<$crate::rows::AuditRow> =
+                    sqlx::query_as($crate::sql::SELECT_WRITER_RECORDS)
+                        .bind(writer)
+                        .bind($crate::rows::seq_param(after))
+                        .bind($crate::rows::seq_param(to))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                rows.into_iter()
+                    .map($crate::rows::AuditRow::into_entry)
+                    .collect()
+            }
+
+            async fn find_audit(
+                &self,
+                query: &vault_core::ports::AuditQuery,
+                cursor: Option<&vault_core::ports::AuditCursor>,
+                limit: u32,
+            ) -> Result<Vec<vault_audit::Entry>, vault_core::StoreError> {
+                let (at, writer, seq) = cursor.map_or((i64::MIN, "", 0), |c| {
+                    (
+                        c.at_micros,
+                        c.writer.as_str(),
+                        $crate::rows::seq_param(c.seq),
+                    )
+                });
+                let rows: Vec<$crate::rows::AuditRow> = sqlx::query_as($crate::sql::FIND_AUDIT)
+                    .bind(query.from.map($crate::rows::micros))
+                    .bind(query.to.map($crate::rows::micros))
+                    .bind(query.merchant.as_ref().map(|m| m.as_str()))
+                    .bind(query.caller.as_ref().map(|c| c.as_str()))
+                    .bind(query.event.as_deref())
+                    .bind(query.outcome.as_deref())
+                    .bind(at)
+                    .bind(writer)
+                    .bind(seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                rows.into_iter()
+                    .map($crate::rows::AuditRow::into_entry)
+                    .collect()
             }
         }
     };

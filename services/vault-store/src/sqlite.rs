@@ -52,6 +52,8 @@ pub enum SqliteStoreError {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This store's audit writer chain; clones share it.
+    chain: std::sync::Arc<crate::chain::Chain>,
 }
 
 impl SqliteStore {
@@ -95,7 +97,10 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
+        };
         store.check_durability(path).await?;
         Ok(store)
     }
