@@ -524,8 +524,221 @@ async fn a_shred_racing_a_rotation_leaves_no_key(store: &dyn TokenStore) {
 
 /// The suite's tests for one backend. `$fresh` is an async fn returning a guard that keeps the
 /// backend's database alive, the store, and its audit-row counter.
+/// Every audit write joins the store's writer chain in commit order: seqs from 1 without gaps
+/// (a refused insert leaves none), each record linked to its predecessor and hashing to its
+/// stated hash, even when many writes race.
+async fn audit_records_form_one_chain_per_writer(store: std::sync::Arc<dyn TokenStore>) {
+    let mut tasks = Vec::new();
+    for i in 0..40u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                store.append_audit(&audit(&format!("a{i}"))).await.unwrap();
+            } else {
+                // Half of these lose on the fingerprint and must leave no record and no gap.
+                let token = format!(
+                    "tok_{}{}{}",
+                    "Q".repeat(20),
+                    char::from(b'A' + i % 26),
+                    char::from(b'a' + i / 26)
+                );
+                let r = record("m1", &token, i % 4, TokenFormat::Random);
+                store
+                    .insert_token(&r, &audit(&format!("t{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let writer = store.audit_writer().to_owned();
+    let records = store
+        .writer_records(&writer, 0, u64::MAX >> 1, 1000)
+        .await
+        .unwrap();
+    assert!(records.len() >= 22, "{} records", records.len());
+    let mut prev = vault_audit::GENESIS;
+    for (i, entry) in records.iter().enumerate() {
+        assert_eq!(entry.seq, i as u64 + 1);
+        assert_eq!(entry.prev_hash, prev, "record {} does not link", entry.seq);
+        assert_eq!(
+            entry.compute_hash(),
+            entry.hash,
+            "record {} does not hash",
+            entry.seq
+        );
+        assert_eq!(entry.origin, "127.0.0.1:1");
+        assert!(!entry.resource.is_empty());
+        prev = entry.hash;
+    }
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, head.hash), (records.len() as u64, prev));
+    // Paging by seq returns the same records.
+    let tail = store.writer_records(&writer, 10, 15, 100).await.unwrap();
+    assert_eq!(tail, records[10..15].to_vec());
+}
+
+fn checkpoint(cp_seq: u64, writer: &str, seq: u64, prev: [u8; 32]) -> vault_audit::Checkpoint {
+    vault_audit::CheckpointDraft {
+        cp_seq,
+        kind: vault_audit::CheckpointKind::Interval,
+        at: vault_audit::format_time(1_795_000_000_000_000 + cp_seq as i64).unwrap(),
+        writer: writer.to_owned(),
+        seq,
+        head_hash: [seq as u8; 32],
+        prev_hash: prev,
+    }
+    .sign(&[1; 32], |_| [cp_seq as u8; 64])
+}
+
+/// Checkpoints are a compare-and-set chain: a taken `cp_seq` is refused, and they read back
+/// exactly as written (the signature covers every field).
+async fn checkpoints_are_a_compare_and_set_chain(store: &dyn TokenStore) {
+    assert_eq!(store.checkpoint_tip().await.unwrap(), None);
+    let first = checkpoint(1, "w", 0, vault_audit::GENESIS);
+    assert!(store.insert_checkpoint(&first).await.unwrap());
+    assert!(
+        !store
+            .insert_checkpoint(&checkpoint(1, "x", 3, vault_audit::GENESIS))
+            .await
+            .unwrap()
+    );
+    let second = checkpoint(2, "w", 4, first.hash);
+    assert!(store.insert_checkpoint(&second).await.unwrap());
+    assert_eq!(
+        store.checkpoint_tip().await.unwrap(),
+        Some((2, second.hash))
+    );
+    assert_eq!(
+        store.checkpoints(1, 9, 10).await.unwrap(),
+        vec![first, second.clone()]
+    );
+    assert_eq!(store.checkpoints(2, 2, 10).await.unwrap(), vec![second]);
+}
+
+/// An export plan spans whole checkpoints, and each writer's records between the lowest and
+/// highest head signed for it; a head no checkpoint signs is reported unsealed.
+async fn export_plans_follow_the_signed_heads(store: &dyn TokenStore) {
+    let writer = store.audit_writer().to_owned();
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, head.hash), (0, vault_audit::GENESIS));
+    assert!(store.unsealed_heads().await.unwrap().is_empty());
+    let start = checkpoint(1, &writer, 0, vault_audit::GENESIS);
+    assert!(store.insert_checkpoint(&start).await.unwrap());
+    for i in 0..5 {
+        store.append_audit(&audit(&format!("r{i}"))).await.unwrap();
+    }
+    let unsealed = store.unsealed_heads().await.unwrap();
+    assert_eq!(unsealed.len(), 1);
+    assert_eq!(
+        (unsealed[0].writer.as_str(), unsealed[0].seq),
+        (writer.as_str(), 5)
+    );
+    assert!(
+        store
+            .insert_checkpoint(&checkpoint(2, &writer, 5, start.hash))
+            .await
+            .unwrap()
+    );
+    assert!(store.unsealed_heads().await.unwrap().is_empty());
+    let plan = store.plan_export(None, None).await.unwrap();
+    assert_eq!(plan.checkpoints, Some((1, 2)));
+    assert_eq!(plan.writers, vec![(writer.clone(), 0, 5)]);
+}
+
+/// Audit reads filter by merchant, caller, event, outcome and time, and page by a cursor.
+async fn audit_reads_filter_and_page(store: &dyn TokenStore) {
+    for i in 0..30u32 {
+        let mut record = audit(&format!("q{i}"));
+        record.merchant = Some(merchant(if i % 3 == 0 { "m-a" } else { "m-b" }));
+        if i % 5 == 0 {
+            record.outcome = vault_core::audit::Outcome::Denied;
+        }
+        store.append_audit(&record).await.unwrap();
+    }
+    let query = |merchant_id: Option<&str>, outcome: Option<&str>| vault_core::ports::AuditQuery {
+        merchant: merchant_id.map(merchant),
+        outcome: outcome.map(str::to_owned),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .find_audit(&query(Some("m-a"), None), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_eq!(
+        store
+            .find_audit(&query(None, Some("denied")), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        store
+            .find_audit(&query(Some("m-a"), Some("denied")), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // Paging: three pages of 12, 12 and 6, together every record once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .find_audit(&query(None, None), cursor.as_ref(), 12)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(vault_core::ports::AuditCursor {
+            at_micros: vault_audit::parse_time(&last.at).unwrap(),
+            writer: last.writer.clone(),
+            seq: last.seq,
+        });
+        seen.extend(page.into_iter().map(|e| e.request_id));
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 30);
+    let later = vault_core::ports::AuditQuery {
+        from: Some(now() + time::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert!(store.find_audit(&later, None, 10).await.unwrap().is_empty());
+}
+
 macro_rules! conformance_suite {
     ($fresh:path) => {
+        #[tokio::test]
+        async fn audit_records_form_one_chain_per_writer() {
+            let (_guard, store, _) = $fresh().await;
+            super::audit_records_form_one_chain_per_writer(std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test]
+        async fn checkpoints_are_a_compare_and_set_chain() {
+            let (_guard, store, _) = $fresh().await;
+            super::checkpoints_are_a_compare_and_set_chain(&store).await;
+        }
+
+        #[tokio::test]
+        async fn export_plans_follow_the_signed_heads() {
+            let (_guard, store, _) = $fresh().await;
+            super::export_plans_follow_the_signed_heads(&store).await;
+        }
+
+        #[tokio::test]
+        async fn audit_reads_filter_and_page() {
+            let (_guard, store, _) = $fresh().await;
+            super::audit_reads_filter_and_page(&store).await;
+        }
+
         #[tokio::test]
         async fn first_keys_win() {
             let (_guard, store, _) = $fresh().await;
