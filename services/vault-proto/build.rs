@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("vault/v1/vault.proto"),
         root.join("vault/v1/admin.proto"),
+        root.join("vault/v1/audit.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -218,7 +218,7 @@ pub struct WriterSummary {
 }
 
 /// What the verifier found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Record lines read.
     pub records: u64,

@@ -149,13 +149,13 @@ impl AuditReadCommand {
             event: one_of("event", self.event.as_deref(), &EVENTS)?,
             outcome: one_of("outcome", self.outcome.as_deref(), &OUTCOMES)?,
         };
-        if let (Some(from), Some(to)) = (query.from, query.to) {
-            if from > to {
-                return Err(InvalidArgument {
-                    field: "to",
-                    problem: "must not be before from",
-                });
-            }
+        if let (Some(from), Some(to)) = (query.from, query.to)
+            && from > to
+        {
+            return Err(InvalidArgument {
+                field: "to",
+                problem: "must not be before from",
+            });
         }
         Ok(query)
     }
@@ -220,21 +220,21 @@ impl AuditExport {
     /// # Errors
     /// [`VaultError::StoreUnavailable`].
     pub async fn next_page(&mut self) -> Result<Option<Vec<Line>>, VaultError> {
-        if let Some((_, last)) = self.plan.checkpoints {
-            if self.next_checkpoint <= last {
-                let page = self
-                    .vault
-                    .store
-                    .checkpoints(self.next_checkpoint, last, PAGE)
-                    .await?;
-                let Some(end) = page.last() else {
-                    // A gap in the stored chain: stop here; the verifier will say so.
-                    self.next_checkpoint = last + 1;
-                    return Ok(Some(Vec::new()));
-                };
-                self.next_checkpoint = end.cp_seq + 1;
-                return Ok(Some(page.into_iter().map(Line::Checkpoint).collect()));
-            }
+        if let Some((_, last)) = self.plan.checkpoints
+            && self.next_checkpoint <= last
+        {
+            let page = self
+                .vault
+                .store
+                .checkpoints(self.next_checkpoint, last, PAGE)
+                .await?;
+            let Some(end) = page.last() else {
+                // A gap in the stored chain: stop here; the verifier will say so.
+                self.next_checkpoint = last + 1;
+                return Ok(Some(Vec::new()));
+            };
+            self.next_checkpoint = end.cp_seq + 1;
+            return Ok(Some(page.into_iter().map(Line::Checkpoint).collect()));
         }
         while let Some((writer, _, high)) = self.plan.writers.get(self.writer) {
             let page = self
@@ -460,14 +460,14 @@ impl Vault {
             self.authorize_audit(&mut audit, None)?;
             let from_at = time_field("from", from.as_deref())?;
             let to_at = time_field("to", to.as_deref())?;
-            if let (Some(f), Some(t)) = (from_at, to_at) {
-                if f > t {
-                    return Err(InvalidArgument {
-                        field: "to",
-                        problem: "must not be before from",
-                    }
-                    .into());
+            if let (Some(f), Some(t)) = (from_at, to_at)
+                && f > t
+            {
+                return Err(InvalidArgument {
+                    field: "to",
+                    problem: "must not be before from",
                 }
+                .into());
             }
             Ok(Done::pending((from_at, to_at)))
         }

@@ -11,11 +11,13 @@ use tonic::transport::Server;
 use vault_core::Vault;
 use vault_core::keyring::KeyRing;
 use vault_core::ports::TokenStore;
+use vault_proto::v1::audit_service_server::AuditServiceServer;
 use vault_proto::v1::key_admin_service_server::KeyAdminServiceServer;
 use vault_proto::v1::token_service_server::TokenServiceServer;
 use vault_store::{PgSettings, PgStore, SqliteStore};
 
 use crate::admin::AdminApi;
+use crate::audit::AuditApi;
 use crate::config::{Config, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
 use crate::kek::open_key_ring;
@@ -43,6 +45,7 @@ pub struct Application {
     vault: Vault,
     store: Backend,
     call_timeout: Duration,
+    checkpoint_interval: Duration,
 }
 
 /// The store the configuration selects.
@@ -133,6 +136,7 @@ impl Application {
             vault,
             store,
             call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
+            checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
         })
     }
 
@@ -147,6 +151,21 @@ impl Application {
     /// # Errors
     /// If the gRPC server fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        // The trail starts before anything is served: no card call before `vault.start`.
+        let public = self
+            .vault
+            .start_audit(format!("vaultd {}", env!("CARGO_PKG_VERSION")))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the audit trail: {e}"))?;
+        tracing::info!(
+            writer = self.vault.audit_writer(),
+            key_id = %public.key_id,
+            "audit trail started"
+        );
+        let checkpoints = tokio::spawn(checkpoint_every(
+            self.vault.clone(),
+            self.checkpoint_interval,
+        ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = tokio::spawn(watch_health(
             self.store.clone(),
@@ -165,11 +184,18 @@ impl Application {
         let admin =
             KeyAdminServiceServer::new(AdminApi::new(self.vault.clone(), self.call_timeout))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let tokens = TokenServiceServer::new(TokenApi::new(self.vault, self.call_timeout))
+        let audit = AuditServiceServer::new(AuditApi::new(self.vault.clone(), self.call_timeout))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let tokens = TokenServiceServer::new(TokenApi::new(self.vault.clone(), self.call_timeout))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         tracing::info!(addr = %self.local_addr, "vaultd serving gRPC over mutual TLS 1.3");
-        Server::builder()
+        let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        };
+        let server = Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
@@ -181,12 +207,54 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(tokens)
             .add_service(admin)
-            .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), shutdown)
-            .await?;
+            .add_service(audit)
+            .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), signal);
+        // Drain in-flight calls, but not forever: the stop record must still be written.
+        let drained = async {
+            let _ = stop_seen.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = drained => tracing::warn!(
+                "calls still open {} s after shutdown was requested; stopping anyway",
+                SHUTDOWN_DRAIN.as_secs()
+            ),
+        }
         health.abort();
+        checkpoints.abort();
+        // The last record of this writer's chain, and its signed head.
+        if let Err(error) = self.vault.stop_audit("shutdown".to_owned()).await {
+            tracing::error!(error = %error, "could not record vault.stop or sign the final head");
+        }
         self.store.close().await;
         tracing::info!("vaultd stopped");
         Ok(())
+    }
+}
+
+/// How long a shutdown waits for in-flight calls and open connections before it stops anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Signs this writer's chain head every `interval` (skipped while it has not moved).
+async fn checkpoint_every(vault: Vault, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match vault
+            .checkpoint(vault_audit::CheckpointKind::Interval)
+            .await
+        {
+            Ok(Some(checkpoint)) => tracing::debug!(
+                cp_seq = checkpoint.cp_seq,
+                seq = checkpoint.seq,
+                "audit checkpoint signed"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(error = %error, "audit checkpoint failed; will retry"),
+        }
     }
 }
 

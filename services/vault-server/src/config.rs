@@ -68,6 +68,50 @@ pub struct Config {
     pub dek: DekConfig,
     /// The access policy file.
     pub policy: PolicyConfig,
+    /// The audit trail's checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Audit trail settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between checkpoints of this writer's chain head (skipped while it has not
+    /// moved). Records written since the last checkpoint are protected by the hash chain only,
+    /// so this bounds what an undetected truncation of the newest records can remove.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_secs: u64,
+}
+
+impl AuditConfig {
+    /// The longest interval allowed.
+    pub const MAX_CHECKPOINT_INTERVAL_SECS: u64 = 3_600;
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.checkpoint_interval_secs == 0
+            || self.checkpoint_interval_secs > Self::MAX_CHECKPOINT_INTERVAL_SECS
+        {
+            return Err(ConfigError::Invalid {
+                path: file.to_owned(),
+                setting: "audit.checkpoint_interval_secs".to_owned(),
+                problem: format!("must be from 1 to {}", Self::MAX_CHECKPOINT_INTERVAL_SECS),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_secs: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 
 /// Storage settings.
@@ -448,6 +492,7 @@ impl Config {
         config.policy.path = base.join(&config.policy.path);
         config.dek.check(path)?;
         config.key_cache.check(path)?;
+        config.audit.check(path)?;
         config.kek.resolve_paths(base);
         for kek in &mut config.previous_kek {
             kek.resolve_paths(base);

@@ -35,7 +35,7 @@ pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 5] = [
         "spiffe://vault.dev/payments",
         &["detokenize", "metadata"],
     ),
-    ("auditor", "spiffe://vault.dev/auditor", &[]),
+    ("auditor", "spiffe://vault.dev/auditor", &["audit.read"]),
     ("admin-1", "spiffe://vault.dev/admin-1", &["keys.admin"]),
     ("admin-2", "spiffe://vault.dev/admin-2", &["keys.admin"]),
 ];

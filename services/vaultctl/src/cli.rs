@@ -236,6 +236,50 @@ pub enum Command {
     /// Crypto-shred a merchant's keys, under dual control (two different admins).
     #[command(subcommand)]
     Shred(ShredCommand),
+    /// The audit trail: export it, fetch its public key, verify exports offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `vaultctl audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Export the audit trail for a time range as JSON lines (needs `audit.read`).
+    ///
+    /// The range is widened to whole checkpoints so that the file verifies on its own; the
+    /// vault signs any head not yet signed first. Shows progress on standard error.
+    Export {
+        /// RFC 3339 start (e.g. 2026-11-01T00:00:00Z); default: the oldest record online.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// RFC 3339 end (exclusive); default: now.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Fetch the public key checkpoints are signed with (needs `audit.read`).
+    ///
+    /// Keep it apart from the exports: `audit verify` trusts only the key you give it.
+    PublicKey {
+        /// The file to write (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Verify exports offline (no vault, no database) against a public key file.
+    ///
+    /// Names every record or checkpoint that was edited, is missing, was inserted or
+    /// reordered, or whose signature does not verify; exit code 1 if any. Several files (an
+    /// archived export and a later one) are checked one by one and for gaps between them.
+    Verify {
+        /// The public key file (`audit public-key`).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// The export files.
+        #[arg(required = true, value_name = "EXPORT")]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// `vaultctl keys ...`.

@@ -10,6 +10,7 @@
 //! - [`progress`]: following a streamed job, with a bar or plain lines on standard error.
 //! - [`output`]: what each command prints, as text or JSON.
 
+pub mod audit;
 pub mod cli;
 pub mod connect;
 mod error;
@@ -29,7 +30,7 @@ pub use cli::{Cli, OutputFormat};
 pub use error::{EXIT_FAILED, EXIT_USAGE, Error, code_name, status_text};
 pub use output::Report;
 
-use cli::{Command, KekCommand, KeysCommand, ShredCommand};
+use cli::{AuditCommand, Command, KekCommand, KeysCommand, ShredCommand};
 use progress::Reporter;
 
 /// Runs one command: connects as `cli.connection` says, makes the command's one call and
@@ -42,6 +43,31 @@ use progress::Reporter;
 /// or fails the call, or it does not answer within `--timeout-secs` (`DEADLINE_EXCEEDED`);
 /// [`Error::JobFailed`] or [`Error::Interrupted`] if a streamed job stops before it finishes.
 pub async fn run(cli: &Cli) -> Result<Report, Error> {
+    // Verification is offline: no connection, no credentials.
+    if let Command::Audit(AuditCommand::Verify { public_key, files }) = &cli.command {
+        let report = audit::verify(public_key, files)?;
+        return Ok(Report::AuditVerified(report));
+    }
+    if let Command::Audit(command) = &cli.command {
+        let channel = connect::channel(&cli.connection)?;
+        return match command {
+            AuditCommand::Export { from, to, out } => Ok(Report::AuditExported(
+                audit::export(channel, from.clone(), to.clone(), out).await?,
+            )),
+            AuditCommand::PublicKey { out } => {
+                let keys = audit::public_keys(channel).await?;
+                let text = serde_json::to_string_pretty(&keys)
+                    .map_err(|e| Error::Protocol(format!("cannot encode the keys: {e}")))?;
+                std::fs::write(out, format!("{text}\n"))
+                    .map_err(|e| Error::Config(format!("cannot write {}: {e}", out.display())))?;
+                Ok(Report::PublicKeys {
+                    path: out.clone(),
+                    keys,
+                })
+            }
+            AuditCommand::Verify { .. } => Err(Error::Protocol("unreachable".to_owned())),
+        };
+    }
     let mut client = connect::client(&cli.connection)?;
     let timeout = Duration::from_secs(cli.connection.timeout_secs);
     match &cli.command {
@@ -140,6 +166,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Error> {
                 keys_destroyed: approved.keys_destroyed,
             })
         }
+        Command::Audit(_) => Err(Error::Protocol("audit commands run above".to_owned())),
     }
 }
 

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                 .write_all(report.render(cli.output).as_bytes())
                 .and_then(|()| stdout.flush())
             {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::from(report.exit_code()),
                 Err(err) => {
                     eprintln!("vaultctl: cannot write the result: {err}");
                     ExitCode::from(EXIT_FAILED)

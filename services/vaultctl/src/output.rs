@@ -57,9 +57,62 @@ pub enum Report {
         /// How many keys the vault destroyed.
         keys_destroyed: u64,
     },
+    /// `audit export`: the file written.
+    AuditExported(crate::audit::Exported),
+    /// `audit public-key`: the keys, and the file they were written to.
+    PublicKeys {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The keys.
+        keys: Vec<vault_audit::PublicKey>,
+    },
+    /// `audit verify`: what the verifier found.
+    AuditVerified(vault_audit::Report),
+}
+
+fn verify_text(report: &vault_audit::Report) -> String {
+    let mut text = String::new();
+    for problem in &report.problems {
+        text.push_str(&format!("{problem}\n"));
+    }
+    let writers = report.writers.len();
+    let range = report.checkpoint_range.map_or_else(
+        || "no checkpoints".to_owned(),
+        |(a, b)| format!("checkpoints #{a}..#{b}"),
+    );
+    if report.is_clean() {
+        text.push_str(&format!(
+            "verified: {} records from {writers} {}, {range}, every signature valid; nothing \
+             edited, missing, inserted or reordered\n",
+            report.records,
+            plural(writers as u64, "writer", "writers")
+        ));
+        if let Some(hash) = &report.last_checkpoint_hash {
+            text.push_str(&format!(
+                "last checkpoint hash {hash} (keep it apart from the export: it pins the tail)\n"
+            ));
+        }
+    } else {
+        text.push_str(&format!(
+            "FAILED: {} {} in {} records, {range}\n",
+            report.problems.len(),
+            plural(report.problems.len() as u64, "problem", "problems"),
+            report.records
+        ));
+    }
+    text
 }
 
 impl Report {
+    /// The exit code the report calls for: 1 for an export that failed verification.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::AuditVerified(report) if !report.is_clean() => crate::EXIT_FAILED,
+            _ => 0,
+        }
+    }
+
     /// The report as `format` asks, ending in a newline.
     #[must_use]
     pub fn render(&self, format: OutputFormat) -> String {
@@ -104,6 +157,27 @@ impl Report {
                  again.\n",
                 plural(*keys_destroyed, "key", "keys")
             ),
+            Self::AuditExported(e) => format!(
+                "exported {} {} and {} {} to {}\nVerify it offline with `vaultctl audit verify \
+                 --public-key FILE {}`.\n",
+                e.records,
+                plural(e.records, "record", "records"),
+                e.checkpoints,
+                plural(e.checkpoints, "checkpoint", "checkpoints"),
+                e.path.display(),
+                e.path.display()
+            ),
+            Self::PublicKeys { path, keys } => format!(
+                "wrote {} audit public {} to {} ({})\n",
+                keys.len(),
+                plural(keys.len() as u64, "key", "keys"),
+                path.display(),
+                keys.iter()
+                    .map(|k| k.key_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Self::AuditVerified(report) => verify_text(report),
         }
     }
 
@@ -179,6 +253,33 @@ impl Report {
                 "merchant_id": merchant_id,
                 "request_id": request_id,
                 "keys_destroyed": keys_destroyed,
+            }),
+            Self::AuditExported(e) => json!({
+                "path": e.path.display().to_string(),
+                "records": e.records,
+                "checkpoints": e.checkpoints,
+                "exported_at": e.header.exported_at,
+            }),
+            Self::PublicKeys { path, keys } => json!({
+                "path": path.display().to_string(),
+                "keys": keys.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
+            }),
+            Self::AuditVerified(report) => json!({
+                "clean": report.is_clean(),
+                "records": report.records,
+                "checkpoints": report.checkpoints,
+                "checkpoint_range": report.checkpoint_range,
+                "last_checkpoint_hash": report.last_checkpoint_hash,
+                "writers": report.writers.iter().map(|w| json!({
+                    "writer": w.writer, "anchor": w.anchor, "head": w.head, "records": w.records,
+                })).collect::<Vec<_>>(),
+                "problems": report.problems.iter().map(|p| json!({
+                    "kind": p.kind.as_str(),
+                    "file": p.file,
+                    "line": p.line,
+                    "subjects": p.subjects,
+                    "message": p.message,
+                })).collect::<Vec<_>>(),
             }),
         }
     }

@@ -101,7 +101,7 @@ merchants = ["*"]
 
 [[caller]]
 identity = "spiffe://vault.test/auditor"
-operations = []
+operations = ["audit.read"]
 merchants = ["*"]
 
 [[caller]]
@@ -196,7 +196,7 @@ impl TestVault {
     /// Stops `vaultd`, rewrites its `vaultd.toml` with `storage` and `keys` (same PKI, policy,
     /// data and environment) and starts it again.
     pub async fn restart_with(mut self, storage: &str, keys: &str) -> Self {
-        terminate(&mut self.child);
+        terminate_async(&mut self.child).await;
         write_vaultd_toml(self.dir.path(), storage, keys);
         let child = spawn_vaultd_env(
             &[
@@ -313,6 +313,19 @@ impl TestVault {
             Some((&issued.cert_pem, &issued.key_pem)),
         )
         .await
+    }
+
+    /// An AuditService client presenting the named identity's certificate.
+    pub fn audit_client(
+        &self,
+        name: &str,
+    ) -> vault_proto::v1::audit_service_client::AuditServiceClient<Channel> {
+        let issued = self.pki.client(name);
+        vault_proto::v1::audit_service_client::AuditServiceClient::new(channel(
+            &self.addr,
+            &self.pki.ca_pem,
+            Some((&issued.cert_pem, &issued.key_pem)),
+        ))
     }
 
     /// Tokenizes `pan` for `merchant` as the gateway at `addr` and returns the token.
@@ -468,6 +481,24 @@ pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child)
 }
 
 /// Sends SIGTERM (through the shell's `kill` builtin) and waits for the process to exit.
+/// [`terminate`] without blocking the test's runtime, so that its clients can answer the
+/// server's GOAWAY and the graceful shutdown (with its `vault.stop` record) completes.
+pub async fn terminate_async(child: &mut Child) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {}", child.id()))
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub fn terminate(child: &mut Child) {
     let _ = Command::new("sh")
         .arg("-c")
@@ -535,7 +566,7 @@ pub async fn assert_kek_down_releases_nothing(
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     let outcome: String = sqlx::query_scalar(
-        "SELECT outcome FROM audit_log WHERE operation = 'detokenize' ORDER BY id DESC LIMIT 1",
+        "SELECT outcome FROM audit_log WHERE operation = 'detokenize' ORDER BY at DESC, seq DESC LIMIT 1",
     )
     .fetch_one(&vault.db().await)
     .await
@@ -587,7 +618,7 @@ pub fn random_pan(prefix: &str) -> String {
         .collect()
 }
 
-/// Audit rows for a request id: (caller, peer, operation, merchant, token, outcome, reason).
+/// Audit rows for a request id: (caller, origin, operation, merchant, token, outcome, reason).
 pub type AuditRow = (
     String,
     Option<String>,
@@ -600,7 +631,7 @@ pub type AuditRow = (
 
 pub async fn audit_rows(db: &SqlitePool, request_id: &str) -> Vec<AuditRow> {
     sqlx::query_as(
-        "SELECT caller, peer, operation, merchant_id, token, outcome, reason FROM audit_log \
+        "SELECT caller, origin, operation, merchant_id, token, outcome, reason FROM audit_log \
          WHERE request_id = ?",
     )
     .bind(request_id)

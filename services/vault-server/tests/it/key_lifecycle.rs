@@ -230,7 +230,7 @@ async fn rotate_and_reencrypt_a_merchant_with_vaultctl() {
         "{refused}"
     );
     let audited: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT caller, outcome, detail FROM audit_log WHERE operation = 'keys.admin' ORDER BY id",
+        "SELECT caller, outcome, detail FROM audit_log WHERE operation = 'keys.admin' ORDER BY at, writer, seq",
     )
     .fetch_all(&vault.db().await)
     .await
@@ -502,7 +502,7 @@ async fn crypto_shred_needs_two_admins() {
 
     let audited: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT caller, outcome, detail, reason FROM audit_log \
-         WHERE operation = 'keys.admin' AND merchant_id = 'm-gone' ORDER BY id",
+         WHERE operation = 'keys.admin' AND merchant_id = 'm-gone' ORDER BY at, writer, seq",
     )
     .fetch_all(&vault.db().await)
     .await

@@ -1,0 +1,234 @@
+//! The `vault.v1.AuditService` gRPC service: filtered reads, exports and the public keys of the
+//! audit trail. Decisions and the audit records of the reads themselves are the domain's
+//! (`vault_core::trail`); this file converts and streams.
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use vault_audit::{Checkpoint, Entry, Line};
+use vault_core::Vault;
+use vault_core::policy::Operation;
+use vault_core::trail::AuditReadCommand;
+use vault_proto::v1 as pb;
+use vault_proto::v1::audit_service_server::AuditService;
+
+use crate::grpc::{Calls, respond};
+use crate::status::to_status;
+
+/// The gRPC face of the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    calls: Calls,
+}
+
+impl AuditApi {
+    /// Serves `vault`'s audit trail; each page read is bounded by `call_timeout`.
+    #[must_use]
+    pub fn new(vault: Vault, call_timeout: std::time::Duration) -> Self {
+        Self {
+            calls: Calls {
+                vault,
+                call_timeout,
+            },
+        }
+    }
+}
+
+/// A stream of records or export items.
+pub type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn empty(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+pub(crate) fn record_to_proto(entry: Entry) -> pb::AuditRecord {
+    pb::AuditRecord {
+        writer: entry.writer,
+        seq: entry.seq,
+        at: entry.at,
+        caller: entry.caller,
+        origin: entry.origin,
+        event: entry.event,
+        detail: entry.detail,
+        outcome: entry.outcome,
+        resource: entry.resource,
+        merchant_id: entry.merchant_id,
+        token: entry.token,
+        request_id: entry.request_id,
+        reason: entry.reason,
+        prev_hash: entry.prev_hash.to_vec(),
+        hash: entry.hash.to_vec(),
+    }
+}
+
+fn checkpoint_to_proto(checkpoint: Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        cp_seq: checkpoint.cp_seq,
+        kind: checkpoint.kind,
+        at: checkpoint.at,
+        writer: checkpoint.writer,
+        seq: checkpoint.seq,
+        head_hash: checkpoint.head_hash.to_vec(),
+        prev_hash: checkpoint.prev_hash.to_vec(),
+        key_id: checkpoint.key_id,
+        signature: checkpoint.signature.to_vec(),
+        hash: checkpoint.hash.to_vec(),
+    }
+}
+
+fn line_to_proto(line: Line) -> pb::ExportItem {
+    use pb::export_item::Item;
+    let item = match line {
+        Line::Header(h) => Item::Header(pb::ExportHeader {
+            format: h.format,
+            from: h.from,
+            to: h.to,
+            exported_at: h.exported_at,
+            checkpoints: h.checkpoints,
+            records: h.records,
+        }),
+        Line::Checkpoint(c) => Item::Checkpoint(checkpoint_to_proto(c)),
+        Line::Record(e) => Item::Record(record_to_proto(e)),
+    };
+    pb::ExportItem { item: Some(item) }
+}
+
+/// Pages through `next` on its own task, sending each item; stops at the end, on an error, or
+/// when the caller goes away.
+fn stream_pages<S, T, F>(calls: Calls, mut source: S, mut next: F, first: Vec<T>) -> ItemStream<T>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    F: for<'a> FnMut(
+            &'a mut S,
+        ) -> Pin<
+            Box<dyn Future<Output = Result<Option<Vec<T>>, vault_core::VaultError>> + Send + 'a>,
+        > + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for item in first {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match calls.within(next(&mut source)).await {
+                Ok(Some(page)) => {
+                    for item in page {
+                        if tx.send(Ok(item)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(error = %error, "audit stream stopped");
+                    let _ = tx.send(Err(to_status(&error))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    type ReadRecordsStream = ItemStream<pb::AuditRecord>;
+    type ExportStream = ItemStream<pb::ExportItem>;
+
+    async fn read_records(
+        &self,
+        request: Request<pb::ReadRecordsRequest>,
+    ) -> Result<Response<Self::ReadRecordsStream>, Status> {
+        let ctx = self.calls.identify(&request, Operation::AuditRead).await?;
+        let body = request.into_inner();
+        let command = AuditReadCommand {
+            from: empty(body.from),
+            to: empty(body.to),
+            merchant_id: empty(body.merchant_id),
+            caller: empty(body.caller),
+            event: empty(body.event),
+            outcome: empty(body.outcome),
+        };
+        let result = self
+            .calls
+            .within(self.calls.vault.read_audit(&ctx, command))
+            .await
+            .map(|reader| {
+                stream_pages(
+                    self.calls.clone(),
+                    reader,
+                    |reader| {
+                        Box::pin(async move {
+                            Ok(reader
+                                .next_page()
+                                .await?
+                                .map(|page| page.into_iter().map(record_to_proto).collect()))
+                        })
+                    },
+                    Vec::new(),
+                )
+            });
+        respond(&ctx, Operation::AuditRead, result)
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let ctx = self.calls.identify(&request, Operation::AuditRead).await?;
+        let body = request.into_inner();
+        let result = self
+            .calls
+            .within(
+                self.calls
+                    .vault
+                    .export_audit(&ctx, empty(body.from), empty(body.to)),
+            )
+            .await
+            .map(|export| {
+                let header = line_to_proto(Line::Header(export.header().clone()));
+                stream_pages(
+                    self.calls.clone(),
+                    export,
+                    |export| {
+                        Box::pin(async move {
+                            Ok(export
+                                .next_page()
+                                .await?
+                                .map(|page| page.into_iter().map(line_to_proto).collect()))
+                        })
+                    },
+                    vec![header],
+                )
+            });
+        respond(&ctx, Operation::AuditRead, result)
+    }
+
+    async fn get_public_keys(
+        &self,
+        request: Request<pb::GetPublicKeysRequest>,
+    ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
+        let ctx = self.calls.identify(&request, Operation::AuditRead).await?;
+        let result = self
+            .calls
+            .within(self.calls.vault.audit_public_keys(&ctx))
+            .await
+            .map(|keys| pb::GetPublicKeysResponse {
+                keys: keys
+                    .into_iter()
+                    .map(|k| pb::PublicKey {
+                        key_id: k.key_id,
+                        algorithm: k.algorithm,
+                        public_key: k.public_key.to_vec(),
+                    })
+                    .collect(),
+            });
+        respond(&ctx, Operation::AuditRead, result)
+    }
+}

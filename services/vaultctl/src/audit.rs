@@ -1,0 +1,220 @@
+//! `vaultctl audit ...`: export the trail (`vault.v1.AuditService`), fetch the public key, and
+//! verify exports offline with `vault_audit::verify` (no vault, no database).
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+use vault_audit::{Checkpoint, Entry, ExportHeader, Line, PublicKey};
+use vault_proto::v1 as pb;
+use vault_proto::v1::audit_service_client::AuditServiceClient;
+
+use crate::error::Error;
+use crate::progress::Reporter;
+
+fn bytes<const N: usize>(value: &[u8], what: &str) -> Result<[u8; N], Error> {
+    value
+        .try_into()
+        .map_err(|_| Error::Protocol(format!("{what} is not {N} bytes")))
+}
+
+fn entry(record: pb::AuditRecord) -> Result<Entry, Error> {
+    Ok(Entry {
+        prev_hash: bytes(&record.prev_hash, "a record's prev_hash")?,
+        hash: bytes(&record.hash, "a record's hash")?,
+        writer: record.writer,
+        seq: record.seq,
+        at: record.at,
+        caller: record.caller,
+        origin: record.origin,
+        event: record.event,
+        detail: record.detail,
+        outcome: record.outcome,
+        resource: record.resource,
+        merchant_id: record.merchant_id,
+        token: record.token,
+        request_id: record.request_id,
+        reason: record.reason,
+    })
+}
+
+fn checkpoint(c: pb::Checkpoint) -> Result<Checkpoint, Error> {
+    Ok(Checkpoint {
+        head_hash: bytes(&c.head_hash, "a checkpoint's head_hash")?,
+        prev_hash: bytes(&c.prev_hash, "a checkpoint's prev_hash")?,
+        signature: bytes(&c.signature, "a checkpoint's signature")?,
+        hash: bytes(&c.hash, "a checkpoint's hash")?,
+        cp_seq: c.cp_seq,
+        kind: c.kind,
+        at: c.at,
+        writer: c.writer,
+        seq: c.seq,
+        key_id: c.key_id,
+    })
+}
+
+fn line(item: pb::ExportItem) -> Result<Line, Error> {
+    use pb::export_item::Item;
+    match item.item {
+        Some(Item::Header(h)) => Ok(Line::Header(ExportHeader {
+            format: h.format,
+            from: h.from,
+            to: h.to,
+            exported_at: h.exported_at,
+            checkpoints: h.checkpoints,
+            records: h.records,
+        })),
+        Some(Item::Checkpoint(c)) => checkpoint(c).map(Line::Checkpoint),
+        Some(Item::Record(r)) => entry(r).map(Line::Record),
+        None => Err(Error::Protocol("an export item without content".to_owned())),
+    }
+}
+
+fn write_error(path: &Path, err: &std::io::Error) -> Error {
+    Error::Config(format!("cannot write {}: {err}", path.display()))
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// The file.
+    pub path: PathBuf,
+    /// Its header.
+    pub header: ExportHeader,
+    /// Checkpoint lines written.
+    pub checkpoints: u64,
+    /// Record lines written.
+    pub records: u64,
+}
+
+/// Streams an export into `path` (JSON lines), with progress on standard error.
+///
+/// # Errors
+/// [`Error::Rpc`] if the vault refuses or fails; [`Error::Config`] if the file cannot be
+/// written; [`Error::Protocol`] for a malformed answer.
+pub async fn export(
+    channel: Channel,
+    from: Option<String>,
+    to: Option<String>,
+    path: &Path,
+) -> Result<Exported, Error> {
+    let mut client = AuditServiceClient::new(channel);
+    let mut stream = client
+        .export(pb::ExportRequest {
+            from: from.unwrap_or_default(),
+            to: to.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    let file = std::fs::File::create(path).map_err(|e| write_error(path, &e))?;
+    let mut out = BufWriter::new(file);
+    let mut header = None;
+    let (mut checkpoints, mut records) = (0u64, 0u64);
+    let mut reporter = Reporter::stderr(format!("exporting the audit trail to {}", path.display()));
+    let mut total = 0;
+    while let Some(item) = stream.message().await? {
+        let line = line(item)?;
+        match &line {
+            Line::Header(h) => {
+                total = h.checkpoints + h.records;
+                header = Some(h.clone());
+            }
+            Line::Checkpoint(_) => checkpoints += 1,
+            Line::Record(_) => records += 1,
+        }
+        let text = serde_json::to_string(&line)
+            .map_err(|e| Error::Protocol(format!("cannot encode a line: {e}")))?;
+        writeln!(out, "{text}").map_err(|e| write_error(path, &e))?;
+        let done = checkpoints + records;
+        if done % 512 == 0 || done == total {
+            reporter.update(&pb::Progress {
+                done,
+                remaining: total.saturating_sub(done),
+                target: String::new(),
+                finished: false,
+                failed: 0,
+            });
+        }
+    }
+    out.flush().map_err(|e| write_error(path, &e))?;
+    out.get_ref()
+        .sync_all()
+        .map_err(|e| write_error(path, &e))?;
+    reporter.finish();
+    let header = header.ok_or_else(|| Error::Protocol("the export had no header".to_owned()))?;
+    Ok(Exported {
+        path: path.to_owned(),
+        header,
+        checkpoints,
+        records,
+    })
+}
+
+/// The vault's audit public keys.
+///
+/// # Errors
+/// [`Error::Rpc`] or [`Error::Protocol`].
+pub async fn public_keys(channel: Channel) -> Result<Vec<PublicKey>, Error> {
+    let mut client = AuditServiceClient::new(channel);
+    let answer = client
+        .get_public_keys(pb::GetPublicKeysRequest {})
+        .await?
+        .into_inner();
+    answer
+        .keys
+        .into_iter()
+        .map(|k| {
+            let key = PublicKey {
+                key_id: k.key_id,
+                algorithm: k.algorithm,
+                public_key: bytes(&k.public_key, "a public key")?,
+            };
+            // Never pass on a key under another key's id.
+            if key.key_id == vault_audit::key_id(&key.public_key) && key.algorithm == "ed25519" {
+                Ok(key)
+            } else {
+                Err(Error::Protocol(
+                    "a public key does not match its id".to_owned(),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Reads a public key file (as `vaultctl audit public-key` writes it: a JSON list).
+///
+/// # Errors
+/// [`Error::Config`] if it cannot be read or parsed.
+pub fn read_public_keys(path: &Path) -> Result<Vec<PublicKey>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let keys: Vec<PublicKey> = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{} is not a public key file: {e}", path.display())))?;
+    for key in &keys {
+        if key.key_id != vault_audit::key_id(&key.public_key) {
+            return Err(Error::Config(format!(
+                "{}: key {} does not match its id",
+                path.display(),
+                key.key_id
+            )));
+        }
+    }
+    Ok(keys)
+}
+
+/// Verifies the export `files` against the keys in `public_key`, offline.
+///
+/// # Errors
+/// [`Error::Config`] if a file cannot be read.
+pub fn verify(public_key: &Path, files: &[PathBuf]) -> Result<vault_audit::Report, Error> {
+    let keys = read_public_keys(public_key)?;
+    let mut segments = Vec::new();
+    for path in files {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let segment = vault_audit::parse_export(&path.display().to_string(), BufReader::new(file))
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        segments.push(segment);
+    }
+    Ok(vault_audit::verify(&segments, &keys))
+}
