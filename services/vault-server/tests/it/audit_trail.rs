@@ -40,6 +40,20 @@ fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Fetches the public key and exports the trail, as the auditor, into `work`.
+async fn key_and_export(vault: &TestVault, work: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, file) = (path(work, "audit.pub"), path(work, name));
+    vault
+        .vaultctl(
+            "auditor",
+            &["audit", "public-key", "--out", &key.to_string_lossy()],
+        )
+        .await
+        .unwrap();
+    export(vault, &file).await;
+    (key, file)
+}
+
 async fn export(vault: &TestVault, out: &Path) {
     let report = vault
         .vaultctl(
@@ -111,15 +125,7 @@ fn named(report: &vault_audit::Report) -> Vec<String> {
 async fn exports_verify_offline_and_carry_the_pci_fields() {
     let vault = vault_with_history().await;
     let work = tempfile::tempdir().unwrap();
-    let (key, first) = (path(work.path(), "audit.pub"), path(work.path(), "a.jsonl"));
-    vault
-        .vaultctl(
-            "auditor",
-            &["audit", "public-key", "--out", &key.to_string_lossy()],
-        )
-        .await
-        .unwrap();
-    export(&vault, &first).await;
+    let (key, first) = key_and_export(&vault, work.path(), "a.jsonl").await;
     let report = verify(&vault, &key, &[&first]).await;
     assert!(report.is_clean(), "{:#?}", report.problems);
 
@@ -192,15 +198,7 @@ async fn every_tampering_of_an_export_is_found_and_named() {
     const TRIALS: usize = 1_000;
     let vault = vault_with_history().await;
     let work = tempfile::tempdir().unwrap();
-    let (key, clean_file) = (path(work.path(), "audit.pub"), path(work.path(), "x.jsonl"));
-    vault
-        .vaultctl(
-            "auditor",
-            &["audit", "public-key", "--out", &key.to_string_lossy()],
-        )
-        .await
-        .unwrap();
-    export(&vault, &clean_file).await;
+    let (key, clean_file) = key_and_export(&vault, work.path(), "x.jsonl").await;
     let clean = lines(&clean_file);
     let rows = record_lines(&clean);
     assert!(rows.len() >= 20);

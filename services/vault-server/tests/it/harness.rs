@@ -481,34 +481,33 @@ pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child)
 }
 
 /// Sends SIGTERM (through the shell's `kill` builtin) and waits for the process to exit.
-/// [`terminate`] without blocking the test's runtime, so that its clients can answer the
-/// server's GOAWAY and the graceful shutdown (with its `vault.stop` record) completes.
-pub async fn terminate_async(child: &mut Child) {
+fn send_term(child: &Child) {
     let _ = Command::new("sh")
         .arg("-c")
         .arg(format!("kill -TERM {}", child.id()))
         .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
+}
+
+/// How long a stopping `vaultd` gets before it is killed.
+const TERM_GRACE: Duration = Duration::from_secs(20);
+
+/// [`terminate`] without blocking the test's runtime, so that its clients can answer the
+/// server's GOAWAY and the graceful shutdown (with its `vault.stop` record) completes.
+pub async fn terminate_async(child: &mut Child) {
+    send_term(child);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
 }
 
+/// Stops `child` with SIGTERM, killing it if it has not exited within [`TERM_GRACE`].
 pub fn terminate(child: &mut Child) {
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", child.id()))
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
+    send_term(child);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();

@@ -177,7 +177,8 @@ async fn an_hsm_kek_wraps_the_keys_and_a_wrong_pin_stops_vaultd_at_start() {
         .fetch_all(&vault.db().await)
         .await
         .unwrap();
-    assert_eq!(kek_ids, vec!["pkcs11:vault-e2e/kek-1"; 2]);
+    // The merchant's DEK and fingerprint key, and the vault's audit signing key.
+    assert_eq!(kek_ids, vec!["pkcs11:vault-e2e/kek-1"; 3]);
     assert!(!vault.logs().contains(PIN));
 }
 

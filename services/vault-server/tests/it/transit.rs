@@ -124,8 +124,8 @@ async fn a_new_transit_key_version_is_taken_up_by_vaultctl_kek_rewrap() {
     };
     assert_eq!(status.current_kek_id, "transit:transit/vault-kek:v2");
     assert_eq!(
-        status.keys_to_rewrap, 40,
-        "a DEK and a fingerprint key each"
+        status.keys_to_rewrap, 41,
+        "a DEK and a fingerprint key each, and the audit signing key"
     );
 
     let rewrapped = vault
@@ -137,7 +137,7 @@ async fn a_new_transit_key_version_is_taken_up_by_vaultctl_kek_rewrap() {
         .unwrap();
     match rewrapped {
         vaultctl::Report::Rewrapped { keys, kek_id } => {
-            assert_eq!(keys, 40);
+            assert_eq!(keys, 41, "with the audit signing key");
             assert_eq!(kek_id, "transit:transit/vault-kek:v2");
         }
         other => panic!("{other:?}"),
