@@ -49,8 +49,9 @@ fn stamp(at: OffsetDateTime) -> String {
     vault_audit::format_time(micros(at)).unwrap_or_default()
 }
 
-/// An audit read's filters as the transport received them, not yet validated.
-#[derive(Debug, Clone, Default)]
+/// An audit read's filters as the transport received them, not yet validated. Its `Debug`
+/// shows only which filters are set: a careless caller might put a PAN in one.
+#[derive(Clone, Default)]
 pub struct AuditReadCommand {
     /// Records at or after this time (RFC 3339), if given.
     pub from: Option<String>,
@@ -64,6 +65,20 @@ pub struct AuditReadCommand {
     pub event: Option<String>,
     /// Only this outcome, if given.
     pub outcome: Option<String>,
+}
+
+impl std::fmt::Debug for AuditReadCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |field: &Option<String>| field.is_some();
+        f.debug_struct("AuditReadCommand")
+            .field("from", &set(&self.from))
+            .field("to", &set(&self.to))
+            .field("merchant_id", &set(&self.merchant_id))
+            .field("caller", &set(&self.caller))
+            .field("event", &set(&self.event))
+            .field("outcome", &set(&self.outcome))
+            .finish()
+    }
 }
 
 /// The events an audit read may filter by.
