@@ -124,6 +124,23 @@ fn time_field(
         })
 }
 
+/// `from` and `to` as times, `to` not before `from`.
+fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), InvalidArgument> {
+    let (from, to) = (time_field("from", from)?, time_field("to", to)?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(InvalidArgument {
+            field: "to",
+            problem: "must not be before from",
+        });
+    }
+    Ok((from, to))
+}
+
 fn one_of(
     field: &'static str,
     text: Option<&str>,
@@ -151,9 +168,10 @@ impl AuditReadCommand {
             }
             Some(c) => Some(CallerId::new(c)),
         };
+        let (from, to) = time_range(self.from.as_deref(), self.to.as_deref())?;
         let query = AuditQuery {
-            from: time_field("from", self.from.as_deref())?,
-            to: time_field("to", self.to.as_deref())?,
+            from,
+            to,
             merchant: self
                 .merchant_id
                 .as_deref()
@@ -164,14 +182,6 @@ impl AuditReadCommand {
             event: one_of("event", self.event.as_deref(), &EVENTS)?,
             outcome: one_of("outcome", self.outcome.as_deref(), &OUTCOMES)?,
         };
-        if let (Some(from), Some(to)) = (query.from, query.to)
-            && from > to
-        {
-            return Err(InvalidArgument {
-                field: "to",
-                problem: "must not be before from",
-            });
-        }
         Ok(query)
     }
 }
@@ -405,23 +415,20 @@ impl Vault {
     /// read is limited to.
     fn authorize_audit(
         &self,
-        audit: &mut AuditRecord,
+        audit: &AuditRecord,
         merchant: Option<&MerchantId>,
     ) -> Result<(), VaultError> {
-        let allowed = match merchant {
-            Some(merchant) => self
+        match merchant {
+            Some(merchant) => self.authorize(audit, Operation::AuditRead, merchant),
+            None if self
                 .policy
-                .allows(&audit.caller, Operation::AuditRead, merchant),
-            None => self
-                .policy
-                .allows_everywhere(&audit.caller, Operation::AuditRead),
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(VaultError::PermissionDenied {
+                .allows_everywhere(&audit.caller, Operation::AuditRead) =>
+            {
+                Ok(())
+            }
+            None => Err(VaultError::PermissionDenied {
                 operation: Operation::AuditRead,
-            })
+            }),
         }
     }
 
@@ -445,7 +452,7 @@ impl Vault {
                 .map(|m| MerchantId::parse("merchant_id", m))
                 .transpose()?;
             audit.merchant.clone_from(&merchant);
-            self.authorize_audit(&mut audit, merchant.as_ref())?;
+            self.authorize_audit(&audit, merchant.as_ref())?;
             let query = command.parse()?;
             Ok(Done::pending(AuditReader {
                 vault: self.clone(),
@@ -470,21 +477,10 @@ impl Vault {
         from: Option<String>,
         to: Option<String>,
     ) -> Result<AuditExport, VaultError> {
-        let mut audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.export");
+        let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.export");
         let result = async {
-            self.authorize_audit(&mut audit, None)?;
-            let from_at = time_field("from", from.as_deref())?;
-            let to_at = time_field("to", to.as_deref())?;
-            if let (Some(f), Some(t)) = (from_at, to_at)
-                && f > t
-            {
-                return Err(InvalidArgument {
-                    field: "to",
-                    problem: "must not be before from",
-                }
-                .into());
-            }
-            Ok(Done::pending((from_at, to_at)))
+            self.authorize_audit(&audit, None)?;
+            Ok(Done::pending(time_range(from.as_deref(), to.as_deref())?))
         }
         .await;
         let (from_at, to_at) = self.conclude(audit, result).await?;
@@ -517,10 +513,9 @@ impl Vault {
     /// # Errors
     /// Any [`VaultError`]; the call is audited either way.
     pub async fn audit_public_keys(&self, ctx: &CallContext) -> Result<Vec<PublicKey>, VaultError> {
-        let mut audit =
-            AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.public_key");
+        let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.public_key");
         let result = async {
-            self.authorize_audit(&mut audit, None)?;
+            self.authorize_audit(&audit, None)?;
             let key = self
                 .audit_public_key()
                 .ok_or(VaultError::FailedPrecondition(

@@ -49,6 +49,20 @@ impl fmt::Debug for v1::DetokenizeResponse {
     }
 }
 
+/// Audit filters are free text a careless auditor might put a PAN in: lengths only.
+impl fmt::Debug for v1::ReadRecordsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadRecordsRequest")
+            .field("from_len", &self.from.len())
+            .field("to_len", &self.to.len())
+            .field("merchant_id_len", &self.merchant_id.len())
+            .field("caller_len", &self.caller.len())
+            .field("event_len", &self.event.len())
+            .field("outcome_len", &self.outcome.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;

@@ -1005,7 +1005,9 @@ macro_rules! token_store_impl {
                         newest
                             .iter()
                             .map(|(writer, newest)| {
-                                after.get(writer).copied().unwrap_or(*newest).min(*newest)
+                                // A writer's first checkpoint after `to` is never past its
+                                // newest one.
+                                after.get(writer).copied().unwrap_or(*newest)
                             })
                             .max()
                             .unwrap_or(first)

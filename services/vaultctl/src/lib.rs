@@ -43,30 +43,8 @@ use progress::Reporter;
 /// or fails the call, or it does not answer within `--timeout-secs` (`DEADLINE_EXCEEDED`);
 /// [`Error::JobFailed`] or [`Error::Interrupted`] if a streamed job stops before it finishes.
 pub async fn run(cli: &Cli) -> Result<Report, Error> {
-    // Verification is offline: no connection, no credentials.
-    if let Command::Audit(AuditCommand::Verify { public_key, files }) = &cli.command {
-        let report = audit::verify(public_key, files)?;
-        return Ok(Report::AuditVerified(report));
-    }
     if let Command::Audit(command) = &cli.command {
-        let channel = connect::channel(&cli.connection)?;
-        return match command {
-            AuditCommand::Export { from, to, out } => Ok(Report::AuditExported(
-                audit::export(channel, from.clone(), to.clone(), out).await?,
-            )),
-            AuditCommand::PublicKey { out } => {
-                let keys = audit::public_keys(channel).await?;
-                let text = serde_json::to_string_pretty(&keys)
-                    .map_err(|e| Error::Protocol(format!("cannot encode the keys: {e}")))?;
-                std::fs::write(out, format!("{text}\n"))
-                    .map_err(|e| Error::Config(format!("cannot write {}: {e}", out.display())))?;
-                Ok(Report::PublicKeys {
-                    path: out.clone(),
-                    keys,
-                })
-            }
-            AuditCommand::Verify { .. } => Err(Error::Protocol("unreachable".to_owned())),
-        };
+        return audit_command(&cli.connection, command).await;
     }
     let mut client = connect::client(&cli.connection)?;
     let timeout = Duration::from_secs(cli.connection.timeout_secs);
@@ -167,6 +145,33 @@ pub async fn run(cli: &Cli) -> Result<Report, Error> {
             })
         }
         Command::Audit(_) => Err(Error::Protocol("audit commands run above".to_owned())),
+    }
+}
+
+/// Runs an `audit` command. `audit verify` is offline: it opens no connection and needs no
+/// credentials.
+async fn audit_command(
+    connection: &cli::ConnectionArgs,
+    command: &AuditCommand,
+) -> Result<Report, Error> {
+    match command {
+        AuditCommand::Verify { public_key, files } => {
+            Ok(Report::AuditVerified(audit::verify(public_key, files)?))
+        }
+        AuditCommand::Export { from, to, out } => Ok(Report::AuditExported(
+            audit::export(connect::channel(connection)?, from.clone(), to.clone(), out).await?,
+        )),
+        AuditCommand::PublicKey { out } => {
+            let keys = audit::public_keys(connect::channel(connection)?).await?;
+            let text = serde_json::to_string_pretty(&keys)
+                .map_err(|e| Error::Protocol(format!("cannot encode the keys: {e}")))?;
+            std::fs::write(out, format!("{text}\n"))
+                .map_err(|e| Error::Config(format!("cannot write {}: {e}", out.display())))?;
+            Ok(Report::PublicKeys {
+                path: out.clone(),
+                keys,
+            })
+        }
     }
 }
 
