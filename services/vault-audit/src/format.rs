@@ -320,6 +320,10 @@ pub struct ExportHeader {
     pub checkpoints: u64,
     /// How many record lines follow.
     pub records: u64,
+    /// Keep the file at least until then (the vault's `[audit] retain_days` after the export;
+    /// PCI DSS 10.5.1 asks for twelve months). Absent in exports made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_until: Option<String>,
 }
 
 /// One line of an export file.

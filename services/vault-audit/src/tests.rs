@@ -111,6 +111,7 @@ impl Trail {
             exported_at: format_time(self.micros).unwrap(),
             checkpoints: self.checkpoints.len() as u64,
             records: records.len() as u64,
+            keep_until: None,
         });
         std::iter::once(header)
             .chain(self.checkpoints.iter().cloned().map(Line::Checkpoint))
@@ -361,6 +362,7 @@ fn two_files_must_meet_without_a_gap() {
             exported_at: "x".to_owned(),
             checkpoints: cps.len() as u64,
             records: records.len() as u64,
+            keep_until: None,
         });
         std::iter::once(header)
             .chain(cps.into_iter().map(Line::Checkpoint))

@@ -77,8 +77,9 @@ impl Outcome {
 /// The caller and origin the vault's own events are recorded under.
 pub const VAULTD: &str = "vaultd";
 
-/// What an audit record records: a call, or one of the vault's own events (PCI DSS 10.2.1.6:
-/// start and stop of the audit log; 10.2.1.2: pruning it).
+/// What an audit record records: a call (pruning the trail, PCI DSS 10.2.1.2, is the
+/// `audit.prune` call), or one of the vault's own events (PCI DSS 10.2.1.6: start and stop of
+/// the audit log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// A call of this operation (allowed or not).
@@ -87,8 +88,6 @@ pub enum Event {
     VaultStart,
     /// The vault is stopping; the last record of its writer's chain.
     VaultStop,
-    /// Audit records older than the online window were removed after export.
-    AuditPrune,
 }
 
 impl Event {
@@ -99,7 +98,6 @@ impl Event {
             Self::Call(operation) => operation.as_str(),
             Self::VaultStart => "vault.start",
             Self::VaultStop => "vault.stop",
-            Self::AuditPrune => "audit.prune",
         }
     }
 }
@@ -198,7 +196,7 @@ impl AuditRecord {
                     | Operation::Delete,
                 ) => "tokens",
                 Event::Call(Operation::KeysAdmin) => "keys",
-                Event::Call(Operation::AuditRead) | Event::AuditPrune => "audit",
+                Event::Call(Operation::AuditRead | Operation::AuditPrune) => "audit",
                 Event::VaultStart | Event::VaultStop => "vault",
             }
             .to_owned(),

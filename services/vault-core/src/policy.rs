@@ -20,17 +20,20 @@ pub enum Operation {
     AuditRead,
     /// Manage keys.
     KeysAdmin,
+    /// Remove exported audit records older than the online window.
+    AuditPrune,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Metadata,
         Self::Delete,
         Self::AuditRead,
         Self::KeysAdmin,
+        Self::AuditPrune,
     ];
 
     /// The operation's name as policy files and audit records spell it.
@@ -43,6 +46,7 @@ impl Operation {
             Self::Delete => "delete",
             Self::AuditRead => "audit.read",
             Self::KeysAdmin => "keys.admin",
+            Self::AuditPrune => "audit.prune",
         }
     }
 

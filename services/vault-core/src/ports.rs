@@ -281,11 +281,6 @@ pub trait KeyStore: Send + Sync {
     async fn is_shredded(&self, merchant: &MerchantId) -> Result<bool, StoreError>;
 }
 
-/// Durable storage for tokens, keys and audit records.
-///
-/// Implementations enforce uniqueness with constraints, not application locks: a token string
-/// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
-/// (merchant, purpose, version) at most one key.
 /// A writer's chain head: its newest committed record (seq 0 and [`vault_audit::GENESIS`]
 /// before the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +329,48 @@ pub struct ExportPlan {
     pub checkpoints: Option<(u64, u64)>,
     /// Each writer's records: seqs after `.1` up to `.2`.
     pub writers: Vec<(String, u64, u64)>,
+}
+
+/// What a prune removes (PCI DSS 10.5.1: records leave the online trail only after export).
+///
+/// Checkpoints form one chain across writers, so only a prefix of it can go: every checkpoint
+/// up to `through`, the newest exported checkpoint older than the cutoff (with every one before
+/// it older too). Each writer loses its records up to its `cut`, the newest head a removed
+/// checkpoint signed for it: all of them were exported and are older than the cutoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// The last checkpoint removed.
+    pub through: u64,
+    /// The writers that lose records, by writer.
+    pub writers: Vec<PruneCut>,
+}
+
+/// One writer's part of a [`PrunePlan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneCut {
+    /// The writer.
+    pub writer: String,
+    /// Its records up to this seq go.
+    pub cut: u64,
+    /// The hash of its record at `cut` (as the removed checkpoint signed it).
+    pub cut_hash: [u8; vault_audit::HASH_LEN],
+    /// The lowest head its kept checkpoints sign, if it has any: when that is not `cut`, a
+    /// prune checkpoint at `cut` must anchor what is kept.
+    pub kept_low: Option<u64>,
+    /// It stopped cleanly (its newest checkpoint is a stop at `cut`) and has no record after
+    /// `cut`: it is closed, and nothing of it stays.
+    pub finished: bool,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneCounts {
+    /// Records.
+    pub records: u64,
+    /// Checkpoints.
+    pub checkpoints: u64,
+    /// Writers closed (nothing of them left).
+    pub writers_closed: u64,
 }
 
 /// The audit trail's storage: records are chained as they are written (every store method
@@ -399,8 +436,32 @@ pub trait AuditStore: Send + Sync {
         cursor: Option<&AuditCursor>,
         limit: u32,
     ) -> Result<Vec<vault_audit::Entry>, StoreError>;
+
+    /// What pruning would remove given that checkpoints up to `exported` were exported and
+    /// the cutoff is `before` (see [`PrunePlan`]); `None` if nothing can go.
+    async fn plan_prune(
+        &self,
+        exported: u64,
+        before: OffsetDateTime,
+    ) -> Result<Option<PrunePlan>, StoreError>;
+
+    /// Carries out `plan` in one transaction: removes its records and checkpoints, stores
+    /// `checkpoints` (the prune checkpoints at the cuts, chained on the current tip) and
+    /// appends `audit`. `Ok(None)`, having changed nothing, if a checkpoint's `cp_seq` was
+    /// taken meanwhile (plan and sign again).
+    async fn prune_audit(
+        &self,
+        plan: &PrunePlan,
+        checkpoints: &[vault_audit::Checkpoint],
+        audit: &AuditRecord,
+    ) -> Result<Option<PruneCounts>, StoreError>;
 }
 
+/// Durable storage for tokens, keys and audit records.
+///
+/// Implementations enforce uniqueness with constraints, not application locks: a token string
+/// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
+/// (merchant, purpose, version) at most one key.
 #[async_trait]
 pub trait TokenStore: KeyStore + AuditStore {
     /// The merchant's newest DEK and its fingerprint key, if it has any.

@@ -10,8 +10,8 @@ use std::sync::{Mutex, OnceLock};
 
 use time::OffsetDateTime;
 use vault_audit::{
-    Checkpoint, CheckpointDraft, CheckpointKind, EXPORT_FORMAT, Entry, ExportHeader, GENESIS, Line,
-    PublicKey,
+    Checkpoint, CheckpointDraft, CheckpointKind, EXPORT_FORMAT, Entry, ExportHeader, GENESIS,
+    HASH_LEN, Line, PublicKey,
 };
 use vault_crypto::{KeyMaterial, SigningKey};
 
@@ -20,7 +20,9 @@ use crate::error::{InvalidArgument, VaultError};
 use crate::ids::{CallContext, CallerId, MerchantId};
 use crate::pan::contains_card_number;
 use crate::policy::Operation;
-use crate::ports::{AuditCursor, AuditQuery, ChainHead, ExportPlan, KeyContext, KeyPurpose};
+use crate::ports::{
+    AuditCursor, AuditQuery, ChainHead, ExportPlan, KeyContext, KeyPurpose, PruneCounts, PrunePlan,
+};
 use crate::vault::{Done, Vault, now};
 
 /// Rows per page when reading the trail.
@@ -29,16 +31,58 @@ const PAGE: u32 = 500;
 /// How many times a checkpoint retries its compare-and-set on `cp_seq`.
 const MAX_CHECKPOINT_ATTEMPTS: usize = 64;
 
-/// The unwrapped signing key, and what this writer signed last.
+/// How long the trail is kept (PCI DSS 10.5.1: at least twelve months, the last three
+/// immediately available).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// Days records stay online: a prune never removes a younger record.
+    pub online_days: u32,
+    /// Days an export must be kept; exports say until when (`keep_until`).
+    pub retain_days: u32,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        Self {
+            online_days: 92,
+            retain_days: 365,
+        }
+    }
+}
+
+/// The unwrapped signing key, what this writer signed last, and the retention rules.
 #[derive(Default)]
 pub struct TrailState {
     signer: OnceLock<Signer>,
     last_signed: Mutex<Option<u64>>,
+    retention: AuditRetention,
 }
 
 struct Signer {
     key: SigningKey,
     public: [u8; vault_crypto::PUBLIC_KEY_LEN],
+}
+
+impl Signer {
+    /// Signs `head` as the checkpoint after `tip` (the newest checkpoint's `cp_seq` and hash).
+    fn sign(
+        &self,
+        kind: CheckpointKind,
+        head: &ChainHead,
+        tip: Option<(u64, [u8; HASH_LEN])>,
+    ) -> Checkpoint {
+        let (cp_seq, prev_hash) = tip.map_or((1, GENESIS), |(n, hash)| (n + 1, hash));
+        let draft = CheckpointDraft {
+            cp_seq,
+            kind,
+            at: stamp(now()),
+            writer: head.writer.clone(),
+            seq: head.seq,
+            head_hash: head.hash,
+            prev_hash,
+        };
+        draft.sign(&self.public, |payload| self.key.sign(payload))
+    }
 }
 
 fn micros(at: OffsetDateTime) -> i64 {
@@ -184,6 +228,43 @@ impl AuditReadCommand {
         };
         Ok(query)
     }
+}
+
+/// A prune request as the transport received it: the cutoff, and the export that holds what
+/// goes. Its `Debug` does not show `before` as sent (a careless caller could type anything).
+#[derive(Clone, Default)]
+pub struct PruneCommand {
+    /// RFC 3339: records older than this may go.
+    pub before: String,
+    /// The export's first checkpoint (`cp_seq`).
+    pub export_first: u64,
+    /// The export's last checkpoint.
+    pub export_last: u64,
+    /// The hash of the export's last checkpoint.
+    pub export_last_hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for PruneCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PruneCommand")
+            .field("before", &"..")
+            .field("export_first", &self.export_first)
+            .field("export_last", &self.export_last)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The last checkpoint removed; `None` if nothing was old enough and exported.
+    pub through: Option<u64>,
+    /// What went.
+    pub removed: PruneCounts,
+    /// Writers that lost records.
+    pub writers: u64,
+    /// Prune checkpoints written at the cuts.
+    pub checkpoints_written: u64,
 }
 
 /// A filtered read of the trail, page by page (the read itself is already audited).
@@ -351,34 +432,24 @@ impl Vault {
         self.trail.last_signed.lock().ok().and_then(|last| *last)
     }
 
+    fn signer(&self) -> Result<&Signer, VaultError> {
+        self.trail
+            .signer
+            .get()
+            .ok_or(VaultError::FailedPrecondition(
+                "the audit trail has not started",
+            ))
+    }
+
     async fn sign_head(
         &self,
         kind: CheckpointKind,
         head: &ChainHead,
     ) -> Result<Checkpoint, VaultError> {
-        let signer = self
-            .trail
-            .signer
-            .get()
-            .ok_or(VaultError::FailedPrecondition(
-                "the audit trail has not started",
-            ))?;
+        let signer = self.signer()?;
         for _ in 0..MAX_CHECKPOINT_ATTEMPTS {
-            let (cp_seq, prev_hash) = self
-                .store
-                .checkpoint_tip()
-                .await?
-                .map_or((1, GENESIS), |(n, hash)| (n + 1, hash));
-            let draft = CheckpointDraft {
-                cp_seq,
-                kind,
-                at: stamp(now()),
-                writer: head.writer.clone(),
-                seq: head.seq,
-                head_hash: head.hash,
-                prev_hash,
-            };
-            let checkpoint = draft.sign(&signer.public, |payload| signer.key.sign(payload));
+            let tip = self.store.checkpoint_tip().await?;
+            let checkpoint = signer.sign(kind, head, tip);
             if self.store.insert_checkpoint(&checkpoint).await? {
                 return Ok(checkpoint);
             }
@@ -411,24 +482,18 @@ impl Vault {
         Ok(Signer { key, public })
     }
 
-    /// Authorizes an audit call: vault-wide `audit.read`, or `audit.read` for the merchant a
-    /// read is limited to.
+    /// Authorizes an audit call: `operation` vault-wide, or for the merchant a read is limited
+    /// to.
     fn authorize_audit(
         &self,
         audit: &AuditRecord,
+        operation: Operation,
         merchant: Option<&MerchantId>,
     ) -> Result<(), VaultError> {
         match merchant {
-            Some(merchant) => self.authorize(audit, Operation::AuditRead, merchant),
-            None if self
-                .policy
-                .allows_everywhere(&audit.caller, Operation::AuditRead) =>
-            {
-                Ok(())
-            }
-            None => Err(VaultError::PermissionDenied {
-                operation: Operation::AuditRead,
-            }),
+            Some(merchant) => self.authorize(audit, operation, merchant),
+            None if self.policy.allows_everywhere(&audit.caller, operation) => Ok(()),
+            None => Err(VaultError::PermissionDenied { operation }),
         }
     }
 
@@ -452,7 +517,7 @@ impl Vault {
                 .map(|m| MerchantId::parse("merchant_id", m))
                 .transpose()?;
             audit.merchant.clone_from(&merchant);
-            self.authorize_audit(&audit, merchant.as_ref())?;
+            self.authorize_audit(&audit, Operation::AuditRead, merchant.as_ref())?;
             let query = command.parse()?;
             Ok(Done::pending(AuditReader {
                 vault: self.clone(),
@@ -479,7 +544,7 @@ impl Vault {
     ) -> Result<AuditExport, VaultError> {
         let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.export");
         let result = async {
-            self.authorize_audit(&audit, None)?;
+            self.authorize_audit(&audit, Operation::AuditRead, None)?;
             Ok(Done::pending(time_range(from.as_deref(), to.as_deref())?))
         }
         .await;
@@ -491,15 +556,19 @@ impl Vault {
         let plan = self.store.plan_export(from_at, to_at).await?;
         let checkpoints = plan.checkpoints.map_or(0, |(a, b)| b + 1 - a);
         let records = plan.writers.iter().map(|(_, low, high)| high - low).sum();
+        let exported_at = now();
         Ok(AuditExport {
             vault: self.clone(),
             header: ExportHeader {
                 format: EXPORT_FORMAT.to_owned(),
                 from: from_at.map(stamp),
                 to: to_at.map(stamp),
-                exported_at: stamp(now()),
+                exported_at: stamp(exported_at),
                 checkpoints,
                 records,
+                keep_until: Some(stamp(
+                    exported_at + time::Duration::days(i64::from(self.trail.retention.retain_days)),
+                )),
             },
             next_checkpoint: plan.checkpoints.map_or(1, |c| c.0),
             after: plan.writers.first().map_or(0, |w| w.1),
@@ -515,7 +584,7 @@ impl Vault {
     pub async fn audit_public_keys(&self, ctx: &CallContext) -> Result<Vec<PublicKey>, VaultError> {
         let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.public_key");
         let result = async {
-            self.authorize_audit(&audit, None)?;
+            self.authorize_audit(&audit, Operation::AuditRead, None)?;
             let key = self
                 .audit_public_key()
                 .ok_or(VaultError::FailedPrecondition(
@@ -525,5 +594,148 @@ impl Vault {
         }
         .await;
         self.conclude(audit, result).await
+    }
+
+    /// The same vault with these retention rules (before [`Vault::start_audit`]).
+    #[must_use]
+    pub fn with_audit_retention(mut self, retention: AuditRetention) -> Self {
+        self.trail = std::sync::Arc::new(TrailState {
+            retention,
+            ..TrailState::default()
+        });
+        self
+    }
+
+    /// Removes records older than `before` that the named export holds, and the checkpoints
+    /// before them (see [`PrunePlan`]), in one transaction with its own audit record. Each
+    /// writer that keeps records gets a prune checkpoint at its cut, so that the remainder
+    /// verifies on its own and together with the export. Nothing inside the online window
+    /// ever goes.
+    ///
+    /// # Errors
+    /// [`VaultError::InvalidArgument`] for a `before` inside the online window or a malformed
+    /// proof; [`VaultError::FailedPrecondition`] if the export is not this trail's or does not
+    /// reach back to the oldest checkpoint online; any other [`VaultError`]. The call is
+    /// audited either way.
+    pub async fn prune_audit(
+        &self,
+        ctx: &CallContext,
+        command: PruneCommand,
+    ) -> Result<Pruned, VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::AuditPrune).with_detail("audit.prune");
+        let result = self.prune_audited(&mut audit, &command).await;
+        self.conclude(audit, result).await
+    }
+
+    async fn prune_audited(
+        &self,
+        audit: &mut AuditRecord,
+        command: &PruneCommand,
+    ) -> Result<Done<Pruned>, VaultError> {
+        self.authorize_audit(audit, Operation::AuditPrune, None)?;
+        let before = time_field("before", Some(&command.before))?.ok_or(InvalidArgument {
+            field: "before",
+            problem: "is required",
+        })?;
+        let online = time::Duration::days(i64::from(self.trail.retention.online_days));
+        if before > now() - online {
+            return Err(InvalidArgument {
+                field: "before",
+                problem: "is inside the online window ([audit] online_days)",
+            }
+            .into());
+        }
+        let last_hash: [u8; HASH_LEN] =
+            command
+                .export_last_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| InvalidArgument {
+                    field: "export_last_hash",
+                    problem: "must be 32 bytes",
+                })?;
+        if command.export_first == 0 || command.export_first > command.export_last {
+            return Err(InvalidArgument {
+                field: "export_first_checkpoint",
+                problem: "must be from 1 to the export's last checkpoint",
+            }
+            .into());
+        }
+        audit.detail = Some(
+            format!(
+                "audit.prune before {} with export #{}..#{}",
+                stamp(before),
+                command.export_first,
+                command.export_last
+            )
+            .into(),
+        );
+        for _ in 0..MAX_CHECKPOINT_ATTEMPTS {
+            let Some(oldest) = self.store.checkpoints(1, u64::MAX, 1).await?.pop() else {
+                return Ok(Done::pending(Pruned::default()));
+            };
+            if command.export_first > oldest.cp_seq {
+                return Err(VaultError::FailedPrecondition(
+                    "the export does not reach back to the oldest checkpoint online: export \
+                     without --from and prune with that file",
+                ));
+            }
+            let exported = self
+                .store
+                .checkpoints(command.export_last, command.export_last, 1)
+                .await?;
+            match exported.first() {
+                None => {
+                    return Err(VaultError::FailedPrecondition(
+                        "the export's last checkpoint is not online: pruned already, or the \
+                         export is another vault's",
+                    ));
+                }
+                Some(stored) if stored.hash != last_hash => {
+                    return Err(VaultError::FailedPrecondition(
+                        "the export's last checkpoint is not this vault's: it is not an export \
+                         of this trail",
+                    ));
+                }
+                Some(_) => {}
+            }
+            let Some(plan) = self.store.plan_prune(command.export_last, before).await? else {
+                return Ok(Done::pending(Pruned::default()));
+            };
+            let checkpoints = self.prune_checkpoints(&plan).await?;
+            if let Some(removed) = self.store.prune_audit(&plan, &checkpoints, audit).await? {
+                return Ok(Done::audited(Pruned {
+                    through: Some(plan.through),
+                    removed,
+                    writers: plan.writers.len() as u64,
+                    checkpoints_written: checkpoints.len() as u64,
+                }));
+            }
+        }
+        Err(VaultError::StoreUnavailable(
+            "the prune kept losing its compare-and-set on checkpoints".to_owned(),
+        ))
+    }
+
+    /// A prune checkpoint at each cut that no kept checkpoint signs, chained on the tip. A
+    /// writer that stopped and loses everything needs none.
+    async fn prune_checkpoints(&self, plan: &PrunePlan) -> Result<Vec<Checkpoint>, VaultError> {
+        let signer = self.signer()?;
+        let mut tip = self.store.checkpoint_tip().await?;
+        let mut signed = Vec::new();
+        for cut in &plan.writers {
+            if cut.finished || cut.kept_low == Some(cut.cut) {
+                continue;
+            }
+            let head = ChainHead {
+                writer: cut.writer.clone(),
+                seq: cut.cut,
+                hash: cut.cut_hash,
+            };
+            let checkpoint = signer.sign(CheckpointKind::Prune, &head, tip);
+            tip = Some((checkpoint.cp_seq, checkpoint.hash));
+            signed.push(checkpoint);
+        }
+        Ok(signed)
     }
 }

@@ -63,6 +63,17 @@ impl fmt::Debug for v1::ReadRecordsRequest {
     }
 }
 
+/// `before` is free text: its length only.
+impl fmt::Debug for v1::PruneRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PruneRequest")
+            .field("before_len", &self.before.len())
+            .field("export_first_checkpoint", &self.export_first_checkpoint)
+            .field("export_last_checkpoint", &self.export_last_checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;
@@ -94,6 +105,21 @@ mod tests {
         ] {
             assert!(!printed.contains(PAN), "{printed}");
             assert!(printed.contains("<redacted>"), "{printed}");
+        }
+        let read = v1::ReadRecordsRequest {
+            from: PAN.into(),
+            to: PAN.into(),
+            merchant_id: PAN.into(),
+            caller: PAN.into(),
+            event: PAN.into(),
+            outcome: PAN.into(),
+        };
+        let prune = v1::PruneRequest {
+            before: PAN.into(),
+            ..Default::default()
+        };
+        for printed in [format!("{read:?}"), format!("{prune:#?}")] {
+            assert!(!printed.contains(PAN), "{printed}");
         }
     }
 }

@@ -125,8 +125,16 @@ impl Application {
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
         let keys = Arc::new(open_key_ring(config, config_path).await?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
-        let vault =
-            Vault::new(store.port(), keys, Arc::new(policy)).with_dek_limits(config.dek.limits());
+        if let Some(days) = config.audit.danger_online_days {
+            tracing::warn!(
+                days,
+                "audit.danger_online_days is set: exported audit records may be pruned after \
+                 {days} days, not the 90 PCI DSS 10.5.1 requires"
+            );
+        }
+        let vault = Vault::new(store.port(), keys, Arc::new(policy))
+            .with_dek_limits(config.dek.limits())
+            .with_audit_retention(config.audit.retention());
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {

@@ -1,5 +1,5 @@
-//! The `vault.v1.AuditService` gRPC service: filtered reads, exports and the public keys of the
-//! audit trail. Decisions and the audit records of the reads themselves are the domain's
+//! The `vault.v1.AuditService` gRPC service: filtered reads, exports, the public keys and
+//! pruning of the audit trail. Decisions and the audit records of the reads themselves are the domain's
 //! (`vault_core::trail`); this file converts and streams.
 
 use std::pin::Pin;
@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use vault_audit::{Checkpoint, Entry, Line};
 use vault_core::Vault;
 use vault_core::policy::Operation;
-use vault_core::trail::AuditReadCommand;
+use vault_core::trail::{AuditReadCommand, PruneCommand};
 use vault_proto::v1 as pb;
 use vault_proto::v1::audit_service_server::AuditService;
 
@@ -88,6 +88,7 @@ fn line_to_proto(line: Line) -> pb::ExportItem {
             exported_at: h.exported_at,
             checkpoints: h.checkpoints,
             records: h.records,
+            keep_until: h.keep_until,
         }),
         Line::Checkpoint(c) => Item::Checkpoint(checkpoint_to_proto(c)),
         Line::Record(e) => Item::Record(record_to_proto(e)),
@@ -230,5 +231,35 @@ impl AuditService for AuditApi {
                     .collect(),
             });
         respond(&ctx, Operation::AuditRead, result)
+    }
+
+    async fn prune(
+        &self,
+        request: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let ctx = self.calls.identify(&request, Operation::AuditPrune).await?;
+        let body = request.into_inner();
+        let command = PruneCommand {
+            before: body.before,
+            export_first: body.export_first_checkpoint,
+            export_last: body.export_last_checkpoint,
+            export_last_hash: body.export_last_hash,
+        };
+        // No call timeout: the prune is one transaction, and a caller that gives up rolls it
+        // back by going away.
+        let result = self
+            .calls
+            .vault
+            .prune_audit(&ctx, command)
+            .await
+            .map(|pruned| pb::PruneResponse {
+                through_checkpoint: pruned.through.unwrap_or(0),
+                records_removed: pruned.removed.records,
+                checkpoints_removed: pruned.removed.checkpoints,
+                writers_pruned: pruned.writers,
+                writers_closed: pruned.removed.writers_closed,
+                checkpoints_written: pruned.checkpoints_written,
+            });
+        respond(&ctx, Operation::AuditPrune, result)
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use vault_core::ids::{CallerId, MerchantId};
 use vault_core::lifecycle::DekLimits;
 use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
+use vault_core::trail::AuditRetention;
 use zeroize::Zeroizing;
 
 /// Why a configuration or policy file was refused. Messages name the file and the setting.
@@ -82,11 +83,27 @@ pub struct AuditConfig {
     /// so this bounds what an undetected truncation of the newest records can remove.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_secs: u64,
+    /// Days records stay online (PCI DSS 10.5.1: at least three months): `vaultctl audit
+    /// prune` never removes a younger record. From 90 to `retain_days`.
+    #[serde(default = "default_online_days")]
+    pub online_days: u32,
+    /// Days an export must be kept (PCI DSS 10.5.1: at least twelve months); exports say until
+    /// when. At least 365.
+    #[serde(default = "default_retain_days")]
+    pub retain_days: u32,
+    /// Replaces `online_days` with no 90-day floor (0: anything exported may go at once). Not
+    /// PCI compliant below 90; for tests. The vault warns at start when it is set.
+    #[serde(default)]
+    pub danger_online_days: Option<u32>,
 }
 
 impl AuditConfig {
     /// The longest interval allowed.
     pub const MAX_CHECKPOINT_INTERVAL_SECS: u64 = 3_600;
+    /// PCI DSS 10.5.1: the last three months immediately available.
+    pub const MIN_ONLINE_DAYS: u32 = 90;
+    /// PCI DSS 10.5.1: twelve months kept.
+    pub const MIN_RETAIN_DAYS: u32 = 365;
 
     fn check(&self, file: &Path) -> Result<(), ConfigError> {
         if self.checkpoint_interval_secs == 0
@@ -98,7 +115,46 @@ impl AuditConfig {
                 problem: format!("must be from 1 to {}", Self::MAX_CHECKPOINT_INTERVAL_SECS),
             });
         }
+        let invalid = |setting: &str, problem: String| ConfigError::Invalid {
+            path: file.to_owned(),
+            setting: setting.to_owned(),
+            problem,
+        };
+        if self.retain_days < Self::MIN_RETAIN_DAYS {
+            return Err(invalid(
+                "audit.retain_days",
+                format!("must be at least {}", Self::MIN_RETAIN_DAYS),
+            ));
+        }
+        if self.online_days < Self::MIN_ONLINE_DAYS || self.online_days > self.retain_days {
+            return Err(invalid(
+                "audit.online_days",
+                format!(
+                    "must be from {} to audit.retain_days ({})",
+                    Self::MIN_ONLINE_DAYS,
+                    self.retain_days
+                ),
+            ));
+        }
+        if self
+            .danger_online_days
+            .is_some_and(|d| d > self.retain_days)
+        {
+            return Err(invalid(
+                "audit.danger_online_days",
+                format!("must not exceed audit.retain_days ({})", self.retain_days),
+            ));
+        }
         Ok(())
+    }
+
+    /// The retention rules the vault enforces.
+    #[must_use]
+    pub fn retention(&self) -> AuditRetention {
+        AuditRetention {
+            online_days: self.danger_online_days.unwrap_or(self.online_days),
+            retain_days: self.retain_days,
+        }
     }
 }
 
@@ -106,12 +162,23 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_interval_secs: default_checkpoint_interval(),
+            online_days: default_online_days(),
+            retain_days: default_retain_days(),
+            danger_online_days: None,
         }
     }
 }
 
 fn default_checkpoint_interval() -> u64 {
     60
+}
+
+fn default_online_days() -> u32 {
+    AuditRetention::default().online_days
+}
+
+fn default_retain_days() -> u32 {
+    AuditRetention::default().retain_days
 }
 
 /// Storage settings.
@@ -693,6 +760,16 @@ path = "policy.toml"
                 "dek.rotate_after_uses",
             ),
             ("[dek]\nlease = 0\n", "dek.lease"),
+            ("[audit]\nonline_days = 30\n", "audit.online_days"),
+            (
+                "[audit]\nonline_days = 400\nretain_days = 365\n",
+                "audit.online_days",
+            ),
+            ("[audit]\nretain_days = 364\n", "audit.retain_days"),
+            (
+                "[audit]\ndanger_online_days = 366\n",
+                "audit.danger_online_days",
+            ),
         ] {
             let file = write(
                 dir.path(),
@@ -708,6 +785,13 @@ path = "policy.toml"
             &format!("{base}{storage}[key_cache]\nmax_age_secs = 3600\nmax_entries = 0\n"),
         );
         assert!(Config::load(&fine).is_ok());
+        let audit = write(
+            dir.path(),
+            "audit.toml",
+            &format!("{base}{storage}[audit]\nonline_days = 120\ndanger_online_days = 0\n"),
+        );
+        let retention = Config::load(&audit).unwrap().audit.retention();
+        assert_eq!((retention.online_days, retention.retain_days), (0, 365));
     }
 
     #[test]

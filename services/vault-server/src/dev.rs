@@ -36,8 +36,16 @@ pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 5] = [
         &["detokenize", "metadata"],
     ),
     ("auditor", "spiffe://vault.dev/auditor", &["audit.read"]),
-    ("admin-1", "spiffe://vault.dev/admin-1", &["keys.admin"]),
-    ("admin-2", "spiffe://vault.dev/admin-2", &["keys.admin"]),
+    (
+        "admin-1",
+        "spiffe://vault.dev/admin-1",
+        &["keys.admin", "audit.prune"],
+    ),
+    (
+        "admin-2",
+        "spiffe://vault.dev/admin-2",
+        &["keys.admin", "audit.prune"],
+    ),
 ];
 
 /// Creates the dev data directory at `dir` unless it already holds a `vaultd.toml`, and returns
@@ -62,7 +70,7 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
     let mut policy = String::from(
         "# Access policy: identities not listed here may do nothing (deny by default).\n\
-         # operations: tokenize, detokenize, metadata, delete, audit.read, keys.admin\n\
+         # operations: tokenize, detokenize, metadata, delete, audit.read, keys.admin, audit.prune\n\
          # merchants: [\"*\"] for every merchant, or a list of merchant ids.\n",
     );
     for (name, spiffe, operations) in DEV_IDENTITIES {

@@ -190,7 +190,7 @@ pub(crate) fn chained_entry(
     .sealed())
 }
 
-fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; vault_audit::HASH_LEN], StoreError> {
+pub(crate) fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; vault_audit::HASH_LEN], StoreError> {
     bytes.try_into().map_err(|_| corrupt(what))
 }
 

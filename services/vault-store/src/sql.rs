@@ -205,6 +205,32 @@ pub(crate) const NEWEST_CHECKPOINTS_FROM: &str = "SELECT writer, MAX(cp_seq) FRO
 pub(crate) const WRITER_RANGES: &str = "SELECT writer, MIN(seq), MAX(seq) FROM \
      audit_checkpoints WHERE cp_seq >= $1 AND cp_seq <= $2 GROUP BY writer ORDER BY writer";
 
+/// The oldest checkpoint at or after a time (a prune keeps it and all after it).
+pub(crate) const FIRST_CHECKPOINT_FROM: &str =
+    "SELECT MIN(cp_seq) FROM audit_checkpoints WHERE at >= $1";
+
+/// Per writer, the newest head its checkpoints up to `cp_seq` sign (a prune's cuts).
+pub(crate) const PRUNE_CUTS: &str = "SELECT writer, MAX(seq) FROM audit_checkpoints \
+     WHERE cp_seq <= $1 GROUP BY writer ORDER BY writer";
+
+/// The hash a checkpoint up to `cp_seq` signed for a writer's seq.
+pub(crate) const SIGNED_HASH: &str = "SELECT head_hash FROM audit_checkpoints \
+     WHERE writer = $1 AND seq = $2 AND cp_seq <= $3 ORDER BY cp_seq DESC LIMIT 1";
+
+/// The lowest head a writer's checkpoints after `cp_seq` sign.
+pub(crate) const KEPT_LOW: &str =
+    "SELECT MIN(seq) FROM audit_checkpoints WHERE writer = $1 AND cp_seq > $2";
+
+/// A writer's newest checkpoint's kind and seq.
+pub(crate) const NEWEST_CHECKPOINT_OF: &str =
+    "SELECT kind, seq FROM audit_checkpoints WHERE writer = $1 ORDER BY cp_seq DESC LIMIT 1";
+
+pub(crate) const GRANT_PRUNE: &str = "INSERT INTO audit_prune_permit (id) VALUES (1)";
+pub(crate) const REVOKE_PRUNE: &str = "DELETE FROM audit_prune_permit";
+pub(crate) const PRUNE_RECORDS: &str = "DELETE FROM audit_log WHERE writer = $1 AND seq <= $2";
+pub(crate) const PRUNE_CHECKPOINTS: &str = "DELETE FROM audit_checkpoints WHERE cp_seq <= $1";
+pub(crate) const CLOSE_WRITER: &str = "DELETE FROM audit_writers WHERE writer = $1";
+
 pub(crate) const SELECT_WRITER_RECORDS: &str = concat!(
     "SELECT ",
     audit_columns!(),
@@ -332,6 +358,86 @@ macro_rules! token_store_impl {
                     }
                 }
                 Ok(head)
+            }
+
+            /// Stores `checkpoint` in `tx`; `Ok(false)` if its `cp_seq` is taken.
+            async fn insert_checkpoint_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                checkpoint: &vault_audit::Checkpoint,
+            ) -> Result<bool, vault_core::StoreError> {
+                let at = vault_audit::parse_time(&checkpoint.at)
+                    .ok_or_else(|| $crate::rows::corrupt("checkpoint time"))?;
+                let done = sqlx::query($crate::sql::INSERT_CHECKPOINT)
+                    .bind($crate::rows::seq_param(checkpoint.cp_seq))
+                    .bind(&checkpoint.kind)
+                    .bind(at)
+                    .bind(&checkpoint.writer)
+                    .bind($crate::rows::seq_param(checkpoint.seq))
+                    .bind(&checkpoint.head_hash[..])
+                    .bind(&checkpoint.prev_hash[..])
+                    .bind(&checkpoint.key_id)
+                    .bind(&checkpoint.signature[..])
+                    .bind(&checkpoint.hash[..])
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// `writer`'s newest record's seq and hash, if it has any left.
+            async fn record_head(
+                &self,
+                writer: &str,
+            ) -> Result<Option<$crate::chain::Head>, vault_core::StoreError> {
+                let record: Option<(i64, Vec<u8>)> =
+                    sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
+                        .bind(writer)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                record
+                    .map(|(seq, hash)| $crate::rows::head(seq, &hash))
+                    .transpose()
+            }
+
+            /// One writer's part of a prune through checkpoint `through`, cut at `cut`.
+            async fn prune_cut(
+                &self,
+                writer: String,
+                cut: u64,
+                through: u64,
+            ) -> Result<vault_core::ports::PruneCut, vault_core::StoreError> {
+                let signed: Vec<u8> = sqlx::query_scalar($crate::sql::SIGNED_HASH)
+                    .bind(&writer)
+                    .bind($crate::rows::seq_param(cut))
+                    .bind($crate::rows::seq_param(through))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let kept_low: Option<i64> = sqlx::query_scalar($crate::sql::KEPT_LOW)
+                    .bind(&writer)
+                    .bind($crate::rows::seq_param(through))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let newest: Option<(String, i64)> =
+                    sqlx::query_as($crate::sql::NEWEST_CHECKPOINT_OF)
+                        .bind(&writer)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                let record_head = self.record_head(&writer).await?.map_or(0, |h| h.seq);
+                let stopped = newest.is_some_and(|(kind, seq)| {
+                    kind == vault_audit::CheckpointKind::Stop.as_str()
+                        && $crate::rows::seq_of(seq).is_ok_and(|seq| seq == cut)
+                });
+                Ok(vault_core::ports::PruneCut {
+                    cut_hash: $crate::rows::hash_of(&signed, "signed head hash")?,
+                    kept_low: kept_low.map($crate::rows::seq_of).transpose()?,
+                    finished: stopped && kept_low.is_none() && record_head <= cut,
+                    writer,
+                    cut,
+                })
             }
 
             async fn insert_key(
@@ -840,20 +946,15 @@ macro_rules! token_store_impl {
                     .map_err($crate::sql::unavailable)?;
                 let mut heads = Vec::new();
                 for writer in writers {
-                    let record: Option<(i64, Vec<u8>)> =
-                        sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
-                            .bind(&writer)
-                            .fetch_optional(&self.pool)
-                            .await
-                            .map_err($crate::sql::unavailable)?;
                     let signed: Option<(i64, Vec<u8>)> =
                         sqlx::query_as($crate::sql::SELECT_CHECKPOINT_HEAD)
                             .bind(&writer)
                             .fetch_optional(&self.pool)
                             .await
                             .map_err($crate::sql::unavailable)?;
-                    let Some((seq, hash)) = record else { continue };
-                    let head = $crate::rows::head(seq, &hash)?;
+                    let Some(head) = self.record_head(&writer).await? else {
+                        continue;
+                    };
                     let signed_seq = match signed {
                         Some((seq, _)) => Some($crate::rows::seq_of(seq)?),
                         None => None,
@@ -907,23 +1008,10 @@ macro_rules! token_store_impl {
                 &self,
                 checkpoint: &vault_audit::Checkpoint,
             ) -> Result<bool, vault_core::StoreError> {
-                let at = vault_audit::parse_time(&checkpoint.at)
-                    .ok_or_else(|| $crate::rows::corrupt("checkpoint time"))?;
-                let done = sqlx::query($crate::sql::INSERT_CHECKPOINT)
-                    .bind($crate::rows::seq_param(checkpoint.cp_seq))
-                    .bind(&checkpoint.kind)
-                    .bind(at)
-                    .bind(&checkpoint.writer)
-                    .bind($crate::rows::seq_param(checkpoint.seq))
-                    .bind(&checkpoint.head_hash[..])
-                    .bind(&checkpoint.prev_hash[..])
-                    .bind(&checkpoint.key_id)
-                    .bind(&checkpoint.signature[..])
-                    .bind(&checkpoint.hash[..])
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::sql::unavailable)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = self.begin().await?;
+                let inserted = Self::insert_checkpoint_in(&mut tx, checkpoint).await?;
+                tx.commit().await.map_err($crate::sql::unavailable)?;
+                Ok(inserted)
             }
 
             async fn checkpoints(
@@ -1087,6 +1175,86 @@ macro_rules! token_store_impl {
                 rows.into_iter()
                     .map($crate::rows::AuditRow::into_entry)
                     .collect()
+            }
+
+            async fn plan_prune(
+                &self,
+                exported: u64,
+                before: time::OffsetDateTime,
+            ) -> Result<Option<vault_core::ports::PrunePlan>, vault_core::StoreError> {
+                let young: Option<i64> = sqlx::query_scalar($crate::sql::FIRST_CHECKPOINT_FROM)
+                    .bind($crate::rows::micros(before))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let through = match young {
+                    Some(young) => exported.min($crate::rows::seq_of(young)?.saturating_sub(1)),
+                    None => exported,
+                };
+                let cuts: Vec<(String, i64)> = sqlx::query_as($crate::sql::PRUNE_CUTS)
+                    .bind($crate::rows::seq_param(through))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                if cuts.is_empty() {
+                    return Ok(None);
+                }
+                let mut writers = Vec::with_capacity(cuts.len());
+                for (writer, cut) in cuts {
+                    let cut = $crate::rows::seq_of(cut)?;
+                    writers.push(self.prune_cut(writer, cut, through).await?);
+                }
+                Ok(Some(vault_core::ports::PrunePlan { through, writers }))
+            }
+
+            async fn prune_audit(
+                &self,
+                plan: &vault_core::ports::PrunePlan,
+                checkpoints: &[vault_audit::Checkpoint],
+                audit: &vault_core::audit::AuditRecord,
+            ) -> Result<Option<vault_core::ports::PruneCounts>, vault_core::StoreError> {
+                let mut tx = self.begin().await?;
+                for checkpoint in checkpoints {
+                    if !Self::insert_checkpoint_in(&mut tx, checkpoint).await? {
+                        // Dropping `tx` rolls it back.
+                        return Ok(None);
+                    }
+                }
+                let mut removed = vault_core::ports::PruneCounts::default();
+                let execute = |statement: &'static str| sqlx::query(statement);
+                execute($crate::sql::GRANT_PRUNE)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                for cut in &plan.writers {
+                    removed.records += execute($crate::sql::PRUNE_RECORDS)
+                        .bind(&cut.writer)
+                        .bind($crate::rows::seq_param(cut.cut))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?
+                        .rows_affected();
+                    if cut.finished {
+                        removed.writers_closed += execute($crate::sql::CLOSE_WRITER)
+                            .bind(&cut.writer)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::sql::unavailable)?
+                            .rows_affected();
+                    }
+                }
+                removed.checkpoints = execute($crate::sql::PRUNE_CHECKPOINTS)
+                    .bind($crate::rows::seq_param(plan.through))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?
+                    .rows_affected();
+                execute($crate::sql::REVOKE_PRUNE)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                self.commit_audited(tx, &[audit]).await?;
+                Ok(Some(removed))
             }
         }
     };

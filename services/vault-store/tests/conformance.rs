@@ -648,6 +648,178 @@ async fn export_plans_follow_the_signed_heads(store: &dyn TokenStore) {
     assert_eq!(plan.writers, vec![(writer.clone(), 0, 5)]);
 }
 
+fn signed(
+    cp_seq: u64,
+    kind: vault_audit::CheckpointKind,
+    at_secs: i64,
+    head: &vault_core::ports::ChainHead,
+    prev: [u8; 32],
+) -> vault_audit::Checkpoint {
+    vault_audit::CheckpointDraft {
+        cp_seq,
+        kind,
+        at: vault_audit::format_time(at_secs * 1_000_000).unwrap(),
+        writer: head.writer.clone(),
+        seq: head.seq,
+        head_hash: head.hash,
+        prev_hash: prev,
+    }
+    .sign(&[1; 32], |_| [cp_seq as u8; 64])
+}
+
+/// A prune removes a prefix of the checkpoint chain and each writer's records up to the
+/// newest head a removed checkpoint signs: only what was exported (up to the named
+/// checkpoint) and older than the cutoff. It is all or nothing: a lost compare-and-set on its
+/// checkpoints changes nothing. A writer that stopped is closed; the chain goes on after.
+async fn prunes_remove_only_exported_old_records(store: &dyn TokenStore) {
+    use vault_audit::CheckpointKind::{Export, Interval, Prune, Start, Stop};
+    use vault_core::ports::{ChainHead, PruneCounts};
+    let t0 = 1_790_000_000;
+    let mut cps: Vec<vault_audit::Checkpoint> = Vec::new();
+    let add = |kind, at, head: &ChainHead, cps: &mut Vec<vault_audit::Checkpoint>| {
+        let prev = cps.last().map_or(vault_audit::GENESIS, |c| c.hash);
+        let cp = signed(cps.len() as u64 + 1, kind, at, head, prev);
+        cps.push(cp.clone());
+        cp
+    };
+    let start = store.audit_head().await.unwrap();
+    let cp = add(Start, t0, &start, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    for i in 0..3 {
+        store.append_audit(&audit(&format!("p{i}"))).await.unwrap();
+    }
+    let head3 = store.audit_head().await.unwrap();
+    let cp = add(Interval, t0 + 10, &head3, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    for i in 3..5 {
+        store.append_audit(&audit(&format!("p{i}"))).await.unwrap();
+    }
+    let head5 = store.audit_head().await.unwrap();
+    let cp = add(Interval, t0 + 20, &head5, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    // A writer that stopped with no records, and the export's checkpoint.
+    let stopped = ChainHead {
+        writer: "19700101T000000Z-00000000".to_owned(),
+        seq: 0,
+        hash: vault_audit::GENESIS,
+    };
+    let cp = add(Stop, t0 + 30, &stopped, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    let cp = add(Export, t0 + 40, &head5, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    let writer = store.audit_writer().to_owned();
+
+    // Nothing exported, or nothing old enough: nothing to do.
+    assert_eq!(store.plan_prune(0, now()).await.unwrap(), None);
+    let early = time::OffsetDateTime::from_unix_timestamp(t0).unwrap();
+    assert_eq!(store.plan_prune(5, early).await.unwrap(), None);
+
+    // Only checkpoints older than the cutoff go: through #2, the writer cut at 3, kept from 5.
+    let cutoff = time::OffsetDateTime::from_unix_timestamp(t0 + 15).unwrap();
+    let plan = store.plan_prune(5, cutoff).await.unwrap().unwrap();
+    assert_eq!(plan.through, 2);
+    assert_eq!(plan.writers.len(), 1);
+    let cut = &plan.writers[0];
+    assert_eq!(
+        (
+            cut.writer.as_str(),
+            cut.cut,
+            cut.cut_hash,
+            cut.kept_low,
+            cut.finished
+        ),
+        (writer.as_str(), 3, head3.hash, Some(5), false)
+    );
+    // Only what was exported goes: named checkpoint #1, the cut is the start (nothing).
+    let plan1 = store.plan_prune(1, now()).await.unwrap().unwrap();
+    assert_eq!((plan1.through, plan1.writers[0].cut), (1, 0));
+
+    // A lost compare-and-set (cp_seq 5 is taken) changes nothing.
+    let anchor = ChainHead {
+        writer: writer.clone(),
+        seq: 3,
+        hash: head3.hash,
+    };
+    let stale = signed(5, Prune, t0 + 50, &anchor, cps[3].hash);
+    let lost = store
+        .prune_audit(&plan, &[stale], &audit("prune-lost"))
+        .await
+        .unwrap();
+    assert_eq!(lost, None);
+    assert_eq!(
+        store
+            .writer_records(&writer, 0, 99, 99)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(store.checkpoints(1, 99, 99).await.unwrap().len(), 5);
+
+    let anchor_cp = add(Prune, t0 + 50, &anchor, &mut cps);
+    let removed = store
+        .prune_audit(&plan, std::slice::from_ref(&anchor_cp), &audit("prune-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        removed,
+        PruneCounts {
+            records: 3,
+            checkpoints: 2,
+            writers_closed: 0
+        }
+    );
+    let left = store.writer_records(&writer, 0, 99, 99).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6],
+        "records after the cut stay, and the prune's record follows them"
+    );
+    assert_eq!(left[2].prev_hash, head5.hash);
+    assert_eq!(left[2].request_id, "prune-1");
+    let kept = store.checkpoints(1, 99, 99).await.unwrap();
+    assert_eq!(kept.first().map(|c| c.cp_seq), Some(3));
+    assert_eq!(kept.last(), Some(&anchor_cp));
+    // The remainder's export starts at the prune checkpoint's cut.
+    let remainder = store.plan_export(None, None).await.unwrap();
+    assert_eq!(remainder.checkpoints, Some((3, 6)));
+    assert!(remainder.writers.contains(&(writer.clone(), 3, 5)));
+
+    // Everything exported goes; the stopped writer is closed, the live one anchored at 5.
+    let plan = store.plan_prune(6, now()).await.unwrap().unwrap();
+    assert_eq!(plan.through, 6);
+    let finished: Vec<(&str, u64, bool)> = plan
+        .writers
+        .iter()
+        .map(|c| (c.writer.as_str(), c.cut, c.finished))
+        .collect();
+    assert_eq!(
+        finished,
+        vec![
+            (stopped.writer.as_str(), 0, true),
+            (writer.as_str(), 5, false)
+        ]
+    );
+    let anchor = ChainHead {
+        writer: writer.clone(),
+        seq: 5,
+        hash: head5.hash,
+    };
+    let anchor_cp = add(Prune, t0 + 60, &anchor, &mut cps);
+    let removed = store
+        .prune_audit(&plan, &[anchor_cp], &audit("prune-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((removed.records, removed.checkpoints), (2, 4));
+    let left = store.writer_records(&writer, 0, 99, 99).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7]);
+    assert_eq!(store.checkpoints(1, 99, 99).await.unwrap().len(), 1);
+    // The head survives the prune: a store that forgot it reads it back.
+    assert_eq!(store.audit_head().await.unwrap().seq, 7);
+}
+
 /// Audit reads filter by merchant, caller, event, outcome and time, and page by a cursor.
 async fn audit_reads_filter_and_page(store: &dyn TokenStore) {
     for i in 0..30u32 {
@@ -731,6 +903,12 @@ macro_rules! conformance_suite {
         async fn export_plans_follow_the_signed_heads() {
             let (_guard, store, _) = $fresh().await;
             super::export_plans_follow_the_signed_heads(&store).await;
+        }
+
+        #[tokio::test]
+        async fn prunes_remove_only_exported_old_records() {
+            let (_guard, store, _) = $fresh().await;
+            super::prunes_remove_only_exported_old_records(&store).await;
         }
 
         #[tokio::test]

@@ -1,5 +1,6 @@
-//! `vaultctl audit ...`: export the trail (`vault.v1.AuditService`), fetch the public key, and
-//! verify exports offline with `vault_audit::verify` (no vault, no database).
+//! `vaultctl audit ...`: export the trail (`vault.v1.AuditService`), fetch the public key,
+//! verify exports offline with `vault_audit::verify` (no vault, no database), and prune what a
+//! verified export holds.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,7 @@ fn line(item: pb::ExportItem) -> Result<Line, Error> {
             exported_at: h.exported_at,
             checkpoints: h.checkpoints,
             records: h.records,
+            keep_until: h.keep_until,
         })),
         Some(Item::Checkpoint(c)) => checkpoint(c).map(Line::Checkpoint),
         Some(Item::Record(r)) => entry(r).map(Line::Record),
@@ -202,12 +204,7 @@ pub fn read_public_keys(path: &Path) -> Result<Vec<PublicKey>, Error> {
     Ok(keys)
 }
 
-/// Verifies the export `files` against the keys in `public_key`, offline.
-///
-/// # Errors
-/// [`Error::Config`] if a file cannot be read.
-pub fn verify(public_key: &Path, files: &[PathBuf]) -> Result<vault_audit::Report, Error> {
-    let keys = read_public_keys(public_key)?;
+fn read_segments(files: &[PathBuf]) -> Result<Vec<vault_audit::Segment>, Error> {
     let mut segments = Vec::new();
     for path in files {
         let file = std::fs::File::open(path)
@@ -216,5 +213,72 @@ pub fn verify(public_key: &Path, files: &[PathBuf]) -> Result<vault_audit::Repor
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         segments.push(segment);
     }
-    Ok(vault_audit::verify(&segments, &keys))
+    Ok(segments)
+}
+
+/// Verifies the export `files` against the keys in `public_key`, offline.
+///
+/// # Errors
+/// [`Error::Config`] if a file cannot be read.
+pub fn verify(public_key: &Path, files: &[PathBuf]) -> Result<vault_audit::Report, Error> {
+    let keys = read_public_keys(public_key)?;
+    Ok(vault_audit::verify(&read_segments(files)?, &keys))
+}
+
+/// How a prune went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pruning {
+    /// The export did not verify: nothing was sent, nothing removed.
+    Refused(vault_audit::Report),
+    /// The vault pruned (possibly nothing, if nothing exported was old enough).
+    Done {
+        /// The export that holds what went.
+        export: PathBuf,
+        /// Its checkpoints.
+        checkpoints: (u64, u64),
+        /// What the vault removed.
+        answer: pb::PruneResponse,
+    },
+}
+
+/// Verifies `export` offline against `public_key`, then asks the vault to remove records
+/// older than `before` that it holds (needs `audit.prune`).
+///
+/// # Errors
+/// [`Error::Config`] if a file cannot be read; [`Error::Rpc`] if the vault refuses or fails.
+pub async fn prune(
+    channel: impl FnOnce() -> Result<Channel, Error>,
+    before: &str,
+    export: &Path,
+    public_key: &Path,
+) -> Result<Pruning, Error> {
+    let keys = read_public_keys(public_key)?;
+    let segments = read_segments(&[export.to_owned()])?;
+    let report = vault_audit::verify(&segments, &keys);
+    let last = segments.first().and_then(|s| {
+        s.checkpoints
+            .iter()
+            .map(|(_, c)| c)
+            .max_by_key(|c| c.cp_seq)
+    });
+    let (Some((first, last_seq)), Some(last), true) =
+        (report.checkpoint_range, last, report.is_clean())
+    else {
+        return Ok(Pruning::Refused(report));
+    };
+    let mut client = AuditServiceClient::new(channel()?);
+    let answer = client
+        .prune(pb::PruneRequest {
+            before: before.to_owned(),
+            export_first_checkpoint: first,
+            export_last_checkpoint: last_seq,
+            export_last_hash: last.hash.to_vec(),
+        })
+        .await?
+        .into_inner();
+    Ok(Pruning::Done {
+        export: export.to_owned(),
+        checkpoints: (first, last_seq),
+        answer,
+    })
 }

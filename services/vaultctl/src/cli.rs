@@ -280,6 +280,24 @@ pub enum AuditCommand {
         #[arg(required = true, value_name = "EXPORT")]
         files: Vec<PathBuf>,
     },
+    /// Remove records older than a cutoff that a verified export holds (needs `audit.prune`).
+    ///
+    /// Verifies the export offline first and sends nothing if it fails. The vault removes only
+    /// what the export covers and nothing younger than its `[audit] online_days`, writes a
+    /// prune checkpoint where each writer's chain now starts, and records the prune. Keep the
+    /// export (until the `keep_until` in its header): the remainder and the export verify
+    /// together with `audit verify`.
+    Prune {
+        /// RFC 3339: records older than this may go.
+        #[arg(long, value_name = "TIME")]
+        before: String,
+        /// The export (made without --from) that holds what goes.
+        #[arg(long, value_name = "FILE")]
+        export: PathBuf,
+        /// The public key file to verify it with (`audit public-key`).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
 }
 
 /// `vaultctl keys ...`.

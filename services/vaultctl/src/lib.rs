@@ -161,6 +161,13 @@ async fn audit_command(
         AuditCommand::Export { from, to, out } => Ok(Report::AuditExported(
             audit::export(connect::channel(connection)?, from.clone(), to.clone(), out).await?,
         )),
+        AuditCommand::Prune {
+            before,
+            export,
+            public_key,
+        } => Ok(Report::AuditPruned(
+            audit::prune(|| connect::channel(connection), before, export, public_key).await?,
+        )),
         AuditCommand::PublicKey { out } => {
             let keys = audit::public_keys(connect::channel(connection)?).await?;
             let text = serde_json::to_string_pretty(&keys)

@@ -68,6 +68,44 @@ pub enum Report {
     },
     /// `audit verify`: what the verifier found.
     AuditVerified(vault_audit::Report),
+    /// `audit prune`: refused (the export did not verify), or what the vault removed.
+    AuditPruned(crate::audit::Pruning),
+}
+
+fn pruned_text(pruning: &crate::audit::Pruning) -> String {
+    use crate::audit::Pruning;
+    match pruning {
+        Pruning::Refused(report) if report.is_clean() => {
+            "nothing pruned: the export holds no checkpoints\n".to_owned()
+        }
+        Pruning::Refused(report) => format!(
+            "{}nothing pruned: the export does not verify\n",
+            verify_text(report)
+        ),
+        Pruning::Done { answer, .. } if answer.through_checkpoint == 0 => {
+            "nothing pruned: no exported checkpoint is older than the cutoff\n".to_owned()
+        }
+        Pruning::Done {
+            export,
+            checkpoints: (first, last),
+            answer,
+        } => format!(
+            "pruned {} {} and {} {} through checkpoint #{} ({} {}, {} closed; {} prune {} \
+             written)\nThey are kept in {} (checkpoints #{first}..#{last}); keep it, and verify \
+             it together with a new export.\n",
+            answer.records_removed,
+            plural(answer.records_removed, "record", "records"),
+            answer.checkpoints_removed,
+            plural(answer.checkpoints_removed, "checkpoint", "checkpoints"),
+            answer.through_checkpoint,
+            answer.writers_pruned,
+            plural(answer.writers_pruned, "writer", "writers"),
+            answer.writers_closed,
+            answer.checkpoints_written,
+            plural(answer.checkpoints_written, "checkpoint", "checkpoints"),
+            export.display(),
+        ),
+    }
 }
 
 fn verify_text(report: &vault_audit::Report) -> String {
@@ -109,6 +147,7 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::AuditVerified(report) if !report.is_clean() => crate::EXIT_FAILED,
+            Self::AuditPruned(crate::audit::Pruning::Refused(_)) => crate::EXIT_FAILED,
             _ => 0,
         }
     }
@@ -178,6 +217,7 @@ impl Report {
                     .join(", ")
             ),
             Self::AuditVerified(report) => verify_text(report),
+            Self::AuditPruned(pruning) => pruned_text(pruning),
         }
     }
 
@@ -281,6 +321,27 @@ impl Report {
                     "message": p.message,
                 })).collect::<Vec<_>>(),
             }),
+            Self::AuditPruned(crate::audit::Pruning::Refused(report)) => json!({
+                "pruned": false,
+                "problems": report.problems.len(),
+            }),
+            Self::AuditPruned(crate::audit::Pruning::Done {
+                export,
+                checkpoints,
+                answer,
+            }) => {
+                json!({
+                    "pruned": answer.through_checkpoint > 0,
+                    "export": export.display().to_string(),
+                    "export_checkpoints": checkpoints,
+                    "through_checkpoint": answer.through_checkpoint,
+                    "records_removed": answer.records_removed,
+                    "checkpoints_removed": answer.checkpoints_removed,
+                    "writers_pruned": answer.writers_pruned,
+                    "writers_closed": answer.writers_closed,
+                    "checkpoints_written": answer.checkpoints_written,
+                })
+            }
         }
     }
 }

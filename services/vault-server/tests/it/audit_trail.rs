@@ -1,7 +1,8 @@
 //! The tamper-evident audit trail end to end: exports made by `vaultctl audit export` from a
 //! running vault verify offline with `vaultctl audit verify`, every record carries the six
 //! PCI DSS 10.2.2 fields, each kind of tampering is found and the record named (1,000
-//! randomized trials each), and reading the trail needs `audit.read` and is itself audited.
+//! randomized trials each), reading the trail needs `audit.read` and is itself audited, and a
+//! pruned remainder verifies together with the export that holds what was pruned.
 
 use std::path::{Path, PathBuf};
 
@@ -378,4 +379,202 @@ async fn audit_read_needs_the_permission_and_every_read_is_logged() {
         n += 1;
     }
     assert_eq!(n, 2);
+}
+
+/// `[audit]` for tests that prune: no online window (not PCI compliant; tests only).
+const PRUNE_NOW: &str = "[audit]\ndanger_online_days = 0\n";
+
+fn status(result: Result<vaultctl::Report, vaultctl::Error>) -> tonic::Status {
+    match result {
+        Err(vaultctl::Error::Rpc(status)) => status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn prune(
+    vault: &TestVault,
+    identity: &str,
+    before: &str,
+    export: &Path,
+    key: &Path,
+) -> Result<vaultctl::Report, vaultctl::Error> {
+    vault
+        .vaultctl(
+            identity,
+            &[
+                "audit",
+                "prune",
+                "--before",
+                before,
+                "--export",
+                &export.to_string_lossy(),
+                "--public-key",
+                &key.to_string_lossy(),
+            ],
+        )
+        .await
+}
+
+fn records_of(file: &Path) -> Vec<Entry> {
+    let all = lines(file);
+    record_lines(&all)
+        .into_iter()
+        .map(|i| entry(&all[i]))
+        .collect()
+}
+
+#[tokio::test]
+async fn export_prune_then_the_remainder_and_the_export_verify_together() {
+    let storage = "url = \"sqlite:vault.db\"\n";
+    let vault = TestVault::start_with_keys(storage, PRUNE_NOW, "info").await;
+    for i in 0..4 {
+        vault
+            .tokenize_at(&vault.addr, &format!("m-{i}"), &random_pan("411111"))
+            .await;
+    }
+    // A restart: the first writer stops cleanly, the second goes on.
+    let vault = vault
+        .restart_with(storage, &format!("{DEV_KEK}{PRUNE_NOW}"))
+        .await;
+    let token = vault
+        .tokenize_at(&vault.addr, "m-1", &random_pan("555555"))
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, archived) = key_and_export(&vault, work.path(), "archived.jsonl").await;
+    let archived_records = records_of(&archived);
+    let writers: std::collections::BTreeSet<String> =
+        archived_records.iter().map(|e| e.writer.clone()).collect();
+    assert_eq!(writers.len(), 2, "{writers:?}");
+    // Written after the export: never pruned with it.
+    vault.detokenize_at(&vault.addr, "m-1", &token).await;
+    let now = vault_audit::format_time(
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap(),
+    )
+    .unwrap();
+
+    // Refusals, each audited: no audit.prune; a cutoff inside the online window (the future,
+    // with a zero-day window); a tampered export (caught before anything is sent).
+    let denied = status(prune(&vault, "gateway", &now, &archived, &key).await);
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let future = status(prune(&vault, "admin-1", "2999-01-01T00:00:00Z", &archived, &key).await);
+    assert_eq!(future.code(), Code::InvalidArgument);
+    assert!(future.message().contains("before"), "{}", future.message());
+    let mut forged = lines(&archived);
+    let at = *record_lines(&forged).first().unwrap();
+    forged[at] = forged[at].replace("\"success\"", "\"denied\"");
+    let forged_file = path(work.path(), "forged.jsonl");
+    std::fs::write(&forged_file, forged.join("\n")).unwrap();
+    let refused = prune(&vault, "admin-1", &now, &forged_file, &key)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            vaultctl::Report::AuditPruned(vaultctl::audit::Pruning::Refused(_))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(refused.exit_code(), 1);
+
+    // The prune: everything the export holds is older than `now`.
+    let done = prune(&vault, "admin-1", &now, &archived, &key)
+        .await
+        .unwrap();
+    let vaultctl::Report::AuditPruned(vaultctl::audit::Pruning::Done { answer, .. }) = &done else {
+        panic!("prune printed {done:?}");
+    };
+    assert_eq!(done.exit_code(), 0);
+    assert_eq!(answer.records_removed, archived_records.len() as u64);
+    assert_eq!(answer.writers_pruned, 2);
+    assert_eq!(answer.writers_closed, 1, "the stopped writer is closed");
+    assert_eq!(
+        answer.checkpoints_written, 1,
+        "the live writer is anchored at its cut"
+    );
+    assert!(answer.checkpoints_removed >= 3, "{answer:?}");
+
+    // The remainder verifies alone and together with the archived export; it holds only the
+    // records written after the export, the refusals and the prune.
+    let remainder = path(work.path(), "remainder.jsonl");
+    export(&vault, &remainder).await;
+    let alone = verify(&vault, &key, &[&remainder]).await;
+    assert!(alone.is_clean(), "{:#?}", alone.problems);
+    let together = verify(&vault, &key, &[&archived, &remainder]).await;
+    assert!(together.is_clean(), "{:#?}", together.problems);
+    let kept = records_of(&remainder);
+    assert!(kept.iter().all(|e| {
+        !archived_records
+            .iter()
+            .any(|a| a.writer == e.writer && a.seq >= e.seq)
+    }));
+    assert!(
+        kept.iter()
+            .any(|e| e.event == "detokenize" && e.outcome == "success")
+    );
+    let prunes: Vec<(&str, &str)> = kept
+        .iter()
+        .filter(|e| e.event == "audit.prune")
+        .map(|e| (e.caller.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        prunes,
+        vec![
+            (GATEWAY, "denied"),
+            (ADMIN_1, "invalid_argument"),
+            (ADMIN_1, "success")
+        ]
+    );
+    let remainder_lines = lines(&remainder);
+    assert!(
+        remainder_lines
+            .iter()
+            .any(|l| matches!(parse(l), Line::Checkpoint(c) if c.kind == "prune"))
+    );
+    assert!(
+        matches!(parse(&remainder_lines[0]), Line::Header(h) if h.keep_until.is_some()),
+        "the export header says until when to keep it"
+    );
+
+    // The same export again: its checkpoints are gone, so it proves nothing more.
+    let again = status(prune(&vault, "admin-1", &now, &archived, &key).await);
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // Nobody else can remove records: the trail's tables stay append-only outside a prune.
+    let db = vault.db().await;
+    let refused = sqlx::query("DELETE FROM audit_log").execute(&db).await;
+    assert!(refused.is_err());
+}
+
+/// With the default online window (92 days), nothing recent can be pruned.
+#[tokio::test]
+async fn the_online_window_keeps_recent_records() {
+    let vault = TestVault::start().await;
+    vault
+        .tokenize_at(&vault.addr, "m-1", &random_pan("411111"))
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, archived) = key_and_export(&vault, work.path(), "archived.jsonl").await;
+    let now = vault_audit::format_time(
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap(),
+    )
+    .unwrap();
+    let refused = status(prune(&vault, "admin-1", &now, &archived, &key).await);
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("online"),
+        "{}",
+        refused.message()
+    );
+    // Older than the window, but nothing that old exists: nothing goes.
+    let done = prune(&vault, "admin-1", "2020-01-01T00:00:00Z", &archived, &key)
+        .await
+        .unwrap();
+    let vaultctl::Report::AuditPruned(vaultctl::audit::Pruning::Done { answer, .. }) = done else {
+        panic!("prune printed {done:?}");
+    };
+    assert_eq!((answer.through_checkpoint, answer.records_removed), (0, 0));
+    let after = path(work.path(), "after.jsonl");
+    export(&vault, &after).await;
+    let report = verify(&vault, &key, &[&archived, &after]).await;
+    assert!(report.is_clean(), "{:#?}", report.problems);
 }

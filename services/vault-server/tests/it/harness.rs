@@ -106,7 +106,7 @@ merchants = ["*"]
 
 [[caller]]
 identity = "spiffe://vault.test/admin-1"
-operations = ["keys.admin"]
+operations = ["keys.admin", "audit.prune"]
 merchants = ["*"]
 
 [[caller]]
