@@ -14,7 +14,7 @@ use vault_core::ports::TokenStore;
 use vault_proto::v1::audit_service_server::AuditServiceServer;
 use vault_proto::v1::key_admin_service_server::KeyAdminServiceServer;
 use vault_proto::v1::token_service_server::TokenServiceServer;
-use vault_store::{PgSettings, PgStore, SqliteStore};
+use vault_store::{AuditSink, PgSettings, PgStore, SqliteStore};
 
 use crate::admin::AdminApi;
 use crate::audit::AuditApi;
@@ -88,6 +88,15 @@ impl Backend {
         })
     }
 
+    /// The same store, copying every committed audit record to `sink` too.
+    #[must_use]
+    pub fn with_audit_sink(self, sink: AuditSink) -> Self {
+        match self {
+            Self::Sqlite(store) => Self::Sqlite(store.with_audit_sink(sink)),
+            Self::Postgres(store) => Self::Postgres(store.with_audit_sink(sink)),
+        }
+    }
+
     /// The store as the domain's port.
     #[must_use]
     pub fn port(&self) -> Arc<dyn TokenStore> {
@@ -125,6 +134,10 @@ impl Application {
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
         let keys = Arc::new(open_key_ring(config, config_path).await?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
+        let store = match &config.audit.sink {
+            None => store,
+            Some(sink) => store.with_audit_sink(open_sink(sink)?),
+        };
         if let Some(days) = config.audit.danger_online_days {
             tracing::warn!(
                 days,
@@ -312,4 +325,20 @@ async fn watch_health(
         }
         tokio::time::sleep(HEALTH_INTERVAL).await;
     }
+}
+
+/// Opens the configured second audit sink.
+fn open_sink(sink: &crate::config::AuditSinkConfig) -> anyhow::Result<AuditSink> {
+    let opened = if sink.path == "-" {
+        AuditSink::stdout(sink.required)
+    } else {
+        AuditSink::file(std::path::Path::new(&sink.path), sink.required)
+    }
+    .map_err(|e| anyhow::anyhow!("audit.sink.path: cannot open {}: {e}", sink.path))?;
+    tracing::info!(
+        sink = opened.name(),
+        required = sink.required,
+        "audit records are copied to a second sink"
+    );
+    Ok(opened)
 }

@@ -75,7 +75,7 @@ pub struct Config {
 }
 
 /// Audit trail settings.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Seconds between checkpoints of this writer's chain head (skipped while it has not
@@ -95,6 +95,21 @@ pub struct AuditConfig {
     /// PCI compliant below 90; for tests. The vault warns at start when it is set.
     #[serde(default)]
     pub danger_online_days: Option<u32>,
+    /// A second copy of every committed record for a SIEM (`[audit.sink]`), if wanted.
+    #[serde(default)]
+    pub sink: Option<AuditSinkConfig>,
+}
+
+/// `[audit.sink]`: JSON lines (the export's record lines) to standard output or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSinkConfig {
+    /// `-` for standard output, else a file (relative to this file) records are appended to.
+    pub path: String,
+    /// If true, a record the sink cannot take fails its call (UNAVAILABLE; no PAN released),
+    /// as the database's audit table does. If false, the failure is only logged.
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl AuditConfig {
@@ -165,6 +180,7 @@ impl Default for AuditConfig {
             online_days: default_online_days(),
             retain_days: default_retain_days(),
             danger_online_days: None,
+            sink: None,
         }
     }
 }
@@ -557,6 +573,11 @@ impl Config {
         config.tls.key = base.join(&config.tls.key);
         config.tls.client_ca = base.join(&config.tls.client_ca);
         config.policy.path = base.join(&config.policy.path);
+        if let Some(sink) = config.audit.sink.as_mut()
+            && sink.path != "-"
+        {
+            sink.path = base.join(&sink.path).display().to_string();
+        }
         config.dek.check(path)?;
         config.key_cache.check(path)?;
         config.audit.check(path)?;

@@ -22,6 +22,8 @@ pub(crate) struct Chain {
     pub writer: String,
     /// `None` until read from the database (at the first record, or after an unknown commit).
     head: Mutex<Option<Head>>,
+    /// The second sink committed records are copied to, if one is configured.
+    pub sink: std::sync::OnceLock<crate::sink::AuditSink>,
 }
 
 impl Chain {
@@ -42,6 +44,7 @@ impl Chain {
         Self {
             writer,
             head: Mutex::new(None),
+            sink: std::sync::OnceLock::new(),
         }
     }
 

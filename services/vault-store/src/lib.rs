@@ -12,9 +12,11 @@
 mod chain;
 mod postgres;
 mod rows;
+mod sink;
 mod sql;
 mod sqlite;
 pub mod testing;
 
 pub use postgres::{PgSettings, PgStore, PgStoreError, redact_url};
+pub use sink::AuditSink;
 pub use sqlite::{SqliteStore, SqliteStoreError};

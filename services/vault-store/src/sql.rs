@@ -261,6 +261,14 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 macro_rules! token_store_impl {
     ($store:ty, $db:ty, $lock_merchant_keys:expr) => {
         impl $store {
+            /// Copies every committed audit record to `sink` too (see `sink.rs`). Set it
+            /// before the first record; a second sink is ignored.
+            #[must_use]
+            pub fn with_audit_sink(self, sink: $crate::AuditSink) -> Self {
+                let _ = self.chain.sink.set(sink);
+                self
+            }
+
             /// Serializes this transaction with every other that changes `merchant`'s keys
             /// (until it ends), where the backend needs it.
             async fn lock_merchant_keys(
@@ -317,6 +325,23 @@ macro_rules! token_store_impl {
                         hash: entry.hash,
                     };
                     entries.push(entry);
+                }
+                // Before the commit, still under the lock: the sink sees each writer's records
+                // in chain order, and a required sink that fails rolls the transaction back.
+                if let Some(sink) = self.chain.sink.get()
+                    && let Err(error) = sink.write(&entries)
+                {
+                    if sink.required() {
+                        return Err(vault_core::StoreError::Unavailable(format!(
+                            "the required audit sink ({}) failed: {error}",
+                            sink.name()
+                        )));
+                    }
+                    tracing::warn!(
+                        sink = sink.name(),
+                        %error,
+                        "audit sink write failed; the records are in the database only"
+                    );
                 }
                 // Unknown until the commit answers: a failed COMMIT may still have landed.
                 *guard = None;

@@ -11,6 +11,7 @@
 mod harness;
 
 mod audit_fail_closed;
+mod audit_sink;
 mod audit_trail;
 mod grpcurl;
 mod hsm;
