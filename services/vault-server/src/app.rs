@@ -46,6 +46,9 @@ pub struct Application {
     store: Backend,
     call_timeout: Duration,
     checkpoint_interval: Duration,
+    /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
+    /// auditor sees which policy each writer served under (a policy change needs a restart).
+    start_detail: String,
 }
 
 /// The store the configuration selects.
@@ -131,6 +134,17 @@ impl Application {
     /// Any configuration, storage, key or TLS problem, with the file or setting named.
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         let policy = load_policy(&config.policy.path)?;
+        let policy_digest = std::fs::read(&config.policy.path)
+            .map(|text| vault_crypto::sha256(&text))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.policy.path.display()))?;
+        let start_detail = format!(
+            "vaultd {} policy sha256:{}",
+            env!("CARGO_PKG_VERSION"),
+            policy_digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
         let keys = Arc::new(open_key_ring(config, config_path).await?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
@@ -158,6 +172,7 @@ impl Application {
             store,
             call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
+            start_detail,
         })
     }
 
@@ -175,7 +190,7 @@ impl Application {
         // The trail starts before anything is served: no card call before `vault.start`.
         let public = self
             .vault
-            .start_audit(format!("vaultd {}", env!("CARGO_PKG_VERSION")))
+            .start_audit(self.start_detail.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the audit trail: {e}"))?;
         tracing::info!(

@@ -150,6 +150,15 @@ async fn exports_verify_offline_and_carry_the_pci_fields() {
             .any(|r| r.event == event && detail.is_none_or(|d| r.detail.as_deref() == Some(d)))
     };
     assert!(has("vault.start", None));
+    let policy = vault_crypto::sha256(POLICY.as_bytes());
+    let digest: String = policy.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        records.iter().any(|r| r.event == "vault.start"
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.ends_with(&format!("policy sha256:{digest}")))),
+        "vault.start names the policy it serves under"
+    );
     assert!(has("audit.read", Some("audit.public_key")));
     assert!(has("audit.read", Some("audit.export")));
     assert!(has("keys.admin", Some("keys.status")));
