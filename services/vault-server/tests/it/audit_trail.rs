@@ -587,3 +587,23 @@ async fn the_online_window_keeps_recent_records() {
     let report = verify(&vault, &key, &[&archived, &after]).await;
     assert!(report.is_clean(), "{:#?}", report.problems);
 }
+
+/// The sweep every `TestVault` runs as it goes away (`harness.rs::assert_pci_fields`) fails on
+/// a record without all six PCI fields.
+#[tokio::test]
+async fn the_pci_field_sweep_catches_an_incomplete_record() {
+    let vault = TestVault::start().await;
+    vault
+        .tokenize_at(&vault.addr, "m-1", &random_pan("411111"))
+        .await;
+    sqlx::query(
+        "INSERT INTO audit_log (writer, seq, at, caller, origin, operation, outcome, resource, \
+         request_id, prev_hash, hash) VALUES ('w', 1, 1, 'c', 'unknown', 'tokenize', 'success', \
+         'tokens', 'r', zeroblob(32), zeroblob(32))",
+    )
+    .execute(&vault.db().await)
+    .await
+    .unwrap();
+    let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(vault)));
+    assert!(swept.is_err(), "the sweep let an unknown origin pass");
+}

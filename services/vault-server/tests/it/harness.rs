@@ -408,6 +408,50 @@ impl Drop for TestVault {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            assert_pci_fields(&self.db_path());
+        }
+    }
+}
+
+/// Every audit record an end-to-end test left in its SQLite database has the six PCI DSS
+/// 10.2.2 fields filled (caller, event, time, outcome, origin, resource; origin never
+/// `unknown`): checked as each `TestVault` goes away, so every test on the embedded store
+/// sweeps its own records. A database a test broke on purpose (no readable `audit_log`) is
+/// skipped.
+fn assert_pci_fields(db: &Path) {
+    if !db.exists() {
+        return;
+    }
+    let db = db.to_owned();
+    let swept = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let options = SqliteConnectOptions::new().filename(&db).read_only(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .ok()?;
+            sqlx::query_scalar::<_, String>(
+                "SELECT writer || '#' || seq FROM audit_log WHERE caller = '' OR operation = '' \
+                 OR outcome = '' OR origin = '' OR origin = 'unknown' OR resource = '' OR at <= 0",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()
+        })
+    })
+    .join()
+    .unwrap();
+    if let Some(bad) = swept {
+        assert!(
+            bad.is_empty(),
+            "audit records without all six PCI DSS 10.2.2 fields: {bad:?}"
+        );
     }
 }
 
