@@ -335,10 +335,15 @@ pub struct ExportPlan {
 ///
 /// Checkpoints form one chain across writers, so only a prefix of it can go: every checkpoint
 /// up to `through`, the newest exported checkpoint older than the cutoff (with every one before
-/// it older too). Each writer loses its records up to its `cut`, the newest head a removed
-/// checkpoint signed for it: all of them were exported and are older than the cutoff.
+/// it older too). Each writer loses its records up to its `cut`: the newest head a removed
+/// checkpoint signed for it, or the lowest head a kept one signs if that is lower (an earlier
+/// prune's anchor). All of them were exported and are older than the cutoff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunePlan {
+    /// The export's last checkpoint the plan was made for.
+    pub exported: u64,
+    /// The cutoff it was made for.
+    pub before: OffsetDateTime,
     /// The last checkpoint removed.
     pub through: u64,
     /// The writers that lose records, by writer.
@@ -445,10 +450,11 @@ pub trait AuditStore: Send + Sync {
         before: OffsetDateTime,
     ) -> Result<Option<PrunePlan>, StoreError>;
 
-    /// Carries out `plan` in one transaction: removes its records and checkpoints, stores
-    /// `checkpoints` (the prune checkpoints at the cuts, chained on the current tip) and
-    /// appends `audit`. `Ok(None)`, having changed nothing, if a checkpoint's `cp_seq` was
-    /// taken meanwhile (plan and sign again).
+    /// Carries out `plan` in one transaction, serialized with every other prune: removes its
+    /// records and checkpoints, stores `checkpoints` (the prune checkpoints at the cuts,
+    /// chained on the current tip) and appends `audit`. `Ok(None)`, having changed nothing, if
+    /// the trail no longer gives the same plan or a checkpoint's `cp_seq` was taken meanwhile
+    /// (plan and sign again).
     async fn prune_audit(
         &self,
         plan: &PrunePlan,

@@ -566,9 +566,11 @@ impl Vault {
                 exported_at: stamp(exported_at),
                 checkpoints,
                 records,
-                keep_until: Some(stamp(
-                    exported_at + time::Duration::days(i64::from(self.trail.retention.retain_days)),
-                )),
+                keep_until: exported_at
+                    .checked_add(time::Duration::days(i64::from(
+                        self.trail.retention.retain_days,
+                    )))
+                    .map(stamp),
             },
             next_checkpoint: plan.checkpoints.map_or(1, |c| c.0),
             after: plan.writers.first().map_or(0, |w| w.1),
@@ -638,7 +640,10 @@ impl Vault {
             problem: "is required",
         })?;
         let online = time::Duration::days(i64::from(self.trail.retention.online_days));
-        if before > now() - online {
+        if now()
+            .checked_sub(online)
+            .is_none_or(|newest| before > newest)
+        {
             return Err(InvalidArgument {
                 field: "before",
                 problem: "is inside the online window ([audit] online_days)",

@@ -119,6 +119,8 @@ impl AuditConfig {
     pub const MIN_ONLINE_DAYS: u32 = 90;
     /// PCI DSS 10.5.1: twelve months kept.
     pub const MIN_RETAIN_DAYS: u32 = 365;
+    /// A hundred years.
+    pub const MAX_RETAIN_DAYS: u32 = 36_500;
 
     fn check(&self, file: &Path) -> Result<(), ConfigError> {
         if self.checkpoint_interval_secs == 0
@@ -135,10 +137,14 @@ impl AuditConfig {
             setting: setting.to_owned(),
             problem,
         };
-        if self.retain_days < Self::MIN_RETAIN_DAYS {
+        if self.retain_days < Self::MIN_RETAIN_DAYS || self.retain_days > Self::MAX_RETAIN_DAYS {
             return Err(invalid(
                 "audit.retain_days",
-                format!("must be at least {}", Self::MIN_RETAIN_DAYS),
+                format!(
+                    "must be from {} to {}",
+                    Self::MIN_RETAIN_DAYS,
+                    Self::MAX_RETAIN_DAYS
+                ),
             ));
         }
         if self.online_days < Self::MIN_ONLINE_DAYS || self.online_days > self.retain_days {
@@ -787,6 +793,7 @@ path = "policy.toml"
                 "audit.online_days",
             ),
             ("[audit]\nretain_days = 364\n", "audit.retain_days"),
+            ("[audit]\nretain_days = 4000000\n", "audit.retain_days"),
             (
                 "[audit]\ndanger_online_days = 366\n",
                 "audit.danger_online_days",

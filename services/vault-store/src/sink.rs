@@ -1,36 +1,50 @@
-//! The optional second audit sink, for a SIEM: every committed audit record, as the same JSON
-//! line an export holds (`{"type":"record", ...}`, with its writer, seq and hashes), appended to
-//! a file or written to standard output.
+//! The optional second audit sink, for a SIEM: every audit record, as the same JSON line an
+//! export holds (`{"type":"record", ...}`, with its writer, seq and hashes), appended to a file
+//! or written to standard output.
 //!
-//! A record reaches the sink inside its transaction, after its insert and just before COMMIT,
-//! under the writer's chain lock, so each writer's lines come in chain order. A line is handed
-//! to the operating system (written and flushed) before the commit; it is not fsynced: the
-//! database is the durable copy, the sink a second one.
+//! Records are handed to the sink inside their transaction, after their insert and just before
+//! COMMIT, under the writer's chain lock, so each writer's lines come in chain order. One
+//! thread owns the file and writes the lines unbuffered, in the order they were handed over
+//! (a bounded queue of [`QUEUE`] batches); nothing is fsynced: the database is the durable
+//! copy, the sink a second one. A sink that stalls (a full pipe) never blocks the vault's
+//! async workers: calls wait at most [`TIMEOUT`] for it.
 //!
-//! When the sink is `required`, a failed write rolls the transaction back and fails the call
-//! (UNAVAILABLE, no PAN released), exactly as a database that refuses the record does: the
-//! two copies never disagree about a call that went ahead. When it is not, the failure is
-//! logged and the call goes on. A COMMIT that fails after the copy leaves a line the database
-//! does not have; the writer's next record then reuses its seq, so a `writer#seq` that appears
-//! twice in the sink marks it (the database, and the later line, are right).
+//! When the sink is `required`, a call waits until its lines are written; a failed write, a
+//! full queue or the timeout rolls the transaction back and fails the call (UNAVAILABLE, no
+//! PAN released), exactly as a database that refuses the record does. When it is not, the
+//! lines are queued and the call goes on; a failure is logged (`audit sink write failed`).
+//!
+//! Two cases leave a line the database does not have: a COMMIT that fails after the hand-over,
+//! and a required write that timed out but lands later. The writer's next record then reuses
+//! that seq, so a `writer#seq` that appears twice in the sink marks it (the database, and the
+//! later line, are right). After a failed write the next one starts on a new line, so a partial
+//! line stays one unparseable line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
 
+use tokio::sync::oneshot;
 use vault_audit::{Entry, Line};
 
-/// The open file, and whether the last write failed (it may have left a partial line).
-struct Target {
-    file: File,
-    broken: bool,
+/// Batches the sink's queue holds before calls are refused (required) or lines dropped.
+pub const QUEUE: usize = 1024;
+
+/// How long a call waits for a required sink.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lines to write, and who waits for the outcome (a required sink's call).
+struct Batch {
+    text: Vec<u8>,
+    done: Option<oneshot::Sender<std::io::Result<()>>>,
 }
 
-/// Where committed audit records are copied to.
+/// Where audit records are copied to.
 pub struct AuditSink {
-    target: Mutex<Target>,
+    queue: SyncSender<Batch>,
     name: String,
     required: bool,
 }
@@ -44,36 +58,60 @@ impl std::fmt::Debug for AuditSink {
     }
 }
 
+/// The writer thread: writes each batch, answers whoever waits, logs failures nobody waits
+/// for. Ends when the sink is dropped.
+fn write_batches(mut file: File, name: &str, batches: &Receiver<Batch>) {
+    let mut broken = false;
+    while let Ok(batch) = batches.recv() {
+        let written = if broken {
+            file.write_all(b"\n")
+                .and_then(|()| file.write_all(&batch.text))
+        } else {
+            file.write_all(&batch.text)
+        };
+        broken = written.is_err();
+        match (batch.done, written) {
+            (Some(done), written) => {
+                let _ = done.send(written);
+            }
+            (None, Err(error)) => tracing::warn!(
+                sink = name,
+                %error,
+                "audit sink write failed; the records are in the database only"
+            ),
+            (None, Ok(())) => {}
+        }
+    }
+}
+
 impl AuditSink {
-    fn new(file: File, name: String, required: bool) -> Self {
-        Self {
-            target: Mutex::new(Target {
-                file,
-                broken: false,
-            }),
+    fn start(file: File, name: String, required: bool) -> std::io::Result<Self> {
+        let (queue, batches) = sync_channel(QUEUE);
+        let thread_name = name.clone();
+        std::thread::Builder::new()
+            .name("audit-sink".to_owned())
+            .spawn(move || write_batches(file, &thread_name, &batches))?;
+        Ok(Self {
+            queue,
             name,
             required,
-        }
+        })
     }
 
     /// A sink to standard output (its own descriptor, unbuffered: a failed write leaves
     /// nothing behind to be written later).
     ///
     /// # Errors
-    /// If standard output cannot be duplicated.
+    /// If standard output cannot be duplicated or the writer thread cannot start.
     pub fn stdout(required: bool) -> std::io::Result<Self> {
         let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Ok(Self::new(
-            File::from(fd),
-            "standard output".to_owned(),
-            required,
-        ))
+        Self::start(File::from(fd), "standard output".to_owned(), required)
     }
 
     /// A sink appending to `path` (created with mode 0600 if missing).
     ///
     /// # Errors
-    /// If the file cannot be opened for appending.
+    /// If the file cannot be opened for appending or the writer thread cannot start.
     pub fn file(path: &Path, required: bool) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
@@ -81,7 +119,7 @@ impl AuditSink {
             .append(true)
             .mode(0o600)
             .open(path)?;
-        Ok(Self::new(file, path.display().to_string(), required))
+        Self::start(file, path.display().to_string(), required)
     }
 
     /// True if a failed write must fail the call.
@@ -96,24 +134,37 @@ impl AuditSink {
         &self.name
     }
 
-    /// Writes `entries` as JSON lines, unbuffered. After a failed write the next one starts
-    /// on a new line, so a partial line stays one unparseable line.
-    pub(crate) fn write(&self, entries: &[Entry]) -> std::io::Result<()> {
-        let mut text = Vec::with_capacity(entries.len() * 512 + 1);
-        let mut target = self
-            .target
-            .lock()
-            .map_err(|_| std::io::Error::other("the audit sink's lock is poisoned"))?;
-        if target.broken {
-            text.push(b'\n');
-        }
+    /// Hands `entries` to the writer thread as JSON lines. A required sink answers once they
+    /// are written (or failed, or [`TIMEOUT`] passed); an optional one once they are queued.
+    pub(crate) async fn write(&self, entries: &[Entry]) -> std::io::Result<()> {
+        let mut text = Vec::with_capacity(entries.len() * 512);
         for entry in entries {
             serde_json::to_writer(&mut text, &LineRef::Record(entry))?;
             text.push(b'\n');
         }
-        let written = target.file.write_all(&text);
-        target.broken = written.is_err();
-        written
+        let (done, outcome) = if self.required {
+            let (done, outcome) = oneshot::channel();
+            (Some(done), Some(outcome))
+        } else {
+            (None, None)
+        };
+        self.queue
+            .try_send(Batch { text, done })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => std::io::Error::other("its queue is full (it is stalled)"),
+                TrySendError::Disconnected(_) => std::io::Error::other("its writer has stopped"),
+            })?;
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        match tokio::time::timeout(TIMEOUT, outcome).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(_)) => Err(std::io::Error::other("its writer has stopped")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "it took no record for 5 s (it is stalled)",
+            )),
+        }
     }
 }
 
@@ -131,8 +182,8 @@ const _: fn(Entry) -> Line = Line::Record;
 mod tests {
     use super::*;
 
-    #[test]
-    fn lines_parse_as_export_records() {
+    #[tokio::test]
+    async fn lines_parse_as_export_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("siem.jsonl");
         let sink = AuditSink::file(&path, true).unwrap();
@@ -153,7 +204,7 @@ mod tests {
             prev_hash: vault_audit::GENESIS,
             hash: [7; 32],
         };
-        sink.write(&[entry.clone(), entry.clone()]).unwrap();
+        sink.write(&[entry.clone(), entry.clone()]).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<Line> = text
             .lines()

@@ -213,9 +213,9 @@ pub(crate) const FIRST_CHECKPOINT_FROM: &str =
 pub(crate) const PRUNE_CUTS: &str = "SELECT writer, MAX(seq) FROM audit_checkpoints \
      WHERE cp_seq <= $1 GROUP BY writer ORDER BY writer";
 
-/// The hash a checkpoint up to `cp_seq` signed for a writer's seq.
+/// The hash a checkpoint signed for a writer's seq.
 pub(crate) const SIGNED_HASH: &str = "SELECT head_hash FROM audit_checkpoints \
-     WHERE writer = $1 AND seq = $2 AND cp_seq <= $3 ORDER BY cp_seq DESC LIMIT 1";
+     WHERE writer = $1 AND seq = $2 ORDER BY cp_seq DESC LIMIT 1";
 
 /// The lowest head a writer's checkpoints after `cp_seq` sign.
 pub(crate) const KEPT_LOW: &str =
@@ -329,7 +329,7 @@ macro_rules! token_store_impl {
                 // Before the commit, still under the lock: the sink sees each writer's records
                 // in chain order, and a required sink that fails rolls the transaction back.
                 if let Some(sink) = self.chain.sink.get()
-                    && let Err(error) = sink.write(&entries)
+                    && let Err(error) = sink.write(&entries).await
                 {
                     if sink.required() {
                         return Err(vault_core::StoreError::Unavailable(format!(
@@ -410,14 +410,14 @@ macro_rules! token_store_impl {
             }
 
             /// `writer`'s newest record's seq and hash, if it has any left.
-            async fn record_head(
-                &self,
+            async fn record_head_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 writer: &str,
             ) -> Result<Option<$crate::chain::Head>, vault_core::StoreError> {
                 let record: Option<(i64, Vec<u8>)> =
                     sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
                         .bind(writer)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err($crate::sql::unavailable)?;
                 record
@@ -425,41 +425,84 @@ macro_rules! token_store_impl {
                     .transpose()
             }
 
-            /// One writer's part of a prune through checkpoint `through`, cut at `cut`.
-            async fn prune_cut(
-                &self,
-                writer: String,
-                cut: u64,
-                through: u64,
-            ) -> Result<vault_core::ports::PruneCut, vault_core::StoreError> {
-                let signed: Vec<u8> = sqlx::query_scalar($crate::sql::SIGNED_HASH)
-                    .bind(&writer)
-                    .bind($crate::rows::seq_param(cut))
-                    .bind($crate::rows::seq_param(through))
-                    .fetch_one(&self.pool)
+            /// What a prune through the export's checkpoint `exported` with cutoff `before`
+            /// would remove, as `conn` sees the trail (see `PrunePlan`).
+            async fn plan_prune_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                exported: u64,
+                before: time::OffsetDateTime,
+            ) -> Result<Option<vault_core::ports::PrunePlan>, vault_core::StoreError> {
+                let young: Option<i64> = sqlx::query_scalar($crate::sql::FIRST_CHECKPOINT_FROM)
+                    .bind($crate::rows::micros(before))
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err($crate::sql::unavailable)?;
+                let through = match young {
+                    Some(young) => exported.min($crate::rows::seq_of(young)?.saturating_sub(1)),
+                    None => exported,
+                };
+                let cuts: Vec<(String, i64)> = sqlx::query_as($crate::sql::PRUNE_CUTS)
+                    .bind($crate::rows::seq_param(through))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                if cuts.is_empty() {
+                    return Ok(None);
+                }
+                let mut writers = Vec::with_capacity(cuts.len());
+                for (writer, signed) in cuts {
+                    let signed = $crate::rows::seq_of(signed)?;
+                    writers.push(Self::prune_cut_on(conn, writer, signed, through).await?);
+                }
+                Ok(Some(vault_core::ports::PrunePlan {
+                    exported,
+                    before,
+                    through,
+                    writers,
+                }))
+            }
+
+            /// One writer's part of a prune through checkpoint `through`, where the newest
+            /// head a removed checkpoint signs for it is `signed`. The cut is never above the
+            /// lowest head a kept checkpoint signs (an earlier prune's anchor, or a head signed
+            /// out of order): the remainder must still start where a kept checkpoint says.
+            async fn prune_cut_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                writer: String,
+                signed: u64,
+                through: u64,
+            ) -> Result<vault_core::ports::PruneCut, vault_core::StoreError> {
                 let kept_low: Option<i64> = sqlx::query_scalar($crate::sql::KEPT_LOW)
                     .bind(&writer)
                     .bind($crate::rows::seq_param(through))
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let kept_low = kept_low.map($crate::rows::seq_of).transpose()?;
+                let cut = kept_low.map_or(signed, |low| low.min(signed));
+                let cut_hash: Vec<u8> = sqlx::query_scalar($crate::sql::SIGNED_HASH)
+                    .bind(&writer)
+                    .bind($crate::rows::seq_param(cut))
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err($crate::sql::unavailable)?;
                 let newest: Option<(String, i64)> =
                     sqlx::query_as($crate::sql::NEWEST_CHECKPOINT_OF)
                         .bind(&writer)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err($crate::sql::unavailable)?;
-                let record_head = self.record_head(&writer).await?.map_or(0, |h| h.seq);
+                let record_head = Self::record_head_on(conn, &writer)
+                    .await?
+                    .map_or(0, |h| h.seq);
                 let stopped = newest.is_some_and(|(kind, seq)| {
                     kind == vault_audit::CheckpointKind::Stop.as_str()
                         && $crate::rows::seq_of(seq).is_ok_and(|seq| seq == cut)
                 });
                 Ok(vault_core::ports::PruneCut {
-                    cut_hash: $crate::rows::hash_of(&signed, "signed head hash")?,
-                    kept_low: kept_low.map($crate::rows::seq_of).transpose()?,
+                    cut_hash: $crate::rows::hash_of(&cut_hash, "signed head hash")?,
                     finished: stopped && kept_low.is_none() && record_head <= cut,
+                    kept_low,
                     writer,
                     cut,
                 })
@@ -977,7 +1020,8 @@ macro_rules! token_store_impl {
                             .fetch_optional(&self.pool)
                             .await
                             .map_err($crate::sql::unavailable)?;
-                    let Some(head) = self.record_head(&writer).await? else {
+                    let mut conn = self.pool.acquire().await.map_err($crate::sql::unavailable)?;
+                    let Some(head) = Self::record_head_on(&mut conn, &writer).await? else {
                         continue;
                     };
                     let signed_seq = match signed {
@@ -1207,29 +1251,8 @@ macro_rules! token_store_impl {
                 exported: u64,
                 before: time::OffsetDateTime,
             ) -> Result<Option<vault_core::ports::PrunePlan>, vault_core::StoreError> {
-                let young: Option<i64> = sqlx::query_scalar($crate::sql::FIRST_CHECKPOINT_FROM)
-                    .bind($crate::rows::micros(before))
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err($crate::sql::unavailable)?;
-                let through = match young {
-                    Some(young) => exported.min($crate::rows::seq_of(young)?.saturating_sub(1)),
-                    None => exported,
-                };
-                let cuts: Vec<(String, i64)> = sqlx::query_as($crate::sql::PRUNE_CUTS)
-                    .bind($crate::rows::seq_param(through))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::sql::unavailable)?;
-                if cuts.is_empty() {
-                    return Ok(None);
-                }
-                let mut writers = Vec::with_capacity(cuts.len());
-                for (writer, cut) in cuts {
-                    let cut = $crate::rows::seq_of(cut)?;
-                    writers.push(self.prune_cut(writer, cut, through).await?);
-                }
-                Ok(Some(vault_core::ports::PrunePlan { through, writers }))
+                let mut conn = self.pool.acquire().await.map_err($crate::sql::unavailable)?;
+                Self::plan_prune_on(&mut conn, exported, before).await
             }
 
             async fn prune_audit(
@@ -1239,18 +1262,24 @@ macro_rules! token_store_impl {
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<Option<vault_core::ports::PruneCounts>, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
-                for checkpoint in checkpoints {
-                    if !Self::insert_checkpoint_in(&mut tx, checkpoint).await? {
-                        // Dropping `tx` rolls it back.
-                        return Ok(None);
-                    }
-                }
-                let mut removed = vault_core::ports::PruneCounts::default();
                 let execute = |statement: &'static str| sqlx::query(statement);
+                // The permit's row serializes prunes (SQLite: BEGIN IMMEDIATE already does);
+                // then the plan must still be what the trail says, or it is made again.
                 execute($crate::sql::GRANT_PRUNE)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::sql::unavailable)?;
+                let current = Self::plan_prune_on(&mut tx, plan.exported, plan.before).await?;
+                if current.as_ref() != Some(plan) {
+                    // Dropping `tx` rolls it back.
+                    return Ok(None);
+                }
+                for checkpoint in checkpoints {
+                    if !Self::insert_checkpoint_in(&mut tx, checkpoint).await? {
+                        return Ok(None);
+                    }
+                }
+                let mut removed = vault_core::ports::PruneCounts::default();
                 for cut in &plan.writers {
                     removed.records += execute($crate::sql::PRUNE_RECORDS)
                         .bind(&cut.writer)

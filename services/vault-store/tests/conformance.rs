@@ -786,38 +786,66 @@ async fn prunes_remove_only_exported_old_records(store: &dyn TokenStore) {
     assert_eq!(remainder.checkpoints, Some((3, 6)));
     assert!(remainder.writers.contains(&(writer.clone(), 3, 5)));
 
-    // Everything exported goes; the stopped writer is closed, the live one anchored at 5.
-    let plan = store.plan_prune(6, now()).await.unwrap().unwrap();
-    assert_eq!(plan.through, 6);
-    let finished: Vec<(&str, u64, bool)> = plan
+    // A later prune whose cutoff keeps the first prune's checkpoint: the live writer's cut
+    // stays at that checkpoint's anchor (3), though removed checkpoints sign 5; nothing of it
+    // goes and it needs no new checkpoint. The stopped writer is closed.
+    let between = time::OffsetDateTime::from_unix_timestamp(t0 + 45).unwrap();
+    let plan = store.plan_prune(6, between).await.unwrap().unwrap();
+    assert_eq!(plan.through, 5);
+    let cuts: Vec<(&str, u64, Option<u64>, bool)> = plan
         .writers
         .iter()
-        .map(|c| (c.writer.as_str(), c.cut, c.finished))
+        .map(|c| (c.writer.as_str(), c.cut, c.kept_low, c.finished))
         .collect();
     assert_eq!(
-        finished,
+        cuts,
         vec![
-            (stopped.writer.as_str(), 0, true),
-            (writer.as_str(), 5, false)
+            (stopped.writer.as_str(), 0, None, true),
+            (writer.as_str(), 3, Some(3), false)
         ]
     );
-    let anchor = ChainHead {
-        writer: writer.clone(),
-        seq: 5,
-        hash: head5.hash,
-    };
-    let anchor_cp = add(Prune, t0 + 60, &anchor, &mut cps);
     let removed = store
-        .prune_audit(&plan, &[anchor_cp], &audit("prune-2"))
+        .prune_audit(&plan, &[], &audit("prune-2"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((removed.records, removed.checkpoints), (2, 4));
+    assert_eq!((removed.records, removed.checkpoints), (0, 3));
     let left = store.writer_records(&writer, 0, 99, 99).await.unwrap();
-    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7]);
+    assert_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    let remainder = store.plan_export(None, None).await.unwrap();
+    assert_eq!(remainder.checkpoints, Some((6, 6)));
+
+    // A plan the trail no longer gives (made before that prune) changes nothing.
+    let stale = store
+        .prune_audit(&plan, &[], &audit("prune-stale"))
+        .await
+        .unwrap();
+    assert_eq!(stale, None);
+
+    // Everything exported goes; the live writer is anchored at its new head.
+    let head7 = store.audit_head().await.unwrap();
+    assert_eq!(head7.seq, 7);
+    let cp = add(Export, t0 + 70, &head7, &mut cps);
+    assert!(store.insert_checkpoint(&cp).await.unwrap());
+    let plan = store.plan_prune(7, now()).await.unwrap().unwrap();
+    assert_eq!(plan.through, 7);
+    let cut = &plan.writers[0];
+    assert_eq!((cut.cut, cut.kept_low, cut.finished), (7, None, false));
+    let anchor_cp = add(Prune, t0 + 80, &head7, &mut cps);
+    let removed = store
+        .prune_audit(&plan, &[anchor_cp], &audit("prune-3"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((removed.records, removed.checkpoints), (4, 2));
+    let left = store.writer_records(&writer, 0, 99, 99).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![8]);
     assert_eq!(store.checkpoints(1, 99, 99).await.unwrap().len(), 1);
     // The head survives the prune: a store that forgot it reads it back.
-    assert_eq!(store.audit_head().await.unwrap().seq, 7);
+    assert_eq!(store.audit_head().await.unwrap().seq, 8);
 }
 
 /// Audit reads filter by merchant, caller, event, outcome and time, and page by a cursor.

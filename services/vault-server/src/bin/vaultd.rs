@@ -117,7 +117,8 @@ fn main() -> ExitCode {
         }
     };
     // A machine-readable line for scripts and tests that start vaultd on port 0.
-    println!("vaultd listening on {}", app.local_addr());
+    // Standard error: standard output may be the audit sink (`[audit.sink] path = "-"`).
+    eprintln!("vaultd listening on {}", app.local_addr());
     match runtime.block_on(app.run(shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
