@@ -116,9 +116,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    // A machine-readable line for scripts and tests that start vaultd on port 0.
-    // Standard error: standard output may be the audit sink (`[audit.sink] path = "-"`).
-    eprintln!("vaultd listening on {}", app.local_addr());
+    // A machine-readable line for scripts and tests that start vaultd on port 0, on standard
+    // error (standard output may be the audit sink, `[audit.sink] path = "-"`), in one write
+    // (unbuffered `eprintln!` writes the address separately: a reader could see half of it).
+    let listening = format!("vaultd listening on {}\n", app.local_addr());
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), listening.as_bytes());
     match runtime.block_on(app.run(shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -509,13 +509,19 @@ pub fn read_logs(dir: &Path) -> String {
 pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let logs = read_logs(dir);
-        if let Some(addr) = logs
-            .lines()
-            .find_map(|line| line.strip_prefix("vaultd listening on "))
-        {
-            return (addr.trim().to_owned(), child);
+        // Only whole lines: a line still being written could hold half an address.
+        let listening = ["vaultd.stderr", "vaultd.stdout"].iter().find_map(|name| {
+            let text = std::fs::read_to_string(dir.join(name)).ok()?;
+            let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            complete
+                .lines()
+                .find_map(|line| line.strip_prefix("vaultd listening on "))
+                .map(|addr| addr.trim().to_owned())
+        });
+        if let Some(addr) = listening {
+            return (addr, child);
         }
+        let logs = read_logs(dir);
         if let Some(status) = child.try_wait().unwrap() {
             panic!("vaultd exited with {status} before listening:\n{logs}");
         }
