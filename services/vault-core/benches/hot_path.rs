@@ -93,6 +93,10 @@ fn audit(c: &mut Criterion) {
         prev_hash: [7; 32],
         hash: [0; 32],
     };
+    let bytes = [0x5a_u8; 320];
+    c.bench_function("sha256_320_bytes", |b| {
+        b.iter(|| vault_crypto::sha256(black_box(&bytes)));
+    });
     c.bench_function("audit_entry_hash", |b| {
         b.iter(|| black_box(&entry).compute_hash());
     });
