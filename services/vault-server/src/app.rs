@@ -140,10 +140,7 @@ impl Application {
         let start_detail = format!(
             "vaultd {} policy sha256:{}",
             env!("CARGO_PKG_VERSION"),
-            policy_digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            crate::grpc::hex(&policy_digest)
         );
         let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
         let keys = Arc::new(open_key_ring(config, config_path).await?);
