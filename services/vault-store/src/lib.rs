@@ -10,6 +10,7 @@
 //! `tests/conformance.rs` runs the same suite against each.
 
 mod chain;
+mod group;
 mod postgres;
 mod rows;
 mod sink;

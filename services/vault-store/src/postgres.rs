@@ -112,6 +112,8 @@ pub struct PgStore {
     pool: PgPool,
     /// This store's audit writer chain; clones share it.
     chain: std::sync::Arc<crate::chain::Chain>,
+    /// The committer that token inserts and audit appends go through (see `group.rs`).
+    group: crate::group::Group,
 }
 
 impl PgStore {
@@ -152,11 +154,13 @@ impl PgStore {
                 url: url.clone(),
                 source,
             })?;
-        let store = Self {
+        let mut store = Self {
             pool,
             chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
+            group: crate::group::Group::default(),
         };
         store.check_durability(&url).await?;
+        store.group = crate::group::Group::start(store.clone());
         Ok(store)
     }
 

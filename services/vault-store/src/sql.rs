@@ -123,10 +123,13 @@ pub(crate) const SELECT_TOKEN: &str = concat!(
     " FROM tokens WHERE token = $1 AND merchant_id = $2"
 );
 
+/// Inserts a token unless its token or its fingerprint is taken (no error: a group commit's
+/// transaction goes on; PostgreSQL would abort it on a unique violation).
 pub(crate) const INSERT_TOKEN: &str = concat!(
     "INSERT INTO tokens (",
     token_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     ON CONFLICT DO NOTHING"
 );
 
 pub(crate) const TOKEN_EXISTS: &str = "SELECT token FROM tokens WHERE token = $1";
@@ -248,6 +251,10 @@ pub(crate) const FIND_AUDIT: &str = concat!(
 );
 
 pub(crate) fn unavailable(err: sqlx::Error) -> StoreError {
+    unavailable_ref(&err)
+}
+
+pub(crate) fn unavailable_ref(err: &sqlx::Error) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
@@ -591,47 +598,16 @@ macro_rules! token_store_impl {
                 record: &vault_core::ports::TokenRecord,
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<vault_core::ports::InsertOutcome, vault_core::StoreError> {
-                use vault_core::ports::InsertOutcome;
-                let mut tx = self.begin().await?;
-                let m = &record.metadata;
-                let inserted = sqlx::query($crate::sql::INSERT_TOKEN)
-                    .bind(record.token.as_str())
-                    .bind(record.merchant.as_str())
-                    .bind(&record.fingerprint[..])
-                    .bind(m.format.as_str())
-                    .bind(i64::from(record.dek_version))
-                    .bind(&record.sealed.nonce[..])
-                    .bind(&record.sealed.ciphertext)
-                    .bind(m.brand.as_str())
-                    .bind(&m.bin)
-                    .bind(&m.last4)
-                    .bind(i64::from(m.pan_length))
-                    .bind(m.expiry.map(|e| i64::from(e.month())))
-                    .bind(m.expiry.map(|e| i64::from(e.year())))
-                    .bind($crate::rows::micros(m.created_at))
-                    .execute(&mut *tx)
-                    .await;
-                match inserted {
-                    Ok(_) => {}
-                    Err(err) if $crate::sql::is_unique_violation(&err) => {
-                        tx.rollback().await.map_err($crate::sql::unavailable)?;
-                        // Which constraint? Ask rather than parse the message: it works on
-                        // every backend.
-                        let taken: Option<String> = sqlx::query_scalar($crate::sql::TOKEN_EXISTS)
-                            .bind(record.token.as_str())
-                            .fetch_optional(&self.pool)
-                            .await
-                            .map_err($crate::sql::unavailable)?;
-                        return Ok(if taken.is_some() {
-                            InsertOutcome::TokenTaken
-                        } else {
-                            InsertOutcome::FingerprintTaken
-                        });
-                    }
-                    Err(err) => return Err($crate::sql::unavailable(err)),
+                let write = $crate::group::Write::Token {
+                    record: Box::new(record.clone()),
+                    audit: audit.clone(),
+                };
+                match self.group.write(self, write).await? {
+                    $crate::group::Written::Token(outcome) => Ok(outcome),
+                    $crate::group::Written::Audit => Err(vault_core::StoreError::Unavailable(
+                        "a token insert was answered as an audit append".to_owned(),
+                    )),
                 }
-                self.commit_audited(tx, &[audit]).await?;
-                Ok(InsertOutcome::Inserted)
             }
 
             async fn token(
@@ -674,8 +650,93 @@ macro_rules! token_store_impl {
                 &self,
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<(), vault_core::StoreError> {
-                let tx = self.begin().await?;
-                self.commit_audited(tx, &[audit]).await.map(|_| ())
+                let write = $crate::group::Write::Audit(audit.clone());
+                self.group.write(self, write).await.map(|_| ())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::group::Committer for $store {
+            async fn commit_writes(
+                &self,
+                writes: &[$crate::group::Write],
+            ) -> Result<Vec<$crate::group::Written>, $crate::group::Failed> {
+                use $crate::group::{Failed, Write, Written};
+                use vault_core::ports::InsertOutcome;
+                let mut tx = self.begin().await.map_err(Failed::whole)?;
+                let mut written = Vec::with_capacity(writes.len());
+                let mut audits = Vec::with_capacity(writes.len());
+                for write in writes {
+                    match write {
+                        Write::Token { record, audit } => {
+                            let outcome = Self::insert_token_in(&mut tx, record).await?;
+                            if outcome == InsertOutcome::Inserted {
+                                audits.push(audit);
+                            }
+                            written.push(Written::Token(outcome));
+                        }
+                        Write::Audit(audit) => {
+                            audits.push(audit);
+                            written.push(Written::Audit);
+                        }
+                    }
+                }
+                if audits.is_empty() {
+                    tx.rollback()
+                        .await
+                        .map_err(|e| Failed::whole($crate::sql::unavailable(e)))?;
+                } else {
+                    self.commit_audited(tx, &audits)
+                        .await
+                        .map_err(Failed::whole)?;
+                }
+                Ok(written)
+            }
+        }
+
+        impl $store {
+            /// Inserts `record` inside `tx` unless its token or fingerprint is taken, and says
+            /// which (a token drawn twice, or the card tokenized concurrently).
+            async fn insert_token_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                record: &vault_core::ports::TokenRecord,
+            ) -> Result<vault_core::ports::InsertOutcome, $crate::group::Failed> {
+                use vault_core::ports::InsertOutcome;
+                let m = &record.metadata;
+                let inserted = sqlx::query($crate::sql::INSERT_TOKEN)
+                    .bind(record.token.as_str())
+                    .bind(record.merchant.as_str())
+                    .bind(&record.fingerprint[..])
+                    .bind(m.format.as_str())
+                    .bind(i64::from(record.dek_version))
+                    .bind(&record.sealed.nonce[..])
+                    .bind(&record.sealed.ciphertext)
+                    .bind(m.brand.as_str())
+                    .bind(&m.bin)
+                    .bind(&m.last4)
+                    .bind(i64::from(m.pan_length))
+                    .bind(m.expiry.map(|e| i64::from(e.month())))
+                    .bind(m.expiry.map(|e| i64::from(e.year())))
+                    .bind($crate::rows::micros(m.created_at))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| $crate::group::Failed::statement(&e))?
+                    .rows_affected();
+                if inserted > 0 {
+                    return Ok(InsertOutcome::Inserted);
+                }
+                // Which constraint? Ask rather than parse a message: it works on every backend,
+                // and sees a row an earlier write of the same batch inserted.
+                let taken: Option<String> = sqlx::query_scalar($crate::sql::TOKEN_EXISTS)
+                    .bind(record.token.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(|e| $crate::group::Failed::statement(&e))?;
+                Ok(if taken.is_some() {
+                    InsertOutcome::TokenTaken
+                } else {
+                    InsertOutcome::FingerprintTaken
+                })
             }
         }
 

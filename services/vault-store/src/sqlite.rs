@@ -54,6 +54,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// This store's audit writer chain; clones share it.
     chain: std::sync::Arc<crate::chain::Chain>,
+    /// The committer that token inserts and audit appends go through (see `group.rs`).
+    group: crate::group::Group,
 }
 
 impl SqliteStore {
@@ -97,11 +99,13 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
-        let store = Self {
+        let mut store = Self {
             pool,
             chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
+            group: crate::group::Group::default(),
         };
         store.check_durability(path).await?;
+        store.group = crate::group::Group::start(store.clone());
         Ok(store)
     }
 

@@ -580,6 +580,95 @@ async fn audit_records_form_one_chain_per_writer(store: std::sync::Arc<dyn Token
     assert_eq!(tail, records[10..15].to_vec());
 }
 
+/// A distinct well-formed random-format token: `tok_`, 18 times `fill`, then `n` in letters.
+fn numbered_token(fill: char, n: usize) -> String {
+    let letters: String = (0..4)
+        .rev()
+        .map(|place| char::from(b'A' + u8::try_from(n / 26usize.pow(place) % 26).unwrap()))
+        .collect();
+    format!("tok_{}{letters}", fill.to_string().repeat(18))
+}
+
+/// Racing writes (which the store may commit together) each get their own outcome: of the
+/// inserts of one card exactly one wins and the rest see the fingerprint taken, of two cards
+/// drawing the same token one wins and the other sees the token taken, and exactly the
+/// winners' and the appends' audit records are stored.
+async fn racing_writes_each_get_their_own_outcome(
+    store: std::sync::Arc<dyn TokenStore>,
+    audit_rows: Count,
+) {
+    let mut tasks = Vec::new();
+    // 60 cards, each tokenized three times at once under different tokens.
+    for card in 0..60usize {
+        for attempt in 0..3usize {
+            let token = numbered_token('F', card * 3 + attempt);
+            let r = record(
+                "m1",
+                &token,
+                100 + u8::try_from(card).unwrap(),
+                TokenFormat::Random,
+            );
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let outcome = store.insert_token(&r, &audit(&token)).await.unwrap();
+                (("card", card), outcome, r)
+            }));
+        }
+    }
+    // 20 pairs of different cards that drew the same token.
+    for pair in 0..20usize {
+        for side in 0..2usize {
+            let token = numbered_token('T', pair);
+            let card = 170 + u8::try_from(pair * 2 + side).unwrap();
+            let r = record("m2", &token, card, TokenFormat::Random);
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let outcome = store.insert_token(&r, &audit(&token)).await.unwrap();
+                (("token", pair), outcome, r)
+            }));
+        }
+    }
+    let appends: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_audit(&audit(&format!("a{i}"))).await })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::<_, Vec<InsertOutcome>>::new();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (key, outcome, r) = task.await.unwrap();
+        outcomes.entry(key).or_default().push(outcome);
+        if outcome == InsertOutcome::Inserted {
+            winners.push(r);
+        }
+    }
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    for ((kind, n), mut got) in outcomes {
+        got.sort_by_key(|o| format!("{o:?}"));
+        let want: &[InsertOutcome] = if kind == "card" {
+            &[
+                InsertOutcome::FingerprintTaken,
+                InsertOutcome::FingerprintTaken,
+                InsertOutcome::Inserted,
+            ]
+        } else {
+            &[InsertOutcome::Inserted, InsertOutcome::TokenTaken]
+        };
+        assert_eq!(got, want, "{kind} {n}");
+    }
+    assert_eq!(winners.len(), 80);
+    for r in &winners {
+        assert_eq!(
+            store.token(&r.merchant, &r.token).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+    assert_eq!(audit_rows().await, 80 + 40);
+}
+
 fn checkpoint(cp_seq: u64, writer: &str, seq: u64, prev: [u8; 32]) -> vault_audit::Checkpoint {
     vault_audit::CheckpointDraft {
         cp_seq,
@@ -1003,6 +1092,13 @@ macro_rules! conformance_suite {
         async fn a_shred_racing_a_rotation_leaves_no_key() {
             let (_guard, store, _) = $fresh().await;
             super::a_shred_racing_a_rotation_leaves_no_key(&store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_writes_each_get_their_own_outcome() {
+            let (_guard, store, count) = $fresh().await;
+            super::racing_writes_each_get_their_own_outcome(std::sync::Arc::new(store), count)
+                .await;
         }
 
         #[tokio::test]
