@@ -1,11 +1,12 @@
 //! Group commit: concurrent token inserts and audit appends share one transaction, so one
 //! COMMIT (one fsync) serves many callers.
 //!
-//! Each store has one committer task. A caller hands it its write and waits. Whenever the task
-//! is free it takes everything queued (up to [`MAX_BATCH`] writes), writes it in one
-//! transaction, commits, and only then answers each caller. There is no timer: a lone write
-//! commits at once, and writes that arrive during a commit wait for the next one, so batches
-//! grow with the load by themselves. Durability is unchanged: a caller is answered only after
+//! Each store has one committer, on a thread and runtime of its own: on the server's runtime it
+//! would wait behind every request task at each of its awaits, though it serves all of them.
+//! A caller hands it its write and waits. Whenever the committer is free it takes everything
+//! queued (up to [`MAX_BATCH`] writes), writes it in one transaction, commits, and only then
+//! answers each caller. There is no timer: a lone write commits at once, and writes that
+//! arrive during a commit wait for the next one, so batches grow with the load by themselves. Durability is unchanged: a caller is answered only after
 //! the COMMIT holding its write has returned, and both backends refuse to start unless a
 //! COMMIT is durable (`sqlite.rs`, `postgres.rs`).
 //!
@@ -83,8 +84,8 @@ struct Pending {
     reply: oneshot::Sender<Result<Written, StoreError>>,
 }
 
-/// A store's handle on its committer task. A store without one (the committer's own copy,
-/// or one opened outside a Tokio runtime) commits each write by itself.
+/// A store's handle on its committer. A store without one (the committer's own copy, or one
+/// whose committer thread could not start) commits each write by itself.
 #[derive(Clone, Default)]
 pub(crate) struct Group {
     queue: Option<mpsc::Sender<Pending>>,
@@ -99,15 +100,26 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// Starts `committer`'s task on the current Tokio runtime; with no runtime, writes commit
-    /// one by one. The task ends when every handle is dropped.
+    /// Starts `committer` on a thread of its own (with its own single-threaded runtime); if
+    /// the thread cannot be started, writes commit one by one. The thread ends when every
+    /// handle is dropped.
     pub(crate) fn start<C: Committer>(committer: C) -> Self {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Self::default();
-        };
         let (queue, pending) = mpsc::channel(QUEUE);
-        runtime.spawn(run(committer, pending));
-        Self { queue: Some(queue) }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let spawned = runtime.and_then(|runtime| {
+            std::thread::Builder::new()
+                .name("vault-committer".to_owned())
+                .spawn(move || runtime.block_on(run(committer, pending)))
+        });
+        match spawned {
+            Ok(_) => Self { queue: Some(queue) },
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the group committer; writes commit one by one");
+                Self::default()
+            }
+        }
     }
 
     /// Commits `write` through the committer task (together with whatever else is waiting),
@@ -150,7 +162,15 @@ async fn commit<C: Committer>(
     writes: &[Write],
     replies: Vec<oneshot::Sender<Result<Written, StoreError>>>,
 ) {
-    match committer.commit_writes(writes).await {
+    let started = std::time::Instant::now();
+    let result = committer.commit_writes(writes).await;
+    tracing::trace!(
+        writes = writes.len(),
+        micros = started.elapsed().as_micros(),
+        ok = result.is_ok(),
+        "group commit"
+    );
+    match result {
         Ok(written) => {
             for (reply, written) in replies.into_iter().zip(written) {
                 let _ = reply.send(Ok(written));

@@ -123,14 +123,14 @@ pub(crate) const SELECT_TOKEN: &str = concat!(
     " FROM tokens WHERE token = $1 AND merchant_id = $2"
 );
 
-/// Inserts a token unless its token or its fingerprint is taken (no error: a group commit's
-/// transaction goes on; PostgreSQL would abort it on a unique violation).
-pub(crate) const INSERT_TOKEN: &str = concat!(
-    "INSERT INTO tokens (",
-    token_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT DO NOTHING"
-);
+/// The head of a multi-row token insert; `push_token_rows` adds the rows and the tail. A row
+/// whose token or fingerprint is taken is skipped (no error: PostgreSQL would abort a group
+/// commit's whole transaction on a unique violation), and the rows inserted come back.
+pub(crate) const INSERT_TOKENS: &str = concat!("INSERT INTO tokens (", token_columns!(), ") ");
+
+/// The tail of [`INSERT_TOKENS`].
+pub(crate) const INSERT_TOKENS_TAIL: &str =
+    " ON CONFLICT DO NOTHING RETURNING token, merchant_id, fingerprint";
 
 pub(crate) const TOKEN_EXISTS: &str = "SELECT token FROM tokens WHERE token = $1";
 
@@ -151,11 +151,12 @@ macro_rules! checkpoint_columns {
     };
 }
 
-pub(crate) const INSERT_AUDIT: &str = concat!(
-    "INSERT INTO audit_log (",
-    audit_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-);
+/// The head of a multi-row audit insert.
+pub(crate) const INSERT_AUDITS: &str = concat!("INSERT INTO audit_log (", audit_columns!(), ") ");
+
+/// Most rows in one multi-row insert: 512 rows of 15 columns stay under SQLite's (32,766)
+/// and PostgreSQL's (65,535) limits on bound parameters.
+pub(crate) const ROWS_PER_INSERT: usize = 512;
 
 pub(crate) const SELECT_AUDIT_SIGNING_KEY: &str = concat!(
     "SELECT ",
@@ -250,6 +251,18 @@ pub(crate) const FIND_AUDIT: &str = concat!(
      AND (at, writer, seq) > ($7, $8, $9) ORDER BY at, writer, seq LIMIT $10"
 );
 
+/// What identifies an inserted token row in a multi-row insert's answer: its token, merchant
+/// and fingerprint (two writes of one batch may draw the same token for different cards).
+pub(crate) type RowKey = (String, String, Vec<u8>);
+
+pub(crate) fn row_key(record: &vault_core::ports::TokenRecord) -> RowKey {
+    (
+        record.token.as_str().to_owned(),
+        record.merchant.as_str().to_owned(),
+        record.fingerprint.to_vec(),
+    )
+}
+
 pub(crate) fn unavailable(err: sqlx::Error) -> StoreError {
     unavailable_ref(&err)
 }
@@ -308,30 +321,40 @@ macro_rules! token_store_impl {
                 let mut entries = Vec::with_capacity(audits.len());
                 for audit in audits {
                     let entry = $crate::rows::chained_entry(audit, &self.chain.writer, head)?;
-                    sqlx::query($crate::sql::INSERT_AUDIT)
-                        .bind(&entry.writer)
-                        .bind($crate::rows::seq_param(entry.seq))
-                        .bind($crate::rows::micros(audit.time))
-                        .bind(&entry.caller)
-                        .bind(&entry.origin)
-                        .bind(&entry.event)
-                        .bind(&entry.detail)
-                        .bind(&entry.outcome)
-                        .bind(&entry.resource)
-                        .bind(&entry.merchant_id)
-                        .bind(&entry.token)
-                        .bind(&entry.request_id)
-                        .bind(&entry.reason)
-                        .bind(&entry.prev_hash[..])
-                        .bind(&entry.hash[..])
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::sql::unavailable)?;
                     head = $crate::chain::Head {
                         seq: entry.seq,
                         hash: entry.hash,
                     };
                     entries.push(entry);
+                }
+                for (entries, audits) in entries
+                    .chunks($crate::sql::ROWS_PER_INSERT)
+                    .zip(audits.chunks($crate::sql::ROWS_PER_INSERT))
+                {
+                    let mut insert =
+                        sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_AUDITS);
+                    insert.push_values(entries.iter().zip(audits), |mut row, (entry, audit)| {
+                        row.push_bind(&entry.writer)
+                            .push_bind($crate::rows::seq_param(entry.seq))
+                            .push_bind($crate::rows::micros(audit.time))
+                            .push_bind(&entry.caller)
+                            .push_bind(&entry.origin)
+                            .push_bind(&entry.event)
+                            .push_bind(&entry.detail)
+                            .push_bind(&entry.outcome)
+                            .push_bind(&entry.resource)
+                            .push_bind(&entry.merchant_id)
+                            .push_bind(&entry.token)
+                            .push_bind(&entry.request_id)
+                            .push_bind(&entry.reason)
+                            .push_bind(&entry.prev_hash[..])
+                            .push_bind(&entry.hash[..]);
+                    });
+                    insert
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
                 }
                 // Before the commit, still under the lock: the sink sees each writer's records
                 // in chain order, and a required sink that fails rolls the transaction back.
@@ -664,15 +687,25 @@ macro_rules! token_store_impl {
                 use $crate::group::{Failed, Write, Written};
                 use vault_core::ports::InsertOutcome;
                 let mut tx = self.begin().await.map_err(Failed::whole)?;
+                let records: Vec<&vault_core::ports::TokenRecord> = writes
+                    .iter()
+                    .filter_map(|write| match write {
+                        Write::Token { record, .. } => Some(&**record),
+                        Write::Audit(_) => None,
+                    })
+                    .collect();
+                let mut inserted = Self::insert_tokens_in(&mut tx, &records).await?;
                 let mut written = Vec::with_capacity(writes.len());
                 let mut audits = Vec::with_capacity(writes.len());
                 for write in writes {
                     match write {
                         Write::Token { record, audit } => {
-                            let outcome = Self::insert_token_in(&mut tx, record).await?;
-                            if outcome == InsertOutcome::Inserted {
+                            let outcome = if inserted.remove(&$crate::sql::row_key(record)) {
                                 audits.push(audit);
-                            }
+                                InsertOutcome::Inserted
+                            } else {
+                                Self::taken_in(&mut tx, record).await?
+                            };
                             written.push(Written::Token(outcome));
                         }
                         Write::Audit(audit) => {
@@ -695,38 +728,51 @@ macro_rules! token_store_impl {
         }
 
         impl $store {
-            /// Inserts `record` inside `tx` unless its token or fingerprint is taken, and says
-            /// which (a token drawn twice, or the card tokenized concurrently).
-            async fn insert_token_in(
+            /// Inserts `records` inside `tx` in multi-row statements, skipping each whose token
+            /// or fingerprint is taken, and returns the keys ([`row_key`]) of those inserted.
+            async fn insert_tokens_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                records: &[&vault_core::ports::TokenRecord],
+            ) -> Result<std::collections::HashSet<$crate::sql::RowKey>, $crate::group::Failed> {
+                let mut inserted = std::collections::HashSet::with_capacity(records.len());
+                for chunk in records.chunks($crate::sql::ROWS_PER_INSERT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_TOKENS);
+                    insert.push_values(chunk, |mut row, record| {
+                        let m = &record.metadata;
+                        row.push_bind(record.token.as_str())
+                            .push_bind(record.merchant.as_str())
+                            .push_bind(&record.fingerprint[..])
+                            .push_bind(m.format.as_str())
+                            .push_bind(i64::from(record.dek_version))
+                            .push_bind(&record.sealed.nonce[..])
+                            .push_bind(&record.sealed.ciphertext)
+                            .push_bind(m.brand.as_str())
+                            .push_bind(&m.bin)
+                            .push_bind(&m.last4)
+                            .push_bind(i64::from(m.pan_length))
+                            .push_bind(m.expiry.map(|e| i64::from(e.month())))
+                            .push_bind(m.expiry.map(|e| i64::from(e.year())))
+                            .push_bind($crate::rows::micros(m.created_at));
+                    });
+                    insert.push($crate::sql::INSERT_TOKENS_TAIL);
+                    let rows: Vec<$crate::sql::RowKey> = insert
+                        .build_query_as()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(|e| $crate::group::Failed::statement(&e))?;
+                    inserted.extend(rows);
+                }
+                Ok(inserted)
+            }
+
+            /// Why `record` was not inserted: its token was taken (drawn twice), or its card
+            /// was tokenized concurrently. Asked rather than parsed from an error: it works on
+            /// every backend, and sees rows an earlier write of the same batch inserted.
+            async fn taken_in(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 record: &vault_core::ports::TokenRecord,
             ) -> Result<vault_core::ports::InsertOutcome, $crate::group::Failed> {
                 use vault_core::ports::InsertOutcome;
-                let m = &record.metadata;
-                let inserted = sqlx::query($crate::sql::INSERT_TOKEN)
-                    .bind(record.token.as_str())
-                    .bind(record.merchant.as_str())
-                    .bind(&record.fingerprint[..])
-                    .bind(m.format.as_str())
-                    .bind(i64::from(record.dek_version))
-                    .bind(&record.sealed.nonce[..])
-                    .bind(&record.sealed.ciphertext)
-                    .bind(m.brand.as_str())
-                    .bind(&m.bin)
-                    .bind(&m.last4)
-                    .bind(i64::from(m.pan_length))
-                    .bind(m.expiry.map(|e| i64::from(e.month())))
-                    .bind(m.expiry.map(|e| i64::from(e.year())))
-                    .bind($crate::rows::micros(m.created_at))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| $crate::group::Failed::statement(&e))?
-                    .rows_affected();
-                if inserted > 0 {
-                    return Ok(InsertOutcome::Inserted);
-                }
-                // Which constraint? Ask rather than parse a message: it works on every backend,
-                // and sees a row an earlier write of the same batch inserted.
                 let taken: Option<String> = sqlx::query_scalar($crate::sql::TOKEN_EXISTS)
                     .bind(record.token.as_str())
                     .fetch_optional(&mut **tx)

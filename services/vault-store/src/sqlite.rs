@@ -15,6 +15,9 @@ use crate::sql::{token_store_impl, unavailable};
 /// How long a statement waits for SQLite's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The writer connection's page cache, in KiB (negative: SQLite's unit for a size in KiB).
+const WRITER_CACHE: &str = "-65536";
+
 /// Why the SQLite store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteStoreError {
@@ -51,7 +54,10 @@ pub enum SqliteStoreError {
 /// The SQLite store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads and single-statement writes.
     pool: SqlitePool,
+    /// The one connection every transaction runs on (see [`SqliteStore::open`]).
+    writer: SqlitePool,
     /// This store's audit writer chain; clones share it.
     chain: std::sync::Arc<crate::chain::Chain>,
     /// The committer that token inserts and audit appends go through (see `group.rs`).
@@ -83,15 +89,26 @@ impl SqliteStore {
             // the database file, not left in free pages.
             .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
+        let open = |source| SqliteStoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(|source| SqliteStoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(open)?;
+        // SQLite runs one write transaction at a time anyway (`BEGIN IMMEDIATE`). Running them
+        // all on one connection keeps that connection's page cache valid from one transaction
+        // to the next (a write on another connection would empty it), so a group commit finds
+        // the index pages it touched last time still in memory.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.pragma("cache_size", WRITER_CACHE))
+            .await
+            .map_err(open)?;
         sqlx::migrate!("../../migrations/sqlite")
             .run(&pool)
             .await
@@ -101,6 +118,7 @@ impl SqliteStore {
             })?;
         let mut store = Self {
             pool,
+            writer,
             chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
             group: crate::group::Group::default(),
         };
@@ -151,12 +169,13 @@ impl SqliteStore {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front, so a busy database waits (busy_timeout)
         // instead of failing a read-to-write upgrade.
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)

@@ -198,6 +198,18 @@ impl TestVault {
     pub async fn restart_with(mut self, storage: &str, keys: &str) -> Self {
         terminate_async(&mut self.child).await;
         write_vaultd_toml(self.dir.path(), storage, keys);
+        self.relaunch().await
+    }
+
+    /// Kills `vaultd` with SIGKILL (no shutdown of any kind: a crash) and starts it again on
+    /// the same configuration.
+    pub async fn crash_and_restart(mut self) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.relaunch().await
+    }
+
+    async fn relaunch(mut self) -> Self {
         let child = spawn_vaultd_env(
             &[
                 "serve",

@@ -1,0 +1,584 @@
+//! The command line: connection options, one subcommand per scenario, and `check`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vault_proto::v1::TokenFormat;
+
+use crate::Error;
+use crate::options::{
+    CheckOptions, Credentials, DEFAULT_ADDR, DEFAULT_DETOKENIZE_IDENTITY, DEFAULT_DEV_DIR,
+    DEFAULT_TOKENIZE_IDENTITY, Length, Load, Options, Scenario, Target,
+};
+
+const ABOUT: &str = "gRPC load generator for the card vault's TokenService over mutual TLS";
+
+const LONG_ABOUT: &str = "\
+gRPC load generator for the card vault's TokenService (vault.v1.TokenService) over mutual TLS.
+
+Tokenize calls are made as one identity (default: gateway) and Detokenize calls as another
+(default: payments), taken from a `vaultd dev` data directory (--dev-dir) or given as files
+(--ca, --tokenize-cert, --tokenize-key, --detokenize-cert, --detokenize-key).
+
+Closed loop (--concurrency N): N callers, each sending its next request when the previous one
+answered. Open loop (--rate R): request i is due at start + i/R whatever the answers do, and
+its latency runs from when it was due, so a slow vault shows as latency, not as fewer requests.";
+
+const AFTER_HELP: &str = "\
+Durations: 500ms, 10s, 2m, 1h (a number and a unit).
+
+Exit status:
+  0  the run finished (failed requests are counted in the summary, not the exit status)
+  1  --check or `check` found a token missing, wrong or failing; with --fail-on-error, any
+     request failed; the detokenize scenario's setup failed; the record file could not be
+     written
+  2  usage or configuration error: bad arguments, unreadable certificates or keys, a
+     malformed address, an unreadable record file
+
+Examples:
+  loadtest --dev-dir .vault-dev tokenize --duration 30s --concurrency 128
+  loadtest mixed --rate 2000 --duration 1m --warmup 5s --json report.json
+  loadtest tokenize --requests 10000 --record acks.tsv --check
+  loadtest check --record acks.tsv";
+
+/// The `loadtest` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Where the vault is and who to be.
+    #[command(flatten)]
+    pub connection: ConnectionOptions,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Tokenize a fresh random PAN per request.
+    Tokenize {
+        /// Load and output options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Tokenize a pool of PANs again and again; each answer must carry the PAN's first token
+    /// (else the error dedup-mismatch).
+    TokenizeDedup {
+        /// Distinct PANs in the pool.
+        #[arg(long, value_name = "K", default_value_t = 1000)]
+        pool: usize,
+        /// Load and output options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Tokenize a pool of PANs first (untimed), then detokenize them at random; each answer
+    /// must be the PAN tokenized (else the error wrong-pan).
+    Detokenize {
+        /// Tokens in the pool.
+        #[arg(long, value_name = "K", default_value_t = 1000)]
+        pool: usize,
+        /// Load and output options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Fresh tokenizes, and detokenizes of tokens acknowledged earlier in the run.
+    Mixed {
+        /// Percent of requests that detokenize (once a token has been acknowledged).
+        #[arg(
+            long,
+            value_name = "P",
+            default_value_t = 10,
+            value_parser = clap::value_parser!(u8).range(0..=100)
+        )]
+        detokenize_percent: u8,
+        /// Load and output options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Detokenize every token of a record file and compare the PANs (e.g. after a crash and
+    /// a restart).
+    Check {
+        /// The record file (`merchant<TAB>token<TAB>pan` lines, from --record).
+        #[arg(long, value_name = "FILE")]
+        record: PathBuf,
+        /// Separate HTTP/2 connections.
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
+        connections: usize,
+        /// Detokenize calls in flight at once.
+        #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
+        concurrency: usize,
+        /// Each call's deadline.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Connection options, valid before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionOptions {
+    /// The vault's gRPC address.
+    #[arg(long, global = true, value_name = "HOST:PORT", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// A `vaultd dev` data directory: DIR/pki/ca.pem, DIR/pki/NAME.pem, DIR/pki/NAME.key.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_DEV_DIR)]
+    pub dev_dir: PathBuf,
+    /// The identity in --dev-dir that tokenizes.
+    #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_TOKENIZE_IDENTITY)]
+    pub tokenize_identity: String,
+    /// The identity in --dev-dir that detokenizes (and checks).
+    #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_DETOKENIZE_IDENTITY)]
+    pub detokenize_identity: String,
+    /// CA certificate (PEM), instead of --dev-dir; goes with --tokenize-cert/--tokenize-key
+    /// and, when detokenizing or checking, --detokenize-cert/--detokenize-key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with_all = ["dev_dir", "tokenize_identity", "detokenize_identity"]
+    )]
+    pub ca: Option<PathBuf>,
+    /// The tokenizing client's certificate (PEM), with --ca.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["ca", "tokenize_key"])]
+    pub tokenize_cert: Option<PathBuf>,
+    /// The tokenizing client's private key (PEM), with --ca.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["ca", "tokenize_cert"])]
+    pub tokenize_key: Option<PathBuf>,
+    /// The detokenizing client's certificate (PEM), with --ca.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["ca", "detokenize_key"])]
+    pub detokenize_cert: Option<PathBuf>,
+    /// The detokenizing client's private key (PEM), with --ca.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["ca", "detokenize_cert"])]
+    pub detokenize_key: Option<PathBuf>,
+    /// The name the vault's server certificate must carry.
+    #[arg(long, global = true, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+    /// Time allowed to connect.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+impl ConnectionOptions {
+    /// The target: the dev directory's identities, or the files given with --ca.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if --ca is given with no certificate and key for either identity.
+    pub fn target(&self) -> Result<Target, Error> {
+        let (tokenize, detokenize) = match &self.ca {
+            None => (
+                Some(Credentials::dev(&self.dev_dir, &self.tokenize_identity)),
+                Some(Credentials::dev(&self.dev_dir, &self.detokenize_identity)),
+            ),
+            Some(ca) => {
+                let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>| match (cert, key) {
+                    (Some(cert), Some(key)) => Some(Credentials {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                };
+                let tokenize = pair(&self.tokenize_cert, &self.tokenize_key);
+                let detokenize = pair(&self.detokenize_cert, &self.detokenize_key);
+                if tokenize.is_none() && detokenize.is_none() {
+                    return Err(Error::Config(
+                        "--ca needs --tokenize-cert and --tokenize-key, or --detokenize-cert \
+                         and --detokenize-key"
+                            .to_owned(),
+                    ));
+                }
+                (tokenize, detokenize)
+            }
+        };
+        Ok(Target {
+            addr: self.addr.clone(),
+            server_name: self.server_name.clone(),
+            connect_timeout: self.connect_timeout,
+            tokenize,
+            detokenize,
+        })
+    }
+}
+
+/// The token format to request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// `tok_` and random base62.
+    Random,
+    /// The PAN's length, first 6 and last 4 kept, failing the Luhn check.
+    PanShaped,
+}
+
+/// Load, length and output options of a scenario.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Load")]
+pub struct RunArgs {
+    /// Separate HTTP/2 connections per identity; requests round-robin across them.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
+    pub connections: usize,
+    /// Closed loop: callers, each sending its next request when the previous one answered.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one, conflicts_with = "rate")]
+    pub concurrency: usize,
+    /// Open loop: requests per second, on a fixed schedule.
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// Open loop: at most this many requests in flight; waiting for a slot counts as latency.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = at_least_one)]
+    pub max_in_flight: usize,
+    /// How long to send requests after the warm-up [default: 10s, unless --requests].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// How many requests to send after the warm-up, instead of --duration.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Send requests for this long first without counting them (nor their answers).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Each request's deadline (DEADLINE_EXCEEDED after).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Spread requests over the merchants loadtest-1 to loadtest-M.
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub merchants: u32,
+    /// The token format to request.
+    #[arg(long, value_enum, default_value_t = Format::Random)]
+    pub format: Format,
+    /// Append `merchant<TAB>token<TAB>pan` for every acknowledged tokenize to FILE, flushed as
+    /// the answers arrive.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub record: Option<PathBuf>,
+    /// After the run, detokenize every token it was given and compare the PANs (exit 1 if any
+    /// is missing, wrong or fails).
+    #[arg(long, help_heading = "Output")]
+    pub check: bool,
+    /// Also write a ghz-compatible JSON report to FILE.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub json: Option<PathBuf>,
+    /// Exit 1 if any request failed.
+    #[arg(long, help_heading = "Output")]
+    pub fail_on_error: bool,
+}
+
+impl RunArgs {
+    /// The run options for `scenario` against `target`.
+    #[must_use]
+    pub fn options(&self, scenario: Scenario, target: Target) -> Options {
+        let load = match self.rate {
+            Some(rate) => Load::Open {
+                rate,
+                max_in_flight: self.max_in_flight,
+            },
+            None => Load::Closed {
+                concurrency: self.concurrency,
+            },
+        };
+        let length = match (self.requests, self.duration) {
+            (Some(n), _) => Length::Requests(n),
+            (None, Some(duration)) => Length::Duration(duration),
+            (None, None) => Length::Duration(Duration::from_secs(10)),
+        };
+        Options {
+            target,
+            connections: self.connections,
+            scenario,
+            load,
+            length,
+            warmup: self.warmup,
+            timeout: self.timeout,
+            merchants: self.merchants,
+            token_format: match self.format {
+                Format::Random => TokenFormat::Random,
+                Format::PanShaped => TokenFormat::PanShaped,
+            },
+            record: self.record.clone(),
+            check: self.check,
+            progress: true,
+        }
+    }
+}
+
+impl Command {
+    /// The scenario and its load options, or `None` for `check`.
+    #[must_use]
+    pub fn scenario(&self) -> Option<(Scenario, &RunArgs)> {
+        match self {
+            Self::Tokenize { run } => Some((Scenario::Tokenize, run)),
+            Self::TokenizeDedup { pool, run } => {
+                Some((Scenario::TokenizeDedup { pool: *pool }, run))
+            }
+            Self::Detokenize { pool, run } => Some((Scenario::Detokenize { pool: *pool }, run)),
+            Self::Mixed {
+                detokenize_percent,
+                run,
+            } => Some((
+                Scenario::Mixed {
+                    detokenize_percent: *detokenize_percent,
+                },
+                run,
+            )),
+            Self::Check { .. } => None,
+        }
+    }
+}
+
+/// The check options of `check` against `target`.
+#[must_use]
+pub fn check_options(
+    target: Target,
+    connections: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> CheckOptions {
+    CheckOptions {
+        target,
+        connections,
+        concurrency,
+        timeout,
+        progress: true,
+    }
+}
+
+/// Parses a duration: a number (decimals allowed) and a unit, `ms`, `s`, `m` or `h`
+/// (`500ms`, `10s`, `1.5s`, `2m`); a bare `0` is zero.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let refuse =
+        || format!("{text:?} is not a duration: give a number and ms, s, m or h, e.g. 10s");
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(refuse)?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(refuse());
+    }
+    let seconds_per_unit = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(refuse()),
+    };
+    if !number.contains('.') {
+        let n: u64 = number.parse().map_err(|_| refuse())?;
+        let duration = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            _ => n.checked_mul(3600).map(Duration::from_secs),
+        };
+        return duration.ok_or_else(refuse);
+    }
+    let n: f64 = number.parse().map_err(|_| refuse())?;
+    Duration::try_from_secs_f64(n * seconds_per_unit).map_err(|_| refuse())
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?}: give a whole number of at least 1")),
+    }
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?}: give a positive number of requests per second"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        for (text, expected) in [
+            ("10s", Duration::from_secs(10)),
+            ("0s", Duration::ZERO),
+            ("0", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.5m", Duration::from_secs(30)),
+            (" 3s ", Duration::from_secs(3)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in [
+            "", "10", "s", "10 s", "10sec", "-1s", "1.s", ".5s", "1e3s", "ms10", "1.2.3s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("give a number and ms, s, m or h")
+        );
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_make_a_ten_second_closed_loop_against_vaultd_dev() {
+        let cli = parse(&["tokenize"]);
+        let (scenario, run) = cli.command.scenario().unwrap();
+        let options = run.options(scenario, cli.connection.target().unwrap());
+        assert_eq!(options.scenario, Scenario::Tokenize);
+        assert_eq!(options.load, Load::Closed { concurrency: 64 });
+        assert_eq!(options.length, Length::Duration(Duration::from_secs(10)));
+        assert_eq!(options.connections, 4);
+        assert_eq!(options.merchants, 1);
+        assert_eq!(options.target.addr, "127.0.0.1:50051");
+        assert_eq!(
+            options.target.tokenize.unwrap().cert,
+            PathBuf::from(".vault-dev/pki/gateway.pem")
+        );
+        assert_eq!(
+            options.target.detokenize.unwrap().key,
+            PathBuf::from(".vault-dev/pki/payments.key")
+        );
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_subcommand() {
+        let cli = parse(&[
+            "--dev-dir",
+            "/tmp/d",
+            "mixed",
+            "--addr",
+            "127.0.0.1:1",
+            "--rate",
+            "500",
+            "--requests",
+            "100",
+            "--detokenize-percent",
+            "30",
+            "--format",
+            "pan-shaped",
+            "--warmup",
+            "2s",
+        ]);
+        let (scenario, run) = cli.command.scenario().unwrap();
+        let options = run.options(scenario, cli.connection.target().unwrap());
+        assert_eq!(
+            options.scenario,
+            Scenario::Mixed {
+                detokenize_percent: 30
+            }
+        );
+        assert_eq!(
+            options.load,
+            Load::Open {
+                rate: 500.0,
+                max_in_flight: 20_000
+            }
+        );
+        assert_eq!(options.length, Length::Requests(100));
+        assert_eq!(options.warmup, Duration::from_secs(2));
+        assert_eq!(options.token_format, TokenFormat::PanShaped);
+        assert_eq!(options.target.addr, "127.0.0.1:1");
+        assert_eq!(
+            options.target.tokenize.unwrap().ca,
+            PathBuf::from("/tmp/d/pki/ca.pem")
+        );
+    }
+
+    #[test]
+    fn conflicting_or_bad_options_are_refused() {
+        for args in [
+            &["tokenize", "--rate", "10", "--concurrency", "3"][..],
+            &["tokenize", "--duration", "1s", "--requests", "3"],
+            &["tokenize", "--connections", "0"],
+            &["tokenize", "--rate", "0"],
+            &["tokenize", "--rate", "-5"],
+            &["mixed", "--detokenize-percent", "101"],
+            &[
+                "tokenize",
+                "--tokenize-cert",
+                "c.pem",
+                "--tokenize-key",
+                "k.pem",
+            ],
+            &["tokenize", "--ca", "ca.pem", "--tokenize-cert", "c.pem"],
+            &["--dev-dir", "d", "--ca", "ca.pem", "tokenize"],
+            &["--tokenize-identity", "x", "--ca", "ca.pem", "tokenize"],
+            &["check"],
+            &["batch"],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied()))
+                    .is_err(),
+                "{args:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_files_replace_the_dev_directory() {
+        let cli = parse(&[
+            "--ca",
+            "ca.pem",
+            "--tokenize-cert",
+            "gw.pem",
+            "--tokenize-key",
+            "gw.key",
+            "tokenize",
+        ]);
+        let target = cli.connection.target().unwrap();
+        assert_eq!(
+            target.tokenize,
+            Some(Credentials {
+                ca: "ca.pem".into(),
+                cert: "gw.pem".into(),
+                key: "gw.key".into()
+            })
+        );
+        assert_eq!(target.detokenize, None);
+        let cli = parse(&["--ca", "ca.pem", "tokenize"]);
+        assert!(matches!(cli.connection.target(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn check_reads_a_record_file() {
+        let cli = parse(&["check", "--record", "acks.tsv", "--concurrency", "8"]);
+        match cli.command {
+            Command::Check {
+                record,
+                concurrency,
+                connections,
+                timeout,
+            } => {
+                assert_eq!(record, PathBuf::from("acks.tsv"));
+                assert_eq!((concurrency, connections), (8, 4));
+                assert_eq!(timeout, Duration::from_secs(30));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
