@@ -1,9 +1,12 @@
 //! The command line: connection options, one subcommand per scenario, and `check`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use vault_proto::v1::TokenFormat;
 
 use crate::Error;
@@ -42,7 +45,9 @@ Examples:
   loadtest tokenize --requests 10000 --record acks.tsv --check
   loadtest check --record acks.tsv";
 
-/// The `loadtest` command line.
+/// The `loadtest` command line. Parse it with [`Cli::parse_args`] or
+/// [`Cli::try_parse_args_from`]: `Parser::parse` skips the checks clap does not make across the
+/// subcommand.
 #[derive(Debug, Parser)]
 #[command(
     name = "loadtest",
@@ -55,29 +60,116 @@ pub struct Cli {
     /// Where the vault is and who to be.
     #[command(flatten)]
     pub connection: ConnectionOptions,
+    /// Load, length and output options of a scenario.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options that only go with another option given before or after the subcommand (clap's
+/// `requires` would only see one side of it).
+const REQUIRES: [(&str, &str); 1] = [("max_in_flight", "rate")];
+
+impl Cli {
+    /// Parses the process's arguments; prints the error and exits (2 for bad arguments, 0
+    /// for --help and --version) if they are refused.
+    #[must_use]
+    pub fn parse_args() -> Self {
+        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` (the program name first) like `Parser::try_parse_from`, then makes the
+    /// checks clap makes on each side of the subcommand only, across it: conflicting options
+    /// (`--rate 10 tokenize --concurrency 3`), --max-in-flight without --rate, and load
+    /// options given to `check`.
+    ///
+    /// # Errors
+    /// The clap error for refused arguments (and for --help and --version).
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some((kind, message)) = refusal(&command, &matches) {
+            return Err(command.error(kind, message));
+        }
+        Self::from_arg_matches(&matches).map_err(|err| err.format(&mut command))
+    }
+}
+
+/// Why `matches` (the top level's, where global options from both sides of the subcommand
+/// end up) must be refused, if it must.
+fn refusal(command: &clap::Command, matches: &ArgMatches) -> Option<(ErrorKind, String)> {
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let arg = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .map_or_else(|| id.to_owned(), ToString::to_string)
+    };
+    if let Some(("check", check)) = matches.subcommand() {
+        let own = command
+            .find_subcommand("check")
+            .into_iter()
+            .flat_map(clap::Command::get_arguments)
+            .filter(|arg| !arg.is_global_set())
+            .map(|arg| arg.get_id().as_str())
+            .collect::<Vec<_>>();
+        let load = RunArgs::augment_args(clap::Command::new("loadtest"));
+        if let Some(id) = load
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str())
+            .find(|id| {
+                !own.contains(id) && check.value_source(id) == Some(ValueSource::CommandLine)
+            })
+        {
+            return Some((
+                ErrorKind::ArgumentConflict,
+                format!("the argument '{}' cannot be used with 'check'", arg(id)),
+            ));
+        }
+    }
+    for first in command
+        .get_arguments()
+        .filter(|arg| given(arg.get_id().as_str()))
+    {
+        if let Some(second) = command
+            .get_arg_conflicts_with(first)
+            .into_iter()
+            .find(|second| given(second.get_id().as_str()))
+        {
+            return Some((
+                ErrorKind::ArgumentConflict,
+                format!("the argument '{first}' cannot be used with '{second}'"),
+            ));
+        }
+    }
+    REQUIRES
+        .iter()
+        .find(|(id, needed)| given(id) && !given(needed))
+        .map(|(id, needed)| {
+            (
+                ErrorKind::MissingRequiredArgument,
+                format!("the argument '{}' needs '{}'", arg(id), arg(needed)),
+            )
+        })
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Tokenize a fresh random PAN per request.
-    Tokenize {
-        /// Load and output options.
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Tokenize,
     /// Tokenize a pool of PANs again and again; each answer must carry the PAN's first token
     /// (else the error dedup-mismatch).
     TokenizeDedup {
         /// Distinct PANs in the pool.
         #[arg(long, value_name = "K", default_value_t = 1000)]
         pool: usize,
-        /// Load and output options.
-        #[command(flatten)]
-        run: RunArgs,
     },
     /// Tokenize a pool of PANs first (untimed), then detokenize them at random; each answer
     /// must be the PAN tokenized (else the error wrong-pan).
@@ -85,9 +177,6 @@ pub enum Command {
         /// Tokens in the pool.
         #[arg(long, value_name = "K", default_value_t = 1000)]
         pool: usize,
-        /// Load and output options.
-        #[command(flatten)]
-        run: RunArgs,
     },
     /// Fresh tokenizes, and detokenizes of tokens acknowledged earlier in the run.
     Mixed {
@@ -99,9 +188,6 @@ pub enum Command {
             value_parser = clap::value_parser!(u8).range(0..=100)
         )]
         detokenize_percent: u8,
-        /// Load and output options.
-        #[command(flatten)]
-        run: RunArgs,
     },
     /// Detokenize every token of a record file and compare the PANs (e.g. after a crash and
     /// a restart).
@@ -217,53 +303,54 @@ pub enum Format {
     PanShaped,
 }
 
-/// Load, length and output options of a scenario.
+/// Load, length and output options of a scenario, valid before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Load")]
 pub struct RunArgs {
     /// Separate HTTP/2 connections per identity; requests round-robin across them.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
     pub connections: usize,
     /// Closed loop: callers, each sending its next request when the previous one answered.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one, conflicts_with = "rate")]
+    #[arg(long, global = true, value_name = "N", default_value_t = 64, value_parser = at_least_one, conflicts_with = "rate")]
     pub concurrency: usize,
     /// Open loop: requests per second, on a fixed schedule.
-    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    #[arg(long, global = true, value_name = "R", value_parser = positive_rate)]
     pub rate: Option<f64>,
-    /// Open loop: at most this many requests in flight; waiting for a slot counts as latency.
-    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = at_least_one)]
+    /// Open loop (needs --rate): at most this many requests in flight; waiting for a slot
+    /// counts as latency.
+    #[arg(long, global = true, value_name = "N", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_in_flight: usize,
     /// How long to send requests after the warm-up [default: 10s, unless --requests].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "requests")]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// How many requests to send after the warm-up, instead of --duration.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
     /// Send requests for this long first without counting them (nor their answers).
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Each request's deadline (DEADLINE_EXCEEDED after).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Spread requests over the merchants loadtest-1 to loadtest-M.
-    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub merchants: u32,
     /// The token format to request.
-    #[arg(long, value_enum, default_value_t = Format::Random)]
+    #[arg(long, global = true, value_enum, default_value_t = Format::Random)]
     pub format: Format,
     /// Append `merchant<TAB>token<TAB>pan` for every acknowledged tokenize to FILE, flushed as
     /// the answers arrive.
-    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Output")]
     pub record: Option<PathBuf>,
     /// After the run, detokenize every token it was given and compare the PANs (exit 1 if any
     /// is missing, wrong or fails).
-    #[arg(long, help_heading = "Output")]
+    #[arg(long, global = true, help_heading = "Output")]
     pub check: bool,
     /// Also write a ghz-compatible JSON report to FILE.
-    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Output")]
     pub json: Option<PathBuf>,
     /// Exit 1 if any request failed.
-    #[arg(long, help_heading = "Output")]
+    #[arg(long, global = true, help_heading = "Output")]
     pub fail_on_error: bool,
 }
 
@@ -306,24 +393,14 @@ impl RunArgs {
 }
 
 impl Command {
-    /// The scenario and its load options, or `None` for `check`.
+    /// The scenario, or `None` for `check`; its load options are [`Cli::run`].
     #[must_use]
-    pub fn scenario(&self) -> Option<(Scenario, &RunArgs)> {
-        match self {
-            Self::Tokenize { run } => Some((Scenario::Tokenize, run)),
-            Self::TokenizeDedup { pool, run } => {
-                Some((Scenario::TokenizeDedup { pool: *pool }, run))
-            }
-            Self::Detokenize { pool, run } => Some((Scenario::Detokenize { pool: *pool }, run)),
-            Self::Mixed {
-                detokenize_percent,
-                run,
-            } => Some((
-                Scenario::Mixed {
-                    detokenize_percent: *detokenize_percent,
-                },
-                run,
-            )),
+    pub fn scenario(&self) -> Option<Scenario> {
+        match *self {
+            Self::Tokenize => Some(Scenario::Tokenize),
+            Self::TokenizeDedup { pool } => Some(Scenario::TokenizeDedup { pool }),
+            Self::Detokenize { pool } => Some(Scenario::Detokenize { pool }),
+            Self::Mixed { detokenize_percent } => Some(Scenario::Mixed { detokenize_percent }),
             Self::Check { .. } => None,
         }
     }
@@ -440,15 +517,19 @@ mod tests {
         );
     }
 
+    fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args_from(std::iter::once("loadtest").chain(args.iter().copied()))
+    }
+
     fn parse(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied())).unwrap()
+        try_parse(args).unwrap()
     }
 
     #[test]
     fn defaults_make_a_ten_second_closed_loop_against_vaultd_dev() {
         let cli = parse(&["tokenize"]);
-        let (scenario, run) = cli.command.scenario().unwrap();
-        let options = run.options(scenario, cli.connection.target().unwrap());
+        let scenario = cli.command.scenario().unwrap();
+        let options = cli.run.options(scenario, cli.connection.target().unwrap());
         assert_eq!(options.scenario, Scenario::Tokenize);
         assert_eq!(options.load, Load::Closed { concurrency: 64 });
         assert_eq!(options.length, Length::Duration(Duration::from_secs(10)));
@@ -484,8 +565,8 @@ mod tests {
             "--warmup",
             "2s",
         ]);
-        let (scenario, run) = cli.command.scenario().unwrap();
-        let options = run.options(scenario, cli.connection.target().unwrap());
+        let scenario = cli.command.scenario().unwrap();
+        let options = cli.run.options(scenario, cli.connection.target().unwrap());
         assert_eq!(
             options.scenario,
             Scenario::Mixed {
@@ -513,7 +594,11 @@ mod tests {
     fn conflicting_or_bad_options_are_refused() {
         for args in [
             &["tokenize", "--rate", "10", "--concurrency", "3"][..],
+            &["--rate", "10", "tokenize", "--concurrency", "3"],
+            &["--concurrency", "3", "tokenize", "--rate", "10"],
             &["tokenize", "--duration", "1s", "--requests", "3"],
+            &["--duration", "1s", "mixed", "--requests", "3"],
+            &["--dev-dir", "d", "tokenize", "--ca", "ca.pem"],
             &["tokenize", "--connections", "0"],
             &["tokenize", "--rate", "0"],
             &["tokenize", "--rate", "-5"],
@@ -529,12 +614,118 @@ mod tests {
             &["--dev-dir", "d", "--ca", "ca.pem", "tokenize"],
             &["--tokenize-identity", "x", "--ca", "ca.pem", "tokenize"],
             &["check"],
-            &["batch"],
+            &["check", "--record", "acks.tsv", "--rate", "10"],
+            &["--json", "r.json", "check", "--record", "acks.tsv"],
+            &["check", "--record", "acks.tsv", "--fail-on-error"],
         ] {
-            assert!(
-                Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied()))
-                    .is_err(),
-                "{args:?} accepted"
+            assert!(try_parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn load_options_go_before_or_after_the_subcommand() {
+        let load = [
+            "--concurrency",
+            "256",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--connections",
+            "2",
+            "--merchants",
+            "5",
+            "--format",
+            "pan-shaped",
+            "--timeout",
+            "2s",
+            "--record",
+            "acks.tsv",
+            "--check",
+            "--json",
+            "r.json",
+            "--fail-on-error",
+        ];
+        let before = parse(&[&load[..], &["tokenize"]].concat());
+        let after = parse(&[&["tokenize"], &load[..]].concat());
+        let (head, tail) = load.split_at(8);
+        let split = parse(&[head, &["tokenize"], tail].concat());
+        for cli in [&before, &after, &split] {
+            assert!(matches!(cli.command, Command::Tokenize));
+            let run = &cli.run;
+            assert_eq!(run.concurrency, 256);
+            assert_eq!(run.duration, Some(Duration::from_secs(3)));
+            assert_eq!(run.warmup, Duration::from_secs(1));
+            assert_eq!((run.connections, run.merchants), (2, 5));
+            assert_eq!(run.format, Format::PanShaped);
+            assert_eq!(run.timeout, Duration::from_secs(2));
+            assert_eq!(run.record, Some(PathBuf::from("acks.tsv")));
+            assert_eq!(run.json, Some(PathBuf::from("r.json")));
+            assert!(run.check && run.fail_on_error);
+        }
+        for open in [
+            &[
+                "--rate",
+                "100",
+                "--requests",
+                "7",
+                "detokenize",
+                "--pool",
+                "9",
+            ][..],
+            &[
+                "detokenize",
+                "--pool",
+                "9",
+                "--rate",
+                "100",
+                "--requests",
+                "7",
+            ],
+        ] {
+            let cli = parse(open);
+            let options = cli
+                .run
+                .options(cli.command.scenario().unwrap(), Target::default());
+            assert_eq!(options.scenario, Scenario::Detokenize { pool: 9 });
+            assert_eq!(
+                options.load,
+                Load::Open {
+                    rate: 100.0,
+                    max_in_flight: 20_000
+                }
+            );
+            assert_eq!(options.length, Length::Requests(7));
+        }
+    }
+
+    #[test]
+    fn max_in_flight_needs_rate() {
+        for args in [
+            &["tokenize", "--max-in-flight", "5"][..],
+            &["--max-in-flight", "5", "tokenize"],
+            &["--max-in-flight", "5", "tokenize", "--concurrency", "3"],
+        ] {
+            let err = try_parse(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{args:?}");
+            assert!(err.to_string().contains("--rate"), "{err}");
+        }
+        for args in [
+            &["tokenize", "--rate", "10", "--max-in-flight", "5"][..],
+            &["--max-in-flight", "5", "tokenize", "--rate", "10"],
+            &["--rate", "10", "tokenize", "--max-in-flight", "5"],
+        ] {
+            let cli = parse(args);
+            let options = cli
+                .run
+                .options(cli.command.scenario().unwrap(), Target::default());
+            assert_eq!(
+                options.load,
+                Load::Open {
+                    rate: 10.0,
+                    max_in_flight: 5
+                },
+                "{args:?}"
             );
         }
     }
@@ -580,5 +771,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let cli = parse(&["--concurrency", "8", "check", "--record", "acks.tsv"]);
+        assert!(matches!(cli.command, Command::Check { concurrency: 8, .. }));
     }
 }

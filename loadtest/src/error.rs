@@ -1,9 +1,6 @@
 //! What can stop a run before it produces a report, and the exit code each kind gets.
 
-/// Exit code for a failed check (`--check`, `check --record`), or errors with `--fail-on-error`.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code for usage and configuration errors (clap uses the same for bad arguments).
-pub const EXIT_USAGE: u8 = 2;
+use vaultctl::{EXIT_FAILED, EXIT_USAGE};
 
 /// A run or check that could not produce a report. Errors of single requests are not this:
 /// they are counted in the [`Report`](crate::Report).
@@ -13,9 +10,6 @@ pub enum Error {
     /// malformed address, a record file that cannot be opened or parsed.
     #[error("{0}")]
     Config(String),
-    /// A scenario this build knows of but cannot run yet.
-    #[error("{0}")]
-    Unsupported(String),
     /// The untimed setup (tokenizing the pool of the `detokenize` scenario) failed.
     #[error("setup failed: {0}")]
     Setup(String),
@@ -28,12 +22,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code: [`EXIT_USAGE`] for configuration and unsupported options,
+    /// The process exit code: [`EXIT_USAGE`] for configuration errors,
     /// [`EXIT_FAILED`] for everything that happened once requests were made.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Unsupported(_) => EXIT_USAGE,
+            Self::Config(_) => EXIT_USAGE,
             Self::Setup(_) | Self::Output(_) | Self::Internal(_) => EXIT_FAILED,
         }
     }

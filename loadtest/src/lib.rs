@@ -44,9 +44,13 @@ mod scenario;
 mod stats;
 
 pub use check::{CheckReport, check_records};
-pub use error::{EXIT_FAILED, EXIT_USAGE, Error};
+pub use error::Error;
 pub use options::{CheckOptions, Credentials, Length, Load, Options, Scenario, Target};
 pub use record::Record;
 pub use report::{GhzReport, Report};
 pub use run::run;
 pub use stats::{DEDUP_MISMATCH, WRONG_PAN};
+/// vaultctl's exit codes, which loadtest shares: [`EXIT_FAILED`] for a failed check
+/// (`--check`, `check --record`) or failed requests with `--fail-on-error`, [`EXIT_USAGE`] for
+/// usage and configuration errors (clap uses the same for bad arguments).
+pub use vaultctl::{EXIT_FAILED, EXIT_USAGE};

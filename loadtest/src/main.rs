@@ -5,13 +5,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
 use loadtest::cli::{Cli, Command, check_options};
 use loadtest::{EXIT_FAILED, Error, GhzReport};
 
 fn main() -> ExitCode {
     // Bad arguments exit 2 here (clap); --help and --version exit 0.
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +33,8 @@ fn main() -> ExitCode {
 /// Runs the command; the exit code.
 async fn execute(cli: &Cli) -> Result<u8, Error> {
     let target = cli.connection.target()?;
-    if let Some((scenario, run)) = cli.command.scenario() {
+    if let Some(scenario) = cli.command.scenario() {
+        let run = &cli.run;
         let options = run.options(scenario, target);
         let report = loadtest::run(options).await?;
         if let Some(path) = &run.json {

@@ -127,12 +127,6 @@ pub enum Scenario {
         /// 0 to 100.
         detokenize_percent: u8,
     },
-    /// Tokenize `size` PANs per call. Not implemented: `vault.v1.TokenService` has no batch
-    /// RPC yet, and [`run`](crate::run) refuses it with [`Error::Unsupported`](crate::Error).
-    Batch {
-        /// PANs per call.
-        size: usize,
-    },
 }
 
 impl Scenario {
@@ -144,7 +138,6 @@ impl Scenario {
             Self::TokenizeDedup { .. } => "tokenize-dedup",
             Self::Detokenize { .. } => "detokenize",
             Self::Mixed { .. } => "mixed",
-            Self::Batch { .. } => "batch",
         }
     }
 
@@ -152,9 +145,7 @@ impl Scenario {
     #[must_use]
     pub fn call(self) -> &'static str {
         match self {
-            Self::Tokenize | Self::TokenizeDedup { .. } | Self::Batch { .. } => {
-                "vault.v1.TokenService.Tokenize"
-            }
+            Self::Tokenize | Self::TokenizeDedup { .. } => "vault.v1.TokenService.Tokenize",
             Self::Detokenize { .. } => "vault.v1.TokenService.Detokenize",
             Self::Mixed { .. } => "vault.v1.TokenService.Tokenize+Detokenize",
         }
@@ -249,8 +240,7 @@ impl Options {
     /// Refuses options that cannot make a run.
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) for zero or out-of-range counts,
-    /// [`Error::Unsupported`](crate::Error::Unsupported) for [`Scenario::Batch`].
+    /// [`Error::Config`](crate::Error::Config) for zero or out-of-range counts.
     pub fn validate(&self) -> Result<(), crate::Error> {
         let refuse = |text: &str| Err(crate::Error::Config(text.to_owned()));
         if self.connections == 0 {
@@ -286,10 +276,6 @@ impl Options {
             Scenario::Mixed { detokenize_percent } if detokenize_percent > 100 => {
                 refuse("--detokenize-percent must be 0 to 100")
             }
-            Scenario::Batch { .. } => Err(crate::Error::Unsupported(
-                "the batch scenario needs a batch RPC, which vault.v1.TokenService does not have yet"
-                    .to_owned(),
-            )),
             Scenario::Tokenize
             | Scenario::TokenizeDedup { .. }
             | Scenario::Detokenize { .. }

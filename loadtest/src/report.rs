@@ -9,8 +9,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::EXIT_FAILED;
 use crate::check::CheckReport;
-use crate::error::EXIT_FAILED;
 use crate::options::{Length, Load, Options, Scenario};
 use crate::stats::Stats;
 
@@ -478,7 +478,6 @@ fn scenario_text(options: &Options) -> String {
             format!(", pool {pool}")
         }
         Scenario::Mixed { detokenize_percent } => format!(", {detokenize_percent}% detokenize"),
-        Scenario::Batch { size } => format!(", {size} per call"),
         Scenario::Tokenize => String::new(),
     };
     format!(

@@ -35,9 +35,9 @@ const OPEN_LOOP_SIDE_CONCURRENCY: usize = 64;
 /// returned as errors. Must be called inside a multi-threaded Tokio runtime.
 ///
 /// # Errors
-/// [`Error::Config`] for unusable options or files (before any request),
-/// [`Error::Unsupported`] for the batch scenario, [`Error::Setup`] if the `detokenize`
-/// scenario cannot tokenize its pool, [`Error::Output`] if the record file cannot be written.
+/// [`Error::Config`] for unusable options or files (before any request), [`Error::Setup`] if
+/// the `detokenize` scenario cannot tokenize its pool, [`Error::Output`] if the record file
+/// cannot be written.
 pub async fn run(options: Options) -> Result<Report, Error> {
     options.validate()?;
     let target = &options.target;
@@ -306,7 +306,7 @@ struct Task {
 impl Task {
     fn new(shared: &Shared, id: usize) -> Result<Self, Error> {
         Ok(Self {
-            planner: Planner::new(shared.work.scenario, id, shared.keep_all)?,
+            planner: Planner::new(id, shared.keep_all),
             stats: Stats::new()?,
             record: shared.record.clone(),
             clock: Arc::clone(&shared.clock),

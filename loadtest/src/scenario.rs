@@ -10,7 +10,6 @@ use rand::seq::IndexedRandom;
 use tonic::Status;
 use vault_proto::v1::{DetokenizeRequest, TokenizeRequest};
 
-use crate::Error;
 use crate::client::{self, Clients};
 use crate::options::{DETOKENIZE_REASON, EXPIRY, Scenario};
 use crate::pan::random_pan;
@@ -96,23 +95,13 @@ pub(crate) struct Planner {
 impl Planner {
     /// The planner of task number `task`; `keep_all` keeps every acknowledged token (for
     /// `--check`).
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] for the batch scenario.
-    pub(crate) fn new(scenario: Scenario, task: usize, keep_all: bool) -> Result<Self, Error> {
-        if let Scenario::Batch { size } = scenario {
-            // The batch scenario will plan `size` PANs per call once vault.proto has a batch
-            // Tokenize; `Options::validate` refuses it until then.
-            return Err(Error::Unsupported(format!(
-                "batch tokenize ({size} per call) needs a batch RPC in vault.v1.TokenService"
-            )));
-        }
-        Ok(Self {
+    pub(crate) fn new(task: usize, keep_all: bool) -> Self {
+        Self {
             rng: rand::make_rng(),
             sent: task,
             acks: Vec::new(),
             keep_all,
-        })
+        }
     }
 
     /// The connection number for the next request.
@@ -155,7 +144,7 @@ impl Planner {
                     };
                 }
             }
-            Scenario::Tokenize | Scenario::Batch { .. } => {}
+            Scenario::Tokenize => {}
         }
         // A fresh PAN: the `tokenize` scenario, `mixed` when not detokenizing (or with nothing
         // acknowledged yet), and never-empty pools' fallback.

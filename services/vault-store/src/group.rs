@@ -1,8 +1,10 @@
 //! Group commit: concurrent token inserts and audit appends share one transaction, so one
 //! COMMIT (one fsync) serves many callers.
 //!
-//! Each store has one committer, on a thread and runtime of its own: on the server's runtime it
-//! would wait behind every request task at each of its awaits, though it serves all of them.
+//! Each store has one committer. SQLite's runs on a thread and runtime of its own: on the
+//! server's runtime it would wait behind every request task at each of its awaits (each a hop
+//! to a SQLite connection thread), though it serves all of them. PostgreSQL's is a task on
+//! the server's runtime, which owns its connections' sockets.
 //! A caller hands it its write and waits. Whenever the committer is free it takes everything
 //! queued (up to [`MAX_BATCH`] writes), writes it in one transaction, commits, and only then
 //! answers each caller. There is no timer: a lone write commits at once, and writes that
@@ -100,10 +102,11 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// Starts `committer` on a thread of its own (with its own single-threaded runtime); if
-    /// the thread cannot be started, writes commit one by one. The thread ends when every
-    /// handle is dropped.
-    pub(crate) fn start<C: Committer>(committer: C) -> Self {
+    /// Starts `committer` on a thread of its own with its own single-threaded runtime (for
+    /// SQLite, whose connections are threads of their own and belong to no runtime); if the
+    /// thread cannot be started, writes commit one by one. The thread ends when every handle
+    /// is dropped.
+    pub(crate) fn start_on_own_thread<C: Committer>(committer: C) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -120,6 +123,19 @@ impl Group {
                 Self::default()
             }
         }
+    }
+
+    /// Starts `committer` as a task on the current runtime (for PostgreSQL, whose pooled
+    /// connections' sockets belong to the runtime that opened them: a second runtime would
+    /// leave some of them waiting on a thread that is busy committing). Outside a runtime,
+    /// writes commit one by one.
+    pub(crate) fn start_on_runtime<C: Committer>(committer: C) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self::default();
+        };
+        let (queue, pending) = mpsc::channel(QUEUE);
+        runtime.spawn(run(committer, pending));
+        Self { queue: Some(queue) }
     }
 
     /// Commits `write` through the committer task (together with whatever else is waiting),
@@ -276,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn writes_that_arrive_during_a_commit_share_the_next_one() {
         let recorder = Arc::new(Recorder::default());
-        let group = Group::start(recorder.clone());
+        let group = Group::start_on_own_thread(recorder.clone());
         let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let failed = write_all(&group, &recorder, &ids).await;
@@ -289,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_the_database_refuses_fails_alone() {
         let recorder = Arc::new(Recorder::default());
-        let group = Group::start(recorder.clone());
+        let group = Group::start_on_runtime(recorder.clone());
         let failed = write_all(&group, &recorder, &["a", "b", "bad", "c", "d"]).await;
         assert_eq!(failed, [false, false, true, false, false]);
     }

@@ -123,7 +123,7 @@ impl SqliteStore {
             group: crate::group::Group::default(),
         };
         store.check_durability(path).await?;
-        store.group = crate::group::Group::start(store.clone());
+        store.group = crate::group::Group::start_on_own_thread(store.clone());
         Ok(store)
     }
 
