@@ -189,6 +189,9 @@ pub enum Command {
         )]
         detokenize_percent: u8,
     },
+    /// gRPC health checks on the same connections (as the tokenize identity): what a call
+    /// costs with no store, key or audit work behind it.
+    Health,
     /// Detokenize every token of a record file and compare the PANs (e.g. after a crash and
     /// a restart).
     Check {
@@ -401,6 +404,7 @@ impl Command {
             Self::TokenizeDedup { pool } => Some(Scenario::TokenizeDedup { pool }),
             Self::Detokenize { pool } => Some(Scenario::Detokenize { pool }),
             Self::Mixed { detokenize_percent } => Some(Scenario::Mixed { detokenize_percent }),
+            Self::Health => Some(Scenario::Health),
             Self::Check { .. } => None,
         }
     }

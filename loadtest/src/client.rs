@@ -1,23 +1,27 @@
-//! The TokenService clients of one identity: one mutual TLS channel (one HTTP/2 connection)
-//! per `--connections`, picked round-robin, and the two calls with their deadline.
+//! The clients of one identity: one mutual TLS channel (one HTTP/2 connection) per
+//! `--connections`, picked round-robin, and the calls with their deadline.
 
 use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vault_proto::v1::token_service_client::TokenServiceClient;
 use vault_proto::v1::{DetokenizeRequest, TokenizeRequest};
 
 use crate::Error;
 use crate::options::{Credentials, Target};
 
-type Client = TokenServiceClient<Channel>;
+/// The name of a health check answer that lets the call count.
+pub(crate) const SERVING: &str = "SERVING";
 
-/// `connections` lazily connecting clients of one identity.
+/// `connections` lazily connecting channels of one identity.
 #[derive(Clone)]
 pub(crate) struct Clients {
-    first: Client,
-    others: Vec<Client>,
+    first: Channel,
+    others: Vec<Channel>,
 }
 
 impl Clients {
@@ -32,15 +36,15 @@ impl Clients {
         connections: usize,
     ) -> Result<Self, Error> {
         let args = target.connection_args(credentials);
-        let first = TokenServiceClient::new(vaultctl::connect::channel(&args)?);
+        let first = vaultctl::connect::channel(&args)?;
         let others = (1..connections)
-            .map(|_| Ok(TokenServiceClient::new(vaultctl::connect::channel(&args)?)))
+            .map(|_| Ok(vaultctl::connect::channel(&args)?))
             .collect::<Result<_, Error>>()?;
         Ok(Self { first, others })
     }
 
-    /// The client for the `n`-th request: `n` modulo the number of connections.
-    pub(crate) fn pick(&self, n: usize) -> Client {
+    /// The channel for the `n`-th request: `n` modulo the number of connections.
+    pub(crate) fn pick(&self, n: usize) -> Channel {
         match n % (self.others.len() + 1) {
             0 => self.first.clone(),
             i => self.others.get(i - 1).unwrap_or(&self.first).clone(),
@@ -50,22 +54,37 @@ impl Clients {
 
 /// Tokenizes; the answer's token.
 pub(crate) async fn tokenize(
-    mut client: Client,
+    channel: Channel,
     message: TokenizeRequest,
     timeout: Duration,
 ) -> Result<String, Status> {
+    let mut client = TokenServiceClient::new(channel);
     let call = client.tokenize(with_timeout(message, timeout));
     Ok(deadline(timeout, call).await?.token)
 }
 
 /// Detokenizes; the answer's PAN.
 pub(crate) async fn detokenize(
-    mut client: Client,
+    channel: Channel,
     message: DetokenizeRequest,
     timeout: Duration,
 ) -> Result<String, Status> {
+    let mut client = TokenServiceClient::new(channel);
     let call = client.detokenize(with_timeout(message, timeout));
     Ok(deadline(timeout, call).await?.pan)
+}
+
+/// Checks the whole server's health (the empty service name); the answer's status name.
+pub(crate) async fn health(channel: Channel, timeout: Duration) -> Result<String, Status> {
+    let message = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut client = HealthClient::new(channel);
+    let call = client.check(with_timeout(message, timeout));
+    let status = deadline(timeout, call).await?.status;
+    Ok(ServingStatus::try_from(status)
+        .map_or("unknown", |status| status.as_str_name())
+        .to_owned())
 }
 
 /// A request that tells the server its deadline (`grpc-timeout`).

@@ -127,6 +127,9 @@ pub enum Scenario {
         /// 0 to 100.
         detokenize_percent: u8,
     },
+    /// gRPC health checks on the same mutual TLS connections: the cost of a call with no
+    /// store, key or audit work behind it, the floor under every other scenario.
+    Health,
 }
 
 impl Scenario {
@@ -138,6 +141,7 @@ impl Scenario {
             Self::TokenizeDedup { .. } => "tokenize-dedup",
             Self::Detokenize { .. } => "detokenize",
             Self::Mixed { .. } => "mixed",
+            Self::Health => "health",
         }
     }
 
@@ -148,6 +152,7 @@ impl Scenario {
             Self::Tokenize | Self::TokenizeDedup { .. } => "vault.v1.TokenService.Tokenize",
             Self::Detokenize { .. } => "vault.v1.TokenService.Detokenize",
             Self::Mixed { .. } => "vault.v1.TokenService.Tokenize+Detokenize",
+            Self::Health => "grpc.health.v1.Health.Check",
         }
     }
 
@@ -276,7 +281,11 @@ impl Options {
             Scenario::Mixed { detokenize_percent } if detokenize_percent > 100 => {
                 refuse("--detokenize-percent must be 0 to 100")
             }
+            Scenario::Health if self.check || self.record.is_some() => {
+                refuse("--check and --record need a scenario that tokenizes")
+            }
             Scenario::Tokenize
+            | Scenario::Health
             | Scenario::TokenizeDedup { .. }
             | Scenario::Detokenize { .. }
             | Scenario::Mixed { .. } => Ok(()),

@@ -478,7 +478,7 @@ fn scenario_text(options: &Options) -> String {
             format!(", pool {pool}")
         }
         Scenario::Mixed { detokenize_percent } => format!(", {detokenize_percent}% detokenize"),
-        Scenario::Tokenize => String::new(),
+        Scenario::Tokenize | Scenario::Health => String::new(),
     };
     format!(
         "{}{detail}, {} merchant(s), format {}",

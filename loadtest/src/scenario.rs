@@ -79,6 +79,8 @@ pub(crate) enum Call {
     },
     /// Detokenize `expected.token` for `expected.merchant`; the PAN must be `expected.pan`.
     Detokenize { expected: Record },
+    /// A gRPC health check of the whole server; the answer must be SERVING.
+    Health,
 }
 
 /// Chooses the requests of one task. Each task has its own, so nothing is locked.
@@ -144,6 +146,7 @@ impl Planner {
                     };
                 }
             }
+            Scenario::Health => return Call::Health,
             Scenario::Tokenize => {}
         }
         // A fresh PAN: the `tokenize` scenario, `mixed` when not detokenizing (or with nothing
@@ -177,7 +180,8 @@ impl Planner {
     }
 }
 
-/// The vault's answer to a call: a token (Tokenize) or a PAN (Detokenize).
+/// The vault's answer to a call: a token (Tokenize), a PAN (Detokenize) or the serving status
+/// (health).
 pub(crate) type Answer = Result<String, Status>;
 
 /// Sends `call` on connection number `connection`.
@@ -200,6 +204,7 @@ pub(crate) async fn execute(work: &Workload, call: &Call, connection: usize) -> 
             };
             client::detokenize(clients.pick(connection), message, work.timeout).await
         }
+        Call::Health => client::health(work.tokenize.pick(connection), work.timeout).await,
     }
 }
 
@@ -263,6 +268,17 @@ pub(crate) fn judge(work: &Workload, call: Call, answer: Answer) -> Judged {
                 new_ack,
             }
         }
+        Call::Health => Judged {
+            outcome: if token_or_pan == client::SERVING {
+                Outcome::Ok
+            } else {
+                Outcome::Rpc(Status::unavailable(format!(
+                    "loadtest: the health check answered {token_or_pan}"
+                )))
+            },
+            ack: None,
+            new_ack: false,
+        },
         Call::Detokenize { expected } => {
             let outcome = if token_or_pan == expected.pan {
                 Outcome::Ok

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 /// Messages that carry a PAN, or free-text fields a careless caller might put one in: prost
 /// must not derive `Debug` for them; `src/lib.rs` writes a redacted one by hand.
-const PAN_BEARING: [&str; 5] = [
+const PAN_BEARING: [&str; 7] = [
     "vault.v1.TokenizeRequest",
+    "vault.v1.TokenizeBatchRequest",
+    "vault.v1.BatchCard",
     "vault.v1.DetokenizeRequest",
     "vault.v1.DetokenizeResponse",
     "vault.v1.ReadRecordsRequest",

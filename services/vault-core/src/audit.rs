@@ -59,7 +59,9 @@ impl Outcome {
     #[must_use]
     pub fn of(error: &VaultError) -> Self {
         match error {
-            VaultError::InvalidArgument(_) => Self::InvalidArgument,
+            VaultError::InvalidArgument(_) | VaultError::InvalidCard { .. } => {
+                Self::InvalidArgument
+            }
             VaultError::PermissionDenied { .. } => Self::Denied,
             VaultError::Unauthenticated => Self::Unauthenticated,
             VaultError::NotFound => Self::NotFound,
@@ -207,8 +209,12 @@ impl AuditRecord {
     #[must_use]
     pub fn failed(mut self, error: &VaultError) -> Self {
         self.outcome = Outcome::of(error);
-        if let VaultError::InvalidArgument(invalid) = error {
-            self.detail = Some(invalid.field.into());
+        match error {
+            VaultError::InvalidArgument(invalid) => self.detail = Some(invalid.field.into()),
+            VaultError::InvalidCard { index, invalid } => {
+                self.detail = Some(format!("cards[{index}].{}", invalid.field).into());
+            }
+            _ => {}
         }
         self
     }

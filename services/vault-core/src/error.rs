@@ -23,6 +23,14 @@ pub enum VaultError {
     /// A request field is malformed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidArgument),
+    /// A field of one card of a batch is malformed (`cards[index].field`).
+    #[error("cards[{index}].{}: {}", invalid.field, invalid.problem)]
+    InvalidCard {
+        /// The card's position in the batch, from 0.
+        index: usize,
+        /// What is wrong with which of its fields.
+        invalid: InvalidArgument,
+    },
     /// The caller's policy does not grant this operation for this merchant.
     #[error("caller may not {operation} for this merchant")]
     PermissionDenied {

@@ -495,6 +495,15 @@ pub trait TokenStore: KeyStore + AuditStore {
         format: TokenFormat,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
+    /// The merchant's tokens of `format` for any of these fingerprints (at most one each, in no
+    /// particular order): one read for a whole batch.
+    async fn tokens_by_fingerprints(
+        &self,
+        merchant: &MerchantId,
+        fingerprints: &[[u8; FINGERPRINT_LEN]],
+        format: TokenFormat,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+
     /// Inserts a token and its audit record in one transaction: both are durable, or neither.
     async fn insert_token(
         &self,

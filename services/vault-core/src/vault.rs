@@ -3,6 +3,7 @@
 //! audit record, allowed or denied. A call whose audit record cannot be written fails with
 //! [`VaultError::AuditUnavailable`] and releases nothing (fail closed).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ use crate::token::{Token, TokenFormat};
 /// How many tokens to draw for one card before giving up on collisions.
 const MAX_TOKEN_ATTEMPTS: usize = 16;
 
+/// The most cards one TokenizeBatch may carry.
+pub const MAX_BATCH_CARDS: usize = 1000;
+
 /// A Tokenize request as the transport received it, not yet validated.
 pub struct TokenizeCommand {
     /// The merchant id, unparsed.
@@ -50,6 +54,75 @@ impl fmt::Debug for TokenizeCommand {
             .field("exp_year", &self.exp_year)
             .field("format", &self.format)
             .finish()
+    }
+}
+
+/// One card of a TokenizeBatch request, not yet validated.
+pub struct BatchCard {
+    /// The card number, unparsed; zeroized on drop.
+    pub pan: Zeroizing<String>,
+    /// Expiry month, if given.
+    pub exp_month: Option<u32>,
+    /// Expiry year, if given.
+    pub exp_year: Option<u32>,
+}
+
+impl fmt::Debug for BatchCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchCard")
+            .field("pan", &"<redacted>")
+            .field("exp_month", &self.exp_month)
+            .field("exp_year", &self.exp_year)
+            .finish()
+    }
+}
+
+/// A TokenizeBatch request as the transport received it: up to [`MAX_BATCH_CARDS`] cards of
+/// one merchant, one format. Its `Debug` shows how many cards, never a PAN.
+pub struct TokenizeBatchCommand {
+    /// The merchant id, unparsed.
+    pub merchant_id: String,
+    /// The cards, in the order their results are returned.
+    pub cards: Vec<BatchCard>,
+    /// The requested format; `None` when the request named a format this vault does not know.
+    pub format: Option<TokenFormat>,
+}
+
+impl fmt::Debug for TokenizeBatchCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenizeBatchCommand")
+            .field("merchant_id", &self.merchant_id.len())
+            .field("cards", &self.cards)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// A validated card: what tokenizing it needs besides the merchant's keys.
+struct Card {
+    pan: Pan,
+    metadata: CardMetadata,
+}
+
+impl Card {
+    fn parse(
+        pan: &str,
+        exp_month: Option<u32>,
+        exp_year: Option<u32>,
+        format: TokenFormat,
+    ) -> Result<Self, InvalidArgument> {
+        let pan = Pan::parse("pan", pan)?;
+        let expiry = Expiry::parse(exp_month, exp_year)?;
+        let metadata = CardMetadata {
+            brand: pan.brand(),
+            bin: pan.bin().to_owned(),
+            last4: pan.last4().to_owned(),
+            pan_length: u8::try_from(pan.len()).unwrap_or(u8::MAX),
+            expiry,
+            created_at: now(),
+            format,
+        };
+        Ok(Self { pan, metadata })
     }
 }
 
@@ -133,6 +206,7 @@ impl<T> Done<T> {
 }
 
 /// A merchant's unwrapped current keys.
+#[derive(Clone)]
 pub(crate) struct MerchantKeys {
     pub(crate) dek_version: u32,
     pub(crate) dek: Arc<AeadKey>,
@@ -199,6 +273,78 @@ impl Vault {
         let mut audit = AuditRecord::begin(ctx, Operation::Tokenize);
         let result = self.tokenize_audited(&mut audit, command).await;
         self.conclude(audit, result).await
+    }
+
+    /// Tokenizes up to [`MAX_BATCH_CARDS`] cards of one merchant; the results are in the order
+    /// of the cards. Each card is a Tokenize of its own (its own audit record, deduplicated
+    /// like one), but the merchant's keys and the existing tokens are read once for the batch,
+    /// and the new tokens go to the store together, so they share commits.
+    ///
+    /// A refused batch (bad input, permission, keys) stores nothing and writes one audit record.
+    /// If a card fails afterwards, the call fails with the first card's error; cards stored by
+    /// then stay stored and audited, and a retry returns their tokens (`existing`).
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; [`VaultError::InvalidCard`] names the card and field.
+    pub async fn tokenize_batch(
+        &self,
+        ctx: &CallContext,
+        command: TokenizeBatchCommand,
+    ) -> Result<Vec<Tokenized>, VaultError> {
+        let mut audit = AuditRecord::begin(ctx, Operation::Tokenize);
+        let (merchant, cards, format, keys) = match self.open_batch(&mut audit, command).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                return self
+                    .conclude::<()>(audit, Err(error))
+                    .await
+                    .map(|()| vec![]);
+            }
+        };
+        let fingerprints: Vec<_> = cards
+            .iter()
+            .map(|card| {
+                keys.fingerprint
+                    .fingerprint(card.pan.expose_digits().as_bytes())
+            })
+            .collect();
+        let found: HashMap<_, _> = match self
+            .store
+            .tokens_by_fingerprints(&merchant, &fingerprints, format)
+            .await
+        {
+            Ok(found) => found
+                .into_iter()
+                .map(|row| (row.fingerprint, row))
+                .collect(),
+            Err(error) => {
+                return self
+                    .conclude::<()>(audit, Err(error.into()))
+                    .await
+                    .map(|()| vec![]);
+            }
+        };
+        // A card given twice finds the same existing token both times; a new one given twice
+        // is settled by the store like two racing calls (one inserts, the other gets its token).
+        let calls = cards
+            .into_iter()
+            .zip(fingerprints)
+            .map(|(card, fingerprint)| {
+                let existing = found.get(&fingerprint).cloned();
+                let mut audit = audit.clone();
+                let (merchant, keys) = (&merchant, keys.clone());
+                async move {
+                    let result = self
+                        .tokenize_card(&mut audit, merchant, card, keys, fingerprint, existing)
+                        .await;
+                    self.conclude(audit, result).await
+                }
+            })
+            .collect::<Vec<_>>();
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Swaps a token back for its PAN. The audit record is durable before the PAN is returned.
@@ -280,38 +426,82 @@ impl Vault {
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
-        let pan = Pan::parse("pan", &command.pan)?;
-        let expiry = Expiry::parse(command.exp_month, command.exp_year)?;
-        let format = command.format.ok_or(InvalidArgument {
-            field: "token_format",
-            problem: "is not a format this vault knows",
-        })?;
+        let format = Self::token_format(command.format)?;
+        let card = Card::parse(&command.pan, command.exp_month, command.exp_year, format)?;
 
-        let mut keys = self.current_keys(&merchant).await?;
-        let fingerprint = keys.fingerprint.fingerprint(pan.expose_digits().as_bytes());
-        if let Some(found) = self
+        let keys = self.current_keys(&merchant).await?;
+        let fingerprint = keys
+            .fingerprint
+            .fingerprint(card.pan.expose_digits().as_bytes());
+        let found = self
             .store
             .token_by_fingerprint(&merchant, &fingerprint, format)
-            .await?
-        {
+            .await?;
+        self.tokenize_card(audit, &merchant, card, keys, fingerprint, found)
+            .await
+    }
+
+    /// Validates a batch and checks the policy, then reads the merchant's keys: everything
+    /// that refuses the batch as a whole, before any card is stored.
+    async fn open_batch(
+        &self,
+        audit: &mut AuditRecord,
+        command: TokenizeBatchCommand,
+    ) -> Result<(MerchantId, Vec<Card>, TokenFormat, MerchantKeys), VaultError> {
+        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        audit.merchant = Some(merchant.clone());
+        self.authorize(audit, Operation::Tokenize, &merchant)?;
+        let format = Self::token_format(command.format)?;
+        if command.cards.is_empty() || command.cards.len() > MAX_BATCH_CARDS {
+            return Err(InvalidArgument {
+                field: "cards",
+                problem: "must hold 1 to 1000 cards",
+            }
+            .into());
+        }
+        let cards = command
+            .cards
+            .iter()
+            .enumerate()
+            .map(|(index, card)| {
+                Card::parse(&card.pan, card.exp_month, card.exp_year, format)
+                    .map_err(|invalid| VaultError::InvalidCard { index, invalid })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = self.current_keys(&merchant).await?;
+        Ok((merchant, cards, format, keys))
+    }
+
+    fn token_format(format: Option<TokenFormat>) -> Result<TokenFormat, InvalidArgument> {
+        format.ok_or(InvalidArgument {
+            field: "token_format",
+            problem: "is not a format this vault knows",
+        })
+    }
+
+    /// Tokenizes one validated card: returns `found`, the merchant's token for its
+    /// `fingerprint` if there was one, after checking it holds this card; else stores a new
+    /// token with its audit record.
+    async fn tokenize_card(
+        &self,
+        audit: &mut AuditRecord,
+        merchant: &MerchantId,
+        card: Card,
+        mut keys: MerchantKeys,
+        fingerprint: [u8; FINGERPRINT_LEN],
+        found: Option<TokenRecord>,
+    ) -> Result<Done<Tokenized>, VaultError> {
+        let Card { pan, metadata } = card;
+        let format = metadata.format;
+        if let Some(found) = found {
             self.check_same_card(&found, &pan, &keys).await?;
             return Ok(Done::pending(Self::existing(audit, found)));
         }
-
-        let metadata = CardMetadata {
-            brand: pan.brand(),
-            bin: pan.bin().to_owned(),
-            last4: pan.last4().to_owned(),
-            pan_length: u8::try_from(pan.len()).unwrap_or(u8::MAX),
-            expiry,
-            created_at: now(),
-            format,
-        };
         for _ in 0..MAX_TOKEN_ATTEMPTS {
             // Every seal spends one counted use of the DEK (and may rotate it).
-            self.reserve_dek_use(&merchant, &mut keys).await?;
+            self.reserve_dek_use(merchant, &mut keys).await?;
             let token = Token::generate(format, &pan);
-            let aad = pan_associated_data(&merchant, &token, keys.dek_version, expiry);
+            let aad = pan_associated_data(merchant, &token, keys.dek_version, metadata.expiry);
             let record = TokenRecord {
                 sealed: keys.dek.seal(&aad, pan.expose_digits().as_bytes()),
                 token: token.clone(),
@@ -337,7 +527,7 @@ impl Vault {
                     // A concurrent tokenize of the same card committed first: return its token.
                     let winner = self
                         .store
-                        .token_by_fingerprint(&merchant, &fingerprint, format)
+                        .token_by_fingerprint(merchant, &fingerprint, format)
                         .await?
                         .ok_or_else(|| {
                             VaultError::StoreUnavailable(

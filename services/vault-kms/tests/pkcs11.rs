@@ -21,6 +21,12 @@ use vault_kms::{Pkcs11Error, Pkcs11Kek, Pkcs11Settings};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// The tests of this binary take turns. A PKCS#11 module's initialization and a token's login
+/// state belong to the whole process, and `the_kek_cannot_be_read_out` opens a second context
+/// and session on the token the others use: run side by side, a GenerateKey was seen to fail
+/// with "template ... conflicting attributes" (once in a clean CI run).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Settings for the run's throwaway token; fails (never skips) with how to get one.
 fn settings(token: &str, pin: &str, key_label: &str) -> Pkcs11Settings {
     assert!(
@@ -46,6 +52,7 @@ fn context(merchant: &str, version: u32) -> KeyContext {
 
 #[tokio::test]
 async fn wraps_and_unwraps_bound_to_context() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     Pkcs11Kek::create_key(&settings("vault-test", "1234", "kek-round-trip")).unwrap();
     // Creating it again keeps the existing key.
     Pkcs11Kek::create_key(&settings("vault-test", "1234", "kek-round-trip")).unwrap();
@@ -91,6 +98,7 @@ async fn wraps_and_unwraps_bound_to_context() {
 
 #[test]
 fn the_kek_cannot_be_read_out() {
+    let _turn = ONE_AT_A_TIME.blocking_lock();
     let kek_settings = settings("vault-test", "1234", "kek-sealed");
     Pkcs11Kek::create_key(&kek_settings).unwrap();
     Pkcs11Kek::open(settings("vault-test", "1234", "kek-sealed")).unwrap();
@@ -123,6 +131,7 @@ fn the_kek_cannot_be_read_out() {
 
 #[test]
 fn a_wrong_pin_is_a_clear_startup_error() {
+    let _turn = ONE_AT_A_TIME.blocking_lock();
     let err = Pkcs11Kek::open(settings("vault-test-locked", "0000", "kek"))
         .err()
         .unwrap();

@@ -30,6 +30,26 @@ impl fmt::Debug for v1::TokenizeRequest {
     }
 }
 
+impl fmt::Debug for v1::TokenizeBatchRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenizeBatchRequest")
+            .field("merchant_id_len", &self.merchant_id.len())
+            .field("cards", &self.cards)
+            .field("token_format", &self.token_format)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::BatchCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchCard")
+            .field("pan", &REDACTED)
+            .field("exp_month", &self.exp_month)
+            .field("exp_year", &self.exp_year)
+            .finish()
+    }
+}
+
 impl fmt::Debug for v1::DetokenizeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DetokenizeRequest")
@@ -96,7 +116,17 @@ mod tests {
             token: PAN.into(),
             reason: PAN.into(),
         };
+        let batch = v1::TokenizeBatchRequest {
+            merchant_id: PAN.into(),
+            cards: vec![v1::BatchCard {
+                pan: PAN.into(),
+                ..Default::default()
+            }],
+            token_format: 0,
+        };
         for printed in [
+            format!("{batch:?}"),
+            format!("{batch:#?}"),
             format!("{detokenize:?}"),
             format!("{request:?}"),
             format!("{request:#?}"),

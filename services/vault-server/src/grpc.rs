@@ -13,7 +13,9 @@ use vault_core::ids::{CallContext, CallerId};
 use vault_core::policy::Operation;
 use vault_core::ports::CardMetadata;
 use vault_core::token::TokenFormat;
-use vault_core::vault::{TokenCommand, TokenizeCommand};
+use vault_core::vault::{
+    BatchCard, TokenCommand, TokenizeBatchCommand, TokenizeCommand, Tokenized,
+};
 use vault_core::{Vault, VaultError};
 use vault_proto::v1 as pb;
 use zeroize::Zeroizing;
@@ -155,6 +157,15 @@ pub(crate) fn respond<T>(
     }
 }
 
+fn tokenized_to_proto(done: Tokenized) -> pb::TokenizeResponse {
+    pb::TokenizeResponse {
+        token: done.token.as_str().to_owned(),
+        fingerprint: hex(&done.fingerprint),
+        metadata: Some(metadata_to_proto(done.metadata)),
+        existing: done.existing,
+    }
+}
+
 fn format_from_proto(value: i32) -> Option<TokenFormat> {
     match pb::TokenFormat::try_from(value).ok()? {
         pb::TokenFormat::Unspecified | pb::TokenFormat::Random => Some(TokenFormat::Random),
@@ -222,11 +233,35 @@ impl pb::token_service_server::TokenService for TokenApi {
             .calls
             .within(self.calls.vault.tokenize(&ctx, command))
             .await
-            .map(|done| pb::TokenizeResponse {
-                token: done.token.as_str().to_owned(),
-                fingerprint: hex(&done.fingerprint),
-                metadata: Some(metadata_to_proto(done.metadata)),
-                existing: done.existing,
+            .map(tokenized_to_proto);
+        respond(&ctx, Operation::Tokenize, result)
+    }
+
+    async fn tokenize_batch(
+        &self,
+        request: Request<pb::TokenizeBatchRequest>,
+    ) -> Result<Response<pb::TokenizeBatchResponse>, Status> {
+        let ctx = self.calls.identify(&request, Operation::Tokenize).await?;
+        let body = request.into_inner();
+        let command = TokenizeBatchCommand {
+            merchant_id: body.merchant_id,
+            cards: body
+                .cards
+                .into_iter()
+                .map(|card| BatchCard {
+                    pan: Zeroizing::new(card.pan),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                })
+                .collect(),
+            format: format_from_proto(body.token_format),
+        };
+        let result = self
+            .calls
+            .within(self.calls.vault.tokenize_batch(&ctx, command))
+            .await
+            .map(|results| pb::TokenizeBatchResponse {
+                results: results.into_iter().map(tokenized_to_proto).collect(),
             });
         respond(&ctx, Operation::Tokenize, result)
     }

@@ -16,6 +16,7 @@ pub fn to_status(error: &VaultError) -> Status {
             "client certificate has neither a SPIFFE URI SAN nor a subject common name".into(),
         ),
         VaultError::InvalidArgument(invalid) => (Code::InvalidArgument, invalid.to_string().into()),
+        VaultError::InvalidCard { .. } => (Code::InvalidArgument, error.to_string().into()),
         VaultError::PermissionDenied { operation } => (
             Code::PermissionDenied,
             format!("caller is not allowed to {operation} for this merchant").into(),

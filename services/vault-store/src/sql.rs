@@ -117,6 +117,19 @@ pub(crate) const SELECT_BY_FINGERPRINT: &str = concat!(
     " FROM tokens WHERE merchant_id = $1 AND fingerprint = $2 AND token_format = $3"
 );
 
+/// The head of a batch's fingerprint lookup: the merchant and format are bound next, then
+/// `FINGERPRINTS_IN` and the fingerprints.
+pub(crate) const SELECT_BY_FINGERPRINTS: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    " FROM tokens WHERE merchant_id = "
+);
+
+pub(crate) const FINGERPRINTS_IN: &str = " AND fingerprint IN (";
+
+/// Fingerprints looked up per statement (a batch holds at most 1,000 cards).
+pub(crate) const FINGERPRINTS_PER_SELECT: usize = 500;
+
 pub(crate) const SELECT_TOKEN: &str = concat!(
     "SELECT ",
     token_columns!(),
@@ -614,6 +627,37 @@ macro_rules! token_store_impl {
                         .await
                         .map_err($crate::sql::unavailable)?;
                 row.map($crate::rows::TokenRow::into_record).transpose()
+            }
+
+            async fn tokens_by_fingerprints(
+                &self,
+                merchant: &vault_core::ids::MerchantId,
+                fingerprints: &[[u8; vault_crypto::FINGERPRINT_LEN]],
+                format: vault_core::token::TokenFormat,
+            ) -> Result<Vec<vault_core::ports::TokenRecord>, vault_core::StoreError> {
+                let mut found = Vec::new();
+                for chunk in fingerprints.chunks($crate::sql::FINGERPRINTS_PER_SELECT) {
+                    let mut select =
+                        sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_BY_FINGERPRINTS);
+                    select.push_bind(merchant.as_str());
+                    select.push(" AND token_format = ");
+                    select.push_bind(format.as_str());
+                    select.push($crate::sql::FINGERPRINTS_IN);
+                    let mut list = select.separated(", ");
+                    for fingerprint in chunk {
+                        list.push_bind(&fingerprint[..]);
+                    }
+                    select.push(")");
+                    let rows: Vec<$crate::rows::TokenRow> = select
+                        .build_query_as()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::sql::unavailable)?;
+                    for row in rows {
+                        found.push(row.into_record()?);
+                    }
+                }
+                Ok(found)
             }
 
             async fn insert_token(

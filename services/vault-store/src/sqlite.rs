@@ -88,6 +88,9 @@ impl SqliteStore {
             // Deleted content (keys destroyed by a crypto-shred) is overwritten with zeros in
             // the database file, not left in free pages.
             .pragma("secure_delete", "ON")
+            // Statement journals (the undo of a multi-row insert inside a group commit) stay in
+            // memory: no temporary file is created, written and closed per statement.
+            .pragma("temp_store", "MEMORY")
             .busy_timeout(BUSY_TIMEOUT);
         let open = |source| SqliteStoreError::Open {
             path: path.to_owned(),

@@ -163,6 +163,57 @@ async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
     );
 }
 
+/// A batch's lookup finds exactly the merchant's tokens of that format among many fingerprints,
+/// across the statements it is split into.
+async fn a_batch_of_fingerprints_is_looked_up_at_once(store: &dyn TokenStore) {
+    let fingerprint = |i: u32| {
+        let mut f = [0u8; 32];
+        f[..4].copy_from_slice(&i.to_be_bytes());
+        f
+    };
+    let mut stored = Vec::new();
+    for i in (0..1200).step_by(100) {
+        // Letters only: a run of digits in a token could read as a card number.
+        let letters: String = i
+            .to_string()
+            .bytes()
+            .map(|d| char::from(d - b'0' + b'a'))
+            .collect();
+        let mut row = record("m1", &format!("tok_{letters:A>22}"), 0, TokenFormat::Random);
+        row.fingerprint = fingerprint(i);
+        store.insert_token(&row, &audit("r1")).await.unwrap();
+        stored.push(row);
+    }
+    // The same fingerprints under another merchant or format are not the batch's.
+    let mut other_merchant = record("m2", "tok_MMMMMMMMMMMMMMMMMMMMMM", 0, TokenFormat::Random);
+    other_merchant.fingerprint = fingerprint(700);
+    store
+        .insert_token(&other_merchant, &audit("r2"))
+        .await
+        .unwrap();
+    let mut other_format = record("m1", "4111110000001112", 0, TokenFormat::PanShaped);
+    other_format.fingerprint = fingerprint(800);
+    store
+        .insert_token(&other_format, &audit("r3"))
+        .await
+        .unwrap();
+
+    let asked: Vec<_> = (0..1000).map(fingerprint).collect();
+    let mut found = store
+        .tokens_by_fingerprints(&merchant("m1"), &asked, TokenFormat::Random)
+        .await
+        .unwrap();
+    found.sort_by_key(|a| a.fingerprint);
+    assert_eq!(found, stored[..10].to_vec());
+    assert!(
+        store
+            .tokens_by_fingerprints(&merchant("m3"), &asked, TokenFormat::Random)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_rows: Count) {
     let a = record("m1", "tok_EEEEEEEEEEEEEEEEEEEEEE", 6, TokenFormat::Random);
     store.insert_token(&a, &audit("r1")).await.unwrap();
@@ -1008,6 +1059,12 @@ macro_rules! conformance_suite {
         async fn audit_records_form_one_chain_per_writer() {
             let (_guard, store, _) = $fresh().await;
             super::audit_records_form_one_chain_per_writer(std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test]
+        async fn a_batch_of_fingerprints_is_looked_up_at_once() {
+            let (_guard, store, _) = $fresh().await;
+            super::a_batch_of_fingerprints_is_looked_up_at_once(&store).await;
         }
 
         #[tokio::test]

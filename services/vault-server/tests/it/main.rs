@@ -13,6 +13,7 @@ mod harness;
 mod audit_fail_closed;
 mod audit_sink;
 mod audit_trail;
+mod batch;
 mod crash;
 mod grpcurl;
 mod hsm;
