@@ -189,6 +189,17 @@ pub enum Command {
         )]
         detokenize_percent: u8,
     },
+    /// TokenizeBatch calls, each of --size fresh random PANs; every card must get a token.
+    Batch {
+        /// Cards per call (1 to 1000).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 100,
+            value_parser = clap::value_parser!(u16).range(1..=1000)
+        )]
+        size: u16,
+    },
     /// gRPC health checks on the same connections (as the tokenize identity): what a call
     /// costs with no store, key or audit work behind it.
     Health,
@@ -404,6 +415,9 @@ impl Command {
             Self::TokenizeDedup { pool } => Some(Scenario::TokenizeDedup { pool }),
             Self::Detokenize { pool } => Some(Scenario::Detokenize { pool }),
             Self::Mixed { detokenize_percent } => Some(Scenario::Mixed { detokenize_percent }),
+            Self::Batch { size } => Some(Scenario::Batch {
+                size: usize::from(size),
+            }),
             Self::Health => Some(Scenario::Health),
             Self::Check { .. } => None,
         }
@@ -607,6 +621,8 @@ mod tests {
             &["tokenize", "--rate", "0"],
             &["tokenize", "--rate", "-5"],
             &["mixed", "--detokenize-percent", "101"],
+            &["batch", "--size", "0"],
+            &["batch", "--size", "1001"],
             &[
                 "tokenize",
                 "--tokenize-cert",

@@ -9,7 +9,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vault_proto::v1::token_service_client::TokenServiceClient;
-use vault_proto::v1::{DetokenizeRequest, TokenizeRequest};
+use vault_proto::v1::{DetokenizeRequest, TokenizeBatchRequest, TokenizeRequest};
 
 use crate::Error;
 use crate::options::{Credentials, Target};
@@ -61,6 +61,18 @@ pub(crate) async fn tokenize(
     let mut client = TokenServiceClient::new(channel);
     let call = client.tokenize(with_timeout(message, timeout));
     Ok(deadline(timeout, call).await?.token)
+}
+
+/// Tokenizes a batch; the answer's tokens, in the order of the cards.
+pub(crate) async fn tokenize_batch(
+    channel: Channel,
+    message: TokenizeBatchRequest,
+    timeout: Duration,
+) -> Result<Vec<String>, Status> {
+    let mut client = TokenServiceClient::new(channel);
+    let call = client.tokenize_batch(with_timeout(message, timeout));
+    let results = deadline(timeout, call).await?.results;
+    Ok(results.into_iter().map(|result| result.token).collect())
 }
 
 /// Detokenizes; the answer's PAN.

@@ -127,6 +127,11 @@ pub enum Scenario {
         /// 0 to 100.
         detokenize_percent: u8,
     },
+    /// TokenizeBatch calls of `size` fresh random PANs each; every card must get a token.
+    Batch {
+        /// Cards per call, 1 to 1,000.
+        size: usize,
+    },
     /// gRPC health checks on the same mutual TLS connections: the cost of a call with no
     /// store, key or audit work behind it, the floor under every other scenario.
     Health,
@@ -141,6 +146,7 @@ impl Scenario {
             Self::TokenizeDedup { .. } => "tokenize-dedup",
             Self::Detokenize { .. } => "detokenize",
             Self::Mixed { .. } => "mixed",
+            Self::Batch { .. } => "batch",
             Self::Health => "health",
         }
     }
@@ -152,7 +158,17 @@ impl Scenario {
             Self::Tokenize | Self::TokenizeDedup { .. } => "vault.v1.TokenService.Tokenize",
             Self::Detokenize { .. } => "vault.v1.TokenService.Detokenize",
             Self::Mixed { .. } => "vault.v1.TokenService.Tokenize+Detokenize",
+            Self::Batch { .. } => "vault.v1.TokenService.TokenizeBatch",
             Self::Health => "grpc.health.v1.Health.Check",
+        }
+    }
+
+    /// Cards each call carries: `size` for `batch`, else one.
+    #[must_use]
+    pub fn cards_per_call(self) -> usize {
+        match self {
+            Self::Batch { size } => size,
+            _ => 1,
         }
     }
 
@@ -281,11 +297,15 @@ impl Options {
             Scenario::Mixed { detokenize_percent } if detokenize_percent > 100 => {
                 refuse("--detokenize-percent must be 0 to 100")
             }
+            Scenario::Batch { size } if !(1..=1000).contains(&size) => {
+                refuse("--size must be 1 to 1000")
+            }
             Scenario::Health if self.check || self.record.is_some() => {
                 refuse("--check and --record need a scenario that tokenizes")
             }
             Scenario::Tokenize
             | Scenario::Health
+            | Scenario::Batch { .. }
             | Scenario::TokenizeDedup { .. }
             | Scenario::Detokenize { .. }
             | Scenario::Mixed { .. } => Ok(()),
@@ -325,5 +345,36 @@ impl Default for CheckOptions {
             timeout: Duration::from_secs(30),
             progress: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn scenarios_refuse_what_they_cannot_do() {
+        let with = |scenario, check| Options {
+            scenario,
+            check,
+            ..Options::default()
+        };
+        assert!(with(Scenario::Health, true).validate().is_err());
+        assert!(with(Scenario::Health, false).validate().is_ok());
+        assert!(with(Scenario::Batch { size: 0 }, false).validate().is_err());
+        assert!(
+            with(Scenario::Batch { size: 1001 }, false)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            with(Scenario::Batch { size: 1000 }, true)
+                .validate()
+                .is_ok()
+        );
+        assert_eq!(Scenario::Batch { size: 7 }.cards_per_call(), 7);
+        assert_eq!(Scenario::Tokenize.cards_per_call(), 1);
     }
 }

@@ -149,6 +149,17 @@ impl Report {
                 self.total_rate()
             ),
         ));
+        let cards = options.scenario.cards_per_call();
+        if cards > 1 {
+            lines.push((
+                "cards",
+                format!(
+                    "{} tokenized, {:.1} cards/s",
+                    self.ok() * cards as u64,
+                    self.ok_rate() * cards as f64
+                ),
+            ));
+        }
         lines.push(("latency", latency_text(&self.stats.latency)));
         if let Some(recorded) = self.recorded {
             let path = options
@@ -478,6 +489,7 @@ fn scenario_text(options: &Options) -> String {
             format!(", pool {pool}")
         }
         Scenario::Mixed { detokenize_percent } => format!(", {detokenize_percent}% detokenize"),
+        Scenario::Batch { size } => format!(", {size} cards per call"),
         Scenario::Tokenize | Scenario::Health => String::new(),
     };
     format!(

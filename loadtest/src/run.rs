@@ -324,7 +324,7 @@ impl Task {
         done: Instant,
     ) {
         let judged = judge(work, call, answer);
-        if let Some(ack) = judged.ack {
+        for ack in judged.acks {
             if let Some(record) = &self.record {
                 record.send(&ack);
             }

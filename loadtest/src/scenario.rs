@@ -8,13 +8,13 @@ use rand::RngExt;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use tonic::Status;
-use vault_proto::v1::{DetokenizeRequest, TokenizeRequest};
+use vault_proto::v1::{BatchCard, DetokenizeRequest, TokenizeBatchRequest, TokenizeRequest};
 
 use crate::client::{self, Clients};
 use crate::options::{DETOKENIZE_REASON, EXPIRY, Scenario};
 use crate::pan::random_pan;
 use crate::record::Record;
-use crate::stats::{DEDUP_MISMATCH, Outcome, WRONG_PAN};
+use crate::stats::{DEDUP_MISMATCH, Outcome, WRONG_BATCH, WRONG_PAN};
 
 /// Tokens a task keeps to pick detokenizes from in the `mixed` scenario, when `--check` does
 /// not keep them all anyway; beyond this a new token replaces a random kept one.
@@ -79,6 +79,8 @@ pub(crate) enum Call {
     },
     /// Detokenize `expected.token` for `expected.merchant`; the PAN must be `expected.pan`.
     Detokenize { expected: Record },
+    /// TokenizeBatch `pans` for merchant number `merchant`.
+    Batch { merchant: usize, pans: Vec<String> },
     /// A gRPC health check of the whole server; the answer must be SERVING.
     Health,
 }
@@ -147,6 +149,12 @@ impl Planner {
                 }
             }
             Scenario::Health => return Call::Health,
+            Scenario::Batch { size } => {
+                return Call::Batch {
+                    merchant: self.rng.random_range(0..work.merchants.len().max(1)),
+                    pans: (0..size).map(|_| random_pan(&mut self.rng)).collect(),
+                };
+            }
             Scenario::Tokenize => {}
         }
         // A fresh PAN: the `tokenize` scenario, `mixed` when not detokenizing (or with nothing
@@ -181,15 +189,42 @@ impl Planner {
 }
 
 /// The vault's answer to a call: a token (Tokenize), a PAN (Detokenize) or the serving status
-/// (health).
-pub(crate) type Answer = Result<String, Status>;
+/// (health), or the tokens of a batch.
+pub(crate) type Answer = Result<Reply, Status>;
+
+/// What an answered call returned.
+pub(crate) enum Reply {
+    /// A token, a PAN or a serving status.
+    One(String),
+    /// A batch's tokens, in the order of its cards.
+    Many(Vec<String>),
+}
 
 /// Sends `call` on connection number `connection`.
 pub(crate) async fn execute(work: &Workload, call: &Call, connection: usize) -> Answer {
     match call {
         Call::Tokenize { merchant, pan, .. } => {
             let message = work.tokenize_request(*merchant, pan);
-            client::tokenize(work.tokenize.pick(connection), message, work.timeout).await
+            client::tokenize(work.tokenize.pick(connection), message, work.timeout)
+                .await
+                .map(Reply::One)
+        }
+        Call::Batch { merchant, pans } => {
+            let message = TokenizeBatchRequest {
+                merchant_id: work.merchant(*merchant).to_owned(),
+                cards: pans
+                    .iter()
+                    .map(|pan| BatchCard {
+                        pan: pan.clone(),
+                        exp_month: Some(EXPIRY.0),
+                        exp_year: Some(EXPIRY.1),
+                    })
+                    .collect(),
+                token_format: work.token_format,
+            };
+            client::tokenize_batch(work.tokenize.pick(connection), message, work.timeout)
+                .await
+                .map(Reply::Many)
         }
         Call::Detokenize { expected } => {
             let Some(clients) = &work.detokenize else {
@@ -202,9 +237,13 @@ pub(crate) async fn execute(work: &Workload, call: &Call, connection: usize) -> 
                 token: expected.token.clone(),
                 reason: DETOKENIZE_REASON.to_owned(),
             };
-            client::detokenize(clients.pick(connection), message, work.timeout).await
+            client::detokenize(clients.pick(connection), message, work.timeout)
+                .await
+                .map(Reply::One)
         }
-        Call::Health => client::health(work.tokenize.pick(connection), work.timeout).await,
+        Call::Health => client::health(work.tokenize.pick(connection), work.timeout)
+            .await
+            .map(Reply::One),
     }
 }
 
@@ -212,25 +251,28 @@ pub(crate) async fn execute(work: &Workload, call: &Call, connection: usize) -> 
 pub(crate) struct Judged {
     /// Right, failed or wrong.
     pub(crate) outcome: Outcome,
-    /// The token the vault acknowledged, for a Tokenize answered OK.
-    pub(crate) ack: Option<Record>,
-    /// Whether the ack is new to the run (not a dedup repeat), so a check needs it.
+    /// The tokens the vault acknowledged: one for a Tokenize answered OK, every card's for a
+    /// batch.
+    pub(crate) acks: Vec<Record>,
+    /// Whether the acks are new to the run (not a dedup repeat), so a check needs them.
     pub(crate) new_ack: bool,
 }
 
 /// Judges the answer to `call`.
 pub(crate) fn judge(work: &Workload, call: Call, answer: Answer) -> Judged {
     let token_or_pan = match answer {
-        Ok(value) => value,
+        Ok(Reply::One(value)) => value,
+        Ok(Reply::Many(tokens)) => return judge_batch(work, call, tokens),
         Err(status) => {
             return Judged {
                 outcome: Outcome::Rpc(status),
-                ack: None,
+                acks: Vec::new(),
                 new_ack: false,
             };
         }
     };
     match call {
+        Call::Batch { .. } => wrong_reply("a batch was answered with one value"),
         Call::Tokenize {
             merchant,
             pan,
@@ -264,7 +306,7 @@ pub(crate) fn judge(work: &Workload, call: Call, answer: Answer) -> Judged {
             };
             Judged {
                 outcome,
-                ack: Some(ack),
+                acks: vec![ack],
                 new_ack,
             }
         }
@@ -276,7 +318,7 @@ pub(crate) fn judge(work: &Workload, call: Call, answer: Answer) -> Judged {
                     "loadtest: the health check answered {token_or_pan}"
                 )))
             },
-            ack: None,
+            acks: Vec::new(),
             new_ack: false,
         },
         Call::Detokenize { expected } => {
@@ -293,9 +335,54 @@ pub(crate) fn judge(work: &Workload, call: Call, answer: Answer) -> Judged {
             };
             Judged {
                 outcome,
-                ack: None,
+                acks: Vec::new(),
                 new_ack: false,
             }
         }
+    }
+}
+
+/// Judges a batch's tokens: one per card, none empty.
+fn judge_batch(work: &Workload, call: Call, tokens: Vec<String>) -> Judged {
+    let Call::Batch { merchant, pans } = call else {
+        return wrong_reply("a single call was answered with a batch");
+    };
+    if tokens.len() != pans.len() || tokens.iter().any(String::is_empty) {
+        return Judged {
+            outcome: Outcome::Wrong {
+                kind: WRONG_BATCH,
+                message: format!(
+                    "merchant {} got {} tokens for a batch of {} cards",
+                    work.merchant(merchant),
+                    tokens.iter().filter(|t| !t.is_empty()).count(),
+                    pans.len()
+                ),
+            },
+            acks: Vec::new(),
+            new_ack: false,
+        };
+    }
+    let acks = pans
+        .into_iter()
+        .zip(tokens)
+        .map(|(pan, token)| Record {
+            merchant: work.merchant(merchant).to_owned(),
+            token,
+            pan,
+        })
+        .collect();
+    Judged {
+        outcome: Outcome::Ok,
+        acks,
+        new_ack: true,
+    }
+}
+
+/// A reply of the wrong shape for its call (a bug in this tool, never the vault's answer).
+fn wrong_reply(message: &str) -> Judged {
+    Judged {
+        outcome: Outcome::Rpc(Status::internal(format!("loadtest: {message}"))),
+        acks: Vec::new(),
+        new_ack: false,
     }
 }

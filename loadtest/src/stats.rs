@@ -25,6 +25,8 @@ const OTHER_MESSAGES: &str = "(other error messages not kept)";
 pub const DEDUP_MISMATCH: &str = "dedup-mismatch";
 /// Error kind of a Detokenize answer whose PAN differs from the one tokenized.
 pub const WRONG_PAN: &str = "wrong-pan";
+/// Error kind of a TokenizeBatch answer without one token per card.
+pub const WRONG_BATCH: &str = "wrong-batch";
 
 /// How one request ended.
 #[derive(Debug)]
@@ -33,8 +35,8 @@ pub(crate) enum Outcome {
     Ok,
     /// The call failed with this status (from the vault or the transport).
     Rpc(Status),
-    /// The vault answered OK but the answer is wrong; `kind` is [`DEDUP_MISMATCH`] or
-    /// [`WRONG_PAN`].
+    /// The vault answered OK but the answer is wrong; `kind` is [`DEDUP_MISMATCH`],
+    /// [`WRONG_PAN`] or [`WRONG_BATCH`].
     Wrong {
         /// The error kind.
         kind: &'static str,

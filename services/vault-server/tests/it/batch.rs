@@ -155,3 +155,36 @@ async fn a_bad_card_refuses_the_whole_batch_naming_it() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(vault.token_count().await, 0);
 }
+
+/// The loadtest tool's batch scenario against a real vaultd: every card of every batch gets a
+/// token, and the check afterwards detokenizes each one back to its PAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_batches_all_check_out() {
+    let vault = TestVault::start_with_log("warn").await;
+    let report = loadtest::run(loadtest::Options {
+        target: loadtest::Target::dev(vault.dir.path(), vault.addr.clone()),
+        scenario: loadtest::Scenario::Batch { size: 25 },
+        load: loadtest::Load::Closed { concurrency: 4 },
+        length: loadtest::Length::Requests(12),
+        merchants: 2,
+        check: true,
+        ..loadtest::Options::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.count(), report.ok()),
+        (12, 12),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.summary().contains("300 tokenized"),
+        "{}",
+        report.summary()
+    );
+    let check = report.check.as_ref().unwrap();
+    assert!(check.passed(), "{check:?}");
+    assert_eq!(check.checked, 300, "{check:?}");
+    assert_eq!(vault.token_count().await, 300);
+}

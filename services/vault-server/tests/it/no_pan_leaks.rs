@@ -1,5 +1,6 @@
-//! After 1,000 test PANs are tokenized (and some detokenized), neither the SQLite files nor the
-//! captured logs, at the most verbose log level, contain any of them as a digit string.
+//! After 1,000 test PANs are tokenized (and some detokenized), and 200 more in batches, neither
+//! the SQLite files nor the captured logs, at the most verbose log level, contain any of them
+//! as a digit string.
 
 use std::collections::HashSet;
 
@@ -36,6 +37,42 @@ async fn thousand_pans_leave_no_trace_in_database_or_logs() {
             .into_inner();
         tokens.push((merchant, response.token, pan.clone()));
     }
+    // Two batches of 100 more, and a batch refused for one bad card (its good cards must not
+    // be stored or logged either).
+    let mut batch_pans = Vec::new();
+    while batch_pans.len() < 300 {
+        let pan = random_pan("4");
+        if pans.insert(pan.clone()) {
+            batch_pans.push(pan);
+        }
+    }
+    let batch = |pans: &[String]| vault_proto::v1::TokenizeBatchRequest {
+        merchant_id: "merchant-batch".to_owned(),
+        cards: pans
+            .iter()
+            .map(|pan| vault_proto::v1::BatchCard {
+                pan: pan.clone(),
+                exp_month: Some(12),
+                exp_year: Some(2031),
+            })
+            .collect(),
+        token_format: vault_proto::v1::TokenFormat::Random.into(),
+    };
+    for chunk in batch_pans[..200].chunks(100) {
+        let results = gateway
+            .tokenize_batch(batch(chunk))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for (pan, result) in chunk.iter().zip(results) {
+            tokens.push(("merchant-batch".to_owned(), result.token, pan.clone()));
+        }
+    }
+    let mut refused = batch_pans[200..].to_vec();
+    refused[50] = "4111111111111112".to_owned();
+    assert!(gateway.tokenize_batch(batch(&refused)).await.is_err());
+
     for (merchant, token, pan) in tokens.iter().step_by(10) {
         let detokenized = payments
             .detokenize(detokenize_request(merchant, token))
