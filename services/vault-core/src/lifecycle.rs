@@ -55,6 +55,10 @@ const MAX_LEASES: usize = 100_000;
 #[derive(Debug, Default)]
 pub(crate) struct UseLeases {
     left: Mutex<HashMap<MerchantId, (u32, u64)>>,
+    /// Held while a lease is being reserved from the store: callers that find the lease spent
+    /// at the same moment wait for that one reservation instead of each making their own (a
+    /// write transaction apiece, and all but the last one's uses wasted).
+    pub(crate) refill: futures_util::lock::Mutex<()>,
 }
 
 impl UseLeases {

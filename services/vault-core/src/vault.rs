@@ -754,6 +754,11 @@ impl Vault {
             if self.leases.take(merchant, keys.dek_version) {
                 return Ok(());
             }
+            let _refilling = self.leases.refill.lock().await;
+            if self.leases.take(merchant, keys.dek_version) {
+                // Refilled while this call waited.
+                return Ok(());
+            }
             let reserved = self
                 .store
                 .reserve_dek_uses(

@@ -96,8 +96,12 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
+        // A pool pings an idle connection before lending it by default: for a database file
+        // in this process that checks nothing, and costs a round trip to the connection's
+        // thread on every read and every transaction.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
             .await
@@ -108,6 +112,7 @@ impl SqliteStore {
         // the index pages it touched last time still in memory.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.pragma("cache_size", WRITER_CACHE))
             .await

@@ -188,3 +188,32 @@ async fn loadtest_batches_all_check_out() {
     assert_eq!(check.checked, 300, "{check:?}");
     assert_eq!(vault.token_count().await, 300);
 }
+
+/// Cards that find the DEK's use lease spent at the same moment wait for one reservation
+/// rather than each reserving a lease of their own: after a batch of 400 cards with leases of
+/// 16, the store counts the uses made, rounded up to a lease, not hundreds of leases.
+#[tokio::test]
+async fn concurrent_cards_share_one_lease_reservation_at_a_time() {
+    let vault =
+        TestVault::start_with_keys("url = \"sqlite:vault.db\"\n", "[dek]\nlease = 16\n", "warn")
+            .await;
+    let mut gateway = vault.client("gateway").await;
+    let pans: Vec<String> = (0..400).map(|_| random_pan("4")).collect();
+    let results = gateway
+        .tokenize_batch(batch_request("m1", &pans))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 400);
+    let uses: i64 = sqlx::query_scalar(
+        "SELECT uses FROM data_keys WHERE merchant_id = 'm1' AND purpose = 'dek' AND version = 1",
+    )
+    .fetch_one(&vault.db().await)
+    .await
+    .unwrap();
+    assert!(
+        (400..=416).contains(&uses),
+        "{uses} uses reserved for 400 cards"
+    );
+}
