@@ -205,6 +205,15 @@ impl<T> Done<T> {
     }
 }
 
+/// A validated, authorized batch: its cards with their fingerprints, the merchant's keys, and
+/// the merchant's existing tokens among those fingerprints.
+struct OpenBatch {
+    merchant: MerchantId,
+    cards: Vec<(Card, [u8; FINGERPRINT_LEN])>,
+    keys: MerchantKeys,
+    found: HashMap<[u8; FINGERPRINT_LEN], TokenRecord>,
+}
+
 /// A merchant's unwrapped current keys.
 #[derive(Clone)]
 pub(crate) struct MerchantKeys {
@@ -292,7 +301,12 @@ impl Vault {
         command: TokenizeBatchCommand,
     ) -> Result<Vec<Tokenized>, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::Tokenize);
-        let (merchant, cards, format, keys) = match self.open_batch(&mut audit, command).await {
+        let OpenBatch {
+            merchant,
+            cards,
+            keys,
+            found,
+        } = match self.open_batch(&mut audit, command).await {
             Ok(opened) => opened,
             Err(error) => {
                 return self
@@ -301,34 +315,10 @@ impl Vault {
                     .map(|()| vec![]);
             }
         };
-        let fingerprints: Vec<_> = cards
-            .iter()
-            .map(|card| {
-                keys.fingerprint
-                    .fingerprint(card.pan.expose_digits().as_bytes())
-            })
-            .collect();
-        let found: HashMap<_, _> = match self
-            .store
-            .tokens_by_fingerprints(&merchant, &fingerprints, format)
-            .await
-        {
-            Ok(found) => found
-                .into_iter()
-                .map(|row| (row.fingerprint, row))
-                .collect(),
-            Err(error) => {
-                return self
-                    .conclude::<()>(audit, Err(error.into()))
-                    .await
-                    .map(|()| vec![]);
-            }
-        };
         // A card given twice finds the same existing token both times; a new one given twice
         // is settled by the store like two racing calls (one inserts, the other gets its token).
         let calls = cards
             .into_iter()
-            .zip(fingerprints)
             .map(|(card, fingerprint)| {
                 let existing = found.get(&fingerprint).cloned();
                 let mut audit = audit.clone();
@@ -441,13 +431,13 @@ impl Vault {
             .await
     }
 
-    /// Validates a batch and checks the policy, then reads the merchant's keys: everything
-    /// that refuses the batch as a whole, before any card is stored.
+    /// Validates a batch and checks the policy, then reads the merchant's keys and the cards'
+    /// existing tokens: everything that refuses the batch as a whole, before any card is stored.
     async fn open_batch(
         &self,
         audit: &mut AuditRecord,
         command: TokenizeBatchCommand,
-    ) -> Result<(MerchantId, Vec<Card>, TokenFormat, MerchantKeys), VaultError> {
+    ) -> Result<OpenBatch, VaultError> {
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
@@ -469,7 +459,29 @@ impl Vault {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys = self.current_keys(&merchant).await?;
-        Ok((merchant, cards, format, keys))
+        let cards: Vec<_> = cards
+            .into_iter()
+            .map(|card| {
+                let fingerprint = keys
+                    .fingerprint
+                    .fingerprint(card.pan.expose_digits().as_bytes());
+                (card, fingerprint)
+            })
+            .collect();
+        let fingerprints: Vec<_> = cards.iter().map(|(_, fingerprint)| *fingerprint).collect();
+        let found = self
+            .store
+            .tokens_by_fingerprints(&merchant, &fingerprints, format)
+            .await?
+            .into_iter()
+            .map(|row| (row.fingerprint, row))
+            .collect();
+        Ok(OpenBatch {
+            merchant,
+            cards,
+            keys,
+            found,
+        })
     }
 
     fn token_format(format: Option<TokenFormat>) -> Result<TokenFormat, InvalidArgument> {
