@@ -87,6 +87,7 @@ impl Vault {
         reason: Option<&str>,
     ) -> Result<Option<MerchantId>, VaultError> {
         audit.detail = Some(action.into());
+        self.throttle(audit, Operation::KeysAdmin, None, 1)?;
         if let Some(reason) = reason {
             audit.reason = Reason::parse("reason", reason).ok();
         }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use time::OffsetDateTime;
 
-use crate::error::VaultError;
+use crate::error::{Throttle, VaultError};
 use crate::ids::{CallContext, CallerId, MerchantId};
 use crate::policy::Operation;
 use crate::reason::Reason;
@@ -35,6 +35,10 @@ pub enum Outcome {
     KeyDestroyed,
     /// The vault's state did not allow the request.
     FailedPrecondition,
+    /// A rate limit or the new-merchant cap refused the call.
+    RateLimited,
+    /// The enumeration guard refused the call.
+    EnumerationRefused,
 }
 
 impl Outcome {
@@ -52,6 +56,8 @@ impl Outcome {
             Self::Exhausted => "exhausted",
             Self::KeyDestroyed => "key_destroyed",
             Self::FailedPrecondition => "failed_precondition",
+            Self::RateLimited => "rate_limited",
+            Self::EnumerationRefused => "enumeration_refused",
         }
     }
 
@@ -72,6 +78,11 @@ impl Outcome {
             VaultError::TokenSpaceExhausted => Self::Exhausted,
             VaultError::KeyDestroyed => Self::KeyDestroyed,
             VaultError::FailedPrecondition(_) => Self::FailedPrecondition,
+            VaultError::Throttled {
+                limit: Throttle::Enumeration { .. },
+                ..
+            } => Self::EnumerationRefused,
+            VaultError::Throttled { .. } => Self::RateLimited,
         }
     }
 }

@@ -65,6 +65,35 @@ pub enum VaultError {
     /// PAN_SHAPED tokens of short PANs, whose random middle is a few digits).
     #[error("no free token left for this card's BIN and last four digits")]
     TokenSpaceExhausted,
+    /// A limit refused the call: nothing was done. Try again after `retry_after`.
+    #[error("{limit}")]
+    Throttled {
+        /// Which limit.
+        limit: Throttle,
+        /// How long until the call could succeed.
+        retry_after: std::time::Duration,
+    },
+}
+
+/// The limit behind a [`VaultError::Throttled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Throttle {
+    /// The caller's call quota for this operation (per replica).
+    #[error("rate limit exceeded for this caller and operation")]
+    RateLimit,
+    /// The enumeration guard: too many distinct cards with the same shown digits from this
+    /// caller for this merchant in this window (vault-wide).
+    #[error(
+        "too many different cards with the same leading and last digits from this caller for \
+         this merchant; refused until the window ends"
+    )]
+    Enumeration {
+        /// This call spent the bucket.
+        tripped: bool,
+    },
+    /// The caller created too many new merchants this hour (vault-wide).
+    #[error("this caller created too many new merchants this hour")]
+    NewMerchants,
 }
 
 /// Errors a [`crate::ports::TokenStore`] reports.

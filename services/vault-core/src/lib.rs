@@ -12,9 +12,11 @@ pub mod admin;
 pub mod audit;
 pub mod error;
 pub mod expiry;
+pub mod guard;
 pub mod ids;
 pub mod keyring;
 pub mod lifecycle;
+pub mod limits;
 pub mod pan;
 pub mod policy;
 pub mod ports;
@@ -23,5 +25,5 @@ pub mod token;
 pub mod trail;
 pub mod vault;
 
-pub use error::{InvalidArgument, KekError, StoreError, VaultError};
+pub use error::{InvalidArgument, KekError, StoreError, Throttle, VaultError};
 pub use vault::Vault;

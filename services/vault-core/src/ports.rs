@@ -463,13 +463,58 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Option<PruneCounts>, StoreError>;
 }
 
+/// One vault-wide tally: the distinct items (card fingerprints, merchant ids) a caller brought
+/// into one bucket in one fixed time window. The domain decides what is counted and what a
+/// count means (`guard.rs`); the store only counts, durably and shared by every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TallyRequest {
+    /// What kind of thing is counted, e.g. `tokenize.card_bucket`.
+    pub scope: &'static str,
+    /// Whose bucket: the caller and what the scope groups by.
+    pub subject: String,
+    /// The window's end, seconds since the Unix epoch (UTC); one tally per window.
+    pub window_end: i64,
+    /// The items to add, in order; an item already in the tally is not counted again.
+    pub items: Vec<Vec<u8>>,
+    /// Once the count is past this, items are no longer stored or counted (the bucket is
+    /// spent for the window): the tally's size stays bounded whatever a caller sends.
+    pub limit: u64,
+    /// Push the count past `limit` after adding the items: the domain saw the signature of
+    /// abuse in one request and spends the bucket at once.
+    pub trip: bool,
+}
+
+/// What adding one item to a tally found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tallied {
+    /// The tally's count after this item (for a new item: its own place in the count).
+    pub count: u64,
+    /// The item was new to the tally and was counted.
+    pub new: bool,
+}
+
+/// Durable, vault-wide counting for abuse resistance. Counting only: what a count means is
+/// the domain's decision.
+#[async_trait]
+pub trait TallyStore: Send + Sync {
+    /// Adds each request's items to its tally, in order, in one transaction; one [`Tallied`]
+    /// per item. While a tally's count is within its `limit`, a new item is stored and counted
+    /// atomically (concurrent callers on any replica get distinct counts); past it, nothing is
+    /// added and every item reads the count.
+    async fn tally(&self, requests: &[TallyRequest]) -> Result<Vec<Vec<Tallied>>, StoreError>;
+
+    /// Deletes the tallies of windows that ended at or before `ended_by` (seconds since the
+    /// epoch). Returns how many tallies went.
+    async fn purge_tallies(&self, ended_by: i64) -> Result<u64, StoreError>;
+}
+
 /// Durable storage for tokens, keys and audit records.
 ///
 /// Implementations enforce uniqueness with constraints, not application locks: a token string
 /// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
 /// (merchant, purpose, version) at most one key.
 #[async_trait]
-pub trait TokenStore: KeyStore + AuditStore {
+pub trait TokenStore: KeyStore + AuditStore + TallyStore {
     /// The merchant's newest DEK and its fingerprint key, if it has any.
     async fn merchant_keys(
         &self,

@@ -490,6 +490,7 @@ impl Vault {
         operation: Operation,
         merchant: Option<&MerchantId>,
     ) -> Result<(), VaultError> {
+        self.throttle(audit, operation, None, 1)?;
         match merchant {
             Some(merchant) => self.authorize(audit, operation, merchant),
             None if self.policy.allows_everywhere(&audit.caller, operation) => Ok(()),

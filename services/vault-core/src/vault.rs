@@ -12,15 +12,18 @@ use vault_crypto::{AeadKey, FINGERPRINT_LEN, FingerprintKey, KeyMaterial};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditRecord;
-use crate::error::{InvalidArgument, VaultError};
+use crate::error::{InvalidArgument, Throttle, VaultError};
 use crate::expiry::Expiry;
-use crate::ids::{CallContext, MerchantId};
+use crate::guard::{self, GuardSettings, Verdict};
+use crate::ids::{CallContext, CallerId, MerchantId};
 use crate::keyring::KeyRing;
 use crate::lifecycle::{DekLimits, UseLeases};
+use crate::limits::{CallLimiter, LimitKey, Refusal, RefusalLog, Unlimited};
 use crate::pan::Pan;
 use crate::policy::{Operation, Policy};
 use crate::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, TokenStore,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord,
+    TokenStore,
 };
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
@@ -232,6 +235,9 @@ pub struct Vault {
     pub(crate) limits: DekLimits,
     leases: Arc<UseLeases>,
     pub(crate) trail: Arc<crate::trail::TrailState>,
+    guard: GuardSettings,
+    limiter: Arc<dyn CallLimiter>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl fmt::Debug for Vault {
@@ -253,7 +259,105 @@ impl Vault {
             limits: DekLimits::default(),
             leases: Arc::default(),
             trail: Arc::default(),
+            guard: GuardSettings::default(),
+            limiter: Arc::new(Unlimited),
+            refusals: Arc::default(),
         }
+    }
+
+    /// The same vault with these enumeration-guard and new-merchant settings.
+    #[must_use]
+    pub fn with_guard(mut self, guard: GuardSettings) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The same vault counting calls with `limiter`, recording at most one rate-limit refusal
+    /// per caller and operation per `refusal_interval` (see [`RefusalLog`]).
+    #[must_use]
+    pub fn with_limiter(
+        mut self,
+        limiter: Arc<dyn CallLimiter>,
+        refusal_interval: std::time::Duration,
+    ) -> Self {
+        self.limiter = limiter;
+        self.refusals = Arc::new(RefusalLog::new(refusal_interval));
+        self
+    }
+
+    /// The call limiter (for its housekeeping).
+    #[must_use]
+    pub fn limiter(&self) -> &Arc<dyn CallLimiter> {
+        &self.limiter
+    }
+
+    /// Writes one audit record for each caller and operation whose rate-limit refusals were
+    /// counted but not recorded and whose recording interval has ended. `vaultd` calls it once
+    /// per interval. Returns how many records it wrote.
+    ///
+    /// # Errors
+    /// The store's, if a record cannot be written (the counts are lost; the refusals were
+    /// answered already).
+    pub async fn record_refusal_summaries(&self) -> Result<usize, VaultError> {
+        let ended = self.refusals.take_ended(std::time::Instant::now());
+        for summary in &ended {
+            let ctx = CallContext {
+                caller: summary.caller.clone(),
+                peer: None,
+                request_id: crate::ids::new_request_id(),
+            };
+            let mut audit =
+                AuditRecord::begin(&ctx, summary.operation).failed(&VaultError::Throttled {
+                    limit: Throttle::RateLimit,
+                    retry_after: std::time::Duration::ZERO,
+                });
+            audit.peer = Some(crate::audit::VAULTD.to_owned());
+            audit.detail = Some(
+                format!(
+                    "rate limit: {} refused calls since {} not recorded one by one",
+                    summary.count,
+                    audit_time(summary.since)
+                )
+                .into(),
+            );
+            self.store.append_audit(&audit).await?;
+        }
+        Ok(ended.len())
+    }
+
+    /// Deletes the store's abuse tallies of windows that have ended. `vaultd` calls it
+    /// periodically. Returns how many tallies went.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn purge_tallies(&self) -> Result<u64, VaultError> {
+        Ok(self.store.purge_tallies(now().unix_timestamp()).await?)
+    }
+
+    /// Counts `n` units of `operation` (calls, or a batch's cards) against the caller's quota.
+    pub(crate) fn throttle(
+        &self,
+        audit: &AuditRecord,
+        operation: Operation,
+        merchant: Option<&MerchantId>,
+        n: usize,
+    ) -> Result<(), VaultError> {
+        let caller = &audit.caller;
+        let key = match merchant {
+            None => LimitKey::Operation { caller, operation },
+            Some(merchant) => LimitKey::Merchant {
+                caller,
+                operation,
+                merchant,
+            },
+        };
+        let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        self.limiter
+            .check(key, n)
+            .map_err(|retry_after| VaultError::Throttled {
+                limit: Throttle::RateLimit,
+                retry_after,
+            })
     }
 
     /// The same vault with these DEK rotation limits.
@@ -399,10 +503,11 @@ impl Vault {
     /// Returns the error to report.
     pub async fn refuse_unidentified(&self, ctx: &CallContext, operation: Operation) -> VaultError {
         let audit = AuditRecord::begin(ctx, operation);
-        match self
-            .conclude::<()>(audit, Err(VaultError::Unauthenticated))
-            .await
-        {
+        let refusal = self
+            .throttle(&audit, operation, None, 1)
+            .err()
+            .unwrap_or(VaultError::Unauthenticated);
+        match self.conclude::<()>(audit, Err(refusal)).await {
             Err(error) => error,
             Ok(()) => VaultError::Unauthenticated,
         }
@@ -413,16 +518,20 @@ impl Vault {
         audit: &mut AuditRecord,
         command: TokenizeCommand,
     ) -> Result<Done<Tokenized>, VaultError> {
+        self.throttle(audit, Operation::Tokenize, None, 1)?;
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
         let format = Self::token_format(command.format)?;
         let card = Card::parse(&command.pan, command.exp_month, command.exp_year, format)?;
 
-        let keys = self.current_keys(&merchant).await?;
+        let keys = self.current_keys(&merchant, &audit.caller).await?;
         let fingerprint = keys
             .fingerprint
             .fingerprint(card.pan.expose_digits().as_bytes());
+        // Before the store is asked whether the card exists: see guard.rs.
+        self.guard_cards(audit, &merchant, [(&card.pan, fingerprint)])
+            .await?;
         let found = self
             .store
             .token_by_fingerprint(&merchant, &fingerprint, format)
@@ -438,6 +547,7 @@ impl Vault {
         audit: &mut AuditRecord,
         command: TokenizeBatchCommand,
     ) -> Result<OpenBatch, VaultError> {
+        self.throttle(audit, Operation::Tokenize, None, command.cards.len())?;
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
@@ -458,7 +568,7 @@ impl Vault {
                     .map_err(|invalid| VaultError::InvalidCard { index, invalid })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = self.current_keys(&merchant).await?;
+        let keys = self.current_keys(&merchant, &audit.caller).await?;
         let cards: Vec<_> = cards
             .into_iter()
             .map(|card| {
@@ -468,6 +578,15 @@ impl Vault {
                 (card, fingerprint)
             })
             .collect();
+        // Before the store is asked which cards exist: see guard.rs.
+        self.guard_cards(
+            audit,
+            &merchant,
+            cards
+                .iter()
+                .map(|(card, fingerprint)| (&card.pan, *fingerprint)),
+        )
+        .await?;
         let fingerprints: Vec<_> = cards.iter().map(|(_, fingerprint)| *fingerprint).collect();
         let found = self
             .store
@@ -574,6 +693,9 @@ impl Vault {
         audit.reason = Reason::parse("reason", &command.reason).ok();
         let (merchant, token) =
             self.authorize_token_command(audit, Operation::Detokenize, &command)?;
+        // Per merchant too, once the caller is known to be allowed there (so a caller cannot
+        // grow the counters with merchants it may not touch).
+        self.throttle(audit, Operation::Detokenize, Some(&merchant), 1)?;
         Reason::parse("reason", &command.reason)?;
 
         let record = self
@@ -650,6 +772,7 @@ impl Vault {
         operation: Operation,
         command: &TokenCommand,
     ) -> Result<(MerchantId, Token), VaultError> {
+        self.throttle(audit, operation, None, 1)?;
         let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
         audit.merchant = Some(merchant.clone());
         audit.token = Token::parse("token", &command.token).ok();
@@ -691,7 +814,9 @@ impl Vault {
                 Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
             },
             Err(error) => {
-                let audit = audit.failed(&error);
+                let Some(audit) = self.refusal_record(audit, &error) else {
+                    return Err(error);
+                };
                 match self.store.append_audit(&audit).await {
                     Ok(()) => Err(error),
                     Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
@@ -700,17 +825,129 @@ impl Vault {
         }
     }
 
+    /// The audit record of a refused call, or `None` for a rate-limit refusal that is only
+    /// counted (see [`RefusalLog`]).
+    fn refusal_record(&self, audit: AuditRecord, error: &VaultError) -> Option<AuditRecord> {
+        let mut audit = audit.failed(error);
+        if let VaultError::Throttled {
+            limit: Throttle::RateLimit,
+            ..
+        } = error
+        {
+            let event = match audit.event {
+                crate::audit::Event::Call(operation) => operation,
+                _ => return Some(audit),
+            };
+            match self
+                .refusals
+                .note(&audit.caller, event, std::time::Instant::now())
+            {
+                Refusal::Count => return None,
+                Refusal::Record {
+                    unrecorded: 0,
+                    since: _,
+                } => audit.detail = Some("rate limit".into()),
+                Refusal::Record { unrecorded, since } => {
+                    let since = since.map(audit_time).unwrap_or_default();
+                    audit.detail = Some(
+                        format!(
+                            "rate limit; {unrecorded} refused calls since {since} not recorded \
+                             one by one"
+                        )
+                        .into(),
+                    );
+                }
+            }
+        }
+        Some(audit)
+    }
+
+    /// The enumeration guard (see `guard.rs`): counts the distinct cards the caller brings
+    /// into each bucket, vault-wide, and refuses them all if any bucket is spent. Runs before
+    /// anything depends on whether a card is stored.
+    async fn guard_cards<'p>(
+        &self,
+        audit: &mut AuditRecord,
+        merchant: &MerchantId,
+        cards: impl IntoIterator<Item = (&'p Pan, [u8; FINGERPRINT_LEN])>,
+    ) -> Result<(), VaultError> {
+        let (window_end, retry_after) = guard::window_at(now().unix_timestamp(), self.guard.window);
+        let mut buckets: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for (pan, fingerprint) in cards {
+            let bucket = guard::card_bucket(pan);
+            let at = match buckets.iter().position(|(b, _)| *b == bucket) {
+                Some(at) => at,
+                None => {
+                    buckets.push((bucket, Vec::new()));
+                    buckets.len() - 1
+                }
+            };
+            if let Some((_, fingerprints)) = buckets.get_mut(at)
+                && !fingerprints.iter().any(|f| f.as_slice() == fingerprint)
+            {
+                fingerprints.push(fingerprint.to_vec());
+            }
+        }
+        let requests: Vec<TallyRequest> = buckets
+            .iter()
+            .map(|(bucket, fingerprints)| {
+                guard::card_tally(
+                    &self.guard,
+                    guard::bucket_subject(&audit.caller, merchant, bucket),
+                    window_end,
+                    fingerprints.clone(),
+                )
+            })
+            .collect();
+        let tallies = self.store.tally(&requests).await?;
+        let mut refused: Option<(bool, &str)> = None;
+        for ((bucket, _), (request, tallies)) in buckets.iter().zip(requests.iter().zip(&tallies)) {
+            if let Verdict::Refused { tripped } =
+                guard::verdict(tallies, request.limit, request.trip)
+            {
+                let worst = refused.is_none_or(|(t, _)| tripped && !t);
+                if worst {
+                    refused = Some((tripped, bucket));
+                }
+            }
+        }
+        let Some((tripped, bucket)) = refused else {
+            return Ok(());
+        };
+        audit.detail = Some(
+            if tripped {
+                format!(
+                    "enumeration guard tripped: bucket {bucket}, over {} cards per {} s",
+                    self.guard.cards_per_bucket,
+                    self.guard.window.as_secs()
+                )
+            } else {
+                format!("enumeration guard: bucket {bucket} spent until the window ends")
+            }
+            .into(),
+        );
+        Err(VaultError::Throttled {
+            limit: Throttle::Enumeration { tripped },
+            retry_after,
+        })
+    }
+
     /// The merchant's current keys, creating them on its first use and rotating a DEK that
     /// is older than the limits allow. Two replicas creating or rotating at once are settled by
     /// the store's uniqueness constraint: the loser reads the winner's. A shredded merchant
     /// gets [`VaultError::KeyDestroyed`] and never new keys.
-    async fn current_keys(&self, merchant: &MerchantId) -> Result<MerchantKeys, VaultError> {
+    async fn current_keys(
+        &self,
+        merchant: &MerchantId,
+        caller: &CallerId,
+    ) -> Result<MerchantKeys, VaultError> {
         let set = match self.store.merchant_keys(merchant).await? {
             Some(set) => set,
             None => {
                 if self.store.is_shredded(merchant).await? {
                     return Err(self.destroyed(merchant));
                 }
+                self.count_new_merchant(merchant, caller).await?;
                 let fresh = self.new_key_set(merchant).await?;
                 self.store.create_merchant_keys(&fresh).await?;
                 self.stored_keys(merchant).await?
@@ -730,6 +967,37 @@ impl Vault {
             dek_created_at: set.dek_created_at,
             fingerprint: self.keys.fingerprint_key(&set.fingerprint).await?,
         })
+    }
+
+    /// Counts a merchant the caller is about to create against its hourly cap (vault-wide),
+    /// before any KEK is asked to wrap its keys.
+    async fn count_new_merchant(
+        &self,
+        merchant: &MerchantId,
+        caller: &CallerId,
+    ) -> Result<(), VaultError> {
+        let (window_end, retry_after) =
+            guard::window_at(now().unix_timestamp(), std::time::Duration::from_secs(3600));
+        let request = TallyRequest {
+            scope: guard::MERCHANT_CREATE_SCOPE,
+            subject: caller.as_str().to_owned(),
+            window_end,
+            items: vec![merchant.as_str().as_bytes().to_vec()],
+            limit: self.guard.new_merchants_per_hour,
+            trip: false,
+        };
+        let tallies = self.store.tally(std::slice::from_ref(&request)).await?;
+        match guard::verdict(
+            tallies.first().map_or(&[][..], Vec::as_slice),
+            request.limit,
+            false,
+        ) {
+            Verdict::Admitted => Ok(()),
+            Verdict::Refused { .. } => Err(VaultError::Throttled {
+                limit: Throttle::NewMerchants,
+                retry_after,
+            }),
+        }
     }
 
     /// A shredded merchant's answer. Its keys also leave this replica's cache: the replica that
@@ -862,6 +1130,12 @@ pub fn pan_associated_data(
             &expiry,
         ],
     )
+}
+
+/// A time as audit records spell it.
+fn audit_time(at: OffsetDateTime) -> String {
+    let micros = i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+    vault_audit::format_time(micros).unwrap_or_default()
 }
 
 /// Now, UTC, truncated to whole microseconds (what every store keeps).

@@ -21,6 +21,7 @@ use crate::audit::AuditApi;
 use crate::config::{Config, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
 use crate::kek::open_key_ring;
+use crate::limits::GovernorLimiter;
 use crate::tls;
 
 /// Largest request the vault decodes. A PAN is at most 38 characters; the margin lets a 10 KB
@@ -46,6 +47,7 @@ pub struct Application {
     store: Backend,
     call_timeout: Duration,
     checkpoint_interval: Duration,
+    refusal_interval: Duration,
     /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
     /// auditor sees which policy each writer served under (a policy change needs a restart).
     start_detail: String,
@@ -158,7 +160,12 @@ impl Application {
         }
         let vault = Vault::new(store.port(), keys, Arc::new(policy))
             .with_dek_limits(config.dek.limits())
-            .with_audit_retention(config.audit.retention());
+            .with_audit_retention(config.audit.retention())
+            .with_guard(config.guard.settings())
+            .with_limiter(
+                Arc::new(GovernorLimiter::new(&config.limits)),
+                config.limits.record_interval(),
+            );
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -169,6 +176,7 @@ impl Application {
             store,
             call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
+            refusal_interval: config.limits.record_interval(),
             start_detail,
         })
     }
@@ -199,6 +207,7 @@ impl Application {
             self.vault.clone(),
             self.checkpoint_interval,
         ));
+        let housekeeping = tokio::spawn(keep_limits(self.vault.clone(), self.refusal_interval));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = tokio::spawn(watch_health(
             self.store.clone(),
@@ -256,6 +265,11 @@ impl Application {
         }
         health.abort();
         checkpoints.abort();
+        housekeeping.abort();
+        // Refusals counted but not yet recorded: the trail gets them before `vault.stop`.
+        if let Err(error) = self.vault.record_refusal_summaries().await {
+            tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
+        }
         // The last record of this writer's chain, and its signed head.
         if let Err(error) = self.vault.stop_audit("shutdown".to_owned()).await {
             tracing::error!(error = %error, "could not record vault.stop or sign the final head");
@@ -287,6 +301,32 @@ async fn checkpoint_every(vault: Vault, interval: Duration) {
             ),
             Ok(None) => {}
             Err(error) => tracing::warn!(error = %error, "audit checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// Every `interval`: records rate-limit refusals that were counted but not recorded, lets the
+/// limiter forget idle callers, and (every tenth round, at least hourly) purges the store's
+/// abuse tallies of windows that have ended.
+async fn keep_limits(vault: Vault, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let purge_every = (3_600 / interval.as_secs().max(1)).clamp(1, 10);
+    let mut round: u64 = 0;
+    loop {
+        ticks.tick().await;
+        round = round.wrapping_add(1);
+        if let Err(error) = vault.record_refusal_summaries().await {
+            tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
+        }
+        vault.limiter().forget_idle();
+        if round.is_multiple_of(purge_every) {
+            match vault.purge_tallies().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "ended abuse tallies purged"),
+                Err(error) => tracing::warn!(error = %error, "abuse tally purge failed"),
+            }
         }
     }
 }

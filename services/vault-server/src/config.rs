@@ -72,6 +72,12 @@ pub struct Config {
     /// The audit trail's checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Per-replica call rate limits (`limits.rs`).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
+    /// The enumeration guard and the new-merchant cap, vault-wide (`limits.rs`).
+    #[serde(default)]
+    pub guard: crate::limits::GuardConfig,
 }
 
 /// Audit trail settings.
@@ -587,6 +593,8 @@ impl Config {
         config.dek.check(path)?;
         config.key_cache.check(path)?;
         config.audit.check(path)?;
+        config.limits.check(path)?;
+        config.guard.check(path)?;
         config.kek.resolve_paths(base);
         for kek in &mut config.previous_kek {
             kek.resolve_paths(base);

@@ -98,12 +98,36 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n\n\
          [kek]\n# Development only: a key in a local file is not an HSM.\n\
          backend = \"danger-local-file\"\npath = {KEK_FILE:?}\n\n\
-         [policy]\npath = \"policy.toml\"\n"
+         [policy]\npath = \"policy.toml\"\n\n\
+         {LIMITS}"
     );
     // Written last: its presence marks a complete data directory.
     write_file(&config, &text, 0o644)?;
     Ok(config)
 }
+
+/// The abuse limits as `vaultd dev` writes them: the defaults, spelled out so they can be tuned
+/// (docs/security.md).
+const LIMITS: &str = "\
+# Per caller identity and operation, per replica (N replicas allow N times as much).
+[limits]
+tokenize = { per_second = 10000, burst = 20000 }      # cards: a TokenizeBatch counts its cards
+detokenize = { per_second = 100, burst = 200 }
+detokenize_per_merchant = { per_second = 20, burst = 50 }
+metadata = { per_second = 1000, burst = 2000 }
+delete = { per_second = 100, burst = 200 }
+keys_admin = { per_second = 5, burst = 20 }
+audit_read = { per_second = 10, burst = 50 }
+audit_prune = { per_second = 1, burst = 5 }
+record_refusals_every_secs = 60                       # one refusal record per caller and operation
+
+# Vault-wide, counted in the store: the enumeration guard and the new-merchant cap.
+[guard]
+cards_per_bucket = 12               # distinct cards per caller, merchant, length, shown digits, last 4
+window_secs = 86400                 # ... per day
+cards_per_bucket_per_batch = 4      # more in one request spends the bucket at once
+new_merchants_per_hour = 60         # per caller, whatever its policy allows
+";
 
 /// Ready-to-paste grpcurl commands for the dev vault at `addr` with data directory `dir`.
 #[must_use]

@@ -141,6 +141,19 @@ pub(crate) fn respond<T>(
         }
         Err(error) => {
             let mut status = to_status(&error);
+            if let VaultError::Throttled {
+                limit: vault_core::Throttle::Enumeration { tripped: true },
+                ..
+            } = error
+            {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    caller = %ctx.caller,
+                    operation = operation.as_str(),
+                    "enumeration guard tripped: this caller brought too many different cards \
+                     with the same shown digits to one merchant; see the call's audit record"
+                );
+            }
             tracing::warn!(
                 request_id = %ctx.request_id,
                 caller = %ctx.caller,

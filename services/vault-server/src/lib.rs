@@ -20,6 +20,7 @@ pub mod dev;
 pub mod grpc;
 pub mod identity;
 pub mod kek;
+pub mod limits;
 pub mod pki;
 pub mod status;
 pub mod telemetry;

@@ -4,6 +4,9 @@
 //! value, and never carries internal detail (SQL errors, key ids). The full cause goes to the
 //! log, which holds no PAN either.
 
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use vault_core::VaultError;
 
@@ -46,9 +49,32 @@ pub fn to_status(error: &VaultError) -> Status {
             Code::ResourceExhausted,
             "no free PAN_SHAPED token left for this card's BIN and last four; use RANDOM".into(),
         ),
+        VaultError::Throttled { limit, .. } => (Code::ResourceExhausted, limit.to_string().into()),
     };
-    Status::new(code, message)
+    let mut status = Status::new(code, message);
+    if let VaultError::Throttled { retry_after, .. } = error {
+        retry_hint(&mut status, *retry_after);
+    }
+    status
 }
+
+/// Response metadata saying when to retry: `retry-after` in whole seconds (rounded up, as HTTP
+/// has it) and `grpc-retry-pushback-ms`, which gRPC clients with a retry policy obey.
+fn retry_hint(status: &mut Status, after: Duration) {
+    let millis = after.as_millis().max(1);
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    if let Ok(value) = MetadataValue::try_from(secs.max(1).to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER, value);
+    }
+    if let Ok(value) = MetadataValue::try_from(millis.to_string()) {
+        status.metadata_mut().insert(RETRY_PUSHBACK, value);
+    }
+}
+
+/// Response metadata: seconds until a refused call may succeed.
+pub const RETRY_AFTER: &str = "retry-after";
+/// Response metadata: milliseconds until a refused call may succeed (gRPC's retry pushback).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 #[cfg(test)]
 mod tests {
@@ -89,6 +115,27 @@ mod tests {
                 Code::Unavailable,
             ),
             (VaultError::TokenSpaceExhausted, Code::ResourceExhausted),
+            (
+                VaultError::Throttled {
+                    limit: vault_core::Throttle::RateLimit,
+                    retry_after: Duration::from_millis(1500),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                VaultError::Throttled {
+                    limit: vault_core::Throttle::Enumeration { tripped: true },
+                    retry_after: Duration::from_secs(3600),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                VaultError::Throttled {
+                    limit: vault_core::Throttle::NewMerchants,
+                    retry_after: Duration::from_secs(60),
+                },
+                Code::ResourceExhausted,
+            ),
             (VaultError::KeyDestroyed, Code::FailedPrecondition),
             (
                 VaultError::FailedPrecondition("a shred needs a second admin"),
@@ -104,6 +151,27 @@ mod tests {
             to_status(&cases_first()).message(),
             "pan: fails the Luhn check"
         );
+    }
+
+    #[test]
+    fn limits_say_when_to_retry() {
+        let status = to_status(&VaultError::Throttled {
+            limit: vault_core::Throttle::RateLimit,
+            retry_after: Duration::from_millis(1500),
+        });
+        let get = |key| status.metadata().get(key).and_then(|v| v.to_str().ok());
+        assert_eq!(get(RETRY_AFTER), Some("2"));
+        assert_eq!(get(RETRY_PUSHBACK), Some("1500"));
+        // Whether the guard's bucket tripped on this call or earlier, the answer is the same.
+        let tripped = to_status(&VaultError::Throttled {
+            limit: vault_core::Throttle::Enumeration { tripped: true },
+            retry_after: Duration::from_secs(10),
+        });
+        let spent = to_status(&VaultError::Throttled {
+            limit: vault_core::Throttle::Enumeration { tripped: false },
+            retry_after: Duration::from_secs(10),
+        });
+        assert_eq!(tripped.message(), spent.message());
     }
 
     fn cases_first() -> VaultError {

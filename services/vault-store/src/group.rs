@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use vault_core::StoreError;
 use vault_core::audit::AuditRecord;
-use vault_core::ports::{InsertOutcome, TokenRecord};
+use vault_core::ports::{InsertOutcome, Tallied, TallyRequest, TokenRecord};
 
 /// Most writes in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -39,13 +39,17 @@ pub(crate) enum Write {
     },
     /// An audit record on its own (detokenize, metadata, refusals).
     Audit(AuditRecord),
+    /// Abuse tallies (the enumeration guard, the new-merchant cap): counted in the batch's
+    /// transaction, so a tally costs a share of a commit rather than one of its own.
+    Tally(Vec<TallyRequest>),
 }
 
 /// What a committed write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Written {
     Token(InsertOutcome),
     Audit,
+    Tally(Vec<Vec<Tallied>>),
 }
 
 /// Why a batch did not commit.

@@ -111,6 +111,24 @@ pub(crate) const IS_SHREDDED: &str =
 /// How many times a use reservation retries its compare-and-set before giving up.
 pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 
+pub(crate) const SELECT_TALLY: &str = "SELECT items FROM abuse_tallies WHERE scope = $1 \
+    AND subject = $2 AND window_end = $3";
+pub(crate) const INSERT_TALLY_ITEM: &str = "INSERT INTO abuse_tally_items (scope, subject, \
+    window_end, item) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING window_end";
+/// Counts a new item: one atomic upsert, whose row lock (PostgreSQL) or write lock (SQLite)
+/// orders racing transactions.
+pub(crate) const COUNT_TALLY_ITEM: &str = "INSERT INTO abuse_tallies (scope, subject, \
+    window_end, items) VALUES ($1, $2, $3, 1) ON CONFLICT (scope, subject, window_end) \
+    DO UPDATE SET items = abuse_tallies.items + 1 RETURNING items";
+pub(crate) const TRIP_TALLY: &str = "INSERT INTO abuse_tallies (scope, subject, window_end, \
+    items) VALUES ($1, $2, $3, $4) ON CONFLICT (scope, subject, window_end) DO UPDATE SET \
+    items = CASE WHEN abuse_tallies.items < excluded.items THEN excluded.items \
+    ELSE abuse_tallies.items END";
+pub(crate) const PURGE_TALLY_ITEMS: &str = "DELETE FROM abuse_tally_items WHERE \
+    (scope, subject, window_end) IN (SELECT scope, subject, window_end FROM abuse_tallies \
+    WHERE window_end <= $1)";
+pub(crate) const PURGE_TALLIES: &str = "DELETE FROM abuse_tallies WHERE window_end <= $1";
+
 pub(crate) const SELECT_BY_FINGERPRINT: &str = concat!(
     "SELECT ",
     token_columns!(),
@@ -671,8 +689,8 @@ macro_rules! token_store_impl {
                 };
                 match self.group.write(self, write).await? {
                     $crate::group::Written::Token(outcome) => Ok(outcome),
-                    $crate::group::Written::Audit => Err(vault_core::StoreError::Unavailable(
-                        "a token insert was answered as an audit append".to_owned(),
+                    _ => Err(vault_core::StoreError::Unavailable(
+                        "a token insert was answered as another write".to_owned(),
                     )),
                 }
             }
@@ -735,12 +753,13 @@ macro_rules! token_store_impl {
                     .iter()
                     .filter_map(|write| match write {
                         Write::Token { record, .. } => Some(&**record),
-                        Write::Audit(_) => None,
+                        Write::Audit(_) | Write::Tally(_) => None,
                     })
                     .collect();
                 let mut inserted = Self::insert_tokens_in(&mut tx, &records).await?;
                 let mut written = Vec::with_capacity(writes.len());
                 let mut audits = Vec::with_capacity(writes.len());
+                let mut tallied = false;
                 for write in writes {
                     match write {
                         Write::Token { record, audit } => {
@@ -756,9 +775,17 @@ macro_rules! token_store_impl {
                             audits.push(audit);
                             written.push(Written::Audit);
                         }
+                        Write::Tally(requests) => {
+                            tallied = true;
+                            written.push(Written::Tally(Self::tally_in(&mut tx, requests).await?));
+                        }
                     }
                 }
-                if audits.is_empty() {
+                if audits.is_empty() && tallied {
+                    tx.commit()
+                        .await
+                        .map_err(|e| Failed::whole($crate::sql::unavailable(e)))?;
+                } else if audits.is_empty() {
                     tx.rollback()
                         .await
                         .map_err(|e| Failed::whole($crate::sql::unavailable(e)))?;
@@ -809,6 +836,71 @@ macro_rules! token_store_impl {
                 Ok(inserted)
             }
 
+            /// Adds each request's items to its tally inside `tx` (see `TallyStore::tally`).
+            /// A new item's count comes from one atomic upsert, which holds the tally's row
+            /// until the commit: racing transactions on any replica get distinct counts.
+            async fn tally_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                requests: &[vault_core::ports::TallyRequest],
+            ) -> Result<Vec<Vec<vault_core::ports::Tallied>>, $crate::group::Failed> {
+                use vault_core::ports::Tallied;
+                let failed = |e: sqlx::Error| $crate::group::Failed::statement(&e);
+                let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                let mut all = Vec::with_capacity(requests.len());
+                for request in requests {
+                    let mut tallies = Vec::with_capacity(request.items.len());
+                    for item in &request.items {
+                        let count: Option<i64> = sqlx::query_scalar($crate::sql::SELECT_TALLY)
+                            .bind(request.scope)
+                            .bind(&request.subject)
+                            .bind(request.window_end)
+                            .fetch_optional(&mut **tx)
+                            .await
+                            .map_err(failed)?;
+                        let count = u64::try_from(count.unwrap_or(0)).unwrap_or(0);
+                        if count > request.limit {
+                            tallies.push(Tallied { count, new: false });
+                            continue;
+                        }
+                        let added: Option<i64> = sqlx::query_scalar($crate::sql::INSERT_TALLY_ITEM)
+                            .bind(request.scope)
+                            .bind(&request.subject)
+                            .bind(request.window_end)
+                            .bind(item.as_slice())
+                            .fetch_optional(&mut **tx)
+                            .await
+                            .map_err(failed)?;
+                        if added.is_none() {
+                            tallies.push(Tallied { count, new: false });
+                            continue;
+                        }
+                        let count: i64 = sqlx::query_scalar($crate::sql::COUNT_TALLY_ITEM)
+                            .bind(request.scope)
+                            .bind(&request.subject)
+                            .bind(request.window_end)
+                            .fetch_one(&mut **tx)
+                            .await
+                            .map_err(failed)?;
+                        tallies.push(Tallied {
+                            count: u64::try_from(count).unwrap_or(0),
+                            new: true,
+                        });
+                    }
+                    if request.trip {
+                        sqlx::query($crate::sql::TRIP_TALLY)
+                            .bind(request.scope)
+                            .bind(&request.subject)
+                            .bind(request.window_end)
+                            .bind(as_i64(request.limit.saturating_add(1)))
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(failed)?;
+                    }
+                    all.push(tallies);
+                }
+                Ok(all)
+            }
+
             /// Why `record` was not inserted: its token was taken (drawn twice), or its card
             /// was tokenized concurrently. Asked rather than parsed from an error: it works on
             /// every backend, and sees rows an earlier write of the same batch inserted.
@@ -827,6 +919,39 @@ macro_rules! token_store_impl {
                 } else {
                     InsertOutcome::FingerprintTaken
                 })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl vault_core::ports::TallyStore for $store {
+            async fn tally(
+                &self,
+                requests: &[vault_core::ports::TallyRequest],
+            ) -> Result<Vec<Vec<vault_core::ports::Tallied>>, vault_core::StoreError> {
+                let write = $crate::group::Write::Tally(requests.to_vec());
+                match self.group.write(self, write).await? {
+                    $crate::group::Written::Tally(tallies) => Ok(tallies),
+                    _ => Err(vault_core::StoreError::Unavailable(
+                        "a tally was answered as another write".to_owned(),
+                    )),
+                }
+            }
+
+            async fn purge_tallies(&self, ended_by: i64) -> Result<u64, vault_core::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query($crate::sql::PURGE_TALLY_ITEMS)
+                    .bind(ended_by)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                let purged = sqlx::query($crate::sql::PURGE_TALLIES)
+                    .bind(ended_by)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::sql::unavailable)?
+                    .rows_affected();
+                tx.commit().await.map_err($crate::sql::unavailable)?;
+                Ok(purged)
             }
         }
 

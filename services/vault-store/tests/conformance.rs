@@ -17,8 +17,8 @@ use vault_core::ids::{CallContext, CallerId, MerchantId};
 use vault_core::pan::Brand;
 use vault_core::policy::Operation;
 use vault_core::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, ShredRequest, TokenRecord,
-    TokenStore, UseReservation, WrappedKey,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, ShredRequest, Tallied,
+    TallyRequest, TokenRecord, TokenStore, UseReservation, WrappedKey,
 };
 use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
@@ -1053,6 +1053,107 @@ async fn audit_reads_filter_and_page(store: &dyn TokenStore) {
     assert!(store.find_audit(&later, None, 10).await.unwrap().is_empty());
 }
 
+fn tally(subject: &str, window_end: i64, items: &[&str], limit: u64, trip: bool) -> TallyRequest {
+    TallyRequest {
+        scope: "test.scope",
+        subject: subject.to_owned(),
+        window_end,
+        items: items.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        limit,
+        trip,
+    }
+}
+
+fn counts(tallies: &[Tallied]) -> Vec<(u64, bool)> {
+    tallies.iter().map(|t| (t.count, t.new)).collect()
+}
+
+/// The abuse tallies (enumeration guard, new-merchant cap): distinct items counted up to a
+/// limit, per subject and window; nothing stored past the limit; a trip spends the tally;
+/// ended windows are purged.
+async fn tallies_count_distinct_items_up_to_their_limit(store: &dyn TokenStore) {
+    let w = 1_000_000;
+    let got = store
+        .tally(&[tally("a", w, &["x", "y", "x", "z"], 2, false)])
+        .await
+        .unwrap();
+    // The third distinct item passes the limit: it is counted (3), and the tally is spent.
+    assert_eq!(
+        counts(&got[0]),
+        [(1, true), (2, true), (2, false), (3, true)]
+    );
+    let got = store
+        .tally(&[tally("a", w, &["x", "new"], 2, false)])
+        .await
+        .unwrap();
+    // Past the limit nothing is added: a seen item and a new one read the same count.
+    assert_eq!(counts(&got[0]), [(3, false), (3, false)]);
+    // Other subjects, other windows, other scopes have their own tallies; one call holds many.
+    let mut other_scope = tally("a", w, &["x"], 2, false);
+    other_scope.scope = "test.other";
+    let got = store
+        .tally(&[
+            tally("b", w, &["x"], 2, false),
+            tally("a", w + 60, &["x"], 2, false),
+            other_scope,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|t| counts(t) == [(1, true)]));
+    // A trip spends the tally at once.
+    let got = store
+        .tally(&[tally("c", w, &["p", "q"], 5, true)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(1, true), (2, true)]);
+    let got = store
+        .tally(&[tally("c", w, &["p"], 5, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(6, false)]);
+    // Purging the ended window forgets its tallies (not the later window's).
+    assert_eq!(store.purge_tallies(w).await.unwrap(), 4);
+    let got = store
+        .tally(&[tally("a", w, &["x"], 2, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(1, true)]);
+    let got = store
+        .tally(&[tally("a", w + 60, &["x"], 2, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(1, false)]);
+}
+
+/// Racing tallies of one subject (distinct items, one at a time) never let more than `limit`
+/// items in: each new item gets its own count.
+async fn racing_tallies_admit_at_most_the_limit(store: std::sync::Arc<dyn TokenStore>) {
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let item = format!("card-{i}");
+                let got = store
+                    .tally(&[tally("race", 2_000_000, &[item.as_str()], 10, false)])
+                    .await
+                    .unwrap();
+                got[0][0]
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    let admitted = seen.iter().filter(|t| t.count <= 10).count();
+    assert_eq!(admitted, 10, "{seen:?}");
+    let mut new_counts: Vec<u64> = seen.iter().filter(|t| t.new).map(|t| t.count).collect();
+    new_counts.sort_unstable();
+    new_counts.dedup();
+    assert_eq!(new_counts.len(), seen.iter().filter(|t| t.new).count());
+}
+
 macro_rules! conformance_suite {
     ($fresh:path) => {
         #[tokio::test]
@@ -1159,6 +1260,18 @@ macro_rules! conformance_suite {
         }
 
         #[tokio::test]
+        async fn tallies_count_distinct_items_up_to_their_limit() {
+            let (_guard, store, _) = $fresh().await;
+            super::tallies_count_distinct_items_up_to_their_limit(&store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_tallies_admit_at_most_the_limit() {
+            let (_guard, store, _) = $fresh().await;
+            super::racing_tallies_admit_at_most_the_limit(std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test]
         async fn appended_audit_records_are_stored() {
             let (_guard, store, count) = $fresh().await;
             store.append_audit(&super::audit("r1")).await.unwrap();
@@ -1256,6 +1369,35 @@ mod postgres {
     }
 
     conformance_suite!(fresh);
+
+    /// Two replicas' stores on one database: tallies racing across them still admit at most
+    /// the limit (the upsert's row lock orders them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tallies_racing_across_replicas_admit_at_most_the_limit() {
+        let (_db, a, _) = fresh().await;
+        let b = PgStore::connect(&settings(&_db.url)).await.unwrap();
+        let stores: [std::sync::Arc<dyn TokenStore>; 2] =
+            [std::sync::Arc::new(a), std::sync::Arc::new(b)];
+        let tasks: Vec<_> = (0..80)
+            .map(|i| {
+                let store = stores[i % 2].clone();
+                tokio::spawn(async move {
+                    let item = format!("card-{i}");
+                    store
+                        .tally(&[super::tally("race", 7, &[item.as_str()], 12, false)])
+                        .await
+                        .unwrap()[0][0]
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            if task.await.unwrap().count <= 12 {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 12);
+    }
 
     #[tokio::test]
     async fn audit_rows_cannot_be_changed() {

@@ -1,0 +1,29 @@
+-- Vault-wide tallies for abuse resistance (docs/security.md): how many distinct items a caller
+-- brought into one bucket in one fixed time window. Two kinds today:
+--   tokenize.card_bucket  distinct card fingerprints per (merchant, card length, shown leading
+--                         digits, last four, caller): the dedup oracle's signature
+--   merchant.create       distinct new merchant ids per caller: each costs two KEK wraps
+-- They live in the store, not in a replica's memory, so they survive restarts and are shared
+-- by replicas; deleting tokens does not reset them. Rows of windows that have ended are purged.
+
+-- One row per (scope, subject, window): `items` counts distinct items, and stops growing
+-- (items are no longer stored) once it passes the limit the vault asked with.
+CREATE TABLE abuse_tallies (
+    scope      TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    window_end INTEGER NOT NULL,   -- seconds since the Unix epoch, UTC: the window's end
+    items      INTEGER NOT NULL CHECK (items >= 0),
+    PRIMARY KEY (scope, subject, window_end)
+) STRICT;
+
+CREATE INDEX abuse_tallies_window_end ON abuse_tallies (window_end);
+
+-- The distinct items of each tally (a card's keyed fingerprint, a merchant id): an item seen
+-- again in the same window is not counted twice.
+CREATE TABLE abuse_tally_items (
+    scope      TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    window_end INTEGER NOT NULL,
+    item       BLOB NOT NULL,
+    PRIMARY KEY (scope, subject, window_end, item)
+) STRICT, WITHOUT ROWID;
