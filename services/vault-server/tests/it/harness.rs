@@ -21,6 +21,8 @@ pub const PAYMENTS: &str = "spiffe://vault.test/payments";
 pub const AUDITOR: &str = "spiffe://vault.test/auditor";
 pub const ADMIN_1: &str = "spiffe://vault.test/admin-1";
 pub const ADMIN_2: &str = "spiffe://vault.test/admin-2";
+/// A low-privilege caller (tokenize and metadata only): the enumeration tests' attacker.
+pub const PROBER: &str = "spiffe://vault.test/prober";
 
 /// One Luhn-valid test PAN per brand (and two for Visa and Mastercard's 2-series).
 pub const PANS_BY_BRAND: [(&str, &str); 13] = [
@@ -62,6 +64,7 @@ impl TestPki {
             ("auditor", Some(AUDITOR)),
             ("admin-1", Some(ADMIN_1)),
             ("admin-2", Some(ADMIN_2)),
+            ("prober", Some(PROBER)),
             ("cn-only", None),
         ] {
             let issued = ca.issue_client(Some(name), spiffe).unwrap();
@@ -113,7 +116,28 @@ merchants = ["*"]
 identity = "spiffe://vault.test/admin-2"
 operations = ["keys.admin"]
 merchants = ["*"]
+
+[[caller]]
+identity = "spiffe://vault.test/prober"
+operations = ["tokenize", "metadata"]
+merchants = ["*"]
 "#;
+
+/// Limits for tests that are not about limits: far above what any test sends (a test of the
+/// limits writes its own `[limits]` or `[guard]` table, which replaces these).
+pub const GENEROUS_LIMITS: &str = "[limits]\n\
+    tokenize = { per_second = 1000000, burst = 1000000 }\n\
+    detokenize = { per_second = 1000000, burst = 1000000 }\n\
+    detokenize_per_merchant = { per_second = 1000000, burst = 1000000 }\n\
+    metadata = { per_second = 1000000, burst = 1000000 }\n\
+    delete = { per_second = 1000000, burst = 1000000 }\n\
+    keys_admin = { per_second = 1000000, burst = 1000000 }\n\
+    audit_read = { per_second = 1000000, burst = 1000000 }\n\
+    audit_prune = { per_second = 1000000, burst = 1000000 }\n";
+
+/// The guard for tests that are not about it: the default card guard (random test PANs never
+/// trip it), but no practical cap on new merchants (some tests make a thousand).
+pub const GENEROUS_GUARD: &str = "[guard]\nnew_merchants_per_hour = 1000000\n";
 
 /// Waits up to ten seconds for `needle` to appear in the vault's logs.
 pub async fn wait_for_log(vault: &TestVault, needle: &str) -> bool {
@@ -138,8 +162,16 @@ pub fn write_config(dir: &Path, storage: &str, keys: &str) -> TestPki {
     pki
 }
 
-/// Writes `vaultd.toml` (listening on port 0) into `dir`, next to its PKI and policy.
+/// Writes `vaultd.toml` (listening on port 0) into `dir`, next to its PKI and policy. Unless
+/// `keys` holds its own `[limits]` or `[guard]`, the generous ones are added.
 pub fn write_vaultd_toml(dir: &Path, storage: &str, keys: &str) {
+    let mut keys = keys.to_owned();
+    if !keys.contains("[limits]") {
+        keys.push_str(GENEROUS_LIMITS);
+    }
+    if !keys.contains("[guard]") {
+        keys.push_str(GENEROUS_GUARD);
+    }
     std::fs::write(
         dir.join("vaultd.toml"),
         format!(

@@ -10,6 +10,7 @@
 
 mod harness;
 
+mod abuse;
 mod audit_fail_closed;
 mod audit_sink;
 mod audit_trail;

@@ -1,0 +1,349 @@
+//! Abuse resistance end to end: the tokenize dedup oracle is closed by the enumeration guard
+//! (two replicas on PostgreSQL and a restart between), and a flooding caller is rate-limited
+//! without touching another caller's quota or growing the audit trail without bound.
+
+use std::collections::HashSet;
+
+use rand::seq::SliceRandom;
+use tonic::Code;
+use vault_proto::v1::token_service_client::TokenServiceClient;
+use vault_proto::v1::{self as pb};
+use vault_store::testing::TestDatabase;
+
+use crate::harness::*;
+
+/// The guard's budget in these tests: the default (12 distinct cards per bucket per window,
+/// 4 per request).
+const BUDGET: usize = 12;
+
+fn luhn_valid(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// `n` Luhn-valid 16-digit cards with the victim's first six and last four digits (what its
+/// metadata shows), the victim's own card among them at `victim_at`.
+fn candidates(victim: &str, n: usize, victim_at: usize) -> Vec<String> {
+    let (bin, last4) = (&victim[..6], &victim[12..]);
+    let mut middles: Vec<u32> = (0..1_000_000).collect();
+    middles.shuffle(&mut rand::rng());
+    let mut out: Vec<String> = middles
+        .into_iter()
+        .map(|m| format!("{bin}{m:06}{last4}"))
+        .filter(|pan| luhn_valid(pan) && pan != victim)
+        .take(n - 1)
+        .collect();
+    out.insert(victim_at, victim.to_owned());
+    out
+}
+
+fn format_of(i: usize) -> pb::TokenFormat {
+    if i % 2 == 0 {
+        pb::TokenFormat::Random
+    } else {
+        pb::TokenFormat::PanShaped
+    }
+}
+
+/// One probe: a single Tokenize or a batch; what came back.
+#[derive(Debug)]
+enum Answer {
+    /// Tokens and fingerprints, one per card.
+    Tokens(Vec<(String, String)>),
+    /// The refusal: code and message, and whether it said when to retry.
+    Refused(Code, String, bool),
+}
+
+async fn probe(
+    client: &mut TokenServiceClient<tonic::transport::Channel>,
+    merchant: &str,
+    cards: &[String],
+    format: pb::TokenFormat,
+) -> Answer {
+    let result = if let [pan] = cards {
+        let mut request = tokenize_request(merchant, pan);
+        request.token_format = format.into();
+        client.tokenize(request).await.map(|r| {
+            let r = r.into_inner();
+            vec![(r.token, r.fingerprint)]
+        })
+    } else {
+        client
+            .tokenize_batch(pb::TokenizeBatchRequest {
+                merchant_id: merchant.to_owned(),
+                cards: cards
+                    .iter()
+                    .map(|pan| pb::BatchCard {
+                        pan: pan.clone(),
+                        exp_month: None,
+                        exp_year: None,
+                    })
+                    .collect(),
+                token_format: format.into(),
+            })
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .results
+                    .into_iter()
+                    .map(|r| (r.token, r.fingerprint))
+                    .collect()
+            })
+    };
+    match result {
+        Ok(tokens) => Answer::Tokens(tokens),
+        Err(status) => Answer::Refused(
+            status.code(),
+            status.message().to_owned(),
+            status.metadata().get("retry-after").is_some(),
+        ),
+    }
+}
+
+/// What the prober got out of one bucket.
+struct Probed {
+    cards: Vec<String>,
+    /// Candidates answered with a token, and the tokens.
+    answered: Vec<(String, String)>,
+    /// The victim's token and fingerprint, if it was answered.
+    victim_answer: Option<(String, String)>,
+    /// Each refusal: whether it held the victim, and its message.
+    refusals: Vec<(bool, String)>,
+}
+
+/// Sends `cards` as the prober: singles and batches of three (under the per-request rule),
+/// alternating formats and replicas (`addrs`); `between(i)` runs before the i-th request.
+async fn enumerate(
+    vault: &mut Option<TestVault>,
+    replica: &str,
+    merchant: &str,
+    victim: &str,
+    cards: Vec<String>,
+    restart_after: Option<(usize, &str)>,
+) -> Probed {
+    let mut probed = Probed {
+        cards: cards.clone(),
+        answered: Vec::new(),
+        victim_answer: None,
+        refusals: Vec::new(),
+    };
+    let mut next = 0;
+    let mut step = 0;
+    let mut restarted = false;
+    while next < cards.len() {
+        if let Some((after, storage)) = restart_after
+            && next >= after
+            && !restarted
+        {
+            let v = vault.take().unwrap().restart_with(storage, DEV_KEK).await;
+            *vault = Some(v);
+            restarted = true;
+        }
+        let v = vault.as_ref().unwrap();
+        let size = if step % 3 == 2 { 3 } else { 1 };
+        let chunk = cards[next..(next + size).min(cards.len())].to_vec();
+        let addr = if step % 2 == 0 {
+            v.addr.as_str()
+        } else {
+            replica
+        };
+        let mut client = v.client_at(addr, "prober").await;
+        match probe(&mut client, merchant, &chunk, format_of(step)).await {
+            Answer::Tokens(tokens) => {
+                for (pan, (t, f)) in chunk.iter().zip(tokens) {
+                    if pan == victim {
+                        probed.victim_answer = Some((t.clone(), f.clone()));
+                    }
+                    probed.answered.push((pan.clone(), t));
+                }
+            }
+            Answer::Refused(code, message, retry) => {
+                assert_eq!(code, Code::ResourceExhausted, "{message}");
+                assert!(retry, "a refusal says when to retry");
+                probed
+                    .refusals
+                    .push((chunk.iter().any(|c| c == victim), message));
+            }
+        }
+        next += chunk.len();
+        step += 1;
+    }
+    probed
+}
+
+/// A tokenize-only caller (tokenize and metadata) enumerates a victim's bucket: Luhn-valid
+/// cards with the BIN and last four its metadata shows, through single calls and batches, in
+/// both formats, on two replicas sharing PostgreSQL, the first restarted half way. At most the
+/// budget of candidates is ever answered; once it is spent the victim's card gets exactly the
+/// refusal every other candidate gets and never its token or fingerprint, whatever is deleted;
+/// the trip is in the audit trail. The gateway's ordinary dedup still works.
+#[tokio::test]
+async fn the_dedup_oracle_answers_at_most_the_budget_then_the_same_refusal_for_all() {
+    let db = TestDatabase::create()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let storage = format!("url = {:?}\n", db.url);
+    // The guard at its defaults; other limits generous (the harness adds them).
+    let mut vault = Some(TestVault::start_on(&db.url, "info").await);
+    let two = vault.as_ref().unwrap().replica(2).await;
+    let merchant = "shop-1";
+
+    // The gateway tokenizes two customers' cards, as at ingress.
+    let victims = [random_pan("4"), random_pan("5")];
+    let mut gateway = vault.as_ref().unwrap().client("gateway").await;
+    let mut issued = Vec::new();
+    for victim in &victims {
+        let first = gateway
+            .tokenize(tokenize_request(merchant, victim))
+            .await
+            .unwrap()
+            .into_inner();
+        issued.push((first.token, first.fingerprint));
+    }
+
+    // The prober reads what metadata shows: first six, last four, length.
+    let mut prober = vault.as_ref().unwrap().client("prober").await;
+    let shown = prober
+        .get_token_metadata(pb::GetTokenMetadataRequest {
+            merchant_id: merchant.into(),
+            token: issued[0].0.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    assert_eq!(shown.bin, victims[0][..6]);
+    assert_eq!(shown.last4, victims[0][12..]);
+
+    // Bucket one: the victim anywhere among 40 candidates, a restart after 15. Bucket two: the
+    // victim after the budget, so its answer must be the refusal.
+    let n = 40;
+    let plans = [
+        (0, rand::random_range(0..n), Some((15, storage.as_str()))),
+        (1, rand::random_range(BUDGET..n), None),
+    ];
+    let mut message = None;
+    for (v, at, restart) in plans {
+        let victim = &victims[v];
+        let (token, fingerprint) = &issued[v];
+        let cards = candidates(victim, n, at);
+        let probed = enumerate(&mut vault, &two.addr, merchant, victim, cards, restart).await;
+        let distinct: HashSet<_> = probed.answered.iter().map(|(pan, _)| pan).collect();
+        assert!(distinct.len() <= BUDGET, "answered {}", distinct.len());
+        assert_eq!(distinct.len(), probed.answered.len());
+        // Every refusal reads the same, the victim's included, in both buckets.
+        for (_, m) in &probed.refusals {
+            assert_eq!(message.get_or_insert_with(|| m.clone()), m);
+        }
+        let victim_index = probed.cards.iter().position(|c| c == victim).unwrap();
+        if victim_index >= BUDGET {
+            assert!(probed.refusals.iter().any(|(has, _)| *has));
+            assert!(probed.victim_answer.is_none());
+        }
+        if let Some(answer) = &probed.victim_answer {
+            // Answered within the budget: the residual the guard allows (k per window).
+            assert!(victim_index < BUDGET);
+            assert_eq!(answer, &(token.clone(), fingerprint.clone()));
+        }
+
+        let v = vault.as_ref().unwrap();
+        // Deleting the probe tokens does not reset the count.
+        for (_, probe_token) in &probed.answered {
+            if probe_token != token {
+                v.client("gateway")
+                    .await
+                    .delete_token(pb::DeleteTokenRequest {
+                        merchant_id: merchant.into(),
+                        token: probe_token.clone(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        // Once spent, the victim's card gets the refusal: either format, alone or in a
+        // batch, on either replica.
+        for (addr, format) in [
+            (v.addr.as_str(), pb::TokenFormat::Random),
+            (two.addr.as_str(), pb::TokenFormat::PanShaped),
+        ] {
+            let mut client = v.client_at(addr, "prober").await;
+            for cards in [
+                vec![victim.clone()],
+                vec![victim.clone(), probed.cards[0].clone()],
+            ] {
+                match probe(&mut client, merchant, &cards, format).await {
+                    Answer::Refused(Code::ResourceExhausted, m, true) => {
+                        assert_eq!(Some(&m), message.as_ref());
+                    }
+                    other => panic!("the spent bucket answered {other:?}"),
+                }
+            }
+        }
+        // One caller's trip never refuses another: the gateway's dedup still answers.
+        let again = v
+            .client_at(&two.addr, "gateway")
+            .await
+            .tokenize(tokenize_request(merchant, victim))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.existing);
+        assert_eq!((&again.token, &again.fingerprint), (token, fingerprint));
+    }
+
+    // One request with more than four cards of a fresh bucket spends it at once.
+    let fresh = random_pan("37");
+    let five = candidates(&fresh, 5, 0);
+    let v = vault.as_ref().unwrap();
+    let mut client = v.client("prober").await;
+    assert!(matches!(
+        probe(&mut client, merchant, &five, pb::TokenFormat::Random).await,
+        Answer::Refused(Code::ResourceExhausted, ..)
+    ));
+    assert!(matches!(
+        probe(&mut client, merchant, &five[..1], pb::TokenFormat::Random).await,
+        Answer::Refused(Code::ResourceExhausted, ..)
+    ));
+
+    // Each trip is an audit record naming the bucket (three trips), and each refusal is
+    // recorded as refused by the guard.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let details: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE caller = $1 AND outcome = 'enumeration_refused'",
+    )
+    .bind(PROBER)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let tripped: Vec<_> = details
+        .iter()
+        .flatten()
+        .filter(|d| d.starts_with("enumeration guard tripped"))
+        .collect();
+    assert_eq!(tripped.len(), 3, "{details:?}");
+    assert!(
+        tripped[0].contains(&format!("/{}/", &victims[0][..6])),
+        "{tripped:?}"
+    );
+    let v = vault.as_ref().unwrap();
+    let logs = v.logs() + &read_logs(&v.dir.path().join("replica-2"));
+    assert!(logs.contains("enumeration guard tripped"));
+    drop(two);
+}
