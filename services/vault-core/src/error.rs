@@ -61,9 +61,10 @@ pub enum VaultError {
     /// says which rule, e.g. the approver of a shred must differ from its requester).
     #[error("{0}")]
     FailedPrecondition(&'static str),
-    /// Every token drawn for this card collided with an existing one (only possible for
-    /// PAN_SHAPED tokens of short PANs, whose random middle is a few digits).
-    #[error("no free token left for this card's BIN and last four digits")]
+    /// Every token drawn for this card collided with one the merchant already holds (only
+    /// possible for PAN_SHAPED tokens, whose random middle is six digits or more; tokens are
+    /// unique per merchant, so other merchants' tokens never take one).
+    #[error("no free token left for this merchant with this card's shown digits")]
     TokenSpaceExhausted,
     /// A limit refused the call: nothing was done. Try again after `retry_after`.
     #[error("{limit}")]

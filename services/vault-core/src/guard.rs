@@ -56,14 +56,8 @@ impl Default for GuardSettings {
     }
 }
 
-/// How many leading digits of a card of `len` digits may be shown: at most the first 6 (PCI DSS
-/// 3.4.1), and never so many that fewer than 6 digits stay hidden behind them and the last 4.
-#[must_use]
-pub fn shown_leading_digits(len: usize) -> usize {
-    len.saturating_sub(10).min(6)
-}
-
-/// The bucket a card falls in: what a caller who saw its token's metadata knows of it.
+/// The bucket a card falls in: what a caller who saw its token's metadata knows of it (the
+/// leading digits `truncation.rs` lets metadata show).
 /// `16/424242/4242`: length, shown leading digits, last four.
 #[must_use]
 pub fn card_bucket(pan: &Pan) -> String {
@@ -144,22 +138,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn six_digits_stay_hidden_for_short_cards() {
-        for (len, lead) in [
-            (12, 2),
-            (13, 3),
-            (14, 4),
-            (15, 5),
-            (16, 6),
-            (17, 6),
-            (19, 6),
-        ] {
-            assert_eq!(shown_leading_digits(len), lead, "{len}");
-            assert!(len - lead - 4 >= 6);
-        }
-    }
 
     #[test]
     fn buckets_name_length_shown_digits_and_last_four() {

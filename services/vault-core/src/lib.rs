@@ -23,6 +23,7 @@ pub mod ports;
 pub mod reason;
 pub mod token;
 pub mod trail;
+pub mod truncation;
 pub mod vault;
 
 pub use error::{InvalidArgument, KekError, StoreError, Throttle, VaultError};

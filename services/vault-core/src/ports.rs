@@ -13,6 +13,7 @@ use crate::ids::{CallerId, MerchantId};
 use crate::pan::Brand;
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
+use crate::truncation;
 
 /// What a key is for. Part of the associated data its wrapping is bound to, so a wrapped DEK
 /// can never be unwrapped as a fingerprint key or the other way round.
@@ -136,7 +137,9 @@ pub struct ShredRequest {
 pub struct CardMetadata {
     /// The card brand.
     pub brand: Brand,
-    /// The first six digits.
+    /// The leading digits the truncation rule allows ([`crate::truncation`]): the first six of
+    /// a card of 16 digits or more, fewer of a shorter one. Rows stored before the rule may
+    /// hold six for every length: [`CardMetadata::truncated`] cuts them.
     pub bin: String,
     /// The last four digits.
     pub last4: String,
@@ -148,6 +151,18 @@ pub struct CardMetadata {
     pub created_at: OffsetDateTime,
     /// The token's format.
     pub format: TokenFormat,
+}
+
+impl CardMetadata {
+    /// The metadata as it may be shown: `bin` cut to the leading digits the truncation rule
+    /// allows for `pan_length` digits and `last4` to four, whatever the stored row held (rows
+    /// written before the rule hold the first six digits of short cards too).
+    #[must_use]
+    pub fn truncated(mut self) -> Self {
+        self.bin = truncation::cut_leading(&self.bin, usize::from(self.pan_length));
+        self.last4 = truncation::cut_trailing(&self.last4);
+        self
+    }
 }
 
 /// A token and its encrypted card, as stored.
@@ -172,7 +187,8 @@ pub struct TokenRecord {
 pub enum InsertOutcome {
     /// The token, and its audit record, are durable.
     Inserted,
-    /// The token string is already taken (by any merchant): draw another.
+    /// The merchant already holds this token string: draw another. (Tokens are unique per
+    /// merchant; another merchant's token of the same string does not take it.)
     TokenTaken,
     /// The merchant already has a token of this format for this fingerprint (a concurrent
     /// tokenize of the same card won the race): return that one.

@@ -118,7 +118,8 @@ impl Card {
         let expiry = Expiry::parse(exp_month, exp_year)?;
         let metadata = CardMetadata {
             brand: pan.brand(),
-            bin: pan.bin().to_owned(),
+            // Stored as shown: only the leading digits the truncation rule allows.
+            bin: crate::truncation::leading(&pan).to_owned(),
             last4: pan.last4().to_owned(),
             pan_length: u8::try_from(pan.len()).unwrap_or(u8::MAX),
             expiry,
@@ -170,7 +171,7 @@ pub struct Tokenized {
     pub token: Token,
     /// The card's fingerprint for this merchant.
     pub fingerprint: [u8; FINGERPRINT_LEN],
-    /// The card's metadata.
+    /// The card's metadata, cut to the truncation rule ([`CardMetadata::truncated`]).
     pub metadata: CardMetadata,
     /// True if the card was already tokenized and its existing token is returned.
     pub existing: bool,
@@ -455,7 +456,8 @@ impl Vault {
         self.conclude(audit, result).await
     }
 
-    /// A token's non-sensitive metadata.
+    /// A token's non-sensitive metadata, cut to the truncation rule whatever the row holds
+    /// ([`CardMetadata::truncated`]).
     ///
     /// # Errors
     /// Any [`VaultError`]; the call is audited either way.
@@ -473,7 +475,7 @@ impl Vault {
                 .token(&merchant, &token)
                 .await?
                 .ok_or(VaultError::NotFound)?;
-            Ok(Done::pending(record.metadata))
+            Ok(Done::pending(record.metadata.truncated()))
         }
         .await;
         self.conclude(audit, result).await
@@ -679,7 +681,7 @@ impl Vault {
         Tokenized {
             token: found.token,
             fingerprint: found.fingerprint,
-            metadata: found.metadata,
+            metadata: found.metadata.truncated(),
             existing: true,
         }
     }

@@ -47,7 +47,9 @@ pub fn to_status(error: &VaultError) -> Status {
         VaultError::FailedPrecondition(rule) => (Code::FailedPrecondition, (*rule).into()),
         VaultError::TokenSpaceExhausted => (
             Code::ResourceExhausted,
-            "no free PAN_SHAPED token left for this card's BIN and last four; use RANDOM".into(),
+            "no free PAN_SHAPED token left for this merchant with this card's shown digits; use \
+             RANDOM"
+                .into(),
         ),
         VaultError::Throttled { limit, .. } => (Code::ResourceExhausted, limit.to_string().into()),
     };

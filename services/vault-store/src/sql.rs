@@ -154,16 +154,20 @@ pub(crate) const SELECT_TOKEN: &str = concat!(
     " FROM tokens WHERE token = $1 AND merchant_id = $2"
 );
 
-/// The head of a multi-row token insert; `push_token_rows` adds the rows and the tail. A row
-/// whose token or fingerprint is taken is skipped (no error: PostgreSQL would abort a group
-/// commit's whole transaction on a unique violation), and the rows inserted come back.
+/// The head of a multi-row token insert; `insert_tokens_in` adds the rows and the tail. A row
+/// whose token (for its merchant: the key is (merchant_id, token)) or card is taken is skipped
+/// (no error: PostgreSQL would abort a group commit's whole transaction on a unique violation),
+/// and the rows inserted come back.
 pub(crate) const INSERT_TOKENS: &str = concat!("INSERT INTO tokens (", token_columns!(), ") ");
 
 /// The tail of [`INSERT_TOKENS`].
 pub(crate) const INSERT_TOKENS_TAIL: &str =
     " ON CONFLICT DO NOTHING RETURNING token, merchant_id, fingerprint";
 
-pub(crate) const TOKEN_EXISTS: &str = "SELECT token FROM tokens WHERE token = $1";
+/// Whether the merchant holds this token. Tokens are unique per merchant: another merchant's
+/// token of the same string neither blocks an insert nor explains a skipped one.
+pub(crate) const TOKEN_EXISTS: &str =
+    "SELECT token FROM tokens WHERE token = $1 AND merchant_id = $2";
 
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE token = $1 AND merchant_id = $2";
 
@@ -901,9 +905,12 @@ macro_rules! token_store_impl {
                 Ok(all)
             }
 
-            /// Why `record` was not inserted: its token was taken (drawn twice), or its card
-            /// was tokenized concurrently. Asked rather than parsed from an error: it works on
-            /// every backend, and sees rows an earlier write of the same batch inserted.
+            /// Why `record` was not inserted: its merchant already holds its token (drawn
+            /// twice), or its card was tokenized concurrently. Asked rather than parsed from an
+            /// error: it works on every backend, and sees rows an earlier write of the same
+            /// batch inserted. Asked for the record's merchant only: another merchant's row
+            /// with the same token takes nothing, and counting it would make a concurrent
+            /// tokenize of the same card draw again instead of returning the winner's token.
             async fn taken_in(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 record: &vault_core::ports::TokenRecord,
@@ -911,6 +918,7 @@ macro_rules! token_store_impl {
                 use vault_core::ports::InsertOutcome;
                 let taken: Option<String> = sqlx::query_scalar($crate::sql::TOKEN_EXISTS)
                     .bind(record.token.as_str())
+                    .bind(record.merchant.as_str())
                     .fetch_optional(&mut **tx)
                     .await
                     .map_err(|e| $crate::group::Failed::statement(&e))?;

@@ -111,8 +111,8 @@ async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count) {
         InsertOutcome::Inserted
     );
     assert_eq!(audit_rows().await, 1);
-    // The same token string, for any merchant, is taken.
-    let same_token = record("m2", "tok_AAAAAAAAAAAAAAAAAAAAAA", 2, TokenFormat::Random);
+    // The same token string for the same merchant is taken (another card that drew it).
+    let same_token = record("m1", "tok_AAAAAAAAAAAAAAAAAAAAAA", 2, TokenFormat::Random);
     assert_eq!(
         store.insert_token(&same_token, &audit("r2")).await.unwrap(),
         InsertOutcome::TokenTaken
@@ -137,6 +137,78 @@ async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count) {
         InsertOutcome::Inserted
     );
     assert_eq!(audit_rows().await, 3);
+}
+
+/// Tokens are unique per merchant, not across the vault: a short PAN's PAN-shaped tokens are
+/// few, and one merchant must not be able to take another's.
+async fn tokens_are_unique_per_merchant(store: &dyn TokenStore, audit_rows: Count) {
+    let shaped = "411111000000111";
+    let mut m1 = record("m1", shaped, 1, TokenFormat::PanShaped);
+    m1.sealed.ciphertext = vec![1; 32];
+    let mut m2 = record("m2", shaped, 2, TokenFormat::PanShaped);
+    m2.sealed.ciphertext = vec![2; 32];
+    for (row, id) in [(&m1, "r1"), (&m2, "r2")] {
+        assert_eq!(
+            store.insert_token(row, &audit(id)).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    // Each merchant reads back its own row.
+    assert_eq!(
+        store.token(&m1.merchant, &m1.token).await.unwrap(),
+        Some(m1.clone())
+    );
+    assert_eq!(
+        store.token(&m2.merchant, &m2.token).await.unwrap(),
+        Some(m2.clone())
+    );
+    assert_eq!(store.token(&merchant("m3"), &m1.token).await.unwrap(), None);
+
+    // The same token for the same merchant, on another card, is taken.
+    let again = record("m1", shaped, 3, TokenFormat::PanShaped);
+    assert_eq!(
+        store.insert_token(&again, &audit("r3")).await.unwrap(),
+        InsertOutcome::TokenTaken
+    );
+    // m1's card tokenized again, drawing a token only m2 holds, is the card taken, not the
+    // token: m2's row must not make m1 draw again instead of returning its own token.
+    let m1_card = record("m1", "411111000000211", 1, TokenFormat::PanShaped);
+    let m2_only = record("m2", "411111000000311", 4, TokenFormat::PanShaped);
+    assert_eq!(
+        store.insert_token(&m2_only, &audit("r4")).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let mut m1_card_again = m1_card.clone();
+    m1_card_again.token = m2_only.token.clone();
+    assert_eq!(
+        store
+            .insert_token(&m1_card_again, &audit("r5"))
+            .await
+            .unwrap(),
+        InsertOutcome::FingerprintTaken
+    );
+    assert_eq!(audit_rows().await, 3);
+
+    // Re-encrypting and deleting one merchant's token leaves the other's alone.
+    let mut moved = m1.clone();
+    moved.dek_version = 2;
+    moved.sealed.ciphertext = vec![5; 32];
+    assert!(store.reencrypt_token(&moved, 1).await.unwrap());
+    assert_eq!(
+        store.token(&m2.merchant, &m2.token).await.unwrap(),
+        Some(m2.clone())
+    );
+    assert!(
+        store
+            .delete_token(&m1.merchant, &m1.token, &audit("r6"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.token(&m1.merchant, &m1.token).await.unwrap(), None);
+    assert_eq!(
+        store.token(&m2.merchant, &m2.token).await.unwrap(),
+        Some(m2)
+    );
 }
 
 async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
@@ -642,8 +714,9 @@ fn numbered_token(fill: char, n: usize) -> String {
 
 /// Racing writes (which the store may commit together) each get their own outcome: of the
 /// inserts of one card exactly one wins and the rest see the fingerprint taken, of two cards
-/// drawing the same token one wins and the other sees the token taken, and exactly the
-/// winners' and the appends' audit records are stored.
+/// of one merchant drawing the same token one wins and the other sees the token taken, two
+/// merchants drawing the same token both win, and exactly the winners' and the appends' audit
+/// records are stored.
 async fn racing_writes_each_get_their_own_outcome(
     store: std::sync::Arc<dyn TokenStore>,
     audit_rows: Count,
@@ -679,6 +752,19 @@ async fn racing_writes_each_get_their_own_outcome(
             }));
         }
     }
+    // 20 pairs of merchants that drew the same token (tokens are unique per merchant).
+    for pair in 0..20usize {
+        for side in 0..2usize {
+            let token = numbered_token('M', pair);
+            let card = 210 + u8::try_from(pair).unwrap();
+            let r = record(&format!("m-{side}"), &token, card, TokenFormat::Random);
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let outcome = store.insert_token(&r, &audit(&token)).await.unwrap();
+                (("merchants", pair), outcome, r)
+            }));
+        }
+    }
     let appends: Vec<_> = (0..40)
         .map(|i| {
             let store = store.clone();
@@ -699,25 +785,25 @@ async fn racing_writes_each_get_their_own_outcome(
     }
     for ((kind, n), mut got) in outcomes {
         got.sort_by_key(|o| format!("{o:?}"));
-        let want: &[InsertOutcome] = if kind == "card" {
-            &[
+        let want: &[InsertOutcome] = match kind {
+            "card" => &[
                 InsertOutcome::FingerprintTaken,
                 InsertOutcome::FingerprintTaken,
                 InsertOutcome::Inserted,
-            ]
-        } else {
-            &[InsertOutcome::Inserted, InsertOutcome::TokenTaken]
+            ],
+            "token" => &[InsertOutcome::Inserted, InsertOutcome::TokenTaken],
+            _ => &[InsertOutcome::Inserted, InsertOutcome::Inserted],
         };
         assert_eq!(got, want, "{kind} {n}");
     }
-    assert_eq!(winners.len(), 80);
+    assert_eq!(winners.len(), 120);
     for r in &winners {
         assert_eq!(
             store.token(&r.merchant, &r.token).await.unwrap().as_ref(),
             Some(r)
         );
     }
-    assert_eq!(audit_rows().await, 80 + 40);
+    assert_eq!(audit_rows().await, 120 + 40);
 }
 
 fn checkpoint(cp_seq: u64, writer: &str, seq: u64, prev: [u8; 32]) -> vault_audit::Checkpoint {
@@ -1202,6 +1288,12 @@ macro_rules! conformance_suite {
         async fn uniqueness_is_enforced() {
             let (_guard, store, count) = $fresh().await;
             super::uniqueness_is_enforced(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn tokens_are_unique_per_merchant() {
+            let (_guard, store, count) = $fresh().await;
+            super::tokens_are_unique_per_merchant(&store, count).await;
         }
 
         #[tokio::test]

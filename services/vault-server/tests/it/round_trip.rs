@@ -1,7 +1,7 @@
 //! Tokenize, detokenize, dedup and token formats over mutual TLS.
 
 use tonic::Code;
-use vault_core::pan::luhn_valid;
+use vault_core::pan::{Brand, luhn_valid};
 use vault_proto::v1 as pb;
 
 use crate::harness::*;
@@ -21,7 +21,8 @@ async fn every_brand_round_trips() {
         assert!(!tokenized.existing);
         let metadata = tokenized.metadata.unwrap();
         assert_eq!(metadata.brand, brand, "{pan}");
-        assert_eq!(metadata.bin, pan[..6]);
+        // The truncation rule: at most six leading digits, and six digits hidden at least.
+        assert_eq!(metadata.bin, pan[..shown_leading(pan)], "{pan}");
         assert_eq!(metadata.last4, pan[pan.len() - 4..]);
         assert_eq!(metadata.pan_length as usize, pan.len());
         assert_eq!(
@@ -87,32 +88,98 @@ async fn same_pan_same_merchant_same_token_other_merchant_differs() {
     assert_eq!(status.code(), Code::NotFound);
 }
 
+/// The leading digits a card of this length may show: min(6, length - 10), so that at least
+/// six digits stay hidden (16 digits or more: 6; 15: 5; 14: 4; 13: 3; 12: 2).
+fn shown_leading(pan: &str) -> usize {
+    (pan.len() - 10).min(6)
+}
+
+/// Short cards: 13 and 12 digits.
+const SHORT_PANS: [&str; 2] = ["4222222222222", "411111111117"];
+
 #[tokio::test]
-async fn pan_shaped_tokens_keep_bin_last4_and_length_and_fail_luhn() {
+async fn pan_shaped_tokens_keep_allowed_leading_digits_last4_and_length_and_fail_luhn() {
     let vault = TestVault::start().await;
     let mut gateway = vault.client("gateway").await;
     let mut payments = vault.client("payments").await;
-    for (pan, _) in PANS_BY_BRAND {
+    let pans = PANS_BY_BRAND.iter().map(|(pan, _)| *pan).chain(SHORT_PANS);
+    for pan in pans {
         let mut request = tokenize_request("m-shaped", pan);
         request.token_format = pb::TokenFormat::PanShaped.into();
         let tokenized = gateway.tokenize(request).await.unwrap().into_inner();
         let token = &tokenized.token;
+        let shown = shown_leading(pan);
         assert_eq!(token.len(), pan.len(), "{pan}");
-        assert_eq!(token[..6], pan[..6]);
+        assert_eq!(token[..shown], pan[..shown]);
         assert_eq!(token[token.len() - 4..], pan[pan.len() - 4..]);
+        assert!(token.len() - shown - 4 >= 6, "six digits hidden at least");
         assert!(token.bytes().all(|b| b.is_ascii_digit()));
         assert!(!luhn_valid(token), "{token} passes Luhn");
         assert_ne!(token, pan);
-        assert_eq!(
-            tokenized.metadata.unwrap().token_format,
-            i32::from(pb::TokenFormat::PanShaped)
-        );
+        let metadata = tokenized.metadata.unwrap();
+        assert_eq!(metadata.token_format, i32::from(pb::TokenFormat::PanShaped));
+        assert_eq!(metadata.bin, pan[..shown]);
         let detokenized = payments
             .detokenize(detokenize_request("m-shaped", token))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(detokenized.pan, pan);
+    }
+}
+
+/// Rows written before the truncation rule hold the first six digits of every card; no call
+/// shows more than the rule allows, whatever the row holds.
+#[tokio::test]
+async fn metadata_stored_before_the_truncation_rule_is_cut_on_the_way_out() {
+    let vault = TestVault::start().await;
+    let mut gateway = vault.client("gateway").await;
+    let db = vault.db().await;
+    for pan in SHORT_PANS.into_iter().chain(["378282246310005"]) {
+        let mut request = tokenize_request("m-old", pan);
+        request.token_format = pb::TokenFormat::PanShaped.into();
+        let tokenized = gateway
+            .tokenize(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let shown = &pan[..shown_leading(pan)];
+        // New rows store only what may be shown.
+        let stored: String = sqlx::query_scalar("SELECT bin FROM tokens WHERE token = ?")
+            .bind(&tokenized.token)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(stored, shown);
+        // A row as the release before the rule wrote it.
+        sqlx::query("UPDATE tokens SET bin = ? WHERE token = ?")
+            .bind(&pan[..6])
+            .bind(&tokenized.token)
+            .execute(&db)
+            .await
+            .unwrap();
+        let metadata = gateway
+            .get_token_metadata(pb::GetTokenMetadataRequest {
+                merchant_id: "m-old".into(),
+                token: tokenized.token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .metadata
+            .unwrap();
+        assert_eq!(metadata.bin, shown, "{pan}");
+        assert_eq!(metadata.last4, pan[pan.len() - 4..]);
+        assert_eq!(
+            metadata.brand,
+            Brand::of(pan).as_str(),
+            "brand from the full PAN"
+        );
+        // Tokenizing the card again returns the existing token, cut the same way.
+        let again = gateway.tokenize(request).await.unwrap().into_inner();
+        assert!(again.existing);
+        assert_eq!(again.token, tokenized.token);
+        assert_eq!(again.metadata.unwrap().bin, shown);
     }
 }
 
