@@ -61,10 +61,7 @@ impl Default for GuardSettings {
 /// `16/424242/4242`: length, shown leading digits, last four.
 #[must_use]
 pub fn card_bucket(pan: &Pan) -> String {
-    let digits = pan.expose_digits();
-    let lead = digits
-        .get(..shown_leading_digits(pan.len()))
-        .unwrap_or_default();
+    let lead = crate::truncation::leading(pan);
     format!("{}/{lead}/{}", pan.len(), pan.last4())
 }
 
