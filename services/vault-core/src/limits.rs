@@ -157,12 +157,13 @@ impl RefusalLog {
     }
 
     /// Takes the counts of periods that ended by `now` (they get no later record to carry
-    /// them), forgetting those periods; periods with nothing unrecorded are just forgotten.
-    pub fn take_ended(&self, now: Instant) -> Vec<UnrecordedRefusals> {
+    /// them), or of every period if `all` (the vault is stopping), forgetting those periods;
+    /// periods with nothing unrecorded are just forgotten.
+    pub fn take_ended(&self, now: Instant, all: bool) -> Vec<UnrecordedRefusals> {
         let mut periods = self.periods.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ended = Vec::new();
         periods.retain(|(caller, operation), period| {
-            if now.saturating_duration_since(period.started) < self.interval {
+            if !all && now.saturating_duration_since(period.started) < self.interval {
                 return true;
             }
             if period.unrecorded > 0 {
@@ -234,11 +235,17 @@ mod tests {
         log.note(&caller, Operation::Metadata, t0);
         log.note(&caller, Operation::Metadata, t0 + Duration::from_secs(1));
         log.note(&caller, Operation::Metadata, t0 + Duration::from_secs(2));
-        assert!(log.take_ended(t0 + Duration::from_secs(59)).is_empty());
-        let ended = log.take_ended(t0 + Duration::from_secs(60));
+        assert!(
+            log.take_ended(t0 + Duration::from_secs(59), false)
+                .is_empty()
+        );
+        let ended = log.take_ended(t0 + Duration::from_secs(60), false);
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].count, 2);
-        assert!(log.take_ended(t0 + Duration::from_secs(120)).is_empty());
+        assert!(
+            log.take_ended(t0 + Duration::from_secs(120), true)
+                .is_empty()
+        );
         // After its period was taken, the caller's next refusal is recorded again.
         assert!(matches!(
             log.note(&caller, Operation::Metadata, t0 + Duration::from_secs(121)),

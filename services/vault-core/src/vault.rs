@@ -293,14 +293,17 @@ impl Vault {
     }
 
     /// Writes one audit record for each caller and operation whose rate-limit refusals were
-    /// counted but not recorded and whose recording interval has ended. `vaultd` calls it once
-    /// per interval. Returns how many records it wrote.
+    /// counted but not recorded and whose recording interval has ended (every one, if
+    /// `stopping`). `vaultd` calls it once per interval and at shutdown. Returns how many
+    /// records it wrote.
     ///
     /// # Errors
     /// The store's, if a record cannot be written (the counts are lost; the refusals were
     /// answered already).
-    pub async fn record_refusal_summaries(&self) -> Result<usize, VaultError> {
-        let ended = self.refusals.take_ended(std::time::Instant::now());
+    pub async fn record_refusal_summaries(&self, stopping: bool) -> Result<usize, VaultError> {
+        let ended = self
+            .refusals
+            .take_ended(std::time::Instant::now(), stopping);
         for summary in &ended {
             let ctx = CallContext {
                 caller: summary.caller.clone(),

@@ -267,7 +267,7 @@ impl Application {
         checkpoints.abort();
         housekeeping.abort();
         // Refusals counted but not yet recorded: the trail gets them before `vault.stop`.
-        if let Err(error) = self.vault.record_refusal_summaries().await {
+        if let Err(error) = self.vault.record_refusal_summaries(true).await {
             tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
         }
         // The last record of this writer's chain, and its signed head.
@@ -317,7 +317,7 @@ async fn keep_limits(vault: Vault, interval: Duration) {
     loop {
         ticks.tick().await;
         round = round.wrapping_add(1);
-        if let Err(error) = vault.record_refusal_summaries().await {
+        if let Err(error) = vault.record_refusal_summaries(false).await {
             tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
         }
         vault.limiter().forget_idle();

@@ -3,6 +3,7 @@
 //! without touching another caller's quota or growing the audit trail without bound.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use tonic::Code;
@@ -346,4 +347,105 @@ async fn the_dedup_oracle_answers_at_most_the_budget_then_the_same_refusal_for_a
     let logs = v.logs() + &read_logs(&v.dir.path().join("replica-2"));
     assert!(logs.contains("enumeration guard tripped"));
     drop(two);
+}
+
+/// Calls `send` every `every` for `for_how_long`, each call in a task of its own (so a slow
+/// answer does not slow the sender); returns (answered, refused with a retry hint).
+async fn send_at<F, Fut>(every: Duration, for_how_long: Duration, send: F) -> (usize, usize)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = tokio::time::Instant::now() + for_how_long;
+    let mut calls = Vec::new();
+    while tokio::time::Instant::now() < end {
+        ticks.tick().await;
+        calls.push(tokio::spawn(send()));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.metadata().get("retry-after").is_some());
+                assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+                limited += 1;
+            }
+        }
+    }
+    (ok, limited)
+}
+
+/// A caller sending five times its quota is limited while a second caller at half its own
+/// quota sees no refusal. The flood adds its answered calls to the audit trail, but its
+/// refusals only one record per interval, and their count when the interval (or the vault)
+/// ends.
+#[tokio::test]
+async fn a_flood_is_limited_without_touching_another_callers_quota_or_the_trail() {
+    let vault = TestVault::start_with_keys(
+        "url = \"sqlite:vault.db\"\n",
+        "[limits]\nmetadata = { per_second = 20, burst = 20 }\nrecord_refusals_every_secs = 60\n",
+        "info",
+    )
+    .await;
+    let token = vault.tokenize_at(&vault.addr, "m1", &random_pan("4")).await;
+    let request = move || pb::GetTokenMetadataRequest {
+        merchant_id: "m1".into(),
+        token: token.clone(),
+    };
+    let (flooder, calm) = (vault.client("gateway").await, vault.client("cn-only").await);
+    let seconds = Duration::from_secs(3);
+    let flood = send_at(Duration::from_millis(10), seconds, || {
+        let (mut client, request) = (flooder.clone(), request());
+        async move { client.get_token_metadata(request).await.map(|_| ()) }
+    });
+    let steady = send_at(Duration::from_millis(100), seconds, || {
+        let (mut client, request) = (calm.clone(), request());
+        async move { client.get_token_metadata(request).await.map(|_| ()) }
+    });
+    let ((flood_ok, flood_limited), (calm_ok, calm_limited)) = tokio::join!(flood, steady);
+    assert_eq!(calm_limited, 0, "the calm caller was refused");
+    assert!(calm_ok >= 25, "{calm_ok}");
+    assert!(
+        flood_limited >= 100,
+        "{flood_ok} answered, {flood_limited} limited"
+    );
+    // At most the burst plus the rate over the run (with a second's slack) got through.
+    assert!(flood_ok <= 20 + 20 * 4, "{flood_ok}");
+
+    // The trail: every answered call, one recorded refusal, and the count of the others,
+    // written when the vault stops.
+    let records = |db: sqlx::SqlitePool| async move {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT outcome, detail FROM audit_log WHERE caller = ?1 AND operation = 'metadata'",
+        )
+        .bind(GATEWAY)
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let before_stop = records(vault.db().await).await;
+    let refused: Vec<_> = before_stop
+        .iter()
+        .filter(|(outcome, _)| outcome == "rate_limited")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(before_stop.len(), flood_ok + 1, "{before_stop:?}");
+    let dir = vault.stop();
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect(&format!("sqlite:{}", dir.path().join("vault.db").display()))
+        .await
+        .unwrap();
+    let after_stop = records(db).await;
+    assert_eq!(after_stop.len(), flood_ok + 2);
+    let summary = format!("rate limit: {} refused calls since", flood_limited - 1);
+    assert!(
+        after_stop
+            .iter()
+            .any(|(_, detail)| detail.as_deref().is_some_and(|d| d.starts_with(&summary))),
+        "{after_stop:?}"
+    );
 }
