@@ -1,6 +1,8 @@
-//! Card numbers: parsing, the Luhn check, and the card brand from IIN ranges.
+//! Card numbers: parsing, the Luhn check, the card brand from IIN ranges, and the rule that
+//! finds card numbers in free text.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -118,54 +120,177 @@ pub(crate) fn luhn_sum(digits: &str) -> Option<u32> {
     Some(sum)
 }
 
-/// True if `text` may hold a card number, so that it must not be stored in a field that
-/// reaches the audit log (reasons, merchant ids, tokens).
+/// The rule that finds card numbers in free text: see [`CardNumberRule::contains_card_number`].
 ///
-/// Digits are read in groups joined by one or two separators (any character that is neither a
-/// letter nor a digit: `4111 1111-1111.1111`, `4111  1111 …`). A joined sequence counts if
-/// 12 to 19 of its digits, starting at a group boundary, pass the Luhn check, or if it has more
-/// than 19 digits at all (a PAN glued to other digits, such as an expiry, cannot be told apart
-/// from them). Non-ASCII digits also count: they cannot be checked, so they are refused.
-#[must_use]
-pub fn contains_card_number(text: &str) -> bool {
-    if text.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
-        return true;
-    }
-    // Groups of digits, each with whether it joins the next group (one or two separators).
-    let mut groups: Vec<(&str, bool)> = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
-        let tail = rest.get(start..).unwrap_or_default();
-        let end = tail
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (digits, after) = tail.split_at(end);
-        let separators = after.chars().take_while(|c| !c.is_alphanumeric()).count();
-        let joined = (1..=2).contains(&separators)
-            && after
-                .chars()
-                .nth(separators)
-                .is_some_and(|c| c.is_ascii_digit());
-        groups.push((digits, joined));
-        rest = after;
-    }
-    let mut candidate = String::with_capacity(MAX_PAN_DIGITS + 1);
-    for first in 0..groups.len() {
-        candidate.clear();
-        for (digits, joined) in groups.iter().skip(first) {
-            candidate.push_str(digits);
-            if candidate.len() > MAX_PAN_DIGITS {
-                return true;
-            }
-            if candidate.len() >= MIN_PAN_DIGITS && luhn_valid(&candidate) {
-                return true;
-            }
-            if !joined {
-                break;
-            }
+/// Its one setting is the widest gap, in characters, that still joins two groups of digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CardNumberRule {
+    max_gap: usize,
+}
+
+impl CardNumberRule {
+    /// The widest gap joined unless configured otherwise: three characters, enough for
+    /// `4111 - 1111`, `4111a1111` or `4111 / 1111`, while a word of two letters between spaces
+    /// (` on `, ` of `) still parts two numbers.
+    pub const DEFAULT_GAP: usize = 3;
+    /// The widest gap that may be configured.
+    pub const MAX_GAP: usize = 16;
+    /// The rule with [`CardNumberRule::DEFAULT_GAP`].
+    pub const DEFAULT: Self = Self {
+        max_gap: Self::DEFAULT_GAP,
+    };
+
+    /// A rule joining digit groups across up to `max_gap` characters, or `None` if `max_gap`
+    /// is above [`CardNumberRule::MAX_GAP`]. A gap of 0 reads only unbroken runs of digits.
+    #[must_use]
+    pub const fn new(max_gap: usize) -> Option<Self> {
+        if max_gap <= Self::MAX_GAP {
+            Some(Self { max_gap })
+        } else {
+            None
         }
     }
-    false
+
+    /// The widest gap, in characters, that joins two groups of digits.
+    #[must_use]
+    pub const fn max_gap(self) -> usize {
+        self.max_gap
+    }
+
+    /// True if `text` may hold a card number, so that it must not be stored, logged or used as
+    /// an identity.
+    ///
+    /// The rule: groups of ASCII digits separated by 1 to `max_gap` characters that are not
+    /// ASCII digits, of any kind (letters, punctuation, ASCII or Unicode spaces, anything; gaps
+    /// are counted in characters, not bytes), are joined into one digit sequence; a longer gap
+    /// ends the sequence. If any 12 to 19 consecutive digits of a sequence pass the Luhn check,
+    /// starting and ending anywhere (not only at group boundaries, so a card number glued to an
+    /// expiry or an order number is still found), the text is refused. Any other numeric
+    /// character (`٣`, `４`, `Ⅻ`, `½`) is refused outright: its digits cannot be checked.
+    ///
+    /// Linear in the length of `text`: one pass, at most eight comparisons per digit, no
+    /// allocation.
+    #[must_use]
+    pub fn contains_card_number(&self, text: &str) -> bool {
+        let mut windows = LuhnWindows::new();
+        // Characters since the last digit; only compared with `max_gap`, so saturating is exact.
+        let mut gap: usize = 0;
+        for c in text.chars() {
+            match c.to_digit(10) {
+                Some(digit) => {
+                    if gap > self.max_gap {
+                        windows.clear();
+                    }
+                    gap = 0;
+                    if windows.push(digit) {
+                        return true;
+                    }
+                }
+                None if c.is_numeric() => return true,
+                None => gap = gap.saturating_add(1),
+            }
+        }
+        false
+    }
+}
+
+impl Default for CardNumberRule {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The gap of the process's rule; see [`configure_card_number_rule`].
+static CONFIGURED_GAP: AtomicUsize = AtomicUsize::new(CardNumberRule::DEFAULT_GAP);
+
+/// Sets the rule [`contains_card_number`] applies, for the whole process.
+///
+/// `MerchantId::parse`, `Reason::parse`, `Token::parse` and the transport's identity check are
+/// plain functions called from everywhere, so the rule is process-wide rather than passed
+/// along. vaultd sets it once at startup from its configuration, before it serves a request;
+/// until then, and in tests, the rule is [`CardNumberRule::DEFAULT`]. Changing it later is
+/// memory-safe but changes which stored merchant ids and tokens read back.
+pub fn configure_card_number_rule(rule: CardNumberRule) {
+    CONFIGURED_GAP.store(rule.max_gap, Ordering::Relaxed);
+}
+
+/// The rule [`contains_card_number`] applies: the one last given to
+/// [`configure_card_number_rule`], or [`CardNumberRule::DEFAULT`].
+#[must_use]
+pub fn card_number_rule() -> CardNumberRule {
+    let max_gap = CONFIGURED_GAP.load(Ordering::Relaxed);
+    CardNumberRule::new(max_gap).unwrap_or_default()
+}
+
+/// True if `text` may hold a card number, so that it must not be stored in a field that
+/// reaches the audit log or names a caller (reasons, merchant ids, tokens, certificate
+/// identities). Applies the process's [`card_number_rule`]; the rule itself is described at
+/// [`CardNumberRule::contains_card_number`].
+#[must_use]
+pub fn contains_card_number(text: &str) -> bool {
+    card_number_rule().contains_card_number(text)
+}
+
+/// Slots of the ring of Luhn prefix sums: a window of up to 19 digits needs the sums at both of
+/// its ends, 19 positions apart, and the newest sum is one past the newest digit.
+const RING: usize = MAX_PAN_DIGITS + 1;
+
+/// The Luhn check of every window of 12 to 19 digits ending at the newest digit of a sequence,
+/// in constant time per window, from prefix sums.
+///
+/// Digit `i` of the sequence (from 0) is doubled in a window ending at digit `e` when `e - i`
+/// is odd, that is when `i` and `e` differ in parity. Let `sums[p]` after `k` digits be the sum,
+/// mod 10, of digits `0..k`, those of parity `p` counted doubled. Then the Luhn sum of digits
+/// `s..=e` is, mod 10, `sums[1 - e % 2]` after `e + 1` digits minus the same after `s` digits,
+/// and the window passes the check when the two are equal.
+struct LuhnWindows {
+    /// Digits pushed since the sequence began.
+    len: usize,
+    /// The prefix sums after `k` digits, at slot `k % RING`, for the last `RING` values of `k`.
+    sums: [[u32; 2]; RING],
+}
+
+impl LuhnWindows {
+    fn new() -> Self {
+        Self {
+            len: 0,
+            sums: [[0; 2]; RING],
+        }
+    }
+
+    /// Starts a new sequence.
+    fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Adds a digit (0 to 9) to the sequence; true if a window of 12 to 19 digits ending at it
+    /// passes the Luhn check.
+    fn push(&mut self, digit: u32) -> bool {
+        let index = self.len;
+        let parity = index % 2;
+        let doubled = if digit * 2 > 9 {
+            digit * 2 - 9
+        } else {
+            digit * 2
+        };
+        let before = self.sums.get(index % RING).copied().unwrap_or_default();
+        let after = [0, 1].map(|p| {
+            let add = if p == parity { doubled } else { digit };
+            before.get(p).map_or(0, |sum| (sum + add) % 10)
+        });
+        self.len = index.saturating_add(1);
+        if let Some(slot) = self.sums.get_mut(self.len % RING) {
+            *slot = after;
+        }
+        let p = 1 - parity;
+        let end = after.get(p).copied().unwrap_or_default();
+        (MIN_PAN_DIGITS..=MAX_PAN_DIGITS.min(self.len)).any(|window| {
+            self.sums
+                .get((self.len - window) % RING)
+                .and_then(|sums| sums.get(p))
+                .is_some_and(|sum| *sum == end)
+        })
+    }
 }
 
 /// A card brand, from the card number's leading digits (IIN ranges).
