@@ -120,6 +120,13 @@ pub(crate) fn luhn_sum(digits: &str) -> Option<u32> {
     Some(sum)
 }
 
+/// The problem an [`InvalidArgument`] names when a field was refused only because it may hold
+/// a card number (see [`contains_card_number`]), so that a caller of `MerchantId::parse` or
+/// `Token::parse` can tell that refusal from a malformed value: a merchant id or token the
+/// store already holds must stay reachable even if the rule, made stricter or configured
+/// otherwise since, would now refuse it.
+pub const CARD_LIKE: &str = "must not contain a card number";
+
 /// The rule that finds card numbers in free text: see [`CardNumberRule::contains_card_number`].
 ///
 /// Its one setting is the widest gap, in characters, that still joins two groups of digits.
@@ -141,7 +148,8 @@ impl CardNumberRule {
     };
 
     /// A rule joining digit groups across up to `max_gap` characters, or `None` if `max_gap`
-    /// is above [`CardNumberRule::MAX_GAP`]. A gap of 0 reads only unbroken runs of digits.
+    /// is above [`CardNumberRule::MAX_GAP`]. A gap of 0 joins nothing: each unbroken run of
+    /// digits is read alone.
     #[must_use]
     pub const fn new(max_gap: usize) -> Option<Self> {
         if max_gap <= Self::MAX_GAP {
@@ -160,37 +168,65 @@ impl CardNumberRule {
     /// True if `text` may hold a card number, so that it must not be stored, logged or used as
     /// an identity.
     ///
-    /// The rule: groups of ASCII digits separated by 1 to `max_gap` characters that are not
-    /// ASCII digits, of any kind (letters, punctuation, ASCII or Unicode spaces, anything; gaps
-    /// are counted in characters, not bytes), are joined into one digit sequence; a longer gap
-    /// ends the sequence. If any 12 to 19 consecutive digits of a sequence pass the Luhn check,
-    /// starting and ending anywhere (not only at group boundaries, so a card number glued to an
-    /// expiry or an order number is still found), the text is refused. Any other numeric
-    /// character (`٣`, `４`, `Ⅻ`, `½`) is refused outright: its digits cannot be checked.
+    /// The rule. A *group* is an unbroken run of ASCII digits. Two groups separated by 1 to
+    /// `max_gap` characters of any kind (letters, punctuation, ASCII or Unicode spaces, a
+    /// zero-width space, anything that is not an ASCII digit; counted in characters, not
+    /// bytes) are joined into one sequence; a wider gap ends the sequence. `text` is refused
+    /// when
+    /// - whole consecutive groups of a sequence (from the first digit of one group to the last
+    ///   digit of the same or a later group) hold 12 to 19 digits in all that pass the Luhn
+    ///   check; or
+    /// - a single group is longer than 19 digits: a card number glued, with no separator, to
+    ///   other digits cannot be told apart from them (`41111111111111111225`); or
+    /// - it holds any other numeric character (`٣`, `４`, `Ⅻ`, `½`): its digits cannot be
+    ///   checked.
     ///
-    /// Linear in the length of `text`: one pass, at most eight comparisons per digit, no
-    /// allocation.
+    /// Runs are checked at group boundaries only, not at every digit: 16 or more digits of a
+    /// reference number, a UUID or a PAN_SHAPED token hold several windows of 12 to 19 digits,
+    /// each passing the Luhn check one time in ten, and refusing them all would refuse most
+    /// such references.
+    ///
+    /// What this misses: a card number glued with no separator to a few other digits (an
+    /// expiry, an order digit) inside a group of at most 19 digits, as in `94111111111111111`
+    /// or `411111111111111112`, is caught only when the whole group (or a run of whole groups
+    /// holding it) happens to pass the Luhn check, about one time in ten; the same holds when
+    /// the first or last group of a split card number is glued to other digits
+    /// (`124111 1111 1111 1111`).
+    ///
+    /// Linear in the length of `text`: one pass, at most eight comparisons at the end of each
+    /// group, no allocation.
     #[must_use]
     pub fn contains_card_number(&self, text: &str) -> bool {
-        let mut windows = LuhnWindows::new();
+        let mut sequence = GroupRuns::new();
         // Characters since the last digit; only compared with `max_gap`, so saturating is exact.
         let mut gap: usize = 0;
+        let mut in_group = false;
         for c in text.chars() {
             match c.to_digit(10) {
                 Some(digit) => {
-                    if gap > self.max_gap {
-                        windows.clear();
+                    if !in_group {
+                        if gap > self.max_gap {
+                            sequence.clear();
+                        }
+                        sequence.start_group();
+                        in_group = true;
                     }
                     gap = 0;
-                    if windows.push(digit) {
+                    if sequence.push(digit) {
                         return true;
                     }
                 }
                 None if c.is_numeric() => return true,
-                None => gap = gap.saturating_add(1),
+                None => {
+                    if in_group && sequence.end_group() {
+                        return true;
+                    }
+                    in_group = false;
+                    gap = gap.saturating_add(1);
+                }
             }
         }
-        false
+        in_group && sequence.end_group()
     }
 }
 
@@ -209,7 +245,9 @@ static CONFIGURED_GAP: AtomicUsize = AtomicUsize::new(CardNumberRule::DEFAULT_GA
 /// plain functions called from everywhere, so the rule is process-wide rather than passed
 /// along. vaultd sets it once at startup from its configuration, before it serves a request;
 /// until then, and in tests, the rule is [`CardNumberRule::DEFAULT`]. Changing it later is
-/// memory-safe but changes which stored merchant ids and tokens read back.
+/// memory-safe. Values read back from the store (`MerchantId::from_stored`,
+/// `Token::from_stored`, `Reason::from_stored`) are not checked against it, so a stricter rule
+/// never makes stored data unreadable.
 pub fn configure_card_number_rule(rule: CardNumberRule) {
     CONFIGURED_GAP.store(rule.max_gap, Ordering::Relaxed);
 }
@@ -231,30 +269,38 @@ pub fn contains_card_number(text: &str) -> bool {
     card_number_rule().contains_card_number(text)
 }
 
-/// Slots of the ring of Luhn prefix sums: a window of up to 19 digits needs the sums at both of
-/// its ends, 19 positions apart, and the newest sum is one past the newest digit.
+/// Slots of the rings of Luhn prefix sums and group starts: a run of up to 19 digits needs the
+/// sums at both of its ends, 19 positions apart, and the newest sum is one past the newest
+/// digit.
 const RING: usize = MAX_PAN_DIGITS + 1;
 
-/// The Luhn check of every window of 12 to 19 digits ending at the newest digit of a sequence,
-/// in constant time per window, from prefix sums.
+/// The Luhn check, in constant time each, of every run of whole groups of 12 to 19 digits that
+/// ends at the last digit of the newest group of a sequence, from prefix sums.
 ///
-/// Digit `i` of the sequence (from 0) is doubled in a window ending at digit `e` when `e - i`
-/// is odd, that is when `i` and `e` differ in parity. Let `sums[p]` after `k` digits be the sum,
+/// Digit `i` of the sequence (from 0) is doubled in a run ending at digit `e` when `e - i` is
+/// odd, that is when `i` and `e` differ in parity. Let `sums[p]` after `k` digits be the sum,
 /// mod 10, of digits `0..k`, those of parity `p` counted doubled. Then the Luhn sum of digits
 /// `s..=e` is, mod 10, `sums[1 - e % 2]` after `e + 1` digits minus the same after `s` digits,
-/// and the window passes the check when the two are equal.
-struct LuhnWindows {
+/// and the run passes the check when the two are equal. A run may start only where a group
+/// does, which `starts` records for the same positions.
+struct GroupRuns {
     /// Digits pushed since the sequence began.
     len: usize,
+    /// Digits pushed since the newest group began.
+    group: usize,
     /// The prefix sums after `k` digits, at slot `k % RING`, for the last `RING` values of `k`.
     sums: [[u32; 2]; RING],
+    /// Whether digit `k` is the first of a group, at slot `k % RING`, for the same `k`.
+    starts: [bool; RING],
 }
 
-impl LuhnWindows {
+impl GroupRuns {
     fn new() -> Self {
         Self {
             len: 0,
+            group: 0,
             sums: [[0; 2]; RING],
+            starts: [false; RING],
         }
     }
 
@@ -263,32 +309,50 @@ impl LuhnWindows {
         *self = Self::new();
     }
 
-    /// Adds a digit (0 to 9) to the sequence; true if a window of 12 to 19 digits ending at it
-    /// passes the Luhn check.
+    /// Starts a new group: the next digit pushed is its first.
+    fn start_group(&mut self) {
+        self.group = 0;
+        if let Some(start) = self.starts.get_mut(self.len % RING) {
+            *start = true;
+        }
+    }
+
+    /// Adds a digit (0 to 9) to the newest group; true if the group is now longer than 19
+    /// digits.
     fn push(&mut self, digit: u32) -> bool {
-        let index = self.len;
-        let parity = index % 2;
+        let parity = self.len % 2;
         let doubled = if digit * 2 > 9 {
             digit * 2 - 9
         } else {
             digit * 2
         };
-        let before = self.sums.get(index % RING).copied().unwrap_or_default();
+        let before = self.sums.get(self.len % RING).copied().unwrap_or_default();
         let after = [0, 1].map(|p| {
             let add = if p == parity { doubled } else { digit };
             before.get(p).map_or(0, |sum| (sum + add) % 10)
         });
-        self.len = index.saturating_add(1);
-        if let Some(slot) = self.sums.get_mut(self.len % RING) {
-            *slot = after;
+        self.len = self.len.saturating_add(1);
+        self.group = self.group.saturating_add(1);
+        let slot = self.len % RING;
+        if let Some(sums) = self.sums.get_mut(slot) {
+            *sums = after;
         }
-        let p = 1 - parity;
-        let end = after.get(p).copied().unwrap_or_default();
-        (MIN_PAN_DIGITS..=MAX_PAN_DIGITS.min(self.len)).any(|window| {
-            self.sums
-                .get((self.len - window) % RING)
-                .and_then(|sums| sums.get(p))
-                .is_some_and(|sum| *sum == end)
+        if let Some(start) = self.starts.get_mut(slot) {
+            *start = false;
+        }
+        self.group > MAX_PAN_DIGITS
+    }
+
+    /// Ends the newest group; true if a run of whole groups of 12 to 19 digits ending at its
+    /// last digit passes the Luhn check.
+    fn end_group(&self) -> bool {
+        // The last digit is `len - 1`; digits of the other parity are doubled.
+        let p = self.len % 2;
+        let sum_at = |slot: usize| self.sums.get(slot).and_then(|sums| sums.get(p)).copied();
+        let end = sum_at(self.len % RING);
+        (MIN_PAN_DIGITS..=MAX_PAN_DIGITS.min(self.len)).any(|run| {
+            let slot = (self.len - run) % RING;
+            self.starts.get(slot).is_some_and(|start| *start) && sum_at(slot) == end
         })
     }
 }
