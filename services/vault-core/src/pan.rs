@@ -1,6 +1,8 @@
-//! Card numbers: parsing, the Luhn check, and the card brand from IIN ranges.
+//! Card numbers: parsing, the Luhn check, the card brand from IIN ranges, and the rule that
+//! finds card numbers in free text.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -118,54 +120,241 @@ pub(crate) fn luhn_sum(digits: &str) -> Option<u32> {
     Some(sum)
 }
 
-/// True if `text` may hold a card number, so that it must not be stored in a field that
-/// reaches the audit log (reasons, merchant ids, tokens).
+/// The problem an [`InvalidArgument`] names when a field was refused only because it may hold
+/// a card number (see [`contains_card_number`]), so that a caller of `MerchantId::parse` or
+/// `Token::parse` can tell that refusal from a malformed value: a merchant id or token the
+/// store already holds must stay reachable even if the rule, made stricter or configured
+/// otherwise since, would now refuse it.
+pub const CARD_LIKE: &str = "must not contain a card number";
+
+/// The rule that finds card numbers in free text: see [`CardNumberRule::contains_card_number`].
 ///
-/// Digits are read in groups joined by one or two separators (any character that is neither a
-/// letter nor a digit: `4111 1111-1111.1111`, `4111  1111 …`). A joined sequence counts if
-/// 12 to 19 of its digits, starting at a group boundary, pass the Luhn check, or if it has more
-/// than 19 digits at all (a PAN glued to other digits, such as an expiry, cannot be told apart
-/// from them). Non-ASCII digits also count: they cannot be checked, so they are refused.
-#[must_use]
-pub fn contains_card_number(text: &str) -> bool {
-    if text.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
-        return true;
-    }
-    // Groups of digits, each with whether it joins the next group (one or two separators).
-    let mut groups: Vec<(&str, bool)> = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
-        let tail = rest.get(start..).unwrap_or_default();
-        let end = tail
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (digits, after) = tail.split_at(end);
-        let separators = after.chars().take_while(|c| !c.is_alphanumeric()).count();
-        let joined = (1..=2).contains(&separators)
-            && after
-                .chars()
-                .nth(separators)
-                .is_some_and(|c| c.is_ascii_digit());
-        groups.push((digits, joined));
-        rest = after;
-    }
-    let mut candidate = String::with_capacity(MAX_PAN_DIGITS + 1);
-    for first in 0..groups.len() {
-        candidate.clear();
-        for (digits, joined) in groups.iter().skip(first) {
-            candidate.push_str(digits);
-            if candidate.len() > MAX_PAN_DIGITS {
-                return true;
-            }
-            if candidate.len() >= MIN_PAN_DIGITS && luhn_valid(&candidate) {
-                return true;
-            }
-            if !joined {
-                break;
-            }
+/// Its one setting is the widest gap, in characters, that still joins two groups of digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CardNumberRule {
+    max_gap: usize,
+}
+
+impl CardNumberRule {
+    /// The widest gap joined unless configured otherwise: three characters, enough for
+    /// `4111 - 1111`, `4111a1111` or `4111 / 1111`, while a word of two letters between spaces
+    /// (` on `, ` of `) still parts two numbers.
+    pub const DEFAULT_GAP: usize = 3;
+    /// The widest gap that may be configured.
+    pub const MAX_GAP: usize = 16;
+    /// The rule with [`CardNumberRule::DEFAULT_GAP`].
+    pub const DEFAULT: Self = Self {
+        max_gap: Self::DEFAULT_GAP,
+    };
+
+    /// A rule joining digit groups across up to `max_gap` characters, or `None` if `max_gap`
+    /// is above [`CardNumberRule::MAX_GAP`]. A gap of 0 joins nothing: each unbroken run of
+    /// digits is read alone.
+    #[must_use]
+    pub const fn new(max_gap: usize) -> Option<Self> {
+        if max_gap <= Self::MAX_GAP {
+            Some(Self { max_gap })
+        } else {
+            None
         }
     }
-    false
+
+    /// The widest gap, in characters, that joins two groups of digits.
+    #[must_use]
+    pub const fn max_gap(self) -> usize {
+        self.max_gap
+    }
+
+    /// True if `text` may hold a card number, so that it must not be stored, logged or used as
+    /// an identity.
+    ///
+    /// The rule. A *group* is an unbroken run of ASCII digits. Two groups separated by 1 to
+    /// `max_gap` characters of any kind (letters, punctuation, ASCII or Unicode spaces, a
+    /// zero-width space, anything that is not an ASCII digit; counted in characters, not
+    /// bytes) are joined into one sequence; a wider gap ends the sequence. `text` is refused
+    /// when
+    /// - whole consecutive groups of a sequence (from the first digit of one group to the last
+    ///   digit of the same or a later group) hold 12 to 19 digits in all that pass the Luhn
+    ///   check; or
+    /// - a single group is longer than 19 digits: a card number glued, with no separator, to
+    ///   other digits cannot be told apart from them (`41111111111111111225`); or
+    /// - it holds any other numeric character (`٣`, `４`, `Ⅻ`, `½`): its digits cannot be
+    ///   checked.
+    ///
+    /// Runs are checked at group boundaries only, not at every digit: 16 or more digits of a
+    /// reference number, a UUID or a PAN_SHAPED token hold several windows of 12 to 19 digits,
+    /// each passing the Luhn check one time in ten, and refusing them all would refuse most
+    /// such references.
+    ///
+    /// What this misses: a card number glued with no separator to a few other digits (an
+    /// expiry, an order digit) inside a group of at most 19 digits, as in `94111111111111111`
+    /// or `411111111111111112`, is caught only when the whole group (or a run of whole groups
+    /// holding it) happens to pass the Luhn check, about one time in ten; the same holds when
+    /// the first or last group of a split card number is glued to other digits
+    /// (`124111 1111 1111 1111`).
+    ///
+    /// Linear in the length of `text`: one pass, at most eight comparisons at the end of each
+    /// group, no allocation.
+    #[must_use]
+    pub fn contains_card_number(&self, text: &str) -> bool {
+        let mut sequence = GroupRuns::new();
+        // Characters since the last digit; only compared with `max_gap`, so saturating is exact.
+        let mut gap: usize = 0;
+        let mut in_group = false;
+        for c in text.chars() {
+            match c.to_digit(10) {
+                Some(digit) => {
+                    if !in_group {
+                        if gap > self.max_gap {
+                            sequence.clear();
+                        }
+                        sequence.start_group();
+                        in_group = true;
+                    }
+                    gap = 0;
+                    if sequence.push(digit) {
+                        return true;
+                    }
+                }
+                None if c.is_numeric() => return true,
+                None => {
+                    if in_group && sequence.end_group() {
+                        return true;
+                    }
+                    in_group = false;
+                    gap = gap.saturating_add(1);
+                }
+            }
+        }
+        in_group && sequence.end_group()
+    }
+}
+
+impl Default for CardNumberRule {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The gap of the process's rule; see [`configure_card_number_rule`].
+static CONFIGURED_GAP: AtomicUsize = AtomicUsize::new(CardNumberRule::DEFAULT_GAP);
+
+/// Sets the rule [`contains_card_number`] applies, for the whole process.
+///
+/// `MerchantId::parse`, `Reason::parse`, `Token::parse` and the transport's identity check are
+/// plain functions called from everywhere, so the rule is process-wide rather than passed
+/// along. vaultd sets it once at startup from its configuration, before it serves a request;
+/// until then, and in tests, the rule is [`CardNumberRule::DEFAULT`]. Changing it later is
+/// memory-safe. Values read back from the store (`MerchantId::from_stored`,
+/// `Token::from_stored`, `Reason::from_stored`) are not checked against it, so a stricter rule
+/// never makes stored data unreadable.
+pub fn configure_card_number_rule(rule: CardNumberRule) {
+    CONFIGURED_GAP.store(rule.max_gap, Ordering::Relaxed);
+}
+
+/// The rule [`contains_card_number`] applies: the one last given to
+/// [`configure_card_number_rule`], or [`CardNumberRule::DEFAULT`].
+#[must_use]
+pub fn card_number_rule() -> CardNumberRule {
+    let max_gap = CONFIGURED_GAP.load(Ordering::Relaxed);
+    CardNumberRule::new(max_gap).unwrap_or_default()
+}
+
+/// True if `text` may hold a card number, so that it must not be stored in a field that
+/// reaches the audit log or names a caller (reasons, merchant ids, tokens, certificate
+/// identities). Applies the process's [`card_number_rule`]; the rule itself is described at
+/// [`CardNumberRule::contains_card_number`].
+#[must_use]
+pub fn contains_card_number(text: &str) -> bool {
+    card_number_rule().contains_card_number(text)
+}
+
+/// Slots of the rings of Luhn prefix sums and group starts: a run of up to 19 digits needs the
+/// sums at both of its ends, 19 positions apart, and the newest sum is one past the newest
+/// digit.
+const RING: usize = MAX_PAN_DIGITS + 1;
+
+/// The Luhn check, in constant time each, of every run of whole groups of 12 to 19 digits that
+/// ends at the last digit of the newest group of a sequence, from prefix sums.
+///
+/// Digit `i` of the sequence (from 0) is doubled in a run ending at digit `e` when `e - i` is
+/// odd, that is when `i` and `e` differ in parity. Let `sums[p]` after `k` digits be the sum,
+/// mod 10, of digits `0..k`, those of parity `p` counted doubled. Then the Luhn sum of digits
+/// `s..=e` is, mod 10, `sums[1 - e % 2]` after `e + 1` digits minus the same after `s` digits,
+/// and the run passes the check when the two are equal. A run may start only where a group
+/// does, which `starts` records for the same positions.
+struct GroupRuns {
+    /// Digits pushed since the sequence began.
+    len: usize,
+    /// Digits pushed since the newest group began.
+    group: usize,
+    /// The prefix sums after `k` digits, at slot `k % RING`, for the last `RING` values of `k`.
+    sums: [[u32; 2]; RING],
+    /// Whether digit `k` is the first of a group, at slot `k % RING`, for the same `k`.
+    starts: [bool; RING],
+}
+
+impl GroupRuns {
+    fn new() -> Self {
+        Self {
+            len: 0,
+            group: 0,
+            sums: [[0; 2]; RING],
+            starts: [false; RING],
+        }
+    }
+
+    /// Starts a new sequence.
+    fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Starts a new group: the next digit pushed is its first.
+    fn start_group(&mut self) {
+        self.group = 0;
+        if let Some(start) = self.starts.get_mut(self.len % RING) {
+            *start = true;
+        }
+    }
+
+    /// Adds a digit (0 to 9) to the newest group; true if the group is now longer than 19
+    /// digits.
+    fn push(&mut self, digit: u32) -> bool {
+        let parity = self.len % 2;
+        let doubled = if digit * 2 > 9 {
+            digit * 2 - 9
+        } else {
+            digit * 2
+        };
+        let before = self.sums.get(self.len % RING).copied().unwrap_or_default();
+        let after = [0, 1].map(|p| {
+            let add = if p == parity { doubled } else { digit };
+            before.get(p).map_or(0, |sum| (sum + add) % 10)
+        });
+        self.len = self.len.saturating_add(1);
+        self.group = self.group.saturating_add(1);
+        let slot = self.len % RING;
+        if let Some(sums) = self.sums.get_mut(slot) {
+            *sums = after;
+        }
+        if let Some(start) = self.starts.get_mut(slot) {
+            *start = false;
+        }
+        self.group > MAX_PAN_DIGITS
+    }
+
+    /// Ends the newest group; true if a run of whole groups of 12 to 19 digits ending at its
+    /// last digit passes the Luhn check.
+    fn end_group(&self) -> bool {
+        // The last digit is `len - 1`; digits of the other parity are doubled.
+        let p = self.len % 2;
+        let sum_at = |slot: usize| self.sums.get(slot).and_then(|sums| sums.get(p)).copied();
+        let end = sum_at(self.len % RING);
+        (MIN_PAN_DIGITS..=MAX_PAN_DIGITS.min(self.len)).any(|run| {
+            let slot = (self.len - run) % RING;
+            self.starts.get(slot).is_some_and(|start| *start) && sum_at(slot) == end
+        })
+    }
 }
 
 /// A card brand, from the card number's leading digits (IIN ranges).

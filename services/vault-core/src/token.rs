@@ -3,7 +3,9 @@
 use std::fmt;
 
 use crate::error::InvalidArgument;
-use crate::pan::{MAX_PAN_DIGITS, MIN_PAN_DIGITS, Pan, contains_card_number, luhn_sum, luhn_valid};
+use crate::pan::{
+    CARD_LIKE, MAX_PAN_DIGITS, MIN_PAN_DIGITS, Pan, contains_card_number, luhn_sum, luhn_valid,
+};
 use crate::truncation;
 
 /// Prefix of every RANDOM token.
@@ -49,22 +51,43 @@ impl TokenFormat {
 pub struct Token(String);
 
 impl Token {
-    /// Parses a token a caller sent. A digit string that passes the Luhn check is refused: no
-    /// PAN_SHAPED token passes it, so it can only be a card number sent by mistake, and it must
-    /// not reach the audit log.
+    /// Parses a token a caller sent: its shape, as [`Token::parse_shape`] checks it, and then
+    /// the card-number rule on a RANDOM token's body ([`crate::pan::contains_card_number`]), so
+    /// that a card number typed after `tok_` never reaches the audit log.
+    ///
+    /// # Errors
+    /// An [`InvalidArgument`] naming `field`. When the shape is right and only the card-number
+    /// rule refused the token, its problem is [`CARD_LIKE`]: the token may still be one this
+    /// vault issued under another rule (an older one, or another configured gap), and the
+    /// caller may look it up with [`Token::parse_shape`] and accept it if the store holds it.
+    pub fn parse(field: &'static str, input: &str) -> Result<Self, InvalidArgument> {
+        let token = Self::parse_shape(field, input)?;
+        let body = input.strip_prefix(RANDOM_PREFIX);
+        if body.is_some_and(contains_card_number) {
+            return Err(InvalidArgument {
+                field,
+                problem: CARD_LIKE,
+            });
+        }
+        Ok(token)
+    }
+
+    /// Checks a token's shape only, without the card-number rule: `tok_` and 22 base62
+    /// characters, or 12 to 19 ASCII digits that fail the Luhn check (a digit string that
+    /// passes it is refused whatever the rule: no PAN_SHAPED token passes it, so it can only be
+    /// a card number sent by mistake). For tokens the store already holds, and for looking up
+    /// a token [`Token::parse`] refused with [`CARD_LIKE`]; never to accept a caller's token
+    /// without that lookup.
     ///
     /// # Errors
     /// An [`InvalidArgument`] naming `field`.
-    pub fn parse(field: &'static str, input: &str) -> Result<Self, InvalidArgument> {
+    pub fn parse_shape(field: &'static str, input: &str) -> Result<Self, InvalidArgument> {
         let invalid = |problem| InvalidArgument { field, problem };
         if input.is_empty() {
             return Err(invalid("is required"));
         }
         if let Some(rest) = input.strip_prefix(RANDOM_PREFIX) {
-            if rest.len() == RANDOM_CHARS
-                && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-                && !contains_card_number(rest)
-            {
+            if rest.len() == RANDOM_CHARS && rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Ok(Self(input.to_owned()));
             }
             return Err(invalid("is not a token this vault issues"));
@@ -127,12 +150,14 @@ impl Token {
         Self(out)
     }
 
-    /// Reads back a token the store holds, checking its shape like [`Token::parse`].
+    /// Reads back a token the store holds, checking its shape only ([`Token::parse_shape`]):
+    /// the vault checked it against the card-number rule when it issued it, and a rule made
+    /// stricter or configured otherwise since must not make it unreadable.
     ///
     /// # Errors
     /// An [`InvalidArgument`] for the field `token` if the stored value is not a token.
     pub fn from_stored(value: &str) -> Result<Self, InvalidArgument> {
-        Self::parse("token", value)
+        Self::parse_shape("token", value)
     }
 
     /// The token as text.
@@ -235,6 +260,49 @@ mod tests {
             assert_eq!(err.field, "token");
             assert!(!err.to_string().chars().any(|c| c.is_ascii_digit()));
         }
+    }
+
+    #[test]
+    fn card_like_random_tokens_are_refused_distinguishably_but_read_back() {
+        for card_like in [
+            "tok_4111111111111111AbCdEf",
+            "tok_A4111x1111y1111z1111BC",
+            "tok_4111ab1111cd1111e1111Z",
+        ] {
+            assert_eq!(
+                card_like.len(),
+                RANDOM_PREFIX.len() + RANDOM_CHARS,
+                "{card_like}"
+            );
+            let err = Token::parse("token", card_like).unwrap_err();
+            assert_eq!(err.field, "token");
+            assert_eq!(err.problem, CARD_LIKE, "{card_like}");
+            // The shape is a token's: the domain may look it up, and the store reads it back.
+            let shaped = Token::parse_shape("token", card_like).unwrap();
+            assert_eq!(shaped.as_str(), card_like);
+            assert_eq!(Token::from_stored(card_like).unwrap(), shaped);
+        }
+        // Other refusals are not CARD_LIKE, and parse_shape refuses them too.
+        for bad in [
+            "",
+            "4111111111111111",
+            "tok_short",
+            "tok_!!!!!!!!!!!!!!!!!!!!!!!!",
+            "hello",
+            "41111111111",
+        ] {
+            let err = Token::parse("token", bad).unwrap_err();
+            assert_ne!(err.problem, CARD_LIKE, "{bad:?}");
+            assert_eq!(
+                Token::parse_shape("token", bad).unwrap_err(),
+                err,
+                "{bad:?}"
+            );
+            assert_eq!(Token::from_stored(bad).unwrap_err(), err, "{bad:?}");
+        }
+        // A PAN_SHAPED token is never Luhn-valid, so parse and parse_shape agree on digits.
+        assert!(Token::parse("token", "4111111111111112").is_ok());
+        assert!(Token::from_stored("4111111111111112").is_ok());
     }
 
     #[test]

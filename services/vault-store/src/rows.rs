@@ -149,11 +149,11 @@ impl ShredRow {
     pub(crate) fn into_request(self) -> Result<ShredRequest, StoreError> {
         Ok(ShredRequest {
             request_id: self.request_id,
-            merchant: MerchantId::parse("merchant_id", &self.merchant_id)
+            merchant: MerchantId::from_stored("merchant_id", &self.merchant_id)
                 .map_err(|_| corrupt("merchant_id"))?,
             requested_by: CallerId::new(self.requested_by),
             requested_at: from_micros(self.requested_at)?,
-            reason: Reason::parse("reason", &self.reason).map_err(|_| corrupt("reason"))?,
+            reason: Reason::from_stored("reason", &self.reason).map_err(|_| corrupt("reason"))?,
         })
     }
 }
