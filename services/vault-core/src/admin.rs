@@ -79,7 +79,7 @@ pub struct JobProgress {
 impl Vault {
     /// Starts an audited admin call: parses the merchant (if any), checks `keys.admin`, and
     /// parses the reason (if the call takes one).
-    fn admin_call(
+    async fn admin_call(
         &self,
         audit: &mut AuditRecord,
         action: &'static str,
@@ -93,7 +93,7 @@ impl Vault {
         }
         let merchant = match merchant_id {
             Some(id) => {
-                let merchant = MerchantId::parse("merchant_id", id)?;
+                let merchant = self.merchant_of(id).await?;
                 audit.merchant = Some(merchant.clone());
                 self.authorize(audit, Operation::KeysAdmin, &merchant)?;
                 Some(merchant)
@@ -123,7 +123,8 @@ impl Vault {
     pub async fn key_status(&self, ctx: &CallContext) -> Result<KeyStatus, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            self.admin_call(&mut audit, "keys.status", None, None)?;
+            self.admin_call(&mut audit, "keys.status", None, None)
+                .await?;
             let current_kek_id = self.keys.current_id().await?;
             Ok(Done::pending(KeyStatus {
                 kek: self.keys.current().name().to_owned(),
@@ -150,7 +151,9 @@ impl Vault {
     ) -> Result<MerchantKeyReport, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            let merchant = self.admin_merchant(&mut audit, "keys.show", merchant_id, None)?;
+            let merchant = self
+                .admin_merchant(&mut audit, "keys.show", merchant_id, None)
+                .await?;
             Ok(Done::pending(MerchantKeyReport {
                 keys: self.store.key_versions(&merchant).await?,
                 shredded: self.store.is_shredded(&merchant).await?,
@@ -173,8 +176,9 @@ impl Vault {
     ) -> Result<u32, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            let merchant =
-                self.admin_merchant(&mut audit, "dek.rotate", merchant_id, Some(reason))?;
+            let merchant = self
+                .admin_merchant(&mut audit, "dek.rotate", merchant_id, Some(reason))
+                .await?;
             let newest = self.stored_keys(&merchant).await?.dek.context.version;
             // The new key and this call's audit record commit together. If another replica
             // made that version first, it is still the merchant's newest.
@@ -185,14 +189,15 @@ impl Vault {
         self.conclude(audit, result).await
     }
 
-    fn admin_merchant(
+    async fn admin_merchant(
         &self,
         audit: &mut AuditRecord,
         action: &'static str,
         merchant_id: &str,
         reason: Option<&str>,
     ) -> Result<MerchantId, VaultError> {
-        self.admin_call(audit, action, Some(merchant_id), reason)?
+        self.admin_call(audit, action, Some(merchant_id), reason)
+            .await?
             .ok_or(VaultError::FailedPrecondition("a merchant id is required"))
     }
 
@@ -208,8 +213,9 @@ impl Vault {
     ) -> Result<ReencryptJob, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            let merchant =
-                self.admin_merchant(&mut audit, "reencrypt.start", merchant_id, Some(reason))?;
+            let merchant = self
+                .admin_merchant(&mut audit, "reencrypt.start", merchant_id, Some(reason))
+                .await?;
             let set = self.stored_keys(&merchant).await?;
             let keys = MerchantKeys {
                 dek_version: set.dek.context.version,
@@ -245,7 +251,8 @@ impl Vault {
     ) -> Result<RewrapJob, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            self.admin_call(&mut audit, "kek.rewrap.start", None, Some(reason))?;
+            self.admin_call(&mut audit, "kek.rewrap.start", None, Some(reason))
+                .await?;
             Ok(Done::pending(self.keys.current_id().await?))
         }
         .await;
@@ -274,8 +281,9 @@ impl Vault {
     ) -> Result<ShredRequest, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            let merchant =
-                self.admin_merchant(&mut audit, "shred.request", merchant_id, Some(reason))?;
+            let merchant = self
+                .admin_merchant(&mut audit, "shred.request", merchant_id, Some(reason))
+                .await?;
             if self.store.is_shredded(&merchant).await? {
                 return Err(VaultError::FailedPrecondition(
                     "the merchant's keys are already destroyed",
@@ -329,8 +337,9 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::KeysAdmin);
         let result = async {
-            let merchant =
-                self.admin_merchant(&mut audit, "shred.approve", merchant_id, Some(reason))?;
+            let merchant = self
+                .admin_merchant(&mut audit, "shred.approve", merchant_id, Some(reason))
+                .await?;
             let no_request = VaultError::FailedPrecondition(
                 "no pending shred request with this id for this merchant",
             );

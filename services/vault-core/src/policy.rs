@@ -121,6 +121,18 @@ impl Policy {
     pub fn identities(&self) -> impl Iterator<Item = &CallerId> {
         self.grants.keys()
     }
+
+    /// The merchants the policy names (in grants limited to some merchants).
+    pub fn merchants(&self) -> impl Iterator<Item = &MerchantId> {
+        self.grants.values().flat_map(|grant| {
+            match &grant.merchants {
+                MerchantScope::Any => None,
+                MerchantScope::Only(merchants) => Some(merchants.iter()),
+            }
+            .into_iter()
+            .flatten()
+        })
+    }
 }
 
 #[cfg(test)]

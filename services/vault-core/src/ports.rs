@@ -295,6 +295,10 @@ pub trait KeyStore: Send + Sync {
 
     /// True once the merchant's keys were destroyed.
     async fn is_shredded(&self, merchant: &MerchantId) -> Result<bool, StoreError>;
+
+    /// Every merchant the store knows (with keys, or shredded), the vault's own keys' owner
+    /// excepted, read back without the input rules (see [`MerchantId::from_stored`]).
+    async fn merchant_ids(&self) -> Result<Vec<MerchantId>, StoreError>;
 }
 
 /// A writer's chain head: its newest committed record (seq 0 and [`vault_audit::GENESIS`]

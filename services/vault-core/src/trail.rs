@@ -139,8 +139,10 @@ const EVENTS: [&str; 9] = [
 ];
 
 /// The outcomes an audit read may filter by.
-const OUTCOMES: [&str; 10] = [
+const OUTCOMES: [&str; 12] = [
     "success",
+    "rate_limited",
+    "enumeration_refused",
     "denied",
     "unauthenticated",
     "invalid_argument",
@@ -201,7 +203,7 @@ fn one_of(
 }
 
 impl AuditReadCommand {
-    fn parse(&self) -> Result<AuditQuery, InvalidArgument> {
+    fn parse(&self, merchant: Option<MerchantId>) -> Result<AuditQuery, InvalidArgument> {
         let caller = match self.caller.as_deref().filter(|c| !c.is_empty()) {
             None => None,
             Some(c) if c.len() > 1024 || contains_card_number(c) => {
@@ -216,12 +218,7 @@ impl AuditReadCommand {
         let query = AuditQuery {
             from,
             to,
-            merchant: self
-                .merchant_id
-                .as_deref()
-                .filter(|m| !m.is_empty())
-                .map(|m| MerchantId::parse("merchant_id", m))
-                .transpose()?,
+            merchant,
             caller,
             event: one_of("event", self.event.as_deref(), &EVENTS)?,
             outcome: one_of("outcome", self.outcome.as_deref(), &OUTCOMES)?,
@@ -511,15 +508,13 @@ impl Vault {
         let mut audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.read");
         let result = async {
             // The merchant first (it decides which grant applies), then the rest.
-            let merchant = command
-                .merchant_id
-                .as_deref()
-                .filter(|m| !m.is_empty())
-                .map(|m| MerchantId::parse("merchant_id", m))
-                .transpose()?;
+            let merchant = match command.merchant_id.as_deref().filter(|m| !m.is_empty()) {
+                Some(id) => Some(self.merchant_of(id).await?),
+                None => None,
+            };
             audit.merchant.clone_from(&merchant);
             self.authorize_audit(&audit, Operation::AuditRead, merchant.as_ref())?;
-            let query = command.parse()?;
+            let query = command.parse(merchant)?;
             Ok(Done::pending(AuditReader {
                 vault: self.clone(),
                 query,

@@ -19,7 +19,7 @@ use crate::ids::{CallContext, CallerId, MerchantId};
 use crate::keyring::KeyRing;
 use crate::lifecycle::{DekLimits, UseLeases};
 use crate::limits::{CallLimiter, LimitKey, Refusal, RefusalLog, Unlimited};
-use crate::pan::Pan;
+use crate::pan::{CARD_LIKE, Pan};
 use crate::policy::{Operation, Policy};
 use crate::ports::{
     CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord,
@@ -286,6 +286,12 @@ impl Vault {
         self
     }
 
+    /// True if the policy lists `identity` (whatever it grants).
+    #[must_use]
+    pub fn lists_caller(&self, identity: &str) -> bool {
+        self.policy.identities().any(|c| c.as_str() == identity)
+    }
+
     /// The call limiter (for its housekeeping).
     #[must_use]
     pub fn limiter(&self) -> &Arc<dyn CallLimiter> {
@@ -471,8 +477,9 @@ impl Vault {
     ) -> Result<CardMetadata, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::Metadata);
         let result = async {
-            let (merchant, token) =
-                self.authorize_token_command(&mut audit, Operation::Metadata, &command)?;
+            let (merchant, token) = self
+                .authorize_token_command(&mut audit, Operation::Metadata, &command)
+                .await?;
             let record = self
                 .store
                 .token(&merchant, &token)
@@ -491,8 +498,9 @@ impl Vault {
     pub async fn delete(&self, ctx: &CallContext, command: TokenCommand) -> Result<(), VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::Delete);
         let result = async {
-            let (merchant, token) =
-                self.authorize_token_command(&mut audit, Operation::Delete, &command)?;
+            let (merchant, token) = self
+                .authorize_token_command(&mut audit, Operation::Delete, &command)
+                .await?;
             if self.store.delete_token(&merchant, &token, &audit).await? {
                 Ok(Done::audited(()))
             } else {
@@ -524,7 +532,7 @@ impl Vault {
         command: TokenizeCommand,
     ) -> Result<Done<Tokenized>, VaultError> {
         self.throttle(audit, Operation::Tokenize, None, 1)?;
-        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        let merchant = self.merchant_of(&command.merchant_id).await?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
         let format = Self::token_format(command.format)?;
@@ -552,8 +560,13 @@ impl Vault {
         audit: &mut AuditRecord,
         command: TokenizeBatchCommand,
     ) -> Result<OpenBatch, VaultError> {
-        self.throttle(audit, Operation::Tokenize, None, command.cards.len())?;
-        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        self.throttle(
+            audit,
+            Operation::Tokenize,
+            None,
+            command.cards.len().min(MAX_BATCH_CARDS),
+        )?;
+        let merchant = self.merchant_of(&command.merchant_id).await?;
         audit.merchant = Some(merchant.clone());
         self.authorize(audit, Operation::Tokenize, &merchant)?;
         let format = Self::token_format(command.format)?;
@@ -696,8 +709,9 @@ impl Vault {
     ) -> Result<Done<Detokenized>, VaultError> {
         // A valid reason is recorded even when the call is then refused.
         audit.reason = Reason::parse("reason", &command.reason).ok();
-        let (merchant, token) =
-            self.authorize_token_command(audit, Operation::Detokenize, &command)?;
+        let (merchant, token) = self
+            .authorize_token_command(audit, Operation::Detokenize, &command)
+            .await?;
         // Per merchant too, once the caller is known to be allowed there (so a caller cannot
         // grow the counters with merchants it may not touch).
         self.throttle(audit, Operation::Detokenize, Some(&merchant), 1)?;
@@ -771,19 +785,53 @@ impl Vault {
 
     /// Parses the merchant, checks the policy for it, then parses the token. Valid values are
     /// recorded in the audit record even when the call is refused.
-    fn authorize_token_command(
+    async fn authorize_token_command(
         &self,
         audit: &mut AuditRecord,
         operation: Operation,
         command: &TokenCommand,
     ) -> Result<(MerchantId, Token), VaultError> {
         self.throttle(audit, operation, None, 1)?;
-        let merchant = MerchantId::parse("merchant_id", &command.merchant_id)?;
+        let merchant = self.merchant_of(&command.merchant_id).await?;
         audit.merchant = Some(merchant.clone());
-        audit.token = Token::parse("token", &command.token).ok();
+        let token = Token::parse("token", &command.token);
+        audit.token = token.as_ref().ok().cloned();
         self.authorize(audit, operation, &merchant)?;
-        let token = Token::parse("token", &command.token)?;
+        let token = match token {
+            Ok(token) => token,
+            Err(refused) if refused.problem == CARD_LIKE => {
+                // Issued before the card-number rule tightened: reachable if it exists.
+                let token = Token::parse_shape("token", &command.token)?;
+                if self.store.token(&merchant, &token).await?.is_none() {
+                    return Err(refused.into());
+                }
+                audit.token = Some(token.clone());
+                token
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         Ok((merchant, token))
+    }
+
+    /// Parses a caller's merchant id. One the card-number rule refuses is accepted only if
+    /// the store already knows the merchant (its keys, or its shred): such ids were accepted
+    /// before the rule tightened, and their tokens stay reachable. No merchant is ever created
+    /// under one (`vaultd` reports them at start).
+    pub(crate) async fn merchant_of(&self, input: &str) -> Result<MerchantId, VaultError> {
+        match MerchantId::parse("merchant_id", input) {
+            Ok(merchant) => Ok(merchant),
+            Err(refused) if refused.problem == CARD_LIKE => {
+                let merchant = MerchantId::parse_shape("merchant_id", input)?;
+                if self.store.merchant_keys(&merchant).await?.is_some()
+                    || self.store.is_shredded(&merchant).await?
+                {
+                    Ok(merchant)
+                } else {
+                    Err(refused.into())
+                }
+            }
+            Err(refused) => Err(refused.into()),
+        }
     }
 
     pub(crate) fn authorize(

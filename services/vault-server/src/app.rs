@@ -21,7 +21,7 @@ use crate::audit::AuditApi;
 use crate::config::{Config, StorageUrl, load_policy};
 use crate::grpc::TokenApi;
 use crate::kek::open_key_ring;
-use crate::limits::GovernorLimiter;
+use crate::limits::{GovernorLimiter, card_like_in_use};
 use crate::tls;
 
 /// Largest request the vault decodes. A PAN is at most 38 characters; the margin lets a 10 KB
@@ -135,6 +135,7 @@ impl Application {
     /// # Errors
     /// Any configuration, storage, key or TLS problem, with the file or setting named.
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
+        vault_core::pan::configure_card_number_rule(config.input.rule());
         let policy = load_policy(&config.policy.path)?;
         let policy_digest = std::fs::read(&config.policy.path)
             .map(|text| vault_crypto::sha256(&text))
@@ -156,6 +157,19 @@ impl Application {
                 days,
                 "audit.danger_online_days is set: exported audit records may be pruned after \
                  {days} days, not the 90 PCI DSS 10.5.1 requires"
+            );
+        }
+        let merchants = store.port().merchant_ids().await?;
+        for (kind, digest) in card_like_in_use(
+            policy.identities().map(|c| c.as_str()),
+            policy.merchants().map(|m| m.as_str()),
+            merchants.iter().map(|m| m.as_str()),
+        ) {
+            tracing::warn!(
+                kind,
+                digest,
+                "in use, but the card-number rule ([input] card_number_max_gap) refuses it for \
+                 new input: it stays usable; consider renaming it (named by SHA-256 only)"
             );
         }
         let vault = Vault::new(store.port(), keys, Arc::new(policy))

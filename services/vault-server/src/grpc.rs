@@ -20,7 +20,7 @@ use vault_core::{Vault, VaultError};
 use vault_proto::v1 as pb;
 use zeroize::Zeroizing;
 
-use crate::identity::identity_of;
+use crate::identity::identity_of_known;
 use crate::status::to_status;
 
 /// Response metadata key carrying the call's request id (also in the audit record).
@@ -77,7 +77,7 @@ impl Calls {
         request: &Request<T>,
         operation: Operation,
     ) -> Result<CallContext, Status> {
-        match call_context(request) {
+        match call_context(request, &self.vault) {
             Ok(ctx) => Ok(ctx),
             Err(ctx) => {
                 let error = self
@@ -96,11 +96,13 @@ impl Calls {
 /// The call's context: identity from the verified client certificate (SPIFFE URI SAN, else
 /// CN), peer address, and a fresh request id. If the certificate names no identity, the
 /// context's caller describes the certificate by its SHA-256 digest instead, and `Err` says so.
-fn call_context<T>(request: &Request<T>) -> Result<CallContext, CallContext> {
+fn call_context<T>(request: &Request<T>, vault: &Vault) -> Result<CallContext, CallContext> {
     let leaf = request
         .peer_certs()
         .and_then(|certs| certs.first().map(|cert| cert.as_ref().to_vec()));
-    let identity = leaf.as_deref().and_then(identity_of);
+    let identity = leaf
+        .as_deref()
+        .and_then(|der| identity_of_known(der, |id| vault.lists_caller(id)));
     let ctx = |caller: String| CallContext {
         caller: CallerId::new(caller),
         peer: request.remote_addr().map(|addr| addr.to_string()),

@@ -15,6 +15,14 @@ const MAX_IDENTITY: usize = 256;
 /// The identity a DER certificate names, if exactly one.
 #[must_use]
 pub fn identity_of(der: &[u8]) -> Option<String> {
+    identity_of_known(der, |_| false)
+}
+
+/// [`identity_of`], except that an identity the card-number rule refuses is accepted if
+/// `known(identity)`: the policy lists it, so it was in use before the rule tightened (vaultd
+/// reports such identities at start). A new certificate cannot get one in.
+#[must_use]
+pub fn identity_of_known(der: &[u8], known: impl Fn(&str) -> bool) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let client_auth = cert
         .extended_key_usage()
@@ -50,7 +58,7 @@ pub fn identity_of(der: &[u8]) -> Option<String> {
     let acceptable = !identity.is_empty()
         && identity.len() <= MAX_IDENTITY
         && identity.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        && !contains_card_number(identity);
+        && (!contains_card_number(identity) || known(identity));
     acceptable.then(|| identity.to_owned())
 }
 
@@ -100,6 +108,17 @@ mod tests {
         // A CN holding a card number.
         let pan = ca.issue_client(Some("4111 1111 1111 1111"), None).unwrap();
         assert_eq!(identity_of(&der(&pan.cert_pem)), None);
+        // ... unless the policy lists it (in use before the rule tightened).
+        assert_eq!(
+            identity_of_known(&der(&pan.cert_pem), |id| id == "4111 1111 1111 1111"),
+            Some("4111 1111 1111 1111".to_owned())
+        );
+        let split = ca.issue_client(Some("4111a1111b1111c1111"), None).unwrap();
+        assert_eq!(identity_of(&der(&split.cert_pem)), None);
+        assert_eq!(
+            identity_of_known(&der(&split.cert_pem), |id| id == "other"),
+            None
+        );
         // A server certificate (no clientAuth usage) is not a client identity.
         let server = ca.issue_server(&["payments"]).unwrap();
         assert_eq!(identity_of(&der(&server.cert_pem)), None);

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use vault_core::guard::GuardSettings;
 use vault_core::ids::{CallerId, MerchantId};
 use vault_core::limits::{CallLimiter, LimitKey};
+use vault_core::pan::{CardNumberRule, contains_card_number};
 use vault_core::policy::Operation;
 use vault_core::vault::MAX_BATCH_CARDS;
 
@@ -214,6 +215,76 @@ impl GuardConfig {
         }
         Ok(())
     }
+}
+
+/// `[input]`: the card-number rule every free-text field that is stored, logged or used as an
+/// identity must pass (`vault_core::pan::CardNumberRule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Digit groups separated by up to this many characters of any kind are read as one
+    /// number (0 to 16).
+    pub card_number_max_gap: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            card_number_max_gap: CardNumberRule::DEFAULT_GAP,
+        }
+    }
+}
+
+impl InputConfig {
+    /// The rule.
+    #[must_use]
+    pub fn rule(&self) -> CardNumberRule {
+        CardNumberRule::new(self.card_number_max_gap).unwrap_or_default()
+    }
+
+    /// Checks the gap is within the rule's range.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        if CardNumberRule::new(self.card_number_max_gap).is_none() {
+            return Err(ConfigError::Invalid {
+                path: file.to_owned(),
+                setting: "input.card_number_max_gap".to_owned(),
+                problem: format!("must be from 0 to {}", CardNumberRule::MAX_GAP),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What `vaultd` reports at start: merchant ids and identities in use that the card-number
+/// rule refuses for new input. They stay usable (a merchant the store knows, an identity the
+/// policy lists); the report names them by SHA-256 only, since they may hold a card number.
+#[must_use]
+pub fn card_like_in_use<'a>(
+    policy_identities: impl IntoIterator<Item = &'a str>,
+    policy_merchants: impl IntoIterator<Item = &'a str>,
+    stored_merchants: impl IntoIterator<Item = &'a str>,
+) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    let mut check = |kind: &'static str, value: &str| {
+        if contains_card_number(value) {
+            let digest = vault_crypto::sha256(value.as_bytes());
+            let hex = crate::grpc::hex(digest.get(..8).unwrap_or_default());
+            found.push((kind, format!("sha256:{hex}")));
+        }
+    };
+    for id in policy_identities {
+        check("policy identity", id);
+    }
+    for id in policy_merchants {
+        check("policy merchant", id);
+    }
+    for id in stored_merchants {
+        check("stored merchant", id);
+    }
+    found
 }
 
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;

@@ -111,6 +111,9 @@ pub(crate) const IS_SHREDDED: &str =
 /// How many times a use reservation retries its compare-and-set before giving up.
 pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 
+pub(crate) const SELECT_MERCHANT_IDS: &str = "SELECT merchant_id FROM data_keys UNION \
+    SELECT merchant_id FROM shredded_merchants ORDER BY 1";
+
 pub(crate) const SELECT_TALLY: &str = "SELECT items FROM abuse_tallies WHERE scope = $1 \
     AND subject = $2 AND window_end = $3";
 pub(crate) const INSERT_TALLY_ITEM: &str = "INSERT INTO abuse_tally_items (scope, subject, \
@@ -1247,6 +1250,22 @@ macro_rules! token_store_impl {
                     .map_err($crate::sql::unavailable)?;
                 self.commit_audited(tx, &[audit]).await?;
                 Ok(Some(destroyed))
+            }
+
+            async fn merchant_ids(
+                &self,
+            ) -> Result<Vec<vault_core::ids::MerchantId>, vault_core::StoreError> {
+                let ids: Vec<String> = sqlx::query_scalar($crate::sql::SELECT_MERCHANT_IDS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::sql::unavailable)?;
+                ids.iter()
+                    .filter(|id| *id != vault_core::ids::MerchantId::vault_owner().as_str())
+                    .map(|id| {
+                        vault_core::ids::MerchantId::from_stored("merchant_id", id)
+                            .map_err(|e| vault_core::StoreError::Corrupt(e.to_string()))
+                    })
+                    .collect()
             }
 
             async fn is_shredded(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use tonic::Code;
+use vault_core::pan::luhn_valid;
 use vault_proto::v1::token_service_client::TokenServiceClient;
 use vault_proto::v1::{self as pb};
 use vault_store::testing::TestDatabase;
@@ -16,23 +17,6 @@ use crate::harness::*;
 /// The guard's budget in these tests: the default (12 distinct cards per bucket per window,
 /// 4 per request).
 const BUDGET: usize = 12;
-
-fn luhn_valid(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 1 {
-                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum % 10 == 0
-}
 
 /// `n` Luhn-valid 16-digit cards with the victim's first six and last four digits (what its
 /// metadata shows), the victim's own card among them at `victim_at`.
@@ -51,7 +35,7 @@ fn candidates(victim: &str, n: usize, victim_at: usize) -> Vec<String> {
 }
 
 fn format_of(i: usize) -> pb::TokenFormat {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         pb::TokenFormat::Random
     } else {
         pb::TokenFormat::PanShaped
@@ -448,4 +432,91 @@ async fn a_flood_is_limited_without_touching_another_callers_quota_or_the_trail(
             .any(|(_, detail)| detail.as_deref().is_some_and(|d| d.starts_with(&summary))),
         "{after_stop:?}"
     );
+}
+
+async fn legacy_metadata(
+    vault: &TestVault,
+    merchant: &str,
+    token: &str,
+) -> Result<tonic::Response<pb::GetTokenMetadataResponse>, tonic::Status> {
+    vault
+        .client(LEGACY_CN)
+        .await
+        .get_token_metadata(pb::GetTokenMetadataRequest {
+            merchant_id: merchant.into(),
+            token: token.into(),
+        })
+        .await
+}
+
+/// Merchant ids and identities accepted before the card-number rule joined digit groups
+/// across letters (here: a vault run with `card_number_max_gap = 0`) stay usable and their
+/// tokens reachable under the tighter rule; vaultd reports them at start by digest only. New
+/// ones are refused.
+#[tokio::test]
+async fn ids_in_use_before_the_rule_tightened_stay_usable_and_are_reported() {
+    let storage = "url = \"sqlite:vault.db\"\n";
+    let lax = format!("{DEV_KEK}[input]\ncard_number_max_gap = 0\n");
+    let vault =
+        TestVault::start_with_keys(storage, "[input]\ncard_number_max_gap = 0\n", "info").await;
+    let policy = vault.dir.path().join("policy.toml");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(&format!(
+        "\n[[caller]]\nidentity = \"{LEGACY_CN}\"\noperations = [\"metadata\"]\nmerchants = [\"*\"]\n"
+    ));
+    std::fs::write(&policy, text).unwrap();
+    let vault = vault.restart_with(storage, &lax).await;
+    let (merchant, pan) = ("m4111x1111y1111z1111", random_pan("4"));
+    let token = vault.tokenize_at(&vault.addr, merchant, &pan).await;
+    assert!(legacy_metadata(&vault, merchant, &token).await.is_ok());
+
+    // The tighter default rule.
+    let vault = vault.restart_with(storage, DEV_KEK).await;
+    let logs = vault.logs();
+    let reported: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("the card-number rule"))
+        .collect();
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert!(reported.iter().any(|l| l.contains("policy identity")));
+    assert!(reported.iter().any(|l| l.contains("stored merchant")));
+    assert!(
+        !logs.contains(merchant) && !logs.contains("4000x0566"),
+        "ids in the log"
+    );
+    // Still usable: the listed identity, the stored merchant, its token and its dedup.
+    assert!(legacy_metadata(&vault, merchant, &token).await.is_ok());
+    assert_eq!(
+        vault.detokenize_at(&vault.addr, merchant, &token).await,
+        pan
+    );
+    let again = vault
+        .client("gateway")
+        .await
+        .tokenize(tokenize_request(merchant, &pan))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.existing);
+    // New ones are refused: a merchant, a reason.
+    let refused = vault
+        .client("gateway")
+        .await
+        .tokenize(tokenize_request("m4111y1111z1111x1111", &pan))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "merchant_id: must not contain a card number"
+    );
+    let mut request = detokenize_request(merchant, &token);
+    request.reason = "refund 4111 x 1111 y 1111 z 1111".into();
+    let refused = vault
+        .client("payments")
+        .await
+        .detokenize(request)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.message(), "reason: must not contain a card number");
 }

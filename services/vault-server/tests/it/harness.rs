@@ -21,6 +21,10 @@ pub const PAYMENTS: &str = "spiffe://vault.test/payments";
 pub const AUDITOR: &str = "spiffe://vault.test/auditor";
 pub const ADMIN_1: &str = "spiffe://vault.test/admin-1";
 pub const ADMIN_2: &str = "spiffe://vault.test/admin-2";
+/// A CN from before the card-number rule joined digit groups across letters: refused as a new
+/// identity today, usable while a policy lists it. No test policy lists it unless the test
+/// adds it.
+pub const LEGACY_CN: &str = "legacy 4000x0566y5566z5556";
 /// A low-privilege caller (tokenize and metadata only): the enumeration tests' attacker.
 pub const PROBER: &str = "spiffe://vault.test/prober";
 
@@ -66,6 +70,7 @@ impl TestPki {
             ("admin-2", Some(ADMIN_2)),
             ("prober", Some(PROBER)),
             ("cn-only", None),
+            (LEGACY_CN, None),
         ] {
             let issued = ca.issue_client(Some(name), spiffe).unwrap();
             std::fs::write(pki.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
