@@ -29,6 +29,12 @@ pub enum LimitKey<'a> {
         /// Which operation.
         operation: Operation,
     },
+    /// The caller's quota for calls of operations its policy grants it nowhere (and calls
+    /// of callers the certificate names no identity for): all refused, so a small quota.
+    Ungranted {
+        /// Who.
+        caller: &'a CallerId,
+    },
     /// The caller's quota for the operation at one merchant (Detokenize).
     Merchant {
         /// Who.

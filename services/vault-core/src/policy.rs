@@ -117,6 +117,14 @@ impl Policy {
         })
     }
 
+    /// True if `caller` may perform `operation` for at least one merchant.
+    #[must_use]
+    pub fn grants(&self, caller: &CallerId, operation: Operation) -> bool {
+        self.grants
+            .get(caller)
+            .is_some_and(|grant| grant.operations.contains(&operation))
+    }
+
     /// The identities the policy names.
     pub fn identities(&self) -> impl Iterator<Item = &CallerId> {
         self.grants.keys()

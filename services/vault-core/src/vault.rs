@@ -354,6 +354,9 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let caller = &audit.caller;
         let key = match merchant {
+            // Calls the policy refuses whatever they name: one small quota for them all, so a
+            // caller cannot fill the trail with refusals at another operation's rate.
+            None if !self.policy.grants(caller, operation) => LimitKey::Ungranted { caller },
             None => LimitKey::Operation { caller, operation },
             Some(merchant) => LimitKey::Merchant {
                 caller,

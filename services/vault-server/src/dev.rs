@@ -119,6 +119,7 @@ delete = { per_second = 100, burst = 200 }
 keys_admin = { per_second = 5, burst = 20 }
 audit_read = { per_second = 10, burst = 50 }
 audit_prune = { per_second = 1, burst = 5 }
+ungranted = { per_second = 10, burst = 20 }           # operations the policy grants a caller nowhere
 record_refusals_every_secs = 60                       # one refusal record per caller and operation
 
 # Vault-wide, counted in the store: the enumeration guard and the new-merchant cap.

@@ -65,6 +65,9 @@ pub struct LimitsConfig {
     pub audit_read: RateQuota,
     /// AuditService prunes.
     pub audit_prune: RateQuota,
+    /// Calls of operations the policy grants the caller nowhere (all refused), and calls
+    /// whose certificate names no identity: one quota for all of them per caller.
+    pub ungranted: RateQuota,
     /// A refused call is recorded in the audit trail at most once per caller and operation per
     /// this many seconds; the others are counted into the next record.
     pub record_refusals_every_secs: u64,
@@ -81,6 +84,7 @@ impl Default for LimitsConfig {
             keys_admin: RateQuota::new(5, 20),
             audit_read: RateQuota::new(10, 50),
             audit_prune: RateQuota::new(1, 5),
+            ungranted: RateQuota::new(10, 20),
             record_refusals_every_secs: 60,
         }
     }
@@ -90,7 +94,7 @@ impl LimitsConfig {
     /// Longest refusal-recording interval.
     pub const MAX_RECORD_INTERVAL_SECS: u64 = 3_600;
 
-    fn quotas(&self) -> [(&'static str, Option<Operation>, RateQuota); 8] {
+    fn quotas(&self) -> [(&'static str, Option<Operation>, RateQuota); 9] {
         [
             ("tokenize", Some(Operation::Tokenize), self.tokenize),
             ("detokenize", Some(Operation::Detokenize), self.detokenize),
@@ -104,6 +108,7 @@ impl LimitsConfig {
             ("keys_admin", Some(Operation::KeysAdmin), self.keys_admin),
             ("audit_read", Some(Operation::AuditRead), self.audit_read),
             ("audit_prune", Some(Operation::AuditPrune), self.audit_prune),
+            ("ungranted", None, self.ungranted),
         ]
     }
 
@@ -293,6 +298,7 @@ type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as 
 pub struct GovernorLimiter<C: Clock = DefaultClock> {
     clock: C,
     per_operation: HashMap<Operation, Keyed<CallerId, C>>,
+    ungranted: Option<Keyed<CallerId, C>>,
     per_merchant: HashMap<Operation, Keyed<(CallerId, MerchantId), C>>,
 }
 
@@ -333,9 +339,14 @@ impl<C: Clock + Clone> GovernorLimiter<C> {
                 RateLimiter::dashmap_with_clock(quota, clock.clone()),
             );
         }
+        let ungranted = config
+            .ungranted
+            .quota()
+            .map(|quota| RateLimiter::dashmap_with_clock(quota, clock.clone()));
         Self {
             clock,
             per_operation,
+            ungranted,
             per_merchant,
         }
     }
@@ -367,6 +378,10 @@ where
                 Some(limiter) => self.take(limiter, caller, n),
                 None => Ok(()),
             },
+            LimitKey::Ungranted { caller } => match &self.ungranted {
+                Some(limiter) => self.take(limiter, caller, n),
+                None => Ok(()),
+            },
             LimitKey::Merchant {
                 caller,
                 operation,
@@ -383,6 +398,9 @@ where
             limiter.retain_recent();
         }
         for limiter in self.per_merchant.values() {
+            limiter.retain_recent();
+        }
+        if let Some(limiter) = &self.ungranted {
             limiter.retain_recent();
         }
     }
@@ -450,6 +468,19 @@ mod tests {
             clock.advance(Duration::from_millis(200));
             assert!(limiter.check(op(&calm, Operation::Detokenize), 1).is_ok());
         }
+    }
+
+    #[test]
+    fn calls_the_policy_grants_nowhere_share_one_small_quota() {
+        let clock = FakeRelativeClock::default();
+        let limiter = limiter(&clock);
+        let caller = CallerId::new("spiffe://t/stranger");
+        let key = LimitKey::Ungranted { caller: &caller };
+        assert_eq!(passed(&limiter, key, 100), 20);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(passed(&limiter, key, 100), 10);
+        // Its own quotas for operations it has are untouched.
+        assert_eq!(passed(&limiter, op(&caller, Operation::Detokenize), 10), 5);
     }
 
     #[test]

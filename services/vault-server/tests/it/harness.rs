@@ -138,7 +138,8 @@ pub const GENEROUS_LIMITS: &str = "[limits]\n\
     delete = { per_second = 1000000, burst = 1000000 }\n\
     keys_admin = { per_second = 1000000, burst = 1000000 }\n\
     audit_read = { per_second = 1000000, burst = 1000000 }\n\
-    audit_prune = { per_second = 1000000, burst = 1000000 }\n";
+    audit_prune = { per_second = 1000000, burst = 1000000 }\n\
+    ungranted = { per_second = 1000000, burst = 1000000 }\n";
 
 /// The guard for tests that are not about it: the default card guard (random test PANs never
 /// trip it), but no practical cap on new merchants (some tests make a thousand).
