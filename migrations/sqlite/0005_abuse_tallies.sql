@@ -5,25 +5,26 @@
 --   merchant.create       distinct new merchant ids per caller: each costs two KEK wraps
 -- They live in the store, not in a replica's memory, so they survive restarts and are shared
 -- by replicas; deleting tokens does not reset them. Rows of windows that have ended are purged.
+--
+-- Both tables are keyed window first: a purge deletes a range of the key, and a new card
+-- writes one row in each table and no secondary index (a tokenize is on the hot path).
 
--- One row per (scope, subject, window): `items` counts distinct items, and stops growing
+-- One row per (window, scope, subject): `items` counts distinct items, and stops growing
 -- (items are no longer stored) once it passes the limit the vault asked with.
 CREATE TABLE abuse_tallies (
+    window_end INTEGER NOT NULL,   -- seconds since the Unix epoch, UTC: the window's end
     scope      TEXT NOT NULL,
     subject    TEXT NOT NULL,
-    window_end INTEGER NOT NULL,   -- seconds since the Unix epoch, UTC: the window's end
     items      INTEGER NOT NULL CHECK (items >= 0),
-    PRIMARY KEY (scope, subject, window_end)
-) STRICT;
-
-CREATE INDEX abuse_tallies_window_end ON abuse_tallies (window_end);
+    PRIMARY KEY (window_end, scope, subject)
+) STRICT, WITHOUT ROWID;
 
 -- The distinct items of each tally (a card's keyed fingerprint, a merchant id): an item seen
 -- again in the same window is not counted twice.
 CREATE TABLE abuse_tally_items (
+    window_end INTEGER NOT NULL,
     scope      TEXT NOT NULL,
     subject    TEXT NOT NULL,
-    window_end INTEGER NOT NULL,
     item       BLOB NOT NULL,
-    PRIMARY KEY (scope, subject, window_end, item)
+    PRIMARY KEY (window_end, scope, subject, item)
 ) STRICT, WITHOUT ROWID;

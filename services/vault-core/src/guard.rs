@@ -65,6 +65,17 @@ pub fn card_bucket(pan: &Pan) -> String {
     format!("{}/{lead}/{}", pan.len(), pan.last4())
 }
 
+/// A bucket as audit records name it: `16-digit cards 424242…4242`. Its digits never join
+/// into anything the card-number rule would take for a card number.
+#[must_use]
+pub fn describe_bucket(bucket: &str) -> String {
+    let mut parts = bucket.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(len), Some(lead), Some(last4)) => format!("{len}-digit cards {lead}…{last4}"),
+        _ => "a card bucket".to_owned(),
+    }
+}
+
 /// A fixed window of `length` that holds `now` (seconds since the epoch): its end, and how
 /// long until it.
 #[must_use]
@@ -142,6 +153,11 @@ mod tests {
         assert_eq!(card_bucket(&pan), "16/424242/4242");
         let short = Pan::parse("pan", "411111111117").unwrap();
         assert_eq!(card_bucket(&short), "12/41/1117");
+        let named = describe_bucket(&card_bucket(&pan));
+        assert_eq!(named, "16-digit cards 424242…4242");
+        assert!(!crate::pan::contains_card_number(&format!(
+            "enumeration guard tripped: {named}, over 12 cards per 86400 s"
+        )));
     }
 
     #[test]

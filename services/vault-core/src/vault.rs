@@ -944,6 +944,8 @@ impl Vault {
                 fingerprints.push(fingerprint.to_vec());
             }
         }
+        // One order for every caller: racing transactions take the tallies' rows alike.
+        buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let requests: Vec<TallyRequest> = buckets
             .iter()
             .map(|(bucket, fingerprints)| {
@@ -970,15 +972,16 @@ impl Vault {
         let Some((tripped, bucket)) = refused else {
             return Ok(());
         };
+        let bucket = guard::describe_bucket(bucket);
         audit.detail = Some(
             if tripped {
                 format!(
-                    "enumeration guard tripped: bucket {bucket}, over {} cards per {} s",
+                    "enumeration guard tripped: {bucket}, over {} cards per {} s",
                     self.guard.cards_per_bucket,
                     self.guard.window.as_secs()
                 )
             } else {
-                format!("enumeration guard: bucket {bucket} spent until the window ends")
+                format!("enumeration guard: {bucket} spent until the window ends")
             }
             .into(),
         );

@@ -16,6 +16,7 @@ mod rows;
 mod sink;
 mod sql;
 mod sqlite;
+mod tally;
 pub mod testing;
 
 pub use postgres::{PgSettings, PgStore, PgStoreError, redact_url};

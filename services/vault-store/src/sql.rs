@@ -114,23 +114,33 @@ pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 pub(crate) const SELECT_MERCHANT_IDS: &str = "SELECT merchant_id FROM data_keys UNION \
     SELECT merchant_id FROM shredded_merchants ORDER BY 1";
 
-pub(crate) const SELECT_TALLY: &str = "SELECT items FROM abuse_tallies WHERE scope = $1 \
-    AND subject = $2 AND window_end = $3";
-pub(crate) const INSERT_TALLY_ITEM: &str = "INSERT INTO abuse_tally_items (scope, subject, \
-    window_end, item) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING window_end";
-/// Counts a new item: one atomic upsert, whose row lock (PostgreSQL) or write lock (SQLite)
-/// orders racing transactions.
-pub(crate) const COUNT_TALLY_ITEM: &str = "INSERT INTO abuse_tallies (scope, subject, \
-    window_end, items) VALUES ($1, $2, $3, 1) ON CONFLICT (scope, subject, window_end) \
-    DO UPDATE SET items = abuse_tallies.items + 1 RETURNING items";
-pub(crate) const TRIP_TALLY: &str = "INSERT INTO abuse_tallies (scope, subject, window_end, \
-    items) VALUES ($1, $2, $3, $4) ON CONFLICT (scope, subject, window_end) DO UPDATE SET \
+/// Tally keys (or items) per multi-row statement: 4 parameters each stays far below
+/// SQLite's 32,766 and PostgreSQL's 65,535.
+pub(crate) const TALLY_KEYS_PER_STATEMENT: usize = 1_000;
+pub(crate) const SELECT_TALLIES_IN: &str = "SELECT window_end, scope, subject, items FROM \
+    abuse_tallies WHERE (window_end, scope, subject) IN (";
+pub(crate) const SELECT_TALLY_ITEMS_IN: &str = "SELECT window_end, scope, subject, item FROM \
+    abuse_tally_items WHERE (window_end, scope, subject, item) IN (";
+pub(crate) const INSERT_TALLY_ITEMS: &str =
+    "INSERT INTO abuse_tally_items (window_end, scope, subject, item) ";
+/// Adds each tally's new items in one atomic upsert, whose row lock (PostgreSQL) or write
+/// lock (SQLite) orders racing transactions; it returns the counts after.
+pub(crate) const ADD_TALLIES: &str =
+    "INSERT INTO abuse_tallies (window_end, scope, subject, items) ";
+pub(crate) const ADD_TALLIES_TAIL: &str = " ON CONFLICT (window_end, scope, subject) DO UPDATE \
+    SET items = abuse_tallies.items + excluded.items RETURNING window_end, scope, subject, items";
+pub(crate) const TRIP_TALLY: &str = "INSERT INTO abuse_tallies (window_end, scope, subject, \
+    items) VALUES ($1, $2, $3, $4) ON CONFLICT (window_end, scope, subject) DO UPDATE SET \
     items = CASE WHEN abuse_tallies.items < excluded.items THEN excluded.items \
     ELSE abuse_tallies.items END";
-pub(crate) const PURGE_TALLY_ITEMS: &str = "DELETE FROM abuse_tally_items WHERE \
-    (scope, subject, window_end) IN (SELECT scope, subject, window_end FROM abuse_tallies \
-    WHERE window_end <= $1)";
-pub(crate) const PURGE_TALLIES: &str = "DELETE FROM abuse_tallies WHERE window_end <= $1";
+pub(crate) const ENDED_TALLIES: &str = "SELECT window_end, scope, subject FROM abuse_tallies \
+    WHERE window_end <= $1 ORDER BY window_end LIMIT $2";
+/// Ended tallies purged per transaction.
+pub(crate) const TALLIES_PER_PURGE: i64 = 1_000;
+pub(crate) const PURGE_TALLY_ITEMS: &str = "DELETE FROM abuse_tally_items WHERE window_end = $1 \
+    AND scope = $2 AND subject = $3";
+pub(crate) const PURGE_TALLY: &str = "DELETE FROM abuse_tallies WHERE window_end = $1 \
+    AND scope = $2 AND subject = $3";
 
 pub(crate) const SELECT_BY_FINGERPRINT: &str = concat!(
     "SELECT ",
@@ -764,9 +774,19 @@ macro_rules! token_store_impl {
                     })
                     .collect();
                 let mut inserted = Self::insert_tokens_in(&mut tx, &records).await?;
+                let tally_requests: Vec<&vault_core::ports::TallyRequest> = writes
+                    .iter()
+                    .flat_map(|write| match write {
+                        Write::Tally(requests) => requests.as_slice(),
+                        Write::Token { .. } | Write::Audit(_) => &[],
+                    })
+                    .collect();
+                let tallied = !tally_requests.is_empty();
+                let mut tallies = Self::tally_in(&mut tx, &tally_requests)
+                    .await?
+                    .into_iter();
                 let mut written = Vec::with_capacity(writes.len());
                 let mut audits = Vec::with_capacity(writes.len());
-                let mut tallied = false;
                 for write in writes {
                     match write {
                         Write::Token { record, audit } => {
@@ -783,8 +803,7 @@ macro_rules! token_store_impl {
                             written.push(Written::Audit);
                         }
                         Write::Tally(requests) => {
-                            tallied = true;
-                            written.push(Written::Tally(Self::tally_in(&mut tx, requests).await?));
+                            written.push(Written::Tally(tallies.by_ref().take(requests.len()).collect()));
                         }
                     }
                 }
@@ -843,69 +862,113 @@ macro_rules! token_store_impl {
                 Ok(inserted)
             }
 
-            /// Adds each request's items to its tally inside `tx` (see `TallyStore::tally`).
-            /// A new item's count comes from one atomic upsert, which holds the tally's row
-            /// until the commit: racing transactions on any replica get distinct counts.
+            /// Counts every tally request of a batch inside `tx` (see `tally.rs`): reads the
+            /// counts and the items already seen, stores the new items, and raises each
+            /// tally's count by its new items in one atomic upsert, a few multi-row statements
+            /// for the whole batch.
             async fn tally_in(
                 tx: &mut sqlx::Transaction<'static, $db>,
-                requests: &[vault_core::ports::TallyRequest],
+                requests: &[&vault_core::ports::TallyRequest],
             ) -> Result<Vec<Vec<vault_core::ports::Tallied>>, $crate::group::Failed> {
-                use vault_core::ports::Tallied;
+                use std::collections::{HashMap, HashSet};
                 let failed = |e: sqlx::Error| $crate::group::Failed::statement(&e);
                 let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                let mut all = Vec::with_capacity(requests.len());
-                for request in requests {
-                    let mut tallies = Vec::with_capacity(request.items.len());
-                    for item in &request.items {
-                        let count: Option<i64> = sqlx::query_scalar($crate::sql::SELECT_TALLY)
-                            .bind(request.scope)
-                            .bind(&request.subject)
-                            .bind(request.window_end)
-                            .fetch_optional(&mut **tx)
-                            .await
-                            .map_err(failed)?;
-                        let count = u64::try_from(count.unwrap_or(0)).unwrap_or(0);
-                        if count > request.limit {
-                            tallies.push(Tallied { count, new: false });
-                            continue;
-                        }
-                        let added: Option<i64> = sqlx::query_scalar($crate::sql::INSERT_TALLY_ITEM)
-                            .bind(request.scope)
-                            .bind(&request.subject)
-                            .bind(request.window_end)
-                            .bind(item.as_slice())
-                            .fetch_optional(&mut **tx)
-                            .await
-                            .map_err(failed)?;
-                        if added.is_none() {
-                            tallies.push(Tallied { count, new: false });
-                            continue;
-                        }
-                        let count: i64 = sqlx::query_scalar($crate::sql::COUNT_TALLY_ITEM)
-                            .bind(request.scope)
-                            .bind(&request.subject)
-                            .bind(request.window_end)
-                            .fetch_one(&mut **tx)
-                            .await
-                            .map_err(failed)?;
-                        tallies.push(Tallied {
-                            count: u64::try_from(count).unwrap_or(0),
-                            new: true,
-                        });
-                    }
-                    if request.trip {
-                        sqlx::query($crate::sql::TRIP_TALLY)
-                            .bind(request.scope)
-                            .bind(&request.subject)
-                            .bind(request.window_end)
-                            .bind(as_i64(request.limit.saturating_add(1)))
-                            .execute(&mut **tx)
-                            .await
-                            .map_err(failed)?;
-                    }
-                    all.push(tallies);
+                let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+                if requests.is_empty() {
+                    return Ok(Vec::new());
                 }
-                Ok(all)
+                let keys = $crate::tally::keys(requests.iter().copied());
+                let scope_of = |scope: &str| {
+                    requests
+                        .iter()
+                        .map(|r| r.scope)
+                        .find(|s| *s == scope)
+                        .unwrap_or("")
+                };
+                let mut read = HashMap::new();
+                for chunk in keys.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                    let mut select =
+                        sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLIES_IN);
+                    select.push_values(chunk, |mut row, (window_end, scope, subject)| {
+                        row.push_bind(*window_end).push_bind(*scope).push_bind(subject);
+                    });
+                    select.push(")");
+                    let rows: Vec<(i64, String, String, i64)> = select
+                        .build_query_as()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(failed)?;
+                    for (window_end, scope, subject, items) in rows {
+                        read.insert((window_end, scope_of(&scope), subject), as_u64(items));
+                    }
+                }
+                let wanted: Vec<($crate::tally::Key, &Vec<u8>)> = requests
+                    .iter()
+                    .flat_map(|r| r.items.iter().map(move |item| ($crate::tally::key(r), item)))
+                    .collect();
+                let mut seen = HashSet::new();
+                for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                    let mut select =
+                        sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLY_ITEMS_IN);
+                    select.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
+                        row.push_bind(*window_end)
+                            .push_bind(*scope)
+                            .push_bind(subject)
+                            .push_bind(item.as_slice());
+                    });
+                    select.push(")");
+                    let rows: Vec<(i64, String, String, Vec<u8>)> = select
+                        .build_query_as()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(failed)?;
+                    for (window_end, scope, subject, item) in rows {
+                        seen.insert(((window_end, scope_of(&scope), subject), item));
+                    }
+                }
+                let plan = $crate::tally::plan(requests, read, &seen);
+                for chunk in plan.new_items.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                    let mut insert =
+                        sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_TALLY_ITEMS);
+                    insert.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
+                        row.push_bind(*window_end)
+                            .push_bind(*scope)
+                            .push_bind(subject)
+                            .push_bind(item.as_slice());
+                    });
+                    insert.push(" ON CONFLICT DO NOTHING");
+                    insert.build().execute(&mut **tx).await.map_err(failed)?;
+                }
+                let mut after = HashMap::new();
+                for chunk in plan.added.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                    let mut upsert = sqlx::QueryBuilder::<$db>::new($crate::sql::ADD_TALLIES);
+                    upsert.push_values(chunk, |mut row, ((window_end, scope, subject), n)| {
+                        row.push_bind(*window_end)
+                            .push_bind(*scope)
+                            .push_bind(subject)
+                            .push_bind(as_i64(*n));
+                    });
+                    upsert.push($crate::sql::ADD_TALLIES_TAIL);
+                    let rows: Vec<(i64, String, String, i64)> = upsert
+                        .build_query_as()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(failed)?;
+                    for (window_end, scope, subject, items) in rows {
+                        after.insert((window_end, scope_of(&scope), subject), as_u64(items));
+                    }
+                }
+                for ((window_end, scope, subject), floor) in &plan.trips {
+                    sqlx::query($crate::sql::TRIP_TALLY)
+                        .bind(*window_end)
+                        .bind(*scope)
+                        .bind(subject)
+                        .bind(as_i64(*floor))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(failed)?;
+                }
+                Ok(plan.results(requests, &after))
             }
 
             /// Why `record` was not inserted: its merchant already holds its token (drawn
@@ -949,20 +1012,36 @@ macro_rules! token_store_impl {
             }
 
             async fn purge_tallies(&self, ended_by: i64) -> Result<u64, vault_core::StoreError> {
-                let mut tx = self.begin().await?;
-                sqlx::query($crate::sql::PURGE_TALLY_ITEMS)
-                    .bind(ended_by)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::sql::unavailable)?;
-                let purged = sqlx::query($crate::sql::PURGE_TALLIES)
-                    .bind(ended_by)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::sql::unavailable)?
-                    .rows_affected();
-                tx.commit().await.map_err($crate::sql::unavailable)?;
-                Ok(purged)
+                // A page of ended tallies per transaction, each deleted by its key (the
+                // items' primary key): short transactions, no scan of the items.
+                let mut purged = 0;
+                loop {
+                    let mut tx = self.begin().await?;
+                    let ended: Vec<(i64, String, String)> =
+                        sqlx::query_as($crate::sql::ENDED_TALLIES)
+                            .bind(ended_by)
+                            .bind($crate::sql::TALLIES_PER_PURGE)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err($crate::sql::unavailable)?;
+                    if ended.is_empty() {
+                        tx.rollback().await.map_err($crate::sql::unavailable)?;
+                        return Ok(purged);
+                    }
+                    for (window_end, scope, subject) in &ended {
+                        for statement in [$crate::sql::PURGE_TALLY_ITEMS, $crate::sql::PURGE_TALLY] {
+                            sqlx::query(statement)
+                                .bind(*window_end)
+                                .bind(scope)
+                                .bind(subject)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err($crate::sql::unavailable)?;
+                        }
+                    }
+                    tx.commit().await.map_err($crate::sql::unavailable)?;
+                    purged += u64::try_from(ended.len()).unwrap_or(0);
+                }
             }
         }
 

@@ -1210,6 +1210,17 @@ async fn tallies_count_distinct_items_up_to_their_limit(store: &dyn TokenStore) 
         .await
         .unwrap();
     assert_eq!(counts(&got[0]), [(1, false)]);
+    // A purge of more tallies than one page takes (1,000 per transaction) takes them all.
+    let many: Vec<TallyRequest> = (0..1_100)
+        .map(|i| tally(&format!("s{i}"), w + 120, &["x"], 2, false))
+        .collect();
+    store.tally(&many).await.unwrap();
+    assert_eq!(store.purge_tallies(w + 120).await.unwrap(), 1_102);
+    let got = store
+        .tally(&[tally("s7", w + 120, &["x"], 2, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(1, true)]);
 }
 
 /// Racing tallies of one subject (distinct items, one at a time) never let more than `limit`

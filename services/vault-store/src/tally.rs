@@ -1,0 +1,199 @@
+//! Abuse tallies, batched: every tally request of a group commit is counted with a handful of
+//! multi-row statements (read the counts and the items already seen, insert the new items, add
+//! to the counts), not three statements per item. The counting itself is here, backend-free;
+//! `sql.rs` runs the statements.
+//!
+//! Exactness across replicas comes from the last statement alone: each tally's count is raised
+//! by its number of new items in one atomic upsert that returns the result, so the new items
+//! of racing transactions (on any replica) get distinct places in the count. The reads before
+//! it only decide which items are new and whether a tally is already past its limit; a stale
+//! read can only make the vault count an item twice or store one more item, never answer more
+//! items within the limit than the limit.
+
+use std::collections::{HashMap, HashSet};
+
+use vault_core::ports::{Tallied, TallyRequest};
+
+/// A tally's key: window end, scope, subject (the tables' key order).
+pub(crate) type Key = (i64, &'static str, String);
+
+/// The key of `request`.
+pub(crate) fn key(request: &TallyRequest) -> Key {
+    (request.window_end, request.scope, request.subject.clone())
+}
+
+/// The distinct keys of `requests`, sorted: one lock order for every transaction.
+pub(crate) fn keys<'a>(requests: impl IntoIterator<Item = &'a TallyRequest>) -> Vec<Key> {
+    let mut keys: Vec<Key> = requests.into_iter().map(key).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What became of one item when the batch was planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// New to its tally: the `n`-th new one of the batch (from 0).
+    New(u64),
+    /// Already in its tally, or its tally was past the limit: not counted. The tally's count
+    /// at that point of the batch, as read.
+    Counted(u64),
+}
+
+/// A planned batch: what to write, and how to answer once the counts are known.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Items to store.
+    pub(crate) new_items: Vec<(Key, Vec<u8>)>,
+    /// How many new items each tally gains, sorted by key.
+    pub(crate) added: Vec<(Key, u64)>,
+    /// Tallies to push past their limit (the floor to raise them to).
+    pub(crate) trips: Vec<(Key, u64)>,
+    marks: Vec<Vec<Mark>>,
+    read: HashMap<Key, u64>,
+}
+
+/// Plans `requests` in order, as if each item were added alone: `read` holds the counts the
+/// store has now (absent: 0), `seen` the items already in their tallies.
+pub(crate) fn plan(
+    requests: &[&TallyRequest],
+    read: HashMap<Key, u64>,
+    seen: &HashSet<(Key, Vec<u8>)>,
+) -> Plan {
+    let mut running = read.clone();
+    let mut added: HashMap<Key, u64> = HashMap::new();
+    let mut fresh: HashSet<(Key, Vec<u8>)> = HashSet::new();
+    let mut plan = Plan::default();
+    for request in requests {
+        let key = key(request);
+        let mut marks = Vec::with_capacity(request.items.len());
+        for item in &request.items {
+            let count = running.get(&key).copied().unwrap_or(0);
+            let entry = (key.clone(), item.clone());
+            if count > request.limit || seen.contains(&entry) || fresh.contains(&entry) {
+                marks.push(Mark::Counted(count));
+                continue;
+            }
+            let n = added.entry(key.clone()).or_insert(0);
+            marks.push(Mark::New(*n));
+            *n += 1;
+            running.insert(key.clone(), count + 1);
+            fresh.insert(entry.clone());
+            plan.new_items.push(entry);
+        }
+        if request.trip {
+            let floor = request.limit.saturating_add(1);
+            plan.trips.push((key.clone(), floor));
+            let count = running.entry(key).or_insert(0);
+            *count = (*count).max(floor);
+        }
+        plan.marks.push(marks);
+    }
+    plan.added = added.into_iter().collect();
+    plan.added.sort();
+    plan.read = read;
+    plan
+}
+
+impl Plan {
+    /// The answers, given each gaining tally's count after the batch's atomic increment.
+    /// Racing transactions that counted in between shift this batch's places by as much.
+    pub(crate) fn results(
+        &self,
+        requests: &[&TallyRequest],
+        after: &HashMap<Key, u64>,
+    ) -> Vec<Vec<Tallied>> {
+        let gained: HashMap<&Key, u64> = self.added.iter().map(|(k, n)| (k, *n)).collect();
+        requests
+            .iter()
+            .zip(&self.marks)
+            .map(|(request, marks)| {
+                let key = key(request);
+                let read = self.read.get(&key).copied().unwrap_or(0);
+                // The count just before this batch's increment, as the store ordered it.
+                let base = match (after.get(&key), gained.get(&key)) {
+                    (Some(after), Some(n)) => after.saturating_sub(*n),
+                    _ => read,
+                };
+                let shift = base.saturating_sub(read);
+                marks
+                    .iter()
+                    .map(|mark| match *mark {
+                        Mark::New(n) => Tallied {
+                            count: base + n + 1,
+                            new: true,
+                        },
+                        Mark::Counted(count) => Tallied {
+                            count: count + shift,
+                            new: false,
+                        },
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn request(subject: &str, items: &[u8], limit: u64, trip: bool) -> TallyRequest {
+        TallyRequest {
+            scope: "s",
+            subject: subject.to_owned(),
+            window_end: 1,
+            items: items.iter().map(|i| vec![*i]).collect(),
+            limit,
+            trip,
+        }
+    }
+
+    fn pairs(tallies: &[Tallied]) -> Vec<(u64, bool)> {
+        tallies.iter().map(|t| (t.count, t.new)).collect()
+    }
+
+    #[test]
+    fn a_batch_counts_like_its_requests_one_after_another() {
+        let a = request("a", &[1, 2, 1], 2, false);
+        let b = request("a", &[3, 4], 2, false);
+        let c = request("b", &[1], 2, false);
+        let requests = [&a, &b, &c];
+        let plan = plan(&requests, HashMap::new(), &HashSet::new());
+        assert_eq!(plan.new_items.len(), 4);
+        let after: HashMap<Key, u64> = [(key(&a), 3), (key(&c), 1)].into_iter().collect();
+        let got = plan.results(&requests, &after);
+        assert_eq!(pairs(&got[0]), [(1, true), (2, true), (2, false)]);
+        // The third distinct item passes the limit; past it nothing more is added.
+        assert_eq!(pairs(&got[1]), [(3, true), (3, false)]);
+        assert_eq!(pairs(&got[2]), [(1, true)]);
+    }
+
+    #[test]
+    fn racing_transactions_shift_the_places() {
+        let a = request("a", &[1, 2], 10, false);
+        let requests = [&a];
+        let read: HashMap<Key, u64> = [(key(&a), 4)].into_iter().collect();
+        let seen: HashSet<(Key, Vec<u8>)> = [(key(&a), vec![1])].into_iter().collect();
+        let plan = plan(&requests, read, &seen);
+        // Another replica added 3 between the read and the increment.
+        let after: HashMap<Key, u64> = [(key(&a), 8)].into_iter().collect();
+        let got = plan.results(&requests, &after);
+        assert_eq!(pairs(&got[0]), [(7, false), (8, true)]);
+    }
+
+    #[test]
+    fn a_trip_spends_the_tally_for_the_rest_of_the_batch() {
+        let a = request("a", &[1], 5, true);
+        let b = request("a", &[2], 5, false);
+        let requests = [&a, &b];
+        let plan = plan(&requests, HashMap::new(), &HashSet::new());
+        assert_eq!(plan.trips, [(key(&a), 6)]);
+        let after: HashMap<Key, u64> = [(key(&a), 1)].into_iter().collect();
+        let got = plan.results(&requests, &after);
+        assert_eq!(pairs(&got[0]), [(1, true)]);
+        assert_eq!(pairs(&got[1]), [(6, false)]);
+    }
+}
