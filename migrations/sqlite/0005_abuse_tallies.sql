@@ -6,21 +6,24 @@
 -- They live in the store, not in a replica's memory, so they survive restarts and are shared
 -- by replicas; deleting tokens does not reset them. Rows of windows that have ended are purged.
 --
--- Both tables are keyed window first: a purge deletes a range of the key, and a new card
--- writes one row in each table and no secondary index (a tokenize is on the hot path).
+-- Both tables are keyed window first (a purge pages through ended windows by key), and no
+-- secondary index: a tokenize is on the hot path. A tally's first item is kept in its row,
+-- so the common case, a bucket's only card of the day, writes one row.
 
 -- One row per (window, scope, subject): `items` counts distinct items, and stops growing
--- (items are no longer stored) once it passes the limit the vault asked with.
+-- (items are no longer stored) once it passes the limit the vault asked with; `first_item`
+-- is the first of them.
 CREATE TABLE abuse_tallies (
     window_end INTEGER NOT NULL,   -- seconds since the Unix epoch, UTC: the window's end
     scope      TEXT NOT NULL,
     subject    TEXT NOT NULL,
     items      INTEGER NOT NULL CHECK (items >= 0),
+    first_item BLOB NOT NULL,
     PRIMARY KEY (window_end, scope, subject)
 ) STRICT, WITHOUT ROWID;
 
--- The distinct items of each tally (a card's keyed fingerprint, a merchant id): an item seen
--- again in the same window is not counted twice.
+-- The other distinct items of each tally (a card's keyed fingerprint, a merchant id): an item
+-- seen again in the same window is not counted twice.
 CREATE TABLE abuse_tally_items (
     window_end INTEGER NOT NULL,
     scope      TEXT NOT NULL,

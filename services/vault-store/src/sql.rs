@@ -117,20 +117,29 @@ pub(crate) const SELECT_MERCHANT_IDS: &str = "SELECT merchant_id FROM data_keys 
 /// Tally keys (or items) per multi-row statement: 4 parameters each stays far below
 /// SQLite's 32,766 and PostgreSQL's 65,535.
 pub(crate) const TALLY_KEYS_PER_STATEMENT: usize = 1_000;
-pub(crate) const SELECT_TALLIES_IN: &str = "SELECT window_end, scope, subject, items FROM \
-    abuse_tallies WHERE (window_end, scope, subject) IN (";
-pub(crate) const SELECT_TALLY_ITEMS_IN: &str = "SELECT window_end, scope, subject, item FROM \
-    abuse_tally_items WHERE (window_end, scope, subject, item) IN (";
+/// The tallies of a list of keys: the list joined to the table, so each key is one probe of
+/// the primary key (`(...) IN (VALUES ...)` scanned the whole table on SQLite).
+pub(crate) const SELECT_TALLIES_IN: &str = "SELECT t.window_end, t.scope, t.subject, t.items, \
+    t.first_item FROM (";
+pub(crate) const SELECT_TALLIES_JOIN: &str = ") AS v JOIN abuse_tallies t ON \
+    t.window_end = v.column1 AND t.scope = v.column2 AND t.subject = v.column3";
+/// Which of a list of items their tallies hold already, one primary-key probe each.
+pub(crate) const SELECT_TALLY_ITEMS_IN: &str = "SELECT t.window_end, t.scope, t.subject, t.item \
+    FROM (";
+pub(crate) const SELECT_TALLY_ITEMS_JOIN: &str = ") AS v JOIN abuse_tally_items t ON \
+    t.window_end = v.column1 AND t.scope = v.column2 AND t.subject = v.column3 \
+    AND t.item = v.column4";
 pub(crate) const INSERT_TALLY_ITEMS: &str =
     "INSERT INTO abuse_tally_items (window_end, scope, subject, item) ";
 /// Adds each tally's new items in one atomic upsert, whose row lock (PostgreSQL) or write
 /// lock (SQLite) orders racing transactions; it returns the counts after.
 pub(crate) const ADD_TALLIES: &str =
-    "INSERT INTO abuse_tallies (window_end, scope, subject, items) ";
+    "INSERT INTO abuse_tallies (window_end, scope, subject, items, first_item) ";
 pub(crate) const ADD_TALLIES_TAIL: &str = " ON CONFLICT (window_end, scope, subject) DO UPDATE \
-    SET items = abuse_tallies.items + excluded.items RETURNING window_end, scope, subject, items";
+    SET items = abuse_tallies.items + excluded.items RETURNING window_end, scope, subject, \
+    items, first_item";
 pub(crate) const TRIP_TALLY: &str = "INSERT INTO abuse_tallies (window_end, scope, subject, \
-    items) VALUES ($1, $2, $3, $4) ON CONFLICT (window_end, scope, subject) DO UPDATE SET \
+    items, first_item) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (window_end, scope, subject) DO UPDATE SET \
     items = CASE WHEN abuse_tallies.items < excluded.items THEN excluded.items \
     ELSE abuse_tallies.items END";
 pub(crate) const ENDED_TALLIES: &str = "SELECT window_end, scope, subject FROM abuse_tallies \
@@ -886,28 +895,35 @@ macro_rules! token_store_impl {
                         .unwrap_or("")
                 };
                 let mut read = HashMap::new();
+                let mut seen = HashSet::new();
+                let mut repeat = false;
                 for chunk in keys.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
                     let mut select =
                         sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLIES_IN);
                     select.push_values(chunk, |mut row, (window_end, scope, subject)| {
                         row.push_bind(*window_end).push_bind(*scope).push_bind(subject);
                     });
-                    select.push(")");
-                    let rows: Vec<(i64, String, String, i64)> = select
+                    select.push($crate::sql::SELECT_TALLIES_JOIN);
+                    let rows: Vec<(i64, String, String, i64, Vec<u8>)> = select
                         .build_query_as()
                         .fetch_all(&mut **tx)
                         .await
                         .map_err(failed)?;
-                    for (window_end, scope, subject, items) in rows {
-                        read.insert((window_end, scope_of(&scope), subject), as_u64(items));
+                    for (window_end, scope, subject, items, first) in rows {
+                        let key = (window_end, scope_of(&scope), subject);
+                        repeat |= items > 1;
+                        read.insert(key.clone(), as_u64(items));
+                        seen.insert((key, first));
                     }
                 }
+                // Items beyond the first live in the items table: asked only where a tally
+                // has more than one.
                 let wanted: Vec<($crate::tally::Key, &Vec<u8>)> = requests
                     .iter()
                     .flat_map(|r| r.items.iter().map(move |item| ($crate::tally::key(r), item)))
+                    .filter(|(key, _)| read.get(key).is_some_and(|n| *n > 1))
                     .collect();
-                let mut seen = HashSet::new();
-                for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT).filter(|_| repeat) {
                     let mut select =
                         sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLY_ITEMS_IN);
                     select.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
@@ -916,7 +932,7 @@ macro_rules! token_store_impl {
                             .push_bind(subject)
                             .push_bind(item.as_slice());
                     });
-                    select.push(")");
+                    select.push($crate::sql::SELECT_TALLY_ITEMS_JOIN);
                     let rows: Vec<(i64, String, String, Vec<u8>)> = select
                         .build_query_as()
                         .fetch_all(&mut **tx)
@@ -927,7 +943,37 @@ macro_rules! token_store_impl {
                     }
                 }
                 let plan = $crate::tally::plan(requests, read, &seen);
-                for chunk in plan.new_items.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                let mut after = HashMap::new();
+                let mut items = plan.new_items.clone();
+                for chunk in plan.added.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                    let mut upsert = sqlx::QueryBuilder::<$db>::new($crate::sql::ADD_TALLIES);
+                    upsert.push_values(chunk, |mut row, ((window_end, scope, subject), n, first)| {
+                        row.push_bind(*window_end)
+                            .push_bind(*scope)
+                            .push_bind(subject)
+                            .push_bind(as_i64(*n))
+                            .push_bind(first.as_slice());
+                    });
+                    upsert.push($crate::sql::ADD_TALLIES_TAIL);
+                    let rows: Vec<(i64, String, String, i64, Vec<u8>)> = upsert
+                        .build_query_as()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(failed)?;
+                    for (window_end, scope, subject, count, kept) in rows {
+                        let key = (window_end, scope_of(&scope), subject);
+                        // Another transaction created the tally first: its first item stays
+                        // in the row, and this batch's goes to the items table.
+                        if let Some((_, _, first)) = chunk.iter().find(|(k, _, _)| *k == key)
+                            && !first.is_empty()
+                            && *first != kept
+                        {
+                            items.push((key.clone(), first.clone()));
+                        }
+                        after.insert(key, as_u64(count));
+                    }
+                }
+                for chunk in items.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
                     let mut insert =
                         sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_TALLY_ITEMS);
                     insert.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
@@ -939,31 +985,13 @@ macro_rules! token_store_impl {
                     insert.push(" ON CONFLICT DO NOTHING");
                     insert.build().execute(&mut **tx).await.map_err(failed)?;
                 }
-                let mut after = HashMap::new();
-                for chunk in plan.added.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
-                    let mut upsert = sqlx::QueryBuilder::<$db>::new($crate::sql::ADD_TALLIES);
-                    upsert.push_values(chunk, |mut row, ((window_end, scope, subject), n)| {
-                        row.push_bind(*window_end)
-                            .push_bind(*scope)
-                            .push_bind(subject)
-                            .push_bind(as_i64(*n));
-                    });
-                    upsert.push($crate::sql::ADD_TALLIES_TAIL);
-                    let rows: Vec<(i64, String, String, i64)> = upsert
-                        .build_query_as()
-                        .fetch_all(&mut **tx)
-                        .await
-                        .map_err(failed)?;
-                    for (window_end, scope, subject, items) in rows {
-                        after.insert((window_end, scope_of(&scope), subject), as_u64(items));
-                    }
-                }
                 for ((window_end, scope, subject), floor) in &plan.trips {
                     sqlx::query($crate::sql::TRIP_TALLY)
                         .bind(*window_end)
                         .bind(*scope)
                         .bind(subject)
                         .bind(as_i64(*floor))
+                        .bind(&[0_u8; 0][..])
                         .execute(&mut **tx)
                         .await
                         .map_err(failed)?;

@@ -1,7 +1,8 @@
 //! Abuse tallies, batched: every tally request of a group commit is counted with a handful of
-//! multi-row statements (read the counts and the items already seen, insert the new items, add
-//! to the counts), not three statements per item. The counting itself is here, backend-free;
-//! `sql.rs` runs the statements.
+//! multi-row statements (read the counts and the items already seen, add to the counts, store
+//! the other new items), not three statements per item. A tally's first item lives in its row,
+//! so a bucket's only card (the common case) costs one row. The counting itself is here,
+//! backend-free; `sql.rs` runs the statements.
 //!
 //! Exactness across replicas comes from the last statement alone: each tally's count is raised
 //! by its number of new items in one atomic upsert that returns the result, so the new items
@@ -43,10 +44,11 @@ enum Mark {
 /// A planned batch: what to write, and how to answer once the counts are known.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// Items to store.
+    /// New items to store in the items table (all but a new tally's first).
     pub(crate) new_items: Vec<(Key, Vec<u8>)>,
-    /// How many new items each tally gains, sorted by key.
-    pub(crate) added: Vec<(Key, u64)>,
+    /// How many new items each tally gains, sorted by key, with the first item for a tally
+    /// the read found no row for (empty otherwise; kept only if the upsert creates the row).
+    pub(crate) added: Vec<(Key, u64, Vec<u8>)>,
     /// Tallies to push past their limit (the floor to raise them to).
     pub(crate) trips: Vec<(Key, u64)>,
     marks: Vec<Vec<Mark>>,
@@ -54,7 +56,8 @@ pub(crate) struct Plan {
 }
 
 /// Plans `requests` in order, as if each item were added alone: `read` holds the counts the
-/// store has now (absent: 0), `seen` the items already in their tallies.
+/// store has now (absent: no row), `seen` the items already in their tallies (first items
+/// included).
 pub(crate) fn plan(
     requests: &[&TallyRequest],
     read: HashMap<Key, u64>,
@@ -62,6 +65,7 @@ pub(crate) fn plan(
 ) -> Plan {
     let mut running = read.clone();
     let mut added: HashMap<Key, u64> = HashMap::new();
+    let mut first: HashMap<Key, Vec<u8>> = HashMap::new();
     let mut fresh: HashSet<(Key, Vec<u8>)> = HashSet::new();
     let mut plan = Plan::default();
     for request in requests {
@@ -79,7 +83,11 @@ pub(crate) fn plan(
             *n += 1;
             running.insert(key.clone(), count + 1);
             fresh.insert(entry.clone());
-            plan.new_items.push(entry);
+            if !read.contains_key(&key) && !first.contains_key(&key) {
+                first.insert(key.clone(), item.clone());
+            } else {
+                plan.new_items.push(entry);
+            }
         }
         if request.trip {
             let floor = request.limit.saturating_add(1);
@@ -89,7 +97,13 @@ pub(crate) fn plan(
         }
         plan.marks.push(marks);
     }
-    plan.added = added.into_iter().collect();
+    plan.added = added
+        .into_iter()
+        .map(|(key, n)| {
+            let first = first.remove(&key).unwrap_or_default();
+            (key, n, first)
+        })
+        .collect();
     plan.added.sort();
     plan.read = read;
     plan
@@ -103,7 +117,7 @@ impl Plan {
         requests: &[&TallyRequest],
         after: &HashMap<Key, u64>,
     ) -> Vec<Vec<Tallied>> {
-        let gained: HashMap<&Key, u64> = self.added.iter().map(|(k, n)| (k, *n)).collect();
+        let gained: HashMap<&Key, u64> = self.added.iter().map(|(k, n, _)| (k, *n)).collect();
         requests
             .iter()
             .zip(&self.marks)
@@ -162,7 +176,10 @@ mod tests {
         let c = request("b", &[1], 2, false);
         let requests = [&a, &b, &c];
         let plan = plan(&requests, HashMap::new(), &HashSet::new());
-        assert_eq!(plan.new_items.len(), 4);
+        // Each new tally's first item goes in its row; the other two into the items table.
+        assert_eq!(plan.new_items.len(), 2);
+        assert_eq!(plan.added[0], (key(&a), 3, vec![1]));
+        assert_eq!(plan.added[1], (key(&c), 1, vec![1]));
         let after: HashMap<Key, u64> = [(key(&a), 3), (key(&c), 1)].into_iter().collect();
         let got = plan.results(&requests, &after);
         assert_eq!(pairs(&got[0]), [(1, true), (2, true), (2, false)]);
@@ -178,6 +195,9 @@ mod tests {
         let read: HashMap<Key, u64> = [(key(&a), 4)].into_iter().collect();
         let seen: HashSet<(Key, Vec<u8>)> = [(key(&a), vec![1])].into_iter().collect();
         let plan = plan(&requests, read, &seen);
+        // The tally has a row: its new item goes to the items table.
+        assert_eq!(plan.new_items, [(key(&a), vec![2])]);
+        assert_eq!(plan.added, [(key(&a), 1, vec![])]);
         // Another replica added 3 between the read and the increment.
         let after: HashMap<Key, u64> = [(key(&a), 8)].into_iter().collect();
         let got = plan.results(&requests, &after);

@@ -1187,6 +1187,17 @@ async fn tallies_count_distinct_items_up_to_their_limit(store: &dyn TokenStore) 
         .unwrap();
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|t| counts(t) == [(1, true)]));
+    // An item seen before is not counted again, first or not, in another call.
+    let got = store
+        .tally(&[tally("d", w, &["p", "q"], 5, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(1, true), (2, true)]);
+    let got = store
+        .tally(&[tally("d", w, &["q", "p", "r"], 5, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&got[0]), [(2, false), (2, false), (3, true)]);
     // A trip spends the tally at once.
     let got = store
         .tally(&[tally("c", w, &["p", "q"], 5, true)])
@@ -1199,7 +1210,7 @@ async fn tallies_count_distinct_items_up_to_their_limit(store: &dyn TokenStore) 
         .unwrap();
     assert_eq!(counts(&got[0]), [(6, false)]);
     // Purging the ended window forgets its tallies (not the later window's).
-    assert_eq!(store.purge_tallies(w).await.unwrap(), 4);
+    assert_eq!(store.purge_tallies(w).await.unwrap(), 5);
     let got = store
         .tally(&[tally("a", w, &["x"], 2, false)])
         .await
