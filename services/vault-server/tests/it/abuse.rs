@@ -221,10 +221,12 @@ async fn the_dedup_oracle_answers_at_most_the_budget_then_the_same_refusal_for_a
         (1, rand::random_range(BUDGET..n), None),
     ];
     let mut message = None;
+    let mut sent: Vec<String> = victims.to_vec();
     for (v, at, restart) in plans {
         let victim = &victims[v];
         let (token, fingerprint) = &issued[v];
         let cards = candidates(victim, n, at);
+        sent.extend(cards.iter().cloned());
         let probed = enumerate(&mut vault, &two.addr, merchant, victim, cards, restart).await;
         let distinct: HashSet<_> = probed.answered.iter().map(|(pan, _)| pan).collect();
         assert!(distinct.len() <= BUDGET, "answered {}", distinct.len());
@@ -334,6 +336,26 @@ async fn the_dedup_oracle_answers_at_most_the_budget_then_the_same_refusal_for_a
     let v = vault.as_ref().unwrap();
     let logs = v.logs() + &read_logs(&v.dir.path().join("replica-2"));
     assert!(logs.contains("enumeration guard tripped"));
+    // No card the prober or the gateway sent is in the logs, the trail or the tallies.
+    let stored: String = sqlx::query_scalar(
+        "SELECT COALESCE(string_agg(concat_ws(' ', caller, origin, operation, detail, outcome, \
+         resource, merchant_id, token, request_id, reason), ' '), '') FROM audit_log",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let tallies: String = sqlx::query_scalar(
+        "SELECT COALESCE(string_agg(subject || ' ' || encode(first_item, 'escape'), ' '), '') \
+         FROM abuse_tallies",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for pan in &sent {
+        assert!(!logs.contains(pan.as_str()), "a PAN in the logs");
+        assert!(!stored.contains(pan.as_str()), "a PAN in the audit trail");
+        assert!(!tallies.contains(pan.as_str()), "a PAN in the tallies");
+    }
     drop(two);
 }
 
@@ -523,4 +545,66 @@ async fn ids_in_use_before_the_rule_tightened_stay_usable_and_are_reported() {
         .await
         .unwrap_err();
     assert_eq!(refused.message(), "reason: must not contain a card number");
+}
+
+/// A caller may create only `new_merchants_per_hour` merchants an hour, whatever its policy
+/// (`merchants = ["*"]`) allows; the refusal comes before any key is made, names no merchant
+/// it did not create, and another caller's allowance is its own. Merchants that exist are
+/// unaffected.
+#[tokio::test]
+async fn new_merchants_are_capped_per_caller_before_any_key_is_made() {
+    let vault = TestVault::start_with_keys(
+        "url = \"sqlite:vault.db\"\n",
+        "[guard]\nnew_merchants_per_hour = 3\n",
+        "info",
+    )
+    .await;
+    let pan = random_pan("4");
+    let mut gateway = vault.client("gateway").await;
+    for m in ["m1", "m2", "m3"] {
+        gateway.tokenize(tokenize_request(m, &pan)).await.unwrap();
+    }
+    let keys_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys")
+        .fetch_one(&vault.db().await)
+        .await
+        .unwrap();
+    let refused = gateway
+        .tokenize(tokenize_request("m4", &pan))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.metadata().get("retry-after").is_some());
+    assert_eq!(
+        refused.message(),
+        "this caller created too many new merchants this hour"
+    );
+    let keys_after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys")
+        .fetch_one(&vault.db().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_after, keys_before,
+        "no key was made for the refused merchant"
+    );
+    // Existing merchants still work; another caller has its own allowance.
+    let again = gateway
+        .tokenize(tokenize_request("m2", &pan))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.existing);
+    vault
+        .client("prober")
+        .await
+        .tokenize(tokenize_request("m4", &pan))
+        .await
+        .unwrap();
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE caller = ?1 AND merchant_id = 'm4'",
+    )
+    .bind(GATEWAY)
+    .fetch_all(&vault.db().await)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["rate_limited"]);
 }
