@@ -6,7 +6,8 @@
 //! - No type here prints a PAN: [`pan::Pan`] and [`vault::TokenizeCommand`] have redacted
 //!   `Debug`, and no error message carries an input value.
 //! - Every use case in [`vault::Vault`] writes exactly one audit record, and fails closed if it
-//!   cannot.
+//!   cannot; a call a rate limit refuses is recorded once per caller, operation and interval,
+//!   the others counted into a record ([`limits::RefusalLog`]).
 
 pub mod admin;
 pub mod audit;

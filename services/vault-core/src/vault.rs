@@ -1,7 +1,8 @@
 //! The use cases: tokenize, detokenize, read metadata, delete. Each validates its request into
 //! domain types, checks the policy, does the work through the ports, and writes exactly one
-//! audit record, allowed or denied. A call whose audit record cannot be written fails with
-//! [`VaultError::AuditUnavailable`] and releases nothing (fail closed).
+//! audit record, allowed or denied (a call refused by a rate limit: see [`RefusalLog`]). A call
+//! whose audit record cannot be written fails with [`VaultError::AuditUnavailable`] and
+//! releases nothing (fail closed).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -928,22 +929,14 @@ impl Vault {
         cards: impl IntoIterator<Item = (&'p Pan, [u8; FINGERPRINT_LEN])>,
     ) -> Result<(), VaultError> {
         let (window_end, retry_after) = guard::window_at(now().unix_timestamp(), self.guard.window);
-        let mut buckets: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        let mut by_bucket: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         for (pan, fingerprint) in cards {
-            let bucket = guard::card_bucket(pan);
-            let at = match buckets.iter().position(|(b, _)| *b == bucket) {
-                Some(at) => at,
-                None => {
-                    buckets.push((bucket, Vec::new()));
-                    buckets.len() - 1
-                }
-            };
-            if let Some((_, fingerprints)) = buckets.get_mut(at)
-                && !fingerprints.iter().any(|f| f.as_slice() == fingerprint)
-            {
+            let fingerprints = by_bucket.entry(guard::card_bucket(pan)).or_default();
+            if !fingerprints.iter().any(|f| f.as_slice() == fingerprint) {
                 fingerprints.push(fingerprint.to_vec());
             }
         }
+        let mut buckets: Vec<(String, Vec<Vec<u8>>)> = by_bucket.into_iter().collect();
         // One order for every caller: racing transactions take the tallies' rows alike.
         buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let requests: Vec<TallyRequest> = buckets
