@@ -93,9 +93,9 @@ impl Vault {
         }
         let merchant = match merchant_id {
             Some(id) => {
-                let merchant = self.merchant_of(id).await?;
-                audit.merchant = Some(merchant.clone());
-                self.authorize(audit, Operation::KeysAdmin, &merchant)?;
+                let merchant = self
+                    .authorized_merchant(audit, Operation::KeysAdmin, id)
+                    .await?;
                 Some(merchant)
             }
             None => {

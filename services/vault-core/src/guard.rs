@@ -5,9 +5,12 @@
 //! card the merchant already holds. A caller that knows a victim token's leading digits and
 //! last four (from its metadata, or from a PAN-shaped token) could send every Luhn-valid
 //! candidate with those digits and watch for the victim's token. The signature of that attack
-//! is many distinct cards in one bucket (merchant, card length, shown leading digits, last
-//! four) from one caller in a short time; real traffic brings a couple a day at most. The
-//! guard counts distinct cards per (caller, bucket) in fixed windows, in the store (it
+//! is many distinct cards in one bucket (card length, shown leading digits, last four) from
+//! one caller in a short time; real traffic brings a couple a day at most. The guard counts
+//! distinct cards per (caller, bucket) in fixed windows, **across every merchant** the caller
+//! tokenizes for: a caller allowed many merchants must not get k guesses at each merchant
+//! that holds the same card (fingerprints are keyed per merchant, so one card at two
+//! merchants counts twice, as the two guesses it is). The count lives in the store (it
 //! survives restarts, is shared by replicas, and deleting the probe tokens does not reset it),
 //! across token formats. Past `cards_per_bucket` in a window, or on a single request that
 //! brings more than `cards_per_bucket_per_batch` distinct cards of one bucket, the bucket is
@@ -21,7 +24,7 @@
 
 use std::time::Duration;
 
-use crate::ids::{CallerId, MerchantId};
+use crate::ids::CallerId;
 use crate::pan::Pan;
 use crate::ports::{Tallied, TallyRequest};
 
@@ -89,11 +92,11 @@ pub fn window_at(now_secs: i64, length: Duration) -> (i64, Duration) {
     (end, Duration::from_secs(left.max(1)))
 }
 
-/// The tally subject of one caller's bucket at one merchant. The merchant id and the bucket
-/// hold no spaces, so the caller (which may) comes last and the subject is unambiguous.
+/// The tally subject of one caller's bucket, whatever the merchant. The bucket holds no
+/// spaces, so the caller (which may) comes last and the subject is unambiguous.
 #[must_use]
-pub fn bucket_subject(caller: &CallerId, merchant: &MerchantId, bucket: &str) -> String {
-    format!("{merchant} {bucket} {caller}")
+pub fn bucket_subject(caller: &CallerId, bucket: &str) -> String {
+    format!("{bucket} {caller}")
 }
 
 /// What the guard decided for one tally of cards.

@@ -156,11 +156,16 @@ pub struct CardMetadata {
 impl CardMetadata {
     /// The metadata as it may be shown: `bin` cut to the leading digits the truncation rule
     /// allows for `pan_length` digits and `last4` to four, whatever the stored row held (rows
-    /// written before the rule hold the first six digits of short cards too).
+    /// written before the rule hold the first six digits of short cards too), and `brand`
+    /// unknown where the shown digits do not decide it.
     #[must_use]
     pub fn truncated(mut self) -> Self {
         self.bin = truncation::cut_leading(&self.bin, usize::from(self.pan_length));
         self.last4 = truncation::cut_trailing(&self.last4);
+        // The stored brand is the card's; shown only where the shown digits decide it.
+        if truncation::shown_brand(&self.bin) == Brand::Unknown {
+            self.brand = Brand::Unknown;
+        }
         self
     }
 }

@@ -479,19 +479,14 @@ impl Vault {
         Ok(Signer { key, public })
     }
 
-    /// Authorizes an audit call: `operation` vault-wide, or for the merchant a read is limited
-    /// to.
-    fn authorize_audit(
-        &self,
-        audit: &AuditRecord,
-        operation: Operation,
-        merchant: Option<&MerchantId>,
-    ) -> Result<(), VaultError> {
+    /// Authorizes a vault-wide audit call (a read limited to one merchant goes through
+    /// `authorized_merchant` instead).
+    fn authorize_audit(&self, audit: &AuditRecord, operation: Operation) -> Result<(), VaultError> {
         self.throttle(audit, operation, None, 1)?;
-        match merchant {
-            Some(merchant) => self.authorize(audit, operation, merchant),
-            None if self.policy.allows_everywhere(&audit.caller, operation) => Ok(()),
-            None => Err(VaultError::PermissionDenied { operation }),
+        if self.policy.allows_everywhere(&audit.caller, operation) {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied { operation })
         }
     }
 
@@ -507,13 +502,21 @@ impl Vault {
     ) -> Result<AuditReader, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.read");
         let result = async {
-            // The merchant first (it decides which grant applies), then the rest.
+            // The merchant first (it decides which grant applies), then the rest; the quota
+            // before anything, so that refused reads cost no more than one check each.
             let merchant = match command.merchant_id.as_deref().filter(|m| !m.is_empty()) {
-                Some(id) => Some(self.merchant_of(id).await?),
-                None => None,
+                Some(id) => {
+                    self.throttle(&audit, Operation::AuditRead, None, 1)?;
+                    Some(
+                        self.authorized_merchant(&mut audit, Operation::AuditRead, id)
+                            .await?,
+                    )
+                }
+                None => {
+                    self.authorize_audit(&audit, Operation::AuditRead)?;
+                    None
+                }
             };
-            audit.merchant.clone_from(&merchant);
-            self.authorize_audit(&audit, Operation::AuditRead, merchant.as_ref())?;
             let query = command.parse(merchant)?;
             Ok(Done::pending(AuditReader {
                 vault: self.clone(),
@@ -540,7 +543,7 @@ impl Vault {
     ) -> Result<AuditExport, VaultError> {
         let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.export");
         let result = async {
-            self.authorize_audit(&audit, Operation::AuditRead, None)?;
+            self.authorize_audit(&audit, Operation::AuditRead)?;
             Ok(Done::pending(time_range(from.as_deref(), to.as_deref())?))
         }
         .await;
@@ -582,7 +585,7 @@ impl Vault {
     pub async fn audit_public_keys(&self, ctx: &CallContext) -> Result<Vec<PublicKey>, VaultError> {
         let audit = AuditRecord::begin(ctx, Operation::AuditRead).with_detail("audit.public_key");
         let result = async {
-            self.authorize_audit(&audit, Operation::AuditRead, None)?;
+            self.authorize_audit(&audit, Operation::AuditRead)?;
             let key = self
                 .audit_public_key()
                 .ok_or(VaultError::FailedPrecondition(
@@ -630,7 +633,7 @@ impl Vault {
         audit: &mut AuditRecord,
         command: &PruneCommand,
     ) -> Result<Done<Pruned>, VaultError> {
-        self.authorize_audit(audit, Operation::AuditPrune, None)?;
+        self.authorize_audit(audit, Operation::AuditPrune)?;
         let before = time_field("before", Some(&command.before))?.ok_or(InvalidArgument {
             field: "before",
             problem: "is required",

@@ -7,7 +7,7 @@
 //! are always shown. (With six leading digits shown, a 12-digit card would keep two digits
 //! hidden, and the Luhn check narrows those to about ten candidates.)
 
-use crate::pan::Pan;
+use crate::pan::{Brand, Pan};
 
 /// Most leading digits ever shown (the six-digit BIN).
 pub const MAX_LEADING: usize = 6;
@@ -30,6 +30,41 @@ pub fn leading(pan: &Pan) -> &str {
     pan.expose_digits()
         .get(..leading_shown(pan.len()))
         .unwrap_or_default()
+}
+
+/// The brand as the shown leading digits tell it: the brand every card starting with `leading`
+/// has, else [`Brand::Unknown`]. Brands are decided by up to six leading digits, so for a short
+/// card (fewer shown) the brand could otherwise tell hidden digits: a 12-digit card shown as
+/// `67…` and branded Maestro starts 6759 or 6761-6763.
+#[must_use]
+pub fn shown_brand(leading: &str) -> Brand {
+    let shown = leading.len();
+    if shown >= MAX_LEADING {
+        return Brand::of(leading);
+    }
+    if shown == 0 || !leading.bytes().all(|b| b.is_ascii_digit()) {
+        return Brand::Unknown;
+    }
+    // Every completion to six digits: at most 10^4 (a 12-digit card shows two).
+    let mut digits = [b'0'; MAX_LEADING];
+    for (slot, digit) in digits.iter_mut().zip(leading.bytes()) {
+        *slot = digit;
+    }
+    let free = MAX_LEADING - shown;
+    let mut brand = None;
+    for mut n in 0..10_u32.pow(u32::try_from(free).unwrap_or(0)) {
+        for slot in digits.iter_mut().rev().take(free) {
+            *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
+            n /= 10;
+        }
+        let this = Brand::of(std::str::from_utf8(&digits).unwrap_or_default());
+        match brand {
+            None => brand = Some(this),
+            Some(first) if first != this => return Brand::Unknown,
+            Some(_) => {}
+        }
+    }
+    brand.unwrap_or(Brand::Unknown)
 }
 
 /// `stored`, leading digits as a row holds them (rows written before this rule hold six for
@@ -82,6 +117,37 @@ mod tests {
         ] {
             let pan = Pan::parse("pan", pan).unwrap();
             assert_eq!(leading(&pan), shown);
+        }
+    }
+
+    #[test]
+    fn the_brand_shows_only_what_the_shown_digits_tell() {
+        // Decided by what is shown: kept.
+        assert_eq!(shown_brand("41"), Brand::Visa);
+        assert_eq!(shown_brand("37828"), Brand::Amex);
+        assert_eq!(shown_brand("3056"), Brand::Diners);
+        assert_eq!(shown_brand("424242"), Brand::Visa);
+        // Decided by hidden digits: unknown. 67 is Maestro only for 6759 and 6761-6763; 60 is
+        // Discover only for 6011; 62212 is Discover or UnionPay by its sixth digit.
+        assert_eq!(shown_brand("67"), Brand::Unknown);
+        assert_eq!(shown_brand("60"), Brand::Unknown);
+        assert_eq!(shown_brand("62212"), Brand::Unknown);
+        assert_eq!(shown_brand(""), Brand::Unknown);
+        // Whatever the card, the brand shown is its own or unknown, and always the same for
+        // the same shown digits.
+        for body in [
+            "67591234567",
+            "60111234567",
+            "622126123456789",
+            "501812345678",
+        ] {
+            let pan = (0..10)
+                .map(|d| format!("{body}{d}"))
+                .find(|pan| crate::pan::luhn_valid(pan))
+                .unwrap();
+            let pan = Pan::parse("pan", &pan).unwrap();
+            let shown = shown_brand(leading(&pan));
+            assert!(shown == pan.brand() || shown == Brand::Unknown, "{shown:?}");
         }
     }
 

@@ -23,8 +23,8 @@ use crate::limits::{CallLimiter, LimitKey, Refusal, RefusalLog, Unlimited};
 use crate::pan::{CARD_LIKE, Pan};
 use crate::policy::{Operation, Policy};
 use crate::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord,
-    TokenStore,
+    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, Tallied, TallyRequest,
+    TokenRecord, TokenStore,
 };
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
@@ -210,6 +210,23 @@ impl<T> Done<T> {
     }
 }
 
+/// Fails closed unless the store answered every item of every tally request: a short answer
+/// must not read as "nothing over the limit".
+fn answered_in_full(requests: &[TallyRequest], tallies: &[Vec<Tallied>]) -> Result<(), VaultError> {
+    let full = requests.len() == tallies.len()
+        && requests
+            .iter()
+            .zip(tallies)
+            .all(|(request, tallied)| request.items.len() == tallied.len());
+    if full {
+        Ok(())
+    } else {
+        Err(VaultError::StoreUnavailable(
+            "the store answered a tally short".to_owned(),
+        ))
+    }
+}
+
 /// A validated, authorized batch: its cards with their fingerprints, the merchant's keys, and
 /// the merchant's existing tokens among those fingerprints.
 struct OpenBatch {
@@ -365,7 +382,12 @@ impl Vault {
                 merchant,
             },
         };
-        let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        // A refused call costs one unit, whatever it carries: its cards are never looked at,
+        // and a batch must not be larger than the small quota it is refused under.
+        let n = match key {
+            LimitKey::Ungranted { .. } => 1,
+            _ => u32::try_from(n).unwrap_or(u32::MAX).max(1),
+        };
         self.limiter
             .check(key, n)
             .map_err(|retry_after| VaultError::Throttled {
@@ -536,9 +558,9 @@ impl Vault {
         command: TokenizeCommand,
     ) -> Result<Done<Tokenized>, VaultError> {
         self.throttle(audit, Operation::Tokenize, None, 1)?;
-        let merchant = self.merchant_of(&command.merchant_id).await?;
-        audit.merchant = Some(merchant.clone());
-        self.authorize(audit, Operation::Tokenize, &merchant)?;
+        let merchant = self
+            .authorized_merchant(audit, Operation::Tokenize, &command.merchant_id)
+            .await?;
         let format = Self::token_format(command.format)?;
         let card = Card::parse(&command.pan, command.exp_month, command.exp_year, format)?;
 
@@ -547,8 +569,7 @@ impl Vault {
             .fingerprint
             .fingerprint(card.pan.expose_digits().as_bytes());
         // Before the store is asked whether the card exists: see guard.rs.
-        self.guard_cards(audit, &merchant, [(&card.pan, fingerprint)])
-            .await?;
+        self.guard_cards(audit, [(&card.pan, fingerprint)]).await?;
         let found = self
             .store
             .token_by_fingerprint(&merchant, &fingerprint, format)
@@ -570,9 +591,9 @@ impl Vault {
             None,
             command.cards.len().min(MAX_BATCH_CARDS),
         )?;
-        let merchant = self.merchant_of(&command.merchant_id).await?;
-        audit.merchant = Some(merchant.clone());
-        self.authorize(audit, Operation::Tokenize, &merchant)?;
+        let merchant = self
+            .authorized_merchant(audit, Operation::Tokenize, &command.merchant_id)
+            .await?;
         let format = Self::token_format(command.format)?;
         if command.cards.is_empty() || command.cards.len() > MAX_BATCH_CARDS {
             return Err(InvalidArgument {
@@ -603,7 +624,6 @@ impl Vault {
         // Before the store is asked which cards exist: see guard.rs.
         self.guard_cards(
             audit,
-            &merchant,
             cards
                 .iter()
                 .map(|(card, fingerprint)| (&card.pan, *fingerprint)),
@@ -671,7 +691,7 @@ impl Vault {
                     return Ok(Done::audited(Tokenized {
                         token: record.token,
                         fingerprint,
-                        metadata: record.metadata,
+                        metadata: record.metadata.truncated(),
                         existing: false,
                     }));
                 }
@@ -796,11 +816,11 @@ impl Vault {
         command: &TokenCommand,
     ) -> Result<(MerchantId, Token), VaultError> {
         self.throttle(audit, operation, None, 1)?;
-        let merchant = self.merchant_of(&command.merchant_id).await?;
-        audit.merchant = Some(merchant.clone());
+        let merchant = self
+            .authorized_merchant(audit, operation, &command.merchant_id)
+            .await?;
         let token = Token::parse("token", &command.token);
         audit.token = token.as_ref().ok().cloned();
-        self.authorize(audit, operation, &merchant)?;
         let token = match token {
             Ok(token) => token,
             Err(refused) if refused.problem == CARD_LIKE => {
@@ -817,25 +837,40 @@ impl Vault {
         Ok((merchant, token))
     }
 
-    /// Parses a caller's merchant id. One the card-number rule refuses is accepted only if
-    /// the store already knows the merchant (its keys, or its shred): such ids were accepted
-    /// before the rule tightened, and their tokens stay reachable. No merchant is ever created
-    /// under one (`vaultd` reports them at start).
-    pub(crate) async fn merchant_of(&self, input: &str) -> Result<MerchantId, VaultError> {
-        match MerchantId::parse("merchant_id", input) {
-            Ok(merchant) => Ok(merchant),
-            Err(refused) if refused.problem == CARD_LIKE => {
-                let merchant = MerchantId::parse_shape("merchant_id", input)?;
-                if self.store.merchant_keys(&merchant).await?.is_some()
-                    || self.store.is_shredded(&merchant).await?
-                {
-                    Ok(merchant)
-                } else {
-                    Err(refused.into())
-                }
-            }
-            Err(refused) => Err(refused.into()),
+    /// Parses a caller's merchant id and checks the policy for it; records the merchant in
+    /// the audit record once it is known to be one. An id the card-number rule refuses is
+    /// accepted only if the store already knows the merchant (its keys, or its shred): such ids
+    /// were accepted before the rule tightened, and their tokens stay reachable. No merchant is
+    /// ever created under one (`vaultd` reports them at start). The policy is asked first, so a
+    /// caller the policy refuses learns nothing of which such ids exist, and an unknown one is
+    /// never written to the trail.
+    pub(crate) async fn authorized_merchant(
+        &self,
+        audit: &mut AuditRecord,
+        operation: Operation,
+        input: &str,
+    ) -> Result<MerchantId, VaultError> {
+        let (merchant, refused) = match MerchantId::parse("merchant_id", input) {
+            Ok(merchant) => (merchant, None),
+            Err(refused) if refused.problem == CARD_LIKE => (
+                MerchantId::parse_shape("merchant_id", input)?,
+                Some(refused),
+            ),
+            Err(refused) => return Err(refused.into()),
+        };
+        if refused.is_none() {
+            audit.merchant = Some(merchant.clone());
         }
+        self.authorize(audit, operation, &merchant)?;
+        if let Some(refused) = refused {
+            if self.store.merchant_keys(&merchant).await?.is_none()
+                && !self.store.is_shredded(&merchant).await?
+            {
+                return Err(refused.into());
+            }
+            audit.merchant = Some(merchant.clone());
+        }
+        Ok(merchant)
     }
 
     pub(crate) fn authorize(
@@ -920,12 +955,11 @@ impl Vault {
     }
 
     /// The enumeration guard (see `guard.rs`): counts the distinct cards the caller brings
-    /// into each bucket, vault-wide, and refuses them all if any bucket is spent. Runs before
-    /// anything depends on whether a card is stored.
+    /// into each bucket, vault-wide and across merchants, and refuses them all if any bucket
+    /// is spent. Runs before anything depends on whether a card is stored.
     async fn guard_cards<'p>(
         &self,
         audit: &mut AuditRecord,
-        merchant: &MerchantId,
         cards: impl IntoIterator<Item = (&'p Pan, [u8; FINGERPRINT_LEN])>,
     ) -> Result<(), VaultError> {
         let (window_end, retry_after) = guard::window_at(now().unix_timestamp(), self.guard.window);
@@ -944,13 +978,14 @@ impl Vault {
             .map(|(bucket, fingerprints)| {
                 guard::card_tally(
                     &self.guard,
-                    guard::bucket_subject(&audit.caller, merchant, bucket),
+                    guard::bucket_subject(&audit.caller, bucket),
                     window_end,
                     fingerprints.clone(),
                 )
             })
             .collect();
         let tallies = self.store.tally(&requests).await?;
+        answered_in_full(&requests, &tallies)?;
         let mut refused: Option<(bool, &str)> = None;
         for ((bucket, _), (request, tallies)) in buckets.iter().zip(requests.iter().zip(&tallies)) {
             if let Verdict::Refused { tripped } =
@@ -1038,7 +1073,9 @@ impl Vault {
             limit: self.guard.new_merchants_per_hour,
             trip: false,
         };
-        let tallies = self.store.tally(std::slice::from_ref(&request)).await?;
+        let requests = std::slice::from_ref(&request);
+        let tallies = self.store.tally(requests).await?;
+        answered_in_full(requests, &tallies)?;
         match guard::verdict(
             tallies.first().map_or(&[][..], Vec::as_slice),
             request.limit,

@@ -117,18 +117,16 @@ pub(crate) const SELECT_MERCHANT_IDS: &str = "SELECT merchant_id FROM data_keys 
 /// Tally keys (or items) per multi-row statement: 4 parameters each stays far below
 /// SQLite's 32,766 and PostgreSQL's 65,535.
 pub(crate) const TALLY_KEYS_PER_STATEMENT: usize = 1_000;
-/// The tallies of a list of keys: the list joined to the table, so each key is one probe of
-/// the primary key (`(...) IN (VALUES ...)` scanned the whole table on SQLite).
+/// The tallies of a list of (key, item) pairs, each with whether its tally holds the item
+/// already (beyond the first, which the row holds): the list joined to the tallies, one
+/// primary-key probe of each table per pair (`(...) IN (VALUES ...)` scanned the whole table
+/// on SQLite). One statement reads both, so on PostgreSQL a count and the items it sees come
+/// from one snapshot (see `tally.rs`).
 pub(crate) const SELECT_TALLIES_IN: &str = "SELECT t.window_end, t.scope, t.subject, t.items, \
-    t.first_item FROM (";
+    t.first_item, v.column4, EXISTS (SELECT 1 FROM abuse_tally_items i WHERE i.window_end = t.window_end \
+    AND i.scope = t.scope AND i.subject = t.subject AND i.item = v.column4) FROM (";
 pub(crate) const SELECT_TALLIES_JOIN: &str = ") AS v JOIN abuse_tallies t ON \
     t.window_end = v.column1 AND t.scope = v.column2 AND t.subject = v.column3";
-/// Which of a list of items their tallies hold already, one primary-key probe each.
-pub(crate) const SELECT_TALLY_ITEMS_IN: &str = "SELECT t.window_end, t.scope, t.subject, t.item \
-    FROM (";
-pub(crate) const SELECT_TALLY_ITEMS_JOIN: &str = ") AS v JOIN abuse_tally_items t ON \
-    t.window_end = v.column1 AND t.scope = v.column2 AND t.subject = v.column3 \
-    AND t.item = v.column4";
 pub(crate) const INSERT_TALLY_ITEMS: &str =
     "INSERT INTO abuse_tally_items (window_end, scope, subject, item) ";
 /// Adds each tally's new items in one atomic upsert, whose row lock (PostgreSQL) or write
@@ -879,14 +877,13 @@ macro_rules! token_store_impl {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 requests: &[&vault_core::ports::TallyRequest],
             ) -> Result<Vec<Vec<vault_core::ports::Tallied>>, $crate::group::Failed> {
-                use std::collections::{HashMap, HashSet};
+                use std::collections::HashMap;
                 let failed = |e: sqlx::Error| $crate::group::Failed::statement(&e);
                 let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
                 if requests.is_empty() {
                     return Ok(Vec::new());
                 }
-                let keys = $crate::tally::keys(requests.iter().copied());
                 let scope_of = |scope: &str| {
                     requests
                         .iter()
@@ -894,55 +891,31 @@ macro_rules! token_store_impl {
                         .find(|s| *s == scope)
                         .unwrap_or("")
                 };
-                let mut read = HashMap::new();
-                let mut seen = HashSet::new();
-                let mut repeat = false;
-                for chunk in keys.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
+                let keys: Vec<$crate::tally::Key> =
+                    requests.iter().map(|r| $crate::tally::key(r)).collect();
+                let wanted = $crate::tally::pairs(requests, &keys);
+                let mut read = $crate::tally::Read::default();
+                for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
                     let mut select =
                         sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLIES_IN);
-                    select.push_values(chunk, |mut row, (window_end, scope, subject)| {
-                        row.push_bind(*window_end).push_bind(*scope).push_bind(subject);
-                    });
-                    select.push($crate::sql::SELECT_TALLIES_JOIN);
-                    let rows: Vec<(i64, String, String, i64, Vec<u8>)> = select
-                        .build_query_as()
-                        .fetch_all(&mut **tx)
-                        .await
-                        .map_err(failed)?;
-                    for (window_end, scope, subject, items, first) in rows {
-                        let key = (window_end, scope_of(&scope), subject);
-                        repeat |= items > 1;
-                        read.insert(key.clone(), as_u64(items));
-                        seen.insert((key, first));
-                    }
-                }
-                // Items beyond the first live in the items table: asked only where a tally
-                // has more than one.
-                let wanted: Vec<($crate::tally::Key, &Vec<u8>)> = requests
-                    .iter()
-                    .flat_map(|r| r.items.iter().map(move |item| ($crate::tally::key(r), item)))
-                    .filter(|(key, _)| read.get(key).is_some_and(|n| *n > 1))
-                    .collect();
-                for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT).filter(|_| repeat) {
-                    let mut select =
-                        sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLY_ITEMS_IN);
                     select.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
                         row.push_bind(*window_end)
                             .push_bind(*scope)
                             .push_bind(subject)
-                            .push_bind(item.as_slice());
+                            .push_bind(*item);
                     });
-                    select.push($crate::sql::SELECT_TALLY_ITEMS_JOIN);
-                    let rows: Vec<(i64, String, String, Vec<u8>)> = select
+                    select.push($crate::sql::SELECT_TALLIES_JOIN);
+                    let rows: Vec<(i64, String, String, i64, Vec<u8>, Vec<u8>, bool)> = select
                         .build_query_as()
                         .fetch_all(&mut **tx)
                         .await
                         .map_err(failed)?;
-                    for (window_end, scope, subject, item) in rows {
-                        seen.insert(((window_end, scope_of(&scope), subject), item));
+                    for (window_end, scope, subject, items, first, item, held) in rows {
+                        let key = (window_end, scope_of(&scope), subject);
+                        read.row(key, as_u64(items), first, item, held);
                     }
                 }
-                let plan = $crate::tally::plan(requests, read, &seen);
+                let plan = $crate::tally::plan(requests, read);
                 let mut after = HashMap::new();
                 let mut items = plan.new_items.clone();
                 for chunk in plan.added.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
@@ -960,15 +933,17 @@ macro_rules! token_store_impl {
                         .fetch_all(&mut **tx)
                         .await
                         .map_err(failed)?;
+                    let firsts: HashMap<&$crate::tally::Key, &Vec<u8>> =
+                        chunk.iter().map(|(key, _, first)| (key, first)).collect();
                     for (window_end, scope, subject, count, kept) in rows {
                         let key = (window_end, scope_of(&scope), subject);
                         // Another transaction created the tally first: its first item stays
                         // in the row, and this batch's goes to the items table.
-                        if let Some((_, _, first)) = chunk.iter().find(|(k, _, _)| *k == key)
+                        if let Some(first) = firsts.get(&key)
                             && !first.is_empty()
-                            && *first != kept
+                            && **first != kept
                         {
-                            items.push((key.clone(), first.clone()));
+                            items.push((key.clone(), (*first).clone()));
                         }
                         after.insert(key, as_u64(count));
                     }

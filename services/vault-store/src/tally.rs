@@ -4,12 +4,13 @@
 //! so a bucket's only card (the common case) costs one row. The counting itself is here,
 //! backend-free; `sql.rs` runs the statements.
 //!
-//! Exactness across replicas comes from the last statement alone: each tally's count is raised
-//! by its number of new items in one atomic upsert that returns the result, so the new items
-//! of racing transactions (on any replica) get distinct places in the count. The reads before
-//! it only decide which items are new and whether a tally is already past its limit; a stale
-//! read can only make the vault count an item twice or store one more item, never answer more
-//! items within the limit than the limit.
+//! Exactness across replicas comes from the upsert: each tally's count is raised by its number
+//! of new items in one atomic upsert that returns the result, so the new items of racing
+//! transactions (on any replica) get distinct places in the count. The read before it decides
+//! which items are new and whether a tally is already past its limit; it reads a count and the
+//! items together, so a count is never older than the items seen with it ([`Read::row`]). A
+//! stale read can then only make the vault count an item twice (two racing requests bringing
+//! the same new card), never answer more items within the limit than the limit.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,12 +24,51 @@ pub(crate) fn key(request: &TallyRequest) -> Key {
     (request.window_end, request.scope, request.subject.clone())
 }
 
-/// The distinct keys of `requests`, sorted: one lock order for every transaction.
-pub(crate) fn keys<'a>(requests: impl IntoIterator<Item = &'a TallyRequest>) -> Vec<Key> {
-    let mut keys: Vec<Key> = requests.into_iter().map(key).collect();
-    keys.sort();
-    keys.dedup();
-    keys
+/// The (tally, item) pairs a batch reads, each once; a tally with no items is asked with an
+/// empty item, for its count alone. `keys` holds each request's key, in order.
+pub(crate) fn pairs<'a>(
+    requests: &[&'a TallyRequest],
+    keys: &'a [Key],
+) -> Vec<(&'a Key, &'a [u8])> {
+    let mut asked = HashSet::new();
+    let mut pairs = Vec::new();
+    for (request, key) in requests.iter().zip(keys) {
+        let items: Vec<&[u8]> = if request.items.is_empty() {
+            vec![&[][..]]
+        } else {
+            request.items.iter().map(Vec::as_slice).collect()
+        };
+        for item in items {
+            if asked.insert((key, item)) {
+                pairs.push((key, item));
+            }
+        }
+    }
+    pairs
+}
+
+/// What a batch's reads found: each tally's count, and the items it holds already.
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    pub(crate) counts: HashMap<Key, u64>,
+    pub(crate) seen: HashSet<(Key, Vec<u8>)>,
+}
+
+impl Read {
+    /// One row read: a tally's `count` and `first` item, and whether it holds `item`. One
+    /// statement reads a count and the items it saw from one snapshot, so the count is at least
+    /// the place of each of those items; statements are separate snapshots, so the highest
+    /// count read is kept, which is at least the place of every item any of them saw. (A count
+    /// read before another transaction committed an item, beside that item read after it,
+    /// would answer an item counted past the limit as within it.)
+    pub(crate) fn row(&mut self, key: Key, count: u64, first: Vec<u8>, item: Vec<u8>, held: bool) {
+        let known = self.counts.entry(key.clone()).or_insert(0);
+        *known = (*known).max(count);
+        if held {
+            self.seen.insert((key.clone(), item));
+        }
+        self.seen.insert((key, first));
+    }
 }
 
 /// What became of one item when the batch was planned.
@@ -55,14 +95,10 @@ pub(crate) struct Plan {
     read: HashMap<Key, u64>,
 }
 
-/// Plans `requests` in order, as if each item were added alone: `read` holds the counts the
-/// store has now (absent: no row), `seen` the items already in their tallies (first items
-/// included).
-pub(crate) fn plan(
-    requests: &[&TallyRequest],
-    read: HashMap<Key, u64>,
-    seen: &HashSet<(Key, Vec<u8>)>,
-) -> Plan {
+/// Plans `requests` in order, as if each item were added alone, from what the store holds
+/// now (`read`: a tally it has no count for has no row).
+pub(crate) fn plan(requests: &[&TallyRequest], read: Read) -> Plan {
+    let Read { counts: read, seen } = read;
     let mut running = read.clone();
     let mut added: HashMap<Key, u64> = HashMap::new();
     let mut first: HashMap<Key, Vec<u8>> = HashMap::new();
@@ -165,7 +201,7 @@ mod tests {
         }
     }
 
-    fn pairs(tallies: &[Tallied]) -> Vec<(u64, bool)> {
+    fn answers(tallies: &[Tallied]) -> Vec<(u64, bool)> {
         tallies.iter().map(|t| (t.count, t.new)).collect()
     }
 
@@ -175,33 +211,33 @@ mod tests {
         let b = request("a", &[3, 4], 2, false);
         let c = request("b", &[1], 2, false);
         let requests = [&a, &b, &c];
-        let plan = plan(&requests, HashMap::new(), &HashSet::new());
+        let plan = plan(&requests, Read::default());
         // Each new tally's first item goes in its row; the other two into the items table.
         assert_eq!(plan.new_items.len(), 2);
         assert_eq!(plan.added[0], (key(&a), 3, vec![1]));
         assert_eq!(plan.added[1], (key(&c), 1, vec![1]));
         let after: HashMap<Key, u64> = [(key(&a), 3), (key(&c), 1)].into_iter().collect();
         let got = plan.results(&requests, &after);
-        assert_eq!(pairs(&got[0]), [(1, true), (2, true), (2, false)]);
+        assert_eq!(answers(&got[0]), [(1, true), (2, true), (2, false)]);
         // The third distinct item passes the limit; past it nothing more is added.
-        assert_eq!(pairs(&got[1]), [(3, true), (3, false)]);
-        assert_eq!(pairs(&got[2]), [(1, true)]);
+        assert_eq!(answers(&got[1]), [(3, true), (3, false)]);
+        assert_eq!(answers(&got[2]), [(1, true)]);
     }
 
     #[test]
     fn racing_transactions_shift_the_places() {
         let a = request("a", &[1, 2], 10, false);
         let requests = [&a];
-        let read: HashMap<Key, u64> = [(key(&a), 4)].into_iter().collect();
-        let seen: HashSet<(Key, Vec<u8>)> = [(key(&a), vec![1])].into_iter().collect();
-        let plan = plan(&requests, read, &seen);
+        let mut read = Read::default();
+        read.row(key(&a), 4, vec![1], vec![2], false);
+        let plan = plan(&requests, read);
         // The tally has a row: its new item goes to the items table.
         assert_eq!(plan.new_items, [(key(&a), vec![2])]);
         assert_eq!(plan.added, [(key(&a), 1, vec![])]);
         // Another replica added 3 between the read and the increment.
         let after: HashMap<Key, u64> = [(key(&a), 8)].into_iter().collect();
         let got = plan.results(&requests, &after);
-        assert_eq!(pairs(&got[0]), [(7, false), (8, true)]);
+        assert_eq!(answers(&got[0]), [(7, false), (8, true)]);
     }
 
     #[test]
@@ -209,11 +245,50 @@ mod tests {
         let a = request("a", &[1], 5, true);
         let b = request("a", &[2], 5, false);
         let requests = [&a, &b];
-        let plan = plan(&requests, HashMap::new(), &HashSet::new());
+        let plan = plan(&requests, Read::default());
         assert_eq!(plan.trips, [(key(&a), 6)]);
         let after: HashMap<Key, u64> = [(key(&a), 1)].into_iter().collect();
         let got = plan.results(&requests, &after);
-        assert_eq!(pairs(&got[0]), [(1, true)]);
-        assert_eq!(pairs(&got[1]), [(6, false)]);
+        assert_eq!(answers(&got[0]), [(1, true)]);
+        assert_eq!(answers(&got[1]), [(6, false)]);
+    }
+
+    #[test]
+    fn an_item_seen_is_never_answered_below_the_count_that_holds_it() {
+        // Limit 12. Another transaction brought card 9 as the 13th and committed between two
+        // statements of this batch's read: the first read the count as 12 (9 not held yet),
+        // the second saw 9 held with the count 13. The card must read as past the limit.
+        let a = request("a", &[7, 9], 12, false);
+        let requests = [&a];
+        let mut read = Read::default();
+        read.row(key(&a), 12, vec![1], vec![7], true);
+        read.row(key(&a), 13, vec![1], vec![9], true);
+        let plan = plan(&requests, read);
+        assert!(plan.added.is_empty());
+        let got = plan.results(&requests, &HashMap::new());
+        assert_eq!(answers(&got[0]), [(13, false), (13, false)]);
+        assert!(got[0].iter().all(|t| t.count > 12));
+    }
+
+    #[test]
+    fn every_pair_is_read_once_and_an_empty_request_for_its_count() {
+        let a = request("a", &[1, 2, 1], 5, false);
+        let b = request("a", &[2, 3], 5, false);
+        let c = request("b", &[], 5, true);
+        let requests = [&a, &b, &c];
+        let keys: Vec<Key> = requests.iter().map(|r| key(r)).collect();
+        let got: Vec<(&str, Vec<u8>)> = pairs(&requests, &keys)
+            .into_iter()
+            .map(|(k, item)| (k.2.as_str(), item.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", vec![1]),
+                ("a", vec![2]),
+                ("a", vec![3]),
+                ("b", vec![])
+            ]
+        );
     }
 }

@@ -1262,8 +1262,56 @@ async fn racing_tallies_admit_at_most_the_limit(store: std::sync::Arc<dyn TokenS
     assert_eq!(new_counts.len(), seen.iter().filter(|t| t.new).count());
 }
 
+/// Racing tallies that bring the same items again and again (retries, a card sent twice at
+/// once), spread over `stores` (replicas of one database): whatever the interleaving, the
+/// distinct items ever answered within the limit are at most the limit.
+async fn racing_repeated_items_admit_at_most_the_limit(
+    stores: Vec<std::sync::Arc<dyn TokenStore>>,
+) {
+    let limit = 6;
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            tokio::spawn(async move {
+                // Two of 16 items per request, so most items arrive many times.
+                let items = [
+                    format!("card-{}", i % 16),
+                    format!("card-{}", (i * 7 + 3) % 16),
+                ];
+                let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+                let got = store
+                    .tally(&[tally("repeat", 3_000_000, &refs, limit, false)])
+                    .await
+                    .unwrap();
+                items.into_iter().zip(got[0].clone()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut admitted = std::collections::HashSet::new();
+    for task in tasks {
+        for (item, tallied) in task.await.unwrap() {
+            if tallied.count <= limit {
+                admitted.insert(item);
+            }
+        }
+    }
+    assert!(!admitted.is_empty());
+    assert!(
+        admitted.len() <= 6,
+        "{} items admitted: {admitted:?}",
+        admitted.len()
+    );
+}
+
 macro_rules! conformance_suite {
     ($fresh:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_repeated_items_admit_at_most_the_limit() {
+            let (_guard, store, _) = $fresh().await;
+            super::racing_repeated_items_admit_at_most_the_limit(vec![std::sync::Arc::new(store)])
+                .await;
+        }
+
         #[tokio::test]
         async fn audit_records_form_one_chain_per_writer() {
             let (_guard, store, _) = $fresh().await;
@@ -1511,6 +1559,18 @@ mod postgres {
             }
         }
         assert_eq!(admitted, 12);
+    }
+
+    /// The same with items brought again and again, across two replicas.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_items_racing_across_replicas_admit_at_most_the_limit() {
+        let (_db, a, _) = fresh().await;
+        let b = PgStore::connect(&settings(&_db.url)).await.unwrap();
+        super::racing_repeated_items_admit_at_most_the_limit(vec![
+            std::sync::Arc::new(a),
+            std::sync::Arc::new(b),
+        ])
+        .await;
     }
 
     #[tokio::test]

@@ -545,6 +545,25 @@ async fn ids_in_use_before_the_rule_tightened_stay_usable_and_are_reported() {
         .await
         .unwrap_err();
     assert_eq!(refused.message(), "reason: must not contain a card number");
+    // A caller the policy refuses learns nothing of which such ids exist: the stored one and
+    // an unknown one get the same refusal, and the unknown one is not written to the trail.
+    let unknown = "m4111z1111x1111y1111";
+    for id in [merchant, unknown] {
+        let refused = vault
+            .client("cn-only")
+            .await
+            .tokenize(tokenize_request(id, &pan))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{id}");
+    }
+    let named: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT merchant_id FROM audit_log WHERE caller = 'cn-only' ORDER BY seq",
+    )
+    .fetch_all(&vault.db().await)
+    .await
+    .unwrap();
+    assert_eq!(named, [None, None]);
 }
 
 /// A caller may create only `new_merchants_per_hour` merchants an hour, whatever its policy
@@ -607,4 +626,99 @@ async fn new_merchants_are_capped_per_caller_before_any_key_is_made() {
     .await
     .unwrap();
     assert_eq!(outcomes, ["rate_limited"]);
+}
+
+/// A caller allowed every merchant gets the budget once per bucket, not once per merchant
+/// that holds the card: the victim's card stored at five merchants, probed at each in turn
+/// (four other candidates, then the victim), is answered for at most the budget of
+/// (merchant, card) pairs in all, and refused at the merchants probed after that.
+#[tokio::test]
+async fn the_budget_is_per_bucket_across_every_merchant() {
+    let vault = TestVault::start().await;
+    let victim = random_pan("4");
+    let merchants: Vec<String> = (0..5).map(|i| format!("shop-{i}")).collect();
+    let mut gateway = vault.client("gateway").await;
+    for merchant in &merchants {
+        gateway
+            .tokenize(tokenize_request(merchant, &victim))
+            .await
+            .unwrap();
+    }
+    let others = candidates(&victim, merchants.len() * 4 + 1, 0);
+    let mut prober = vault.client("prober").await;
+    let (mut answered, mut victim_refused_at) = (0, Vec::new());
+    for (i, merchant) in merchants.iter().enumerate() {
+        let mut cards = others[1 + i * 4..1 + (i + 1) * 4].to_vec();
+        cards.push(victim.clone());
+        for card in &cards {
+            match probe(
+                &mut prober,
+                merchant,
+                std::slice::from_ref(card),
+                format_of(i),
+            )
+            .await
+            {
+                Answer::Tokens(_) => answered += 1,
+                Answer::Refused(code, message, _) => {
+                    assert_eq!(code, Code::ResourceExhausted, "{message}");
+                    if *card == victim {
+                        victim_refused_at.push(i);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(answered, BUDGET, "answered across merchants");
+    // 5 + 5 answered at the first two merchants, 2 at the third: the victim's card is refused
+    // at the last three.
+    assert_eq!(victim_refused_at, [2, 3, 4]);
+    // The gateway, another caller, still gets its dedup at every merchant.
+    for merchant in &merchants {
+        let again = gateway
+            .tokenize(tokenize_request(merchant, &victim))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.existing);
+    }
+}
+
+/// A call the policy refuses costs one unit of the small `ungranted` quota whatever it
+/// carries: a batch larger than that quota's burst is refused as denied (and recorded so),
+/// not as rate-limited forever.
+#[tokio::test]
+async fn an_ungranted_batch_costs_one_call_and_is_recorded_as_denied() {
+    let vault = TestVault::start_with_keys(
+        "url = \"sqlite:vault.db\"\n",
+        "[limits]\nungranted = { per_second = 1, burst = 3 }\n",
+        "info",
+    )
+    .await;
+    let cards: Vec<String> = (0..100).map(|_| random_pan("4")).collect();
+    let mut metadata_only = vault.client("cn-only").await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        match probe(&mut metadata_only, "m1", &cards, pb::TokenFormat::Random).await {
+            Answer::Refused(code, ..) => codes.push(code),
+            Answer::Tokens(_) => panic!("a metadata-only caller tokenized"),
+        }
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::ResourceExhausted
+        ]
+    );
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE caller = 'cn-only' AND operation = 'tokenize' \
+         ORDER BY seq",
+    )
+    .fetch_all(&vault.db().await)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["denied", "denied", "denied", "rate_limited"]);
 }
