@@ -124,7 +124,7 @@ record_refusals_every_secs = 60                       # one refusal record per c
 
 # Vault-wide, counted in the store: the enumeration guard and the new-merchant cap.
 [guard]
-cards_per_bucket = 12               # distinct cards per caller, merchant, length, shown digits, last 4
+cards_per_bucket = 12               # distinct cards per caller, length, shown digits, last 4
 window_secs = 86400                 # ... per day
 cards_per_bucket_per_batch = 4      # more in one request spends the bucket at once
 new_merchants_per_hour = 60         # per caller, whatever its policy allows

@@ -156,8 +156,8 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
-    /// Distinct cards one caller may bring into one bucket (merchant, length, shown leading
-    /// digits, last four) per window.
+    /// Distinct cards one caller may bring into one bucket (length, shown leading digits, last
+    /// four; every merchant together) per window.
     pub cards_per_bucket: u64,
     /// The window, in seconds.
     pub window_secs: u64,
