@@ -322,12 +322,13 @@ impl Vault {
     /// records it wrote.
     ///
     /// # Errors
-    /// The store's, if a record cannot be written (the counts are lost; the refusals were
-    /// answered already).
+    /// The store's first, if a record cannot be written (that summary's count is lost, the
+    /// others are still written; the refusals were answered already).
     pub async fn record_refusal_summaries(&self, stopping: bool) -> Result<usize, VaultError> {
         let ended = self
             .refusals
             .take_ended(std::time::Instant::now(), stopping);
+        let mut failed = None;
         for summary in &ended {
             let ctx = CallContext {
                 caller: summary.caller.clone(),
@@ -348,9 +349,17 @@ impl Vault {
                 )
                 .into(),
             );
-            self.store.append_audit(&audit).await?;
+            // One failed write must not lose the other summaries: try each, report the first.
+            if let Err(error) = self.store.append_audit(&audit).await
+                && failed.is_none()
+            {
+                failed = Some(error);
+            }
         }
-        Ok(ended.len())
+        match failed {
+            Some(error) => Err(error.into()),
+            None => Ok(ended.len()),
+        }
     }
 
     /// Deletes the store's abuse tallies of windows that have ended. `vaultd` calls it
