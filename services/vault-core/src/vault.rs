@@ -816,7 +816,7 @@ impl Vault {
         }
     }
 
-    /// Parses the merchant, checks the policy for it, then parses the token. Valid values are
+    /// Parses the token and the merchant and checks the policy for the merchant. Valid values are
     /// recorded in the audit record even when the call is refused.
     async fn authorize_token_command(
         &self,
@@ -825,11 +825,12 @@ impl Vault {
         command: &TokenCommand,
     ) -> Result<(MerchantId, Token), VaultError> {
         self.throttle(audit, operation, None, 1)?;
+        // The token first, so that a refused call's record names it.
+        let token = Token::parse("token", &command.token);
+        audit.token = token.as_ref().ok().cloned();
         let merchant = self
             .authorized_merchant(audit, operation, &command.merchant_id)
             .await?;
-        let token = Token::parse("token", &command.token);
-        audit.token = token.as_ref().ok().cloned();
         let token = match token {
             Ok(token) => token,
             Err(refused) if refused.problem == CARD_LIKE => {
