@@ -90,6 +90,24 @@ impl Outcome {
 /// The caller and origin the vault's own events are recorded under.
 pub const VAULTD: &str = "vaultd";
 
+/// The caller a call without a client certificate is recorded under.
+pub const NO_CERTIFICATE: &str = "no-certificate";
+
+/// The prefix of the caller a certificate that names no identity is recorded under (then
+/// `sha256:` and the certificate's digest).
+pub const UNIDENTIFIED_CERTIFICATE: &str = "unidentified-certificate:";
+
+/// Whether `identity` is, or could be mistaken for, a name the vault records its own events
+/// or unidentified callers under (compared without regard to ASCII case). No certificate or
+/// policy entry may claim one.
+#[must_use]
+pub fn is_reserved_caller(identity: &str) -> bool {
+    let lowercase = identity.to_ascii_lowercase();
+    lowercase == VAULTD
+        || lowercase == NO_CERTIFICATE
+        || lowercase.starts_with(UNIDENTIFIED_CERTIFICATE)
+}
+
 /// What an audit record records: a call (pruning the trail, PCI DSS 10.2.1.2, is the
 /// `audit.prune` call), or one of the vault's own events (PCI DSS 10.2.1.6: start and stop of
 /// the audit log).

@@ -7,9 +7,9 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use vault_core::VaultError;
 use vault_core::admin::JobProgress;
 use vault_core::policy::Operation;
-use vault_core::{Vault, VaultError};
 use vault_proto::v1 as pb;
 use vault_proto::v1::key_admin_service_server::KeyAdminService;
 
@@ -23,16 +23,10 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    /// Serves `vault`'s key administration; each unary call (and each step of a job) is bounded
-    /// by `call_timeout`.
+    /// Serves the vault's key administration calls.
     #[must_use]
-    pub fn new(vault: Vault, call_timeout: std::time::Duration) -> Self {
-        Self {
-            calls: Calls {
-                vault,
-                call_timeout,
-            },
-        }
+    pub fn new(calls: Calls) -> Self {
+        Self { calls }
     }
 }
 

@@ -19,7 +19,7 @@ use vault_store::{AuditSink, PgSettings, PgStore, SqliteStore};
 use crate::admin::AdminApi;
 use crate::audit::AuditApi;
 use crate::config::{Config, StorageUrl, load_policy};
-use crate::grpc::TokenApi;
+use crate::grpc::{Calls, TokenApi};
 use crate::kek::open_key_ring;
 use crate::limits::{GovernorLimiter, card_like_in_use};
 use crate::tls;
@@ -46,6 +46,7 @@ pub struct Application {
     vault: Vault,
     store: Backend,
     call_timeout: Duration,
+    identity: crate::identity::IdentityConfig,
     checkpoint_interval: Duration,
     refusal_interval: Duration,
     /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
@@ -136,7 +137,7 @@ impl Application {
     /// Any configuration, storage, key or TLS problem, with the file or setting named.
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         vault_core::pan::configure_card_number_rule(config.input.rule());
-        let policy = load_policy(&config.policy.path)?;
+        let policy = load_policy(&config.policy.path, config.identity)?;
         let policy_digest = std::fs::read(&config.policy.path)
             .map(|text| vault_crypto::sha256(&text))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.policy.path.display()))?;
@@ -189,6 +190,7 @@ impl Application {
             vault,
             store,
             call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
+            identity: config.identity,
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
             refusal_interval: config.limits.record_interval(),
             start_detail,
@@ -237,12 +239,12 @@ impl Application {
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let admin =
-            KeyAdminServiceServer::new(AdminApi::new(self.vault.clone(), self.call_timeout))
-                .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let audit = AuditServiceServer::new(AuditApi::new(self.vault.clone(), self.call_timeout))
+        let calls = Calls::new(self.vault.clone(), self.call_timeout, self.identity);
+        let admin = KeyAdminServiceServer::new(AdminApi::new(calls.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let tokens = TokenServiceServer::new(TokenApi::new(self.vault.clone(), self.call_timeout))
+        let audit = AuditServiceServer::new(AuditApi::new(calls.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let tokens = TokenServiceServer::new(TokenApi::new(calls))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         tracing::info!(addr = %self.local_addr, "vaultd serving gRPC over mutual TLS 1.3");

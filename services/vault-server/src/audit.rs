@@ -8,7 +8,6 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use vault_audit::{Checkpoint, Entry, Line};
-use vault_core::Vault;
 use vault_core::policy::Operation;
 use vault_core::trail::{AuditReadCommand, PruneCommand};
 use vault_proto::v1 as pb;
@@ -24,15 +23,10 @@ pub struct AuditApi {
 }
 
 impl AuditApi {
-    /// Serves `vault`'s audit trail; each page read is bounded by `call_timeout`.
+    /// Serves the vault's audit trail calls.
     #[must_use]
-    pub fn new(vault: Vault, call_timeout: std::time::Duration) -> Self {
-        Self {
-            calls: Calls {
-                vault,
-                call_timeout,
-            },
-        }
+    pub fn new(calls: Calls) -> Self {
+        Self { calls }
     }
 }
 

@@ -14,6 +14,8 @@ use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
 use vault_core::trail::AuditRetention;
 use zeroize::Zeroizing;
 
+use crate::identity::{IdentityConfig, is_spiffe_id, listable};
+
 /// Why a configuration or policy file was refused. Messages name the file and the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -81,6 +83,9 @@ pub struct Config {
     /// Rules for free-text input (`limits.rs`).
     #[serde(default)]
     pub input: crate::limits::InputConfig,
+    /// How a client certificate names its caller (`identity.rs`).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityConfig,
 }
 
 /// Audit trail settings.
@@ -655,8 +660,10 @@ struct CallerEntry {
 /// `operations` and `merchants` (`["*"]` for all). Identities not listed may do nothing.
 ///
 /// # Errors
-/// [`ConfigError`] for unknown operations, malformed merchant ids, duplicate identities.
-pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
+/// [`ConfigError`] for unknown operations, malformed merchant ids, duplicate identities, and
+/// identities no certificate could name under `rules` (`identity::listable`; without
+/// `cn_fallback`, anything but a SPIFFE ID).
+pub fn load_policy(path: &Path, rules: IdentityConfig) -> Result<Policy, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -672,8 +679,16 @@ pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
     };
     let mut grants = BTreeMap::new();
     for (index, entry) in file.caller.into_iter().enumerate() {
-        if entry.identity.trim().is_empty() {
-            return Err(invalid(index, "identity", "must not be empty".to_owned()));
+        listable(&entry.identity)
+            .map_err(|problem| invalid(index, "identity", problem.to_owned()))?;
+        if !rules.cn_fallback && !is_spiffe_id(&entry.identity) {
+            return Err(invalid(
+                index,
+                "identity",
+                "must be a SPIFFE ID: [identity] cn_fallback = false, so no certificate can name \
+                 a caller by its CN"
+                    .to_owned(),
+            ));
         }
         let mut operations = BTreeSet::new();
         for name in &entry.operations {
@@ -719,11 +734,8 @@ pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
             )
             .is_some()
         {
-            return Err(invalid(
-                index,
-                "identity",
-                format!("{identity} is listed twice"),
-            ));
+            // Not the identity itself: it may be one the card-number rule refuses.
+            return Err(invalid(index, "identity", "is listed twice".to_owned()));
         }
     }
     Ok(Policy::new(grants))
@@ -854,7 +866,7 @@ operations = ["detokenize"]
 merchants = ["m1", "m2"]
 "#,
         );
-        let policy = load_policy(&good).unwrap();
+        let policy = load_policy(&good, IdentityConfig::default()).unwrap();
         let m1 = MerchantId::parse("m", "m1").unwrap();
         let m3 = MerchantId::parse("m", "m3").unwrap();
         assert!(policy.allows(&CallerId::new("payments"), Operation::Detokenize, &m1));
@@ -876,10 +888,35 @@ merchants = ["m1", "m2"]
                 "[[caller]]\nidentity = \"a\"\noperations = []\nmerchants = [\"*\", \"m1\"]\n",
                 "stand alone",
             ),
+            (
+                "space.toml",
+                "[[caller]]\nidentity = \"payments \"\noperations = []\nmerchants = [\"*\"]\n",
+                "caller[0].identity: must not begin or end with a space",
+            ),
+            (
+                "reserved.toml",
+                "[[caller]]\nidentity = \"VaultD\"\noperations = []\nmerchants = [\"*\"]\n",
+                "caller[0].identity: is a name the vault records its own events",
+            ),
+            (
+                "spiffe.toml",
+                "[[caller]]\nidentity = \"SPIFFE://vault.test/x\"\noperations = []\nmerchants = [\"*\"]\n",
+                "caller[0].identity: is not a SPIFFE ID",
+            ),
         ] {
             let path = write(dir.path(), name, text);
-            let err = load_policy(&path).unwrap_err().to_string();
+            let err = load_policy(&path, IdentityConfig::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expect), "{err}");
         }
+        // Without the CN fallback, a CN in the policy could never be named.
+        let err = load_policy(&good, IdentityConfig { cn_fallback: false })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("caller[1].identity: must be a SPIFFE ID"),
+            "{err}"
+        );
     }
 }

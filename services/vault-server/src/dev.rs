@@ -99,6 +99,8 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
          [kek]\n# Development only: a key in a local file is not an HSM.\n\
          backend = \"danger-local-file\"\npath = {KEK_FILE:?}\n\n\
          [policy]\npath = \"policy.toml\"\n\n\
+         [identity]\n# Every dev client has a SPIFFE ID: a certificate's CN names no caller.\n\
+         cn_fallback = false\n\n\
          {LIMITS}"
     );
     // Written last: its presence marks a complete data directory.

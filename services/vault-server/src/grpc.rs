@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
+use vault_core::audit::{NO_CERTIFICATE, UNIDENTIFIED_CERTIFICATE};
 use vault_core::expiry::Expiry;
 use vault_core::ids::{CallContext, CallerId};
 use vault_core::policy::Operation;
@@ -20,7 +21,7 @@ use vault_core::{Vault, VaultError};
 use vault_proto::v1 as pb;
 use zeroize::Zeroizing;
 
-use crate::identity::identity_of_known;
+use crate::identity::{IdentityConfig, identity_of_known};
 use crate::status::to_status;
 
 /// Response metadata key carrying the call's request id (also in the audit record).
@@ -33,29 +34,36 @@ pub struct TokenApi {
 }
 
 impl TokenApi {
-    /// Serves `vault` over gRPC. Each call's work on the store is bounded by `call_timeout`:
-    /// past it the call fails UNAVAILABLE and releases nothing (an unfinished transaction rolls
-    /// back; a Detokenize whose audit record is not yet durable returns no PAN).
+    /// Serves the vault's card-data calls.
     #[must_use]
-    pub fn new(vault: Vault, call_timeout: Duration) -> Self {
-        Self {
-            calls: Calls {
-                vault,
-                call_timeout,
-            },
-        }
+    pub fn new(calls: Calls) -> Self {
+        Self { calls }
     }
 }
 
 /// What every service's calls share: the vault, the time bound on a call's store work, and
-/// the caller's identity from its certificate.
+/// the rules that name the caller from its certificate.
 #[derive(Debug, Clone)]
-pub(crate) struct Calls {
+pub struct Calls {
     pub(crate) vault: Vault,
     pub(crate) call_timeout: Duration,
+    identity: IdentityConfig,
 }
 
 impl Calls {
+    /// Calls on `vault`, each call's work on the store bounded by `call_timeout`: past it the
+    /// call fails UNAVAILABLE and releases nothing (an unfinished transaction rolls back; a
+    /// Detokenize whose audit record is not yet durable returns no PAN). Callers are named by
+    /// their certificates under `identity`.
+    #[must_use]
+    pub fn new(vault: Vault, call_timeout: Duration, identity: IdentityConfig) -> Self {
+        Self {
+            vault,
+            call_timeout,
+            identity,
+        }
+    }
+
     /// Runs `call`, failing UNAVAILABLE if it takes longer than `storage.call_timeout_ms`.
     pub(crate) async fn within<T>(
         &self,
@@ -77,7 +85,7 @@ impl Calls {
         request: &Request<T>,
         operation: Operation,
     ) -> Result<CallContext, Status> {
-        match call_context(request, &self.vault) {
+        match call_context(request, &self.vault, self.identity) {
             Ok(ctx) => Ok(ctx),
             Err(ctx) => {
                 let error = self
@@ -93,16 +101,19 @@ impl Calls {
     }
 }
 
-/// The call's context: identity from the verified client certificate (SPIFFE URI SAN, else
-/// CN), peer address, and a fresh request id. If the certificate names no identity, the
+/// The call's context: identity from the verified client certificate (`identity.rs`), peer address, and a fresh request id. If the certificate names no identity, the
 /// context's caller describes the certificate by its SHA-256 digest instead, and `Err` says so.
-fn call_context<T>(request: &Request<T>, vault: &Vault) -> Result<CallContext, CallContext> {
+fn call_context<T>(
+    request: &Request<T>,
+    vault: &Vault,
+    rules: IdentityConfig,
+) -> Result<CallContext, CallContext> {
     let leaf = request
         .peer_certs()
         .and_then(|certs| certs.first().map(|cert| cert.as_ref().to_vec()));
     let identity = leaf
         .as_deref()
-        .and_then(|der| identity_of_known(der, |id| vault.lists_caller(id)));
+        .and_then(|der| identity_of_known(der, rules, |id| vault.lists_caller(id)));
     let ctx = |caller: String| CallContext {
         caller: CallerId::new(caller),
         peer: request.remote_addr().map(|addr| addr.to_string()),
@@ -111,10 +122,10 @@ fn call_context<T>(request: &Request<T>, vault: &Vault) -> Result<CallContext, C
     match (identity, leaf) {
         (Some(identity), _) => Ok(ctx(identity)),
         (None, Some(der)) => Err(ctx(format!(
-            "unidentified-certificate:sha256:{}",
+            "{UNIDENTIFIED_CERTIFICATE}sha256:{}",
             hex(&Sha256::digest(&der))
         ))),
-        (None, None) => Err(ctx("no-certificate".to_owned())),
+        (None, None) => Err(ctx(NO_CERTIFICATE.to_owned())),
     }
 }
 

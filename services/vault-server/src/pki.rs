@@ -80,11 +80,26 @@ impl DevCa {
         common_name: Option<&str>,
         spiffe_id: Option<&str>,
     ) -> Result<Issued, rcgen::Error> {
+        self.issue_client_with_uris(common_name, spiffe_id.as_slice())
+    }
+
+    /// A client certificate with, if given, subject CN `common_name` and one URI SAN per
+    /// entry of `uris` (tests use it for certificates that name more than one), valid for one
+    /// year.
+    ///
+    /// # Errors
+    /// If a URI is not an IA5 string, or key generation or signing fails.
+    pub fn issue_client_with_uris(
+        &self,
+        common_name: Option<&str>,
+        uris: &[&str],
+    ) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = common_name.map(name).unwrap_or_default();
-        if let Some(uri) = spiffe_id {
-            params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-        }
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| Ok(SanType::URI((*uri).try_into()?)))
+            .collect::<Result<_, rcgen::Error>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }

@@ -48,6 +48,7 @@ pub const PANS_BY_BRAND: [(&str, &str); 13] = [
 /// A CA, its server certificate and one client per test identity, written to `dir/pki`.
 pub struct TestPki {
     pub ca_pem: String,
+    ca: DevCa,
     clients: Vec<(String, Issued)>,
 }
 
@@ -79,12 +80,19 @@ impl TestPki {
         }
         Self {
             ca_pem: ca.cert_pem(),
+            ca,
             clients,
         }
     }
 
     pub fn client(&self, name: &str) -> &Issued {
         &self.clients.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// A further client certificate from the test CA: subject CN `common_name` if given, one
+    /// URI SAN per entry of `uris`.
+    pub fn issue(&self, common_name: Option<&str>, uris: &[&str]) -> Issued {
+        self.ca.issue_client_with_uris(common_name, uris).unwrap()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Calls the vault must refuse, with the right status, an audit record, and no echo of input.
 
 use tonic::Code;
+use vault_proto::v1 as pb;
 use vault_server::pki::DevCa;
 
 use crate::harness::*;
@@ -220,6 +221,93 @@ async fn only_tls_1_3_is_accepted() {
     );
     let refused = handshake_with(&vault, &rustls::version::TLS12).await;
     assert!(refused.is_err(), "TLS 1.2 must be refused");
+}
+
+/// Calls `vault` with a certificate for `common_name` and `uris` that the test CA signed, and
+/// checks it names no caller: UNAUTHENTICATED, one audit record under the certificate's digest
+/// (never the name it claims), nothing stored.
+async fn assert_unidentified(vault: &TestVault, common_name: Option<&str>, uris: &[&str]) {
+    let issued = vault.pki.issue(common_name, uris);
+    let mut client = connect(
+        &vault.addr,
+        &vault.pki.ca_pem,
+        Some((issued.cert_pem.as_str(), issued.key_pem.as_str())),
+    )
+    .await;
+    let status = client
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    let named = format!("{common_name:?} {uris:?}");
+    assert_eq!(status.code(), Code::Unauthenticated, "{named}: {status:?}");
+    let rows = audit_rows(&vault.db().await, &request_id(status.metadata())).await;
+    assert_eq!(rows.len(), 1, "{named}");
+    assert!(
+        rows[0].0.starts_with("unidentified-certificate:sha256:"),
+        "{named}: recorded as {}",
+        rows[0].0
+    );
+    assert_eq!(rows[0].5, "unauthenticated", "{named}");
+    assert_eq!(vault.token_count().await, 0, "{named}");
+}
+
+/// Certificates the CA signed that name no single well-formed identity: two SPIFFE IDs that
+/// differ in the case of their scheme, a SPIFFE ID in upper case or with a path that is not
+/// one, a CN with a space at either end, and CNs claiming the names the vault records its own
+/// events and unidentified callers under. Each would otherwise be a caller the policy knows,
+/// or one an auditor could mistake for the vault.
+#[tokio::test]
+async fn certificates_naming_no_single_well_formed_identity_are_unauthenticated() {
+    let vault = TestVault::start().await;
+    let refused: [(Option<&str>, &[&str]); 10] = [
+        (Some("payments"), &[PAYMENTS, "SPIFFE://vault.test/gateway"]),
+        (Some("gateway"), &["SPIFFE://vault.test/gateway"]),
+        (Some("gateway"), &["spiffe://vault.test/gateway/"]),
+        (Some("gateway"), &["spiffe://VAULT.test/gateway"]),
+        (Some(" cn-only"), &[]),
+        (Some("cn-only "), &[]),
+        (Some("vaultd"), &[]),
+        (Some("VaultD"), &[]),
+        (Some("no-certificate"), &[]),
+        (Some("unidentified-certificate:sha256:00"), &[]),
+    ];
+    for (common_name, uris) in refused {
+        assert_unidentified(&vault, common_name, uris).await;
+    }
+    // The same CA's well-formed certificates still work.
+    let mut cn_only = vault.client("cn-only").await;
+    let status = cn_only
+        .get_token_metadata(pb::GetTokenMetadataRequest {
+            merchant_id: "m1".to_owned(),
+            token: "tok_ZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+/// With `[identity] cn_fallback = false` a CN names no caller, even one the policy once
+/// listed; SPIFFE IDs still do.
+#[tokio::test]
+async fn without_the_cn_fallback_only_spiffe_ids_name_callers() {
+    let vault = TestVault::start().await;
+    let policy = POLICY.replace(
+        "[[caller]]\nidentity = \"cn-only\"\noperations = [\"metadata\"]\nmerchants = [\"*\"]\n",
+        "",
+    );
+    assert!(!policy.contains("cn-only"), "the policy's CN entry is gone");
+    std::fs::write(vault.dir.path().join("policy.toml"), policy).unwrap();
+    let vault = vault
+        .restart_with(
+            "url = \"sqlite:vault.db\"\n",
+            &format!("{DEV_KEK}[identity]\ncn_fallback = false\n"),
+        )
+        .await;
+    assert_unidentified(&vault, Some("cn-only"), &[]).await;
+    let token = vault
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
+    assert!(!token.is_empty());
 }
 
 #[tokio::test]
