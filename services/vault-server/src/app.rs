@@ -47,6 +47,7 @@ pub struct Application {
     store: Backend,
     call_timeout: Duration,
     identity: crate::identity::IdentityConfig,
+    handshake_limits: tls::HandshakeLimits,
     checkpoint_interval: Duration,
     refusal_interval: Duration,
     /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
@@ -191,6 +192,7 @@ impl Application {
             store,
             call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
             identity: config.identity,
+            handshake_limits: config.tls.handshake_limits(),
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
             refusal_interval: config.limits.record_interval(),
             start_detail,
@@ -266,7 +268,10 @@ impl Application {
             .add_service(tokens)
             .add_service(admin)
             .add_service(audit)
-            .serve_with_incoming_shutdown(tls::incoming(self.listener, self.tls), signal);
+            .serve_with_incoming_shutdown(
+                tls::incoming(self.listener, self.tls, self.handshake_limits),
+                signal,
+            );
         // Drain in-flight calls, but not forever: the stop record must still be written.
         let drained = async {
             let _ = stop_seen.wait_for(|stopping| *stopping).await;

@@ -278,6 +278,74 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// How long a client has to finish its TLS handshake, in milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// TLS handshakes in progress at once, from everyone; past it new connections are closed.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source (an IPv4 address or an IPv6 /64), so
+    /// one host cannot take the whole of `max_handshakes`.
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    3_000
+}
+
+fn default_max_handshakes() -> usize {
+    512
+}
+
+fn default_max_handshakes_per_source() -> usize {
+    16
+}
+
+impl TlsConfig {
+    /// Longest handshake deadline accepted.
+    const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+
+    /// The limits on handshakes in progress.
+    #[must_use]
+    pub fn handshake_limits(&self) -> crate::tls::HandshakeLimits {
+        crate::tls::HandshakeLimits {
+            timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+            max: self.max_handshakes,
+            per_source: self.max_handshakes_per_source,
+        }
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, problem: String| ConfigError::Invalid {
+            path: file.to_owned(),
+            setting: setting.to_owned(),
+            problem,
+        };
+        if self.handshake_timeout_ms < 100
+            || self.handshake_timeout_ms > Self::MAX_HANDSHAKE_TIMEOUT_MS
+        {
+            return Err(invalid(
+                "tls.handshake_timeout_ms",
+                format!("must be from 100 to {}", Self::MAX_HANDSHAKE_TIMEOUT_MS),
+            ));
+        }
+        if self.max_handshakes == 0 {
+            return Err(invalid(
+                "tls.max_handshakes",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_handshakes_per_source == 0
+            || self.max_handshakes_per_source > self.max_handshakes
+        {
+            return Err(invalid(
+                "tls.max_handshakes_per_source",
+                "must be from 1 to tls.max_handshakes".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Which KEK backend, and its settings. Secrets (PINs, tokens) are never written here: the
@@ -598,6 +666,7 @@ impl Config {
         {
             sink.path = base.join(&sink.path).display().to_string();
         }
+        config.tls.check(path)?;
         config.dek.check(path)?;
         config.key_cache.check(path)?;
         config.audit.check(path)?;
@@ -832,6 +901,19 @@ path = "policy.toml"
             );
             let err = Config::load(&file).unwrap_err().to_string();
             assert!(err.contains(setting), "{table}: {err}");
+        }
+        for (tls, setting) in [
+            ("handshake_timeout_ms = 50\n", "tls.handshake_timeout_ms"),
+            ("max_handshakes = 0\n", "tls.max_handshakes"),
+            (
+                "max_handshakes = 4\nmax_handshakes_per_source = 5\n",
+                "tls.max_handshakes_per_source",
+            ),
+        ] {
+            let text = base.replace("client_ca = \"c\"\n", &format!("client_ca = \"c\"\n{tls}"));
+            let file = write(dir.path(), "tls.toml", &format!("{text}{storage}"));
+            let err = Config::load(&file).unwrap_err().to_string();
+            assert!(err.contains(setting), "{tls}: {err}");
         }
         let fine = write(
             dir.path(),

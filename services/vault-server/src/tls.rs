@@ -5,10 +5,11 @@
 //! `ServerConfig` itself and hands tonic connections that finished their handshake. A client
 //! without a certificate, or with one from another CA, never gets a connection.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -21,13 +22,89 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
-/// TLS handshakes in progress at once. Past this, new connections are closed at once, so
-/// unauthenticated clients cannot pile up tasks and memory.
-const MAX_PENDING_HANDSHAKES: usize = 512;
+
+/// Bounds on TLS handshakes in progress (`[tls]`): past `max` in all, or `per_source` from one
+/// source, a new connection is closed at once, so unauthenticated clients cannot pile up tasks
+/// and memory, and one host holding idle connections cannot lock everyone else out.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// How long a client has to finish its handshake.
+    pub timeout: Duration,
+    /// Handshakes in progress at once, from everyone.
+    pub max: usize,
+    /// Handshakes in progress at once from one source ([`Source`]).
+    pub per_source: usize,
+}
+
+/// Where a connection comes from, as the handshake limits count it: an IPv4 address, or an
+/// IPv6 /64 (one host usually holds a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The source of a connection from `addr`.
+    #[must_use]
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => Self(IpAddr::V6(Ipv6Addr::from_bits(
+                    v6.to_bits() & !u128::from(u64::MAX),
+                ))),
+            },
+        }
+    }
+}
+
+/// Handshakes in progress per source. A [`SourceSlot`] holds one until dropped.
+#[derive(Debug, Default)]
+pub struct SourceCounts(Mutex<HashMap<Source, usize>>);
+
+impl SourceCounts {
+    /// A slot for one more handshake from `source`, unless it already has `limit` in progress.
+    #[must_use]
+    pub fn try_claim(self: &Arc<Self>, source: Source, limit: usize) -> Option<SourceSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(source).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            counts: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// Handshakes in progress from `source`.
+    #[must_use]
+    pub fn in_progress(&self, source: Source) -> usize {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(&source).copied().unwrap_or(0)
+    }
+}
+
+/// One handshake in progress from a source; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    source: Source,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Why the TLS settings could not be loaded. Messages name files, never key material.
 #[derive(Debug, thiserror::Error)]
@@ -98,15 +175,18 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake under
-/// `config`. Handshakes run concurrently, each bounded by a timeout, so a slow or hostile
-/// client cannot hold up others. Refused handshakes are logged with the peer address.
+/// `config`. Handshakes run concurrently, each bounded by `limits.timeout`, at most
+/// `limits.per_source` from one source and `limits.max` in all, so a slow or hostile client
+/// cannot hold up others. Refused handshakes are logged with the peer address.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    limits: HandshakeLimits,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Semaphore::new(limits.max));
+    let sources = Arc::new(SourceCounts::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -121,6 +201,15 @@ pub fn incoming(
                     continue;
                 }
             };
+            // The source's own cap first, so that one host's flood never takes a place in
+            // the global cap.
+            let Some(slot) = sources.try_claim(Source::of(peer.ip()), limits.per_source) else {
+                tracing::warn!(
+                    %peer,
+                    "too many tls handshakes in progress from this source; connection closed"
+                );
+                continue;
+            };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "too many tls handshakes in progress; connection closed");
                 continue;
@@ -129,8 +218,8 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshaken = handshake(&acceptor, tcp, peer).await;
-                drop(permit);
+                let handshaken = handshake(&acceptor, tcp, peer, limits.timeout).await;
+                drop((permit, slot));
                 if let Some(stream) = handshaken {
                     let _ = tx.send(Ok(stream)).await;
                 }
@@ -144,8 +233,9 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    timeout: Duration,
 ) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(err)) => {
             tracing::warn!(%peer, error = %err, "tls handshake refused");
@@ -155,5 +245,41 @@ async fn handshake(
             tracing::warn!(%peer, "tls handshake timed out");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(addr: &str) -> Source {
+        Source::of(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(source("192.0.2.1"), source("::ffff:192.0.2.1"));
+        assert_ne!(source("192.0.2.1"), source("192.0.2.2"));
+        assert_eq!(source("2001:db8:1:2::1"), source("2001:db8:1:2:ffff::9"));
+        assert_ne!(source("2001:db8:1:2::1"), source("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn each_source_gets_its_own_slots_back_when_they_drop() {
+        let counts = Arc::new(SourceCounts::default());
+        let attacker = source("127.0.0.2");
+        let client = source("127.0.0.1");
+        let held: Vec<SourceSlot> = (0..3)
+            .map(|_| counts.try_claim(attacker, 3).unwrap())
+            .collect();
+        assert!(counts.try_claim(attacker, 3).is_none());
+        let one = counts.try_claim(client, 3);
+        assert!(one.is_some(), "another source is not affected");
+        assert_eq!(counts.in_progress(attacker), 3);
+        drop(held);
+        assert_eq!(counts.in_progress(attacker), 0);
+        assert!(counts.try_claim(attacker, 3).is_some());
+        drop(one);
+        assert_eq!(counts.in_progress(client), 0);
     }
 }

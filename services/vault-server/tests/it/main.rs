@@ -16,6 +16,7 @@ mod audit_sink;
 mod audit_trail;
 mod batch;
 mod crash;
+mod front_door;
 mod grpcurl;
 mod hsm;
 mod integrity;
