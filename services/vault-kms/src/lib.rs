@@ -7,12 +7,14 @@
 
 mod local_file;
 mod pkcs11;
+mod secret_file;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transit;
 
 pub use local_file::{DangerLocalFileKek, LocalFileError};
 pub use pkcs11::{Pkcs11Error, Pkcs11Kek, Pkcs11Settings};
+pub use secret_file::{SecretFileError, check_private};
 pub use transit::{
     DEFAULT_APPROLE_MOUNT, DEFAULT_MOUNT, DEFAULT_TIMEOUT, KEY_TYPE, SecretSource, TransitAuth,
     TransitError, TransitKek, TransitSettings,

@@ -93,9 +93,13 @@ impl SecretSource {
     fn read(&self, what: &'static str) -> Result<Secret, TransitError> {
         let error = |detail: String| TransitError::Credential { what, detail };
         let raw = match self {
-            Self::File(path) => Zeroizing::new(
-                fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?,
-            ),
+            Self::File(path) => {
+                crate::check_private(path).map_err(|e| error(e.to_string()))?;
+                Zeroizing::new(
+                    fs::read_to_string(path)
+                        .map_err(|e| error(format!("{}: {e}", path.display())))?,
+                )
+            }
             // Never format the VarError: NotUnicode carries the value.
             Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|e| {
                 error(match e {

@@ -57,6 +57,7 @@ fn is_integrity<T>(result: &Result<T, KekError>) -> bool {
 
 fn write_secret(path: &Path, secret: &str) {
     std::fs::write(path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 #[tokio::test]

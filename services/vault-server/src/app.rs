@@ -78,11 +78,21 @@ impl Backend {
         Ok(match config.storage_url(config_path)? {
             StorageUrl::Sqlite(path) => Self::Sqlite(SqliteStore::open(&path).await?),
             StorageUrl::Postgres(url) => {
+                let password = match &config.storage.password_file {
+                    Some(file) => Some(crate::config::read_secret(
+                        config_path,
+                        "storage.password_file",
+                        Some(file),
+                        None,
+                    )?),
+                    None => None,
+                };
                 let settings = PgSettings {
                     url,
                     max_connections: config.storage.max_connections,
                     connect_timeout: Duration::from_millis(config.storage.connect_timeout_ms),
                     statement_timeout: Duration::from_millis(config.storage.statement_timeout_ms),
+                    password,
                 };
                 let store = PgStore::connect_only(&settings).await?;
                 if migrate {

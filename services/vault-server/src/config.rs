@@ -241,6 +241,9 @@ pub struct StorageConfig {
     /// run ahead of a rollout with `vaultd migrate`.
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
+    /// PostgreSQL: a file holding the password (its first line; only its owner may read it),
+    /// so the URL holds none.
+    pub password_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -252,6 +255,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("call_timeout_ms", &self.call_timeout_ms)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("password_file", &self.password_file)
             .finish()
     }
 }
@@ -579,11 +583,13 @@ fn default_lease() -> u64 {
     DekLimits::default().lease
 }
 
-/// Reads a secret from exactly one of a file (its first line) or an environment variable.
-/// Errors name the setting, the file or the variable, never the secret.
+/// Reads a secret from exactly one of a file (its first line; no other user may read it:
+/// `vault_kms::check_private`) or an environment variable. Errors name the setting, the file
+/// or the variable, never the secret.
 ///
 /// # Errors
-/// [`ConfigError`] if neither or both are given, or the source is missing or empty.
+/// [`ConfigError`] if neither or both are given, or the source is missing, readable by other
+/// users, or empty.
 pub fn read_secret(
     config_file: &Path,
     setting: &str,
@@ -597,6 +603,7 @@ pub fn read_secret(
     };
     let secret = match (file, env) {
         (Some(file), None) => {
+            vault_kms::check_private(file).map_err(|e| invalid(e.to_string()))?;
             let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
                 ConfigError::Read {
                     path: file.to_owned(),
@@ -661,6 +668,9 @@ impl Config {
         config.tls.key = base.join(&config.tls.key);
         config.tls.client_ca = base.join(&config.tls.client_ca);
         config.policy.path = base.join(&config.policy.path);
+        if let Some(file) = config.storage.password_file.as_mut() {
+            *file = base.join(&*file);
+        }
         if let Some(sink) = config.audit.sink.as_mut()
             && sink.path != "-"
         {
@@ -689,22 +699,39 @@ impl Config {
     /// The storage backend and its location.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] for a URL scheme the vault does not support.
+    /// [`ConfigError::Invalid`] for a URL scheme the vault does not support, or a
+    /// `password_file` beside a password in the URL or with SQLite.
     pub fn storage_url(&self, file: &Path) -> Result<StorageUrl, ConfigError> {
         let url = self.storage.url.as_str();
+        let invalid = |setting: &str, problem: &str| ConfigError::Invalid {
+            path: file.to_owned(),
+            setting: setting.to_owned(),
+            problem: problem.to_owned(),
+        };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if self.storage.password_file.is_some() && vault_store::redact_url(url) != url {
+                return Err(invalid(
+                    "storage.password_file",
+                    "the URL holds a password too: give it in one place",
+                ));
+            }
             return Ok(StorageUrl::Postgres(url.to_owned()));
+        }
+        if self.storage.password_file.is_some() {
+            return Err(invalid(
+                "storage.password_file",
+                "is for PostgreSQL; an SQLite database has no password",
+            ));
         }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"));
         match path {
             Some(path) if !path.is_empty() => Ok(StorageUrl::Sqlite(PathBuf::from(path))),
-            _ => Err(ConfigError::Invalid {
-                path: file.to_owned(),
-                setting: "storage.url".to_owned(),
-                problem: "must be sqlite:PATH or postgres://…".to_owned(),
-            }),
+            _ => Err(invalid(
+                "storage.url",
+                "must be sqlite:PATH or postgres://…",
+            )),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `dev`: `vaultd dev`, the embedded default with a generated PKI and a dev KEK.
 //! - `pki`: the small CA `dev` and the tests use.
 //! - `telemetry`: logging.
+//! - `hygiene`: process settings applied at start (no core dumps).
 
 pub mod admin;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod grpc;
+pub mod hygiene;
 pub mod identity;
 pub mod kek;
 pub mod limits;

@@ -120,10 +120,14 @@ pub enum TlsError {
     /// rustls refused the settings.
     #[error("tls settings: {0}")]
     Rustls(String),
+    /// Other users may read the private key file.
+    #[error("tls.key: {0}")]
+    KeyFile(#[from] vault_kms::SecretFileError),
 }
 
 /// A rustls server configuration: TLS 1.3 only, ring, client certificates required and
-/// verified against `client_ca`, ALPN h2.
+/// verified against `client_ca`, ALPN h2. The key file must be private
+/// (`vault_kms::check_private`).
 ///
 /// # Errors
 /// [`TlsError`] if a file is unreadable or rustls refuses the certificates.
@@ -137,6 +141,7 @@ pub fn server_config(
         problem,
     };
     let chain = read_certs(cert)?;
+    vault_kms::check_private(key)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
     let mut roots = RootCertStore::empty();
     for ca in read_certs(client_ca)? {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use vault_core::StoreError;
+use zeroize::Zeroizing;
 
 use crate::sql::{token_store_impl, unavailable};
 
@@ -25,6 +26,8 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// The server aborts any statement running longer than this.
     pub statement_timeout: Duration,
+    /// The password, when it is not in the URL (`[storage] password_file`). Zeroized on drop.
+    pub password: Option<Zeroizing<String>>,
 }
 
 impl fmt::Debug for PgSettings {
@@ -34,6 +37,7 @@ impl fmt::Debug for PgSettings {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -135,21 +139,23 @@ impl PgStore {
     pub async fn connect_only(settings: &PgSettings) -> Result<Self, PgStoreError> {
         let url = redact_url(&settings.url);
         let statement_ms = settings.statement_timeout.as_millis().to_string();
-        let options = PgConnectOptions::from_str(&settings.url)
-            .map_err(|source| PgStoreError::Url {
+        let mut options =
+            PgConnectOptions::from_str(&settings.url).map_err(|source| PgStoreError::Url {
                 url: url.clone(),
                 source,
-            })?
-            .application_name("vaultd")
-            .options([
-                ("statement_timeout", statement_ms.as_str()),
-                ("lock_timeout", statement_ms.as_str()),
-                // Plan each execution with its parameters. A generic plan of the fingerprint
-                // lookup (cached once the statement had run five times on a small table) scanned
-                // the merchant's whole `tokens_merchant_version` range instead of the unique
-                // index: 50 ms per tokenize at 10 k tokens, worse as the table grows.
-                ("plan_cache_mode", "force_custom_plan"),
-            ]);
+            })?;
+        if let Some(password) = &settings.password {
+            options = options.password(password);
+        }
+        let options = options.application_name("vaultd").options([
+            ("statement_timeout", statement_ms.as_str()),
+            ("lock_timeout", statement_ms.as_str()),
+            // Plan each execution with its parameters. A generic plan of the fingerprint
+            // lookup (cached once the statement had run five times on a small table) scanned
+            // the merchant's whole `tokens_merchant_version` range instead of the unique
+            // index: 50 ms per tokenize at 10 k tokens, worse as the table grows.
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.connect_timeout)
@@ -273,6 +279,7 @@ mod tests {
             max_connections: 1,
             connect_timeout: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(1),
+            password: Some(Zeroizing::new("pw2".to_owned())),
         };
         assert!(!format!("{settings:?}").contains("pw"));
     }

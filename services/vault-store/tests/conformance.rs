@@ -1505,6 +1505,7 @@ mod postgres {
             max_connections: 4,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
+            password: None,
         }
     }
 

@@ -72,6 +72,20 @@ fn line(item: pb::ExportItem) -> Result<Line, Error> {
     }
 }
 
+/// Opens `path` for writing an export: created with mode 0600, or truncated and set to 0600
+/// if it exists. Records name callers, merchants and tokens; an export is for auditors only.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 fn write_error(path: &Path, err: &std::io::Error) -> Error {
     Error::Config(format!("cannot write {}: {err}", path.display()))
 }
@@ -108,7 +122,7 @@ pub async fn export(
         })
         .await?
         .into_inner();
-    let file = std::fs::File::create(path).map_err(|e| write_error(path, &e))?;
+    let file = create_private(path).map_err(|e| write_error(path, &e))?;
     let mut out = BufWriter::new(file);
     let mut header = None;
     let (mut checkpoints, mut records) = (0u64, 0u64);
@@ -281,4 +295,26 @@ pub async fn prune(
         checkpoints: (first, last_seq),
         answer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn exports_are_written_for_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let new = dir.path().join("new.jsonl");
+        drop(create_private(&new).unwrap());
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.path().join("old.jsonl");
+        std::fs::write(&old, "stale").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private(&old).unwrap());
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(std::fs::read(&old).unwrap(), b"");
+    }
 }

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use vault_server::app::{Application, Backend};
 use vault_server::config::Config;
 use vault_server::telemetry::{self, LogFormat};
-use vault_server::{dev, kek};
+use vault_server::{dev, hygiene, kek};
 
 /// Exit code when vaultd cannot start: a configuration, file, key, store or address it refuses
 /// (sysexits EX_CONFIG).
@@ -74,6 +74,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    // Before any secret is read: a core dump would hold keys and PANs.
+    match hygiene::forbid_core_dumps() {
+        Ok(state) => tracing::info!(
+            core_limit = ?state.core_limit,
+            dumpable = ?state.dumpable,
+            "core dumps off"
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot turn core dumps off");
+            eprintln!("vaultd: cannot turn core dumps off: {err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     // One process-wide TLS provider for every rustls user (the server, the PostgreSQL client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {

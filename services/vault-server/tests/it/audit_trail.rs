@@ -64,6 +64,9 @@ async fn export(vault: &TestVault, out: &Path) {
         .await
         .unwrap();
     assert!(matches!(report, vaultctl::Report::AuditExported(_)));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "an export is for its owner only");
 }
 
 async fn verify(vault: &TestVault, key: &Path, files: &[&Path]) -> vault_audit::Report {

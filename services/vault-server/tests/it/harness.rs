@@ -60,7 +60,7 @@ impl TestPki {
         let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(pki.join("ca.pem"), ca.cert_pem()).unwrap();
         std::fs::write(pki.join("server.pem"), &server.cert_pem).unwrap();
-        std::fs::write(pki.join("server.key"), server.key_pem.as_str()).unwrap();
+        write_private(&pki.join("server.key"), &server.key_pem);
         // A certificate the CA signed that names no identity at all.
         let mut clients = vec![("anonymous".to_owned(), ca.issue_client(None, None).unwrap())];
         for (name, spiffe) in [
@@ -75,7 +75,7 @@ impl TestPki {
         ] {
             let issued = ca.issue_client(Some(name), spiffe).unwrap();
             std::fs::write(pki.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
-            std::fs::write(pki.join(format!("{name}.key")), issued.key_pem.as_str()).unwrap();
+            write_private(&pki.join(format!("{name}.key")), &issued.key_pem);
             clients.push((name.to_owned(), issued));
         }
         Self {
@@ -94,6 +94,12 @@ impl TestPki {
     pub fn issue(&self, common_name: Option<&str>, uris: &[&str]) -> Issued {
         self.ca.issue_client_with_uris(common_name, uris).unwrap()
     }
+}
+
+/// Writes a secret file only its owner may read (vaultd refuses any other).
+pub fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// The policy the tests run under: the gateway tokenizes, reads metadata and deletes; payments
@@ -447,6 +453,11 @@ impl TestVault {
             .fetch_one(&self.db().await)
             .await
             .unwrap()
+    }
+
+    /// The `vaultd` process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything `vaultd` wrote to stdout and stderr so far.

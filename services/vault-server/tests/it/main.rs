@@ -19,6 +19,7 @@ mod crash;
 mod front_door;
 mod grpcurl;
 mod hsm;
+mod hygiene;
 mod integrity;
 mod key_lifecycle;
 mod no_pan_leaks;

@@ -23,6 +23,12 @@ impl ThrowawayCluster {
     /// Creates and starts a cluster; with `tls` (a certificate and key, PEM) it also accepts
     /// TLS connections.
     pub fn create(tls: Option<(&str, &str)>) -> Self {
+        Self::create_with(tls, None)
+    }
+
+    /// [`ThrowawayCluster::create`], and with `password` the `postgres` user has that password
+    /// and TCP connections must give it (scram-sha-256; the Unix socket stays trusted).
+    pub fn create_with(tls: Option<(&str, &str)>, password: Option<&str>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -48,9 +54,21 @@ impl ThrowawayCluster {
             false,
         );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let auth = match password {
+            None => "-A trust".to_owned(),
+            Some(password) => {
+                let file = dir.path().join("pwfile");
+                std::fs::write(&file, format!("{password}\n")).unwrap();
+                shell(&format!("chown postgres {}", file.display()), false);
+                format!(
+                    "--auth-local=trust --auth-host=scram-sha-256 --pwfile={}",
+                    file.display()
+                )
+            }
+        };
         shell(
             &format!(
-                "{} -D {} -A trust -U postgres --no-sync >/dev/null",
+                "{} -D {} {auth} -U postgres --no-sync >/dev/null",
                 bin.join("initdb").display(),
                 data.display()
             ),

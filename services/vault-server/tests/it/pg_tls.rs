@@ -15,6 +15,7 @@ fn settings(url: String) -> PgSettings {
         max_connections: 2,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
+        password: None,
     }
 }
 
