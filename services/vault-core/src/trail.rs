@@ -50,6 +50,13 @@ impl Default for AuditRetention {
     }
 }
 
+/// Why the vault refuses to start when its trail has signed checkpoints but its signing key is
+/// gone.
+pub const MISSING_AUDIT_KEY: &str = "signed audit checkpoints exist but the audit signing key \
+    (data_keys: merchant ~vault, purpose audit_signing) is missing; restore that row from a \
+    backup of this database (a new key is never made silently: it would verify nothing signed \
+    before it)";
+
 /// The unwrapped signing key, what this writer signed last, and the retention rules.
 #[derive(Default)]
 pub struct TrailState {
@@ -361,16 +368,31 @@ impl AuditExport {
 }
 
 impl Vault {
-    /// Loads the audit signing key (making it on the first start of the first replica), signs
-    /// this writer's start, and records `vault.start`. Call once, before serving.
+    /// Loads the audit signing key (making it on the first start of the first replica) unless
+    /// it is loaded already. Call before anything is served, so that a key that is missing or
+    /// cannot be unwrapped stops the vault at start.
     ///
     /// # Errors
-    /// Any [`VaultError`]: the vault must not serve without its audit trail.
-    pub async fn start_audit(&self, detail: String) -> Result<PublicKey, VaultError> {
+    /// [`VaultError::FailedPrecondition`] if signed checkpoints exist but no signing key does
+    /// (the key is never replaced silently); KEK and store errors.
+    pub async fn load_audit_key(&self) -> Result<PublicKey, VaultError> {
+        if let Some(signer) = self.trail.signer.get() {
+            return Ok(PublicKey::ed25519(signer.public));
+        }
         let signer = self.load_signer().await?;
         let public = PublicKey::ed25519(signer.public);
         // Another start already loaded it: keep the first (they are the same key).
         let _ = self.trail.signer.set(signer);
+        Ok(public)
+    }
+
+    /// Loads the audit signing key ([`Vault::load_audit_key`]), signs this writer's start, and
+    /// records `vault.start`. Call once, before serving.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]: the vault must not serve without its audit trail.
+    pub async fn start_audit(&self, detail: String) -> Result<PublicKey, VaultError> {
+        let public = self.load_audit_key().await?;
         self.checkpoint(CheckpointKind::Start).await?;
         self.store
             .append_audit(&AuditRecord::system(Event::VaultStart, detail))
@@ -459,6 +481,11 @@ impl Vault {
     async fn load_signer(&self) -> Result<Signer, VaultError> {
         let wrapped = match self.store.audit_signing_key().await? {
             Some(wrapped) => wrapped,
+            // Checkpoints signed by a key that is gone: a new key would verify nothing before
+            // it, and only an auditor holding the old public key would notice.
+            None if self.store.checkpoint_tip().await?.is_some() => {
+                return Err(VaultError::FailedPrecondition(MISSING_AUDIT_KEY));
+            }
             None => {
                 let context = KeyContext {
                     merchant: MerchantId::vault_owner(),

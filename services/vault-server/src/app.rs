@@ -192,6 +192,12 @@ impl Application {
                 Arc::new(GovernorLimiter::new(&config.limits)),
                 config.limits.record_interval(),
             );
+        // Before the port is bound: a signing key that is missing (while checkpoints it signed
+        // exist) or that the KEK cannot unwrap stops the vault here, exit 78.
+        vault
+            .load_audit_key()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the audit signing key: {e}"))?;
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {

@@ -610,3 +610,76 @@ async fn the_pci_field_sweep_catches_an_incomplete_record() {
     let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(vault)));
     assert!(swept.is_err(), "the sweep let an unknown origin pass");
 }
+
+/// Runs `vaultd serve` on `dir/vaultd.toml` and expects it to refuse to start (78); returns
+/// what it printed.
+fn refused_start(dir: &Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vaultd"))
+        .args([
+            "serve",
+            "--config",
+            &dir.join("vaultd.toml").to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(78), "{printed}");
+    printed
+}
+
+/// Signed checkpoints whose key is gone stop vaultd at start (exit 78, saying what to do),
+/// instead of a new key made silently and served as the public key; so does a key the KEK
+/// cannot unwrap. Nothing is served, so nothing is signed by another key.
+#[tokio::test]
+async fn a_missing_or_unreadable_audit_key_stops_vaultd_at_start() {
+    let vault = TestVault::start().await;
+    vault
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
+    let db = vault.db_path();
+    let dir = vault.stop();
+    let keys = |db: PathBuf| async move {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+            .await
+            .unwrap();
+        let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_checkpoints")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (pool, checkpoints)
+    };
+
+    // The KEK that wrapped the key is not the configured one.
+    let kek = dir.path().join("kek.key");
+    let original = std::fs::read(&kek).unwrap();
+    std::fs::remove_file(&kek).unwrap();
+    vault_kms::DangerLocalFileKek::create(&kek).unwrap();
+    let printed = refused_start(dir.path());
+    assert!(
+        printed.contains("cannot load the audit signing key"),
+        "{printed}"
+    );
+    std::fs::write(&kek, &original).unwrap();
+
+    // The key's row is gone while checkpoints it signed remain.
+    let (pool, before) = keys(db.clone()).await;
+    assert!(before >= 2, "the first run signed its start and stop");
+    sqlx::query("DELETE FROM data_keys WHERE purpose = 'audit_signing'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let printed = refused_start(dir.path());
+    assert!(
+        printed.contains("audit signing key") && printed.contains("restore that row"),
+        "{printed}"
+    );
+    let (pool, after) = keys(db).await;
+    assert_eq!(after, before, "nothing signed by a new key");
+    let made: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE purpose = 'audit_signing'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(made, 0, "no key made silently");
+}
