@@ -1032,6 +1032,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         fs::write(&path, "s.secret-token\n").unwrap();
+        // A token file other users can read is refused, naming its mode, not its contents.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let err = SecretSource::File(path.clone()).read("token").unwrap_err();
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        assert!(!err.to_string().contains("secret-token"), "{err}");
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let secret = SecretSource::File(path.clone()).read("token").unwrap();
         assert_eq!(secret.0.as_str(), "s.secret-token");
         assert_eq!(format!("{secret:?}"), "<redacted>");

@@ -288,8 +288,9 @@ pub struct TlsConfig {
     /// TLS handshakes in progress at once, from everyone; past it new connections are closed.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
-    /// TLS handshakes in progress at once from one source (an IPv4 address or an IPv6 /64), so
-    /// one host cannot take the whole of `max_handshakes`.
+    /// TLS handshakes in progress that one source (an IPv4 address or an IPv6 /64) always gets;
+    /// it gets more only while fewer than half of `max_handshakes` are in progress, so one host
+    /// cannot take the whole of `max_handshakes`.
     #[serde(default = "default_max_handshakes_per_source")]
     pub max_handshakes_per_source: usize,
 }

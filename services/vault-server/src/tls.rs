@@ -25,16 +25,18 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
 
-/// Bounds on TLS handshakes in progress (`[tls]`): past `max` in all, or `per_source` from one
-/// source, a new connection is closed at once, so unauthenticated clients cannot pile up tasks
-/// and memory, and one host holding idle connections cannot lock everyone else out.
+/// Bounds on TLS handshakes in progress (`[tls]`): past `max` in all a new connection is closed
+/// at once, so unauthenticated clients cannot pile up tasks and memory; and a source that has
+/// `per_source` in progress gets more only while fewer than half of `max` are in progress, so
+/// one host holding idle connections cannot lock everyone else out, yet a host that opens many
+/// connections at once (a restarted gateway) is not refused while the vault is quiet.
 #[derive(Debug, Clone, Copy)]
 pub struct HandshakeLimits {
     /// How long a client has to finish its handshake.
     pub timeout: Duration,
     /// Handshakes in progress at once, from everyone.
     pub max: usize,
-    /// Handshakes in progress at once from one source ([`Source`]).
+    /// Handshakes in progress that one source ([`Source`]) always gets.
     pub per_source: usize,
 }
 
@@ -59,20 +61,33 @@ impl Source {
     }
 }
 
-/// Handshakes in progress per source. A [`SourceSlot`] holds one until dropped.
+/// Handshakes in progress, per source and in all. A [`SourceSlot`] holds one until dropped.
 #[derive(Debug, Default)]
-pub struct SourceCounts(Mutex<HashMap<Source, usize>>);
+pub struct SourceCounts(Mutex<InProgress>);
+
+#[derive(Debug, Default)]
+struct InProgress {
+    per_source: HashMap<Source, usize>,
+    total: usize,
+}
 
 impl SourceCounts {
-    /// A slot for one more handshake from `source`, unless it already has `limit` in progress.
+    /// A slot for one more handshake from `source` under `limits`: granted if the source has
+    /// fewer than `per_source` in progress, or fewer than half of `max` are in progress in all.
     #[must_use]
-    pub fn try_claim(self: &Arc<Self>, source: Source, limit: usize) -> Option<SourceSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(source).or_insert(0);
-        if *count >= limit {
+    pub fn try_claim(
+        self: &Arc<Self>,
+        source: Source,
+        limits: &HandshakeLimits,
+    ) -> Option<SourceSlot> {
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = &mut *guard;
+        let count = counts.per_source.entry(source).or_insert(0);
+        if *count >= limits.per_source && counts.total >= limits.max / 2 {
             return None;
         }
         *count += 1;
+        counts.total += 1;
         Some(SourceSlot {
             counts: Arc::clone(self),
             source,
@@ -83,7 +98,7 @@ impl SourceCounts {
     #[must_use]
     pub fn in_progress(&self, source: Source) -> usize {
         let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.get(&source).copied().unwrap_or(0)
+        counts.per_source.get(&source).copied().unwrap_or(0)
     }
 }
 
@@ -96,11 +111,13 @@ pub struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.source) {
+        let mut guard = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = &mut *guard;
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(count) = counts.per_source.get_mut(&self.source) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                counts.remove(&self.source);
+                counts.per_source.remove(&self.source);
             }
         }
     }
@@ -208,7 +225,7 @@ pub fn incoming(
             };
             // The source's own cap first, so that one host's flood never takes a place in
             // the global cap.
-            let Some(slot) = sources.try_claim(Source::of(peer.ip()), limits.per_source) else {
+            let Some(slot) = sources.try_claim(Source::of(peer.ip()), &limits) else {
                 tracing::warn!(
                     %peer,
                     "too many tls handshakes in progress from this source; connection closed"
@@ -270,21 +287,36 @@ mod tests {
     }
 
     #[test]
-    fn each_source_gets_its_own_slots_back_when_they_drop() {
+    fn a_source_gets_its_share_and_more_only_while_the_vault_is_quiet() {
+        let limits = HandshakeLimits {
+            timeout: Duration::from_secs(1),
+            max: 12,
+            per_source: 3,
+        };
         let counts = Arc::new(SourceCounts::default());
-        let attacker = source("127.0.0.2");
-        let client = source("127.0.0.1");
-        let held: Vec<SourceSlot> = (0..3)
-            .map(|_| counts.try_claim(attacker, 3).unwrap())
+        let (attacker, client) = (source("127.0.0.2"), source("127.0.0.1"));
+        // Quiet: a burst from one host gets past its share, up to half of `max`.
+        let held: Vec<SourceSlot> = (0..6)
+            .map(|_| counts.try_claim(attacker, &limits).unwrap())
             .collect();
-        assert!(counts.try_claim(attacker, 3).is_none());
-        let one = counts.try_claim(client, 3);
-        assert!(one.is_some(), "another source is not affected");
-        assert_eq!(counts.in_progress(attacker), 3);
+        assert!(
+            counts.try_claim(attacker, &limits).is_none(),
+            "half of max reached"
+        );
+        // Another source still gets its share (and the global cap has room for it).
+        let share: Vec<SourceSlot> = (0..3)
+            .map(|_| counts.try_claim(client, &limits).unwrap())
+            .collect();
+        assert!(counts.try_claim(client, &limits).is_none());
+        assert_eq!(counts.in_progress(attacker), 6);
         drop(held);
         assert_eq!(counts.in_progress(attacker), 0);
-        assert!(counts.try_claim(attacker, 3).is_some());
-        drop(one);
+        // 3 in progress in all: the attacker may burst again up to half of max.
+        let again: Vec<SourceSlot> = (0..3)
+            .map(|_| counts.try_claim(attacker, &limits).unwrap())
+            .collect();
+        assert_eq!(again.len(), 3);
+        drop(share);
         assert_eq!(counts.in_progress(client), 0);
     }
 }

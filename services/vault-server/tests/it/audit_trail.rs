@@ -611,22 +611,6 @@ async fn the_pci_field_sweep_catches_an_incomplete_record() {
     assert!(swept.is_err(), "the sweep let an unknown origin pass");
 }
 
-/// Runs `vaultd serve` on `dir/vaultd.toml` and expects it to refuse to start (78); returns
-/// what it printed.
-fn refused_start(dir: &Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vaultd"))
-        .args([
-            "serve",
-            "--config",
-            &dir.join("vaultd.toml").to_string_lossy(),
-        ])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(78), "{printed}");
-    printed
-}
-
 /// Signed checkpoints whose key is gone stop vaultd at start (exit 78, saying what to do),
 /// instead of a new key made silently and served as the public key; so does a key the KEK
 /// cannot unwrap. Nothing is served, so nothing is signed by another key.

@@ -96,6 +96,26 @@ impl TestPki {
     }
 }
 
+/// Runs `vaultd serve` on `dir/vaultd.toml`, expects it to refuse to start (exit 78), and
+/// returns what it printed.
+pub fn refused_start(dir: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_vaultd"))
+        .args([
+            "serve",
+            "--config",
+            &dir.join("vaultd.toml").to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(78), "{printed}");
+    printed
+}
+
 /// Writes a secret file only its owner may read (vaultd refuses any other).
 pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();

@@ -7,26 +7,6 @@ use std::path::Path;
 use crate::harness::*;
 use crate::pg_cluster::ThrowawayCluster;
 
-/// Runs `vaultd serve` on `dir/vaultd.toml`, expects it to refuse to start (exit 78), and
-/// returns what it printed.
-fn refused_start(dir: &Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vaultd"))
-        .args([
-            "serve",
-            "--config",
-            &dir.join("vaultd.toml").to_string_lossy(),
-        ])
-        .output()
-        .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(output.status.code(), Some(78), "{printed}");
-    printed
-}
-
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
