@@ -119,6 +119,9 @@ pub enum Event {
     VaultStart,
     /// The vault is stopping; the last record of its writer's chain.
     VaultStop,
+    /// Connections refused before a caller was identified (TLS handshakes), summarized per
+    /// interval (PCI DSS 10.2.1.4: invalid logical access attempts).
+    TlsRefused,
 }
 
 impl Event {
@@ -129,6 +132,7 @@ impl Event {
             Self::Call(operation) => operation.as_str(),
             Self::VaultStart => "vault.start",
             Self::VaultStop => "vault.stop",
+            Self::TlsRefused => "tls.refused",
         }
     }
 }
@@ -229,6 +233,7 @@ impl AuditRecord {
                 Event::Call(Operation::KeysAdmin) => "keys",
                 Event::Call(Operation::AuditRead | Operation::AuditPrune) => "audit",
                 Event::VaultStart | Event::VaultStop => "vault",
+                Event::TlsRefused => "tls",
             }
             .to_owned(),
         }

@@ -133,7 +133,7 @@ impl std::fmt::Debug for AuditReadCommand {
 }
 
 /// The events an audit read may filter by.
-const EVENTS: [&str; 9] = [
+const EVENTS: [&str; 10] = [
     "tokenize",
     "detokenize",
     "metadata",
@@ -143,6 +143,7 @@ const EVENTS: [&str; 9] = [
     "vault.start",
     "vault.stop",
     "audit.prune",
+    "tls.refused",
 ];
 
 /// The outcomes an audit read may filter by.

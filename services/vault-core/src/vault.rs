@@ -362,6 +362,18 @@ impl Vault {
         }
     }
 
+    /// Records a summary of connections refused before any caller was identified (`detail`
+    /// names the reasons, counts and top sources; it holds no request data), as the vault's own
+    /// `tls.refused` event with outcome `unauthenticated`.
+    ///
+    /// # Errors
+    /// The store's, if the record cannot be written.
+    pub async fn record_front_door_refusals(&self, detail: String) -> Result<(), VaultError> {
+        let mut audit = AuditRecord::system(crate::audit::Event::TlsRefused, detail);
+        audit.outcome = crate::audit::Outcome::Unauthenticated;
+        self.store.append_audit(&audit).await.map_err(Into::into)
+    }
+
     /// Deletes the store's abuse tallies of windows that have ended. `vaultd` calls it
     /// periodically. Returns how many tallies went.
     ///

@@ -241,7 +241,14 @@ impl Application {
             self.vault.clone(),
             self.checkpoint_interval,
         ));
-        let housekeeping = tokio::spawn(keep_limits(self.vault.clone(), self.refusal_interval));
+        // Connections refused before a caller is known: counted by the accept loop, recorded
+        // as one `tls.refused` summary per interval and at shutdown.
+        let tls_refusals = Arc::new(tls::RefusalCounts::default());
+        let housekeeping = tokio::spawn(keep_limits(
+            self.vault.clone(),
+            Arc::clone(&tls_refusals),
+            self.refusal_interval,
+        ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = tokio::spawn(watch_health(
             self.store.clone(),
@@ -285,7 +292,12 @@ impl Application {
             .add_service(admin)
             .add_service(audit)
             .serve_with_incoming_shutdown(
-                tls::incoming(self.listener, self.tls, self.handshake_limits),
+                tls::incoming(
+                    self.listener,
+                    self.tls,
+                    self.handshake_limits,
+                    Arc::clone(&tls_refusals),
+                ),
                 signal,
             );
         // Drain in-flight calls, but not forever: the stop record must still be written.
@@ -307,6 +319,7 @@ impl Application {
         if let Err(error) = self.vault.record_refusal_summaries(true).await {
             tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
         }
+        record_tls_refusals(&self.vault, &tls_refusals).await;
         // The last record of this writer's chain, and its signed head.
         if let Err(error) = self.vault.stop_audit("shutdown".to_owned()).await {
             tracing::error!(error = %error, "could not record vault.stop or sign the final head");
@@ -342,10 +355,20 @@ async fn checkpoint_every(vault: Vault, interval: Duration) {
     }
 }
 
-/// Every `interval`: records rate-limit refusals that were counted but not recorded, lets the
-/// limiter forget idle callers, and (every tenth round, at least hourly) purges the store's
-/// abuse tallies of windows that have ended.
-async fn keep_limits(vault: Vault, interval: Duration) {
+/// Records the summary of connections refused since the last one, if any. A summary the
+/// store cannot take is logged and dropped (the refusals were logged one by one as well).
+async fn record_tls_refusals(vault: &Vault, refusals: &tls::RefusalCounts) {
+    if let Some(summary) = refusals.take_summary()
+        && let Err(error) = vault.record_front_door_refusals(summary).await
+    {
+        tracing::warn!(error = %error, "could not record the refused tls connections");
+    }
+}
+
+/// Every `interval`: records rate-limit refusals that were counted but not recorded and the
+/// summary of refused TLS connections, lets the limiter forget idle callers, and (every tenth
+/// round, at least hourly) purges the store's abuse tallies of windows that have ended.
+async fn keep_limits(vault: Vault, tls_refusals: Arc<tls::RefusalCounts>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -357,6 +380,7 @@ async fn keep_limits(vault: Vault, interval: Duration) {
         if let Err(error) = vault.record_refusal_summaries(false).await {
             tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
         }
+        record_tls_refusals(&vault, &tls_refusals).await;
         vault.limiter().forget_idle();
         if round.is_multiple_of(purge_every) {
             match vault.purge_tallies().await {

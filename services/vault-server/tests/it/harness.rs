@@ -508,7 +508,7 @@ impl Drop for TestVault {
 /// `unknown`): checked as each `TestVault` goes away, so every test on the embedded store
 /// sweeps its own records. A database a test broke on purpose (no readable `audit_log`) is
 /// skipped.
-fn assert_pci_fields(db: &Path) {
+pub fn assert_pci_fields(db: &Path) {
     if !db.exists() {
         return;
     }
