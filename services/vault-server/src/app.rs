@@ -42,7 +42,7 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<tls::ServerTls>,
     vault: Vault,
     store: Backend,
     call_timeout: Duration,
@@ -157,7 +157,7 @@ impl Application {
             env!("CARGO_PKG_VERSION"),
             crate::grpc::hex(&policy_digest)
         );
-        let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+        let tls = Arc::new(tls::ServerTls::load(&config.tls)?);
         let keys = Arc::new(open_key_ring(config, config_path).await?);
         let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
         let store = match &config.audit.sink {
@@ -244,6 +244,8 @@ impl Application {
         // Connections refused before a caller is known: counted by the accept loop, recorded
         // as one `tls.refused` summary per interval and at shutdown.
         let tls_refusals = Arc::new(tls::RefusalCounts::default());
+        // Registered before anything is served, so a SIGHUP never takes the default action.
+        let crl_watch = tokio::spawn(watch_crls(Arc::clone(&self.tls), hangups()));
         let housekeeping = tokio::spawn(keep_limits(
             self.vault.clone(),
             Arc::clone(&tls_refusals),
@@ -313,6 +315,7 @@ impl Application {
             ),
         }
         health.abort();
+        crl_watch.abort();
         checkpoints.abort();
         housekeeping.abort();
         // Refusals counted but not yet recorded: the trail gets them before `vault.stop`.
@@ -351,6 +354,51 @@ async fn checkpoint_every(vault: Vault, interval: Duration) {
             ),
             Ok(None) => {}
             Err(error) => tracing::warn!(error = %error, "audit checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// SIGHUP as a stream of wake-ups; `None` (logged) if it cannot be caught.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot catch SIGHUP; CRL files are still polled");
+            None
+        }
+    }
+}
+
+/// Reloads the TLS settings (the client CRLs above all) on SIGHUP and when a CRL file changes
+/// (checked every `tls::CRL_POLL_INTERVAL`). Connections whose client certificate the new
+/// settings refuse are closed. A reload that fails keeps the settings in force.
+async fn watch_crls(tls: Arc<tls::ServerTls>, mut hangups: Option<tokio::signal::unix::Signal>) {
+    let mut stamp = tls.crl_stamp();
+    loop {
+        let signalled = tokio::select! {
+            Some(()) = async {
+                match hangups.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+            () = tokio::time::sleep(tls::CRL_POLL_INTERVAL) => false,
+        };
+        let now = tls.crl_stamp();
+        if !signalled && now == stamp {
+            continue;
+        }
+        stamp = now;
+        match tls.reload() {
+            Ok(closed) => tracing::info!(
+                closed,
+                signalled,
+                "tls settings reloaded; connections whose certificate they refuse were closed"
+            ),
+            Err(error) => tracing::error!(
+                error = %error,
+                "tls settings not reloaded; the previous ones stay in force"
+            ),
         }
     }
 }

@@ -282,6 +282,14 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) for the client CA: a client certificate a CRL lists
+    /// is refused at the handshake. Re-read on SIGHUP and when a file changes.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
+    /// Refuse every client certificate a CRL past its nextUpdate covers (default true): a
+    /// stale CRL may miss revocations, so the vault fails closed until a fresh one is in place.
+    #[serde(default = "default_true")]
+    pub refuse_stale_crls: bool,
     /// How long a client has to finish its TLS handshake, in milliseconds.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
@@ -668,6 +676,9 @@ impl Config {
         config.tls.cert = base.join(&config.tls.cert);
         config.tls.key = base.join(&config.tls.key);
         config.tls.client_ca = base.join(&config.tls.client_ca);
+        for crl in &mut config.tls.client_crls {
+            *crl = base.join(&*crl);
+        }
         config.policy.path = base.join(&config.policy.path);
         if let Some(file) = config.storage.password_file.as_mut() {
             *file = base.join(&*file);

@@ -3,8 +3,9 @@
 //! P-256 (rcgen's default).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -13,6 +14,8 @@ use zeroize::Zeroizing;
 pub struct Issued {
     /// The certificate, PEM.
     pub cert_pem: String,
+    /// The certificate's serial number (what a CRL names to revoke it).
+    pub serial: Vec<u8>,
     /// The private key, PEM (PKCS#8). Zeroized on drop.
     pub key_pem: Zeroizing<String>,
 }
@@ -107,13 +110,61 @@ impl DevCa {
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, rcgen::Error> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
+        // Positive (top bit clear) and unique: a random UUID's 16 bytes (RFC 5280 allows 20).
+        let mut serial = uuid::Uuid::new_v4().into_bytes();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         validity(&mut params, 365);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
+            serial: serial.to_vec(),
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
+    }
+
+    /// A certificate revocation list, PEM, revoking the certificates with these serial numbers
+    /// (none: an empty list), issued now and due again in `next_update_days` (negative: a list
+    /// already past its nextUpdate, for tests of a stale CRL).
+    ///
+    /// # Errors
+    /// If signing fails.
+    pub fn revocation_list(
+        &self,
+        serials: &[&[u8]],
+        crl_number: u64,
+        next_update_days: i64,
+    ) -> Result<String, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        let (this_update, next_update) = if next_update_days > 0 {
+            (
+                now - Duration::minutes(1),
+                now + Duration::days(next_update_days),
+            )
+        } else {
+            (
+                now - Duration::days(2 - next_update_days),
+                now - Duration::days(1),
+            )
+        };
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
     }
 }
 

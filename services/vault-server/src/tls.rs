@@ -9,18 +9,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
@@ -264,42 +270,296 @@ pub enum TlsError {
     KeyFile(#[from] vault_kms::SecretFileError),
 }
 
-/// A rustls server configuration: TLS 1.3 only, ring, client certificates required and
-/// verified against `client_ca`, ALPN h2. The key file must be private
-/// (`vault_kms::check_private`).
+/// A server configuration and the client verifier in it (kept to re-check open connections).
+struct Settings {
+    config: Arc<ServerConfig>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// A rustls server configuration from `[tls]`: TLS 1.3 only, ring, client certificates
+/// required and verified against `client_ca` and, if given, its `client_crls` (the end-entity
+/// certificate is checked; a certificate whose issuer has no CRL among them is refused, and with
+/// `refuse_stale_crls` so is one covered by a CRL past its nextUpdate), ALPN h2. The key file
+/// must be private (`vault_kms::check_private`). Called again by [`ServerTls::reload`].
 ///
 /// # Errors
-/// [`TlsError`] if a file is unreadable or rustls refuses the certificates.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
+/// [`TlsError`] if a file is unreadable or rustls refuses the certificates or CRLs.
+fn settings(tls: &crate::config::TlsConfig) -> Result<Settings, TlsError> {
     let pem_error = |path: &Path, problem: String| TlsError::Pem {
         path: path.to_owned(),
         problem,
     };
-    let chain = read_certs(cert)?;
-    vault_kms::check_private(key)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
+    let chain = read_certs(&tls.cert)?;
+    vault_kms::check_private(&tls.key)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| pem_error(&tls.key, e.to_string()))?;
     let mut roots = RootCertStore::empty();
-    for ca in read_certs(client_ca)? {
+    for ca in read_certs(&tls.client_ca)? {
         roots
             .add(ca)
-            .map_err(|e| pem_error(client_ca, e.to_string()))?;
+            .map_err(|e| pem_error(&tls.client_ca, e.to_string()))?;
+    }
+    let mut crls = Vec::new();
+    for path in &tls.client_crls {
+        let found = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| pem_error(path, e.to_string()))?;
+        if found.is_empty() {
+            return Err(pem_error(
+                path,
+                "no certificate revocation list found".to_owned(),
+            ));
+        }
+        crls.extend(found);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+        if tls.refuse_stale_crls {
+            verifier = verifier.enforce_revocation_expiration();
+        }
+    }
+    let verifier = verifier
         .build()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier))
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Settings {
+        config: Arc::new(config),
+        verifier,
+    })
+}
+
+/// How often the CRL files are checked for changes (SIGHUP reloads at once).
+pub const CRL_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The TLS settings connections are accepted under, reloadable without a restart (new CRLs),
+/// and the connections open under them, so that a reload closes those whose client
+/// certificate the new settings refuse.
+pub struct ServerTls {
+    source: crate::config::TlsConfig,
+    current: RwLock<Settings>,
+    open: Mutex<HashMap<u64, OpenConnection>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_crls", &self.source.client_crls)
+            .finish_non_exhaustive()
+    }
+}
+
+struct OpenConnection {
+    chain: Vec<CertificateDer<'static>>,
+    closer: Arc<Closer>,
+}
+
+impl ServerTls {
+    /// Settings from `[tls]`.
+    ///
+    /// # Errors
+    /// [`TlsError`] if a file is unreadable or rustls refuses the certificates or CRLs.
+    pub fn load(tls: &crate::config::TlsConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            source: tls.clone(),
+            current: RwLock::new(settings(tls)?),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&current.config)
+    }
+
+    /// Re-reads the certificate, key, client CA and CRLs; new connections are accepted under
+    /// them, and open connections whose client certificate they refuse (a revoked one) are
+    /// closed. Returns how many were closed. On an error the settings in force stay.
+    ///
+    /// # Errors
+    /// [`TlsError`] if a file is unreadable or rustls refuses the certificates or CRLs.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        let fresh = settings(&self.source)?;
+        let verifier = Arc::clone(&fresh.verifier);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        let now = UnixTime::now();
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closed = 0;
+        for connection in open.values() {
+            let Some((leaf, intermediates)) = connection.chain.split_first() else {
+                continue;
+            };
+            if verifier
+                .verify_client_cert(leaf, intermediates, now)
+                .is_err()
+            {
+                connection.closer.close();
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// The CRL files' sizes and modification times: what a change is detected by.
+    #[must_use]
+    pub fn crl_stamp(&self) -> Vec<Option<(u64, std::time::SystemTime)>> {
+        self.source
+            .client_crls
+            .iter()
+            .map(|path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .and_then(|meta| Some((meta.len(), meta.modified().ok()?)))
+            })
+            .collect()
+    }
+
+    fn register(self: &Arc<Self>, stream: &TlsStream<TcpStream>) -> Registration {
+        let chain = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let closer = Arc::new(Closer::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                OpenConnection {
+                    chain,
+                    closer: Arc::clone(&closer),
+                },
+            );
+        Registration {
+            tls: Arc::clone(self),
+            id,
+            closer,
+        }
+    }
+}
+
+/// Tells a connection to close: its next read fails, and a read already waiting is woken.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: AtomicBool,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Closer {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(waker) = self
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            waker.wake();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A connection's place among the open ones; dropping it removes the connection.
+struct Registration {
+    tls: Arc<ServerTls>,
+    id: u64,
+    closer: Arc<Closer>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.tls
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// A handshaken connection that a reload can close ([`ServerTls::reload`]).
+pub struct Revocable {
+    inner: TlsStream<TcpStream>,
+    registration: Registration,
+}
+
+impl std::fmt::Debug for Revocable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocable")
+            .field("id", &self.registration.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn revoked() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the client certificate is no longer accepted",
+    )
+}
+
+impl AsyncRead for Revocable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let closer = &self.registration.closer;
+        if closer.is_closed() {
+            return Poll::Ready(Err(revoked()));
+        }
+        *closer.reader.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        // Closed between the check and the waker being stored: do not sleep on it.
+        if closer.is_closed() {
+            return Poll::Ready(Err(revoked()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Revocable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.registration.closer.is_closed() {
+            return Poll::Ready(Err(revoked()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Revocable {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -324,12 +584,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// cannot hold up others. Refused handshakes are logged with the peer address.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    tls: Arc<ServerTls>,
     limits: HandshakeLimits,
     refusals: Arc<RefusalCounts>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Revocable>> {
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
     let pending = Arc::new(Semaphore::new(limits.max));
     let sources = Arc::new(SourceCounts::default());
     tokio::spawn(async move {
@@ -363,7 +622,9 @@ pub fn incoming(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // The settings in force now (a reload may have changed the CRLs).
+            let acceptor = TlsAcceptor::from(tls.config());
+            let tls = Arc::clone(&tls);
             let tx = tx.clone();
             let refusals = Arc::clone(&refusals);
             tokio::spawn(async move {
@@ -371,7 +632,13 @@ pub fn incoming(
                 drop((permit, slot));
                 match handshaken {
                     Ok(stream) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let registration = tls.register(&stream);
+                        let _ = tx
+                            .send(Ok(Revocable {
+                                inner: stream,
+                                registration,
+                            }))
+                            .await;
                     }
                     Err(reason) => refusals.record(reason, source),
                 }

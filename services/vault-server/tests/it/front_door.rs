@@ -98,11 +98,7 @@ async fn refused_connections_are_summarized_in_the_audit_trail() {
         let _ = garbage.read_to_end(&mut rest).await;
     }
     // Every refusal is logged as it happens (and counted right after).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while vault.logs().matches("tls handshake refused").count() < 5 {
-        assert!(std::time::Instant::now() < deadline, "{}", vault.logs());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(wait_for_logs(&vault, "tls handshake refused", 5).await);
     let db = vault.db_path();
     let _dir = vault.stop();
 
@@ -127,4 +123,93 @@ async fn refused_connections_are_summarized_in_the_audit_trail() {
     assert!(!detail.contains("4111"), "{detail}");
     // The summary carries every PCI DSS 10.2.2 field, like any record.
     assert_pci_fields(&db);
+}
+
+fn metadata_request() -> vault_proto::v1::GetTokenMetadataRequest {
+    vault_proto::v1::GetTokenMetadataRequest {
+        merchant_id: "m1".to_owned(),
+        token: "tok_ZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+    }
+}
+
+fn sighup(vault: &TestVault) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &vault.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `[tls] client_crls`: a revoked client certificate is refused at the handshake; a new CRL
+/// (SIGHUP here; a changed file is picked up within 5 s too) takes effect without a restart
+/// and closes the connections already open under a certificate it revokes, while other
+/// callers go on; a CRL past its nextUpdate refuses everyone it covers (fail closed).
+#[tokio::test]
+async fn revoked_certificates_are_refused_and_their_open_connections_closed_on_reload() {
+    let vault = TestVault::start().await;
+    let crl = vault.dir.path().join("pki/crl.pem");
+    std::fs::write(&crl, vault.pki.revocation_list(&["payments"], 1, 30)).unwrap();
+    let vault = vault
+        .restart_with(
+            "url = \"sqlite:vault.db\"\n",
+            &format!("client_crls = [\"pki/crl.pem\"]\n{DEV_KEK}"),
+        )
+        .await;
+
+    let status = vault
+        .client("payments")
+        .await
+        .get_token_metadata(metadata_request())
+        .await
+        .unwrap_err();
+    assert!(
+        refused_by_transport(status.code()),
+        "revoked at start: {status:?}"
+    );
+
+    // The gateway is served and keeps its connection open; so does the auditor's client.
+    let mut gateway = vault.client("gateway").await;
+    gateway
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap();
+    let mut cn_only = vault.client("cn-only").await;
+    let answer = cn_only.get_token_metadata(metadata_request()).await;
+    assert_eq!(answer.unwrap_err().code(), tonic::Code::NotFound);
+
+    // The gateway's certificate is revoked: its open connection is closed, a new one refused.
+    std::fs::write(
+        &crl,
+        vault.pki.revocation_list(&["payments", "gateway"], 2, 30),
+    )
+    .unwrap();
+    sighup(&vault);
+    assert!(wait_for_logs(&vault, "tls settings reloaded", 1).await);
+    assert!(vault.logs().contains("closed=1"), "{}", vault.logs());
+    let status = gateway
+        .tokenize(tokenize_request("m1", "4111111111111111"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused_by_transport(status.code()),
+        "revoked on reload: {status:?}"
+    );
+    let answer = cn_only.get_token_metadata(metadata_request()).await;
+    assert_eq!(
+        answer.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "a caller not revoked keeps its connection"
+    );
+
+    // A stale CRL refuses every certificate it covers until a fresh one is in place.
+    std::fs::write(&crl, vault.pki.revocation_list(&[], 3, -1)).unwrap();
+    sighup(&vault);
+    assert!(wait_for_logs(&vault, "tls settings reloaded", 2).await);
+    let status = vault
+        .client("auditor")
+        .await
+        .get_token_metadata(metadata_request())
+        .await
+        .unwrap_err();
+    assert!(refused_by_transport(status.code()), "stale CRL: {status:?}");
 }

@@ -89,6 +89,18 @@ impl TestPki {
         &self.clients.iter().find(|(n, _)| n == name).unwrap().1
     }
 
+    /// A CRL from the test CA, PEM, revoking the named test clients' certificates, due again
+    /// in `next_update_days` (negative: already stale).
+    pub fn revocation_list(&self, revoked: &[&str], number: u64, next_update_days: i64) -> String {
+        let serials: Vec<&[u8]> = revoked
+            .iter()
+            .map(|name| self.client(name).serial.as_slice())
+            .collect();
+        self.ca
+            .revocation_list(&serials, number, next_update_days)
+            .unwrap()
+    }
+
     /// A further client certificate from the test CA: subject CN `common_name` if given, one
     /// URI SAN per entry of `uris`.
     pub fn issue(&self, common_name: Option<&str>, uris: &[&str]) -> Issued {
@@ -181,14 +193,28 @@ pub const GENEROUS_GUARD: &str = "[guard]\nnew_merchants_per_hour = 1000000\n";
 
 /// Waits up to ten seconds for `needle` to appear in the vault's logs.
 pub async fn wait_for_log(vault: &TestVault, needle: &str) -> bool {
+    wait_for_logs(vault, needle, 1).await
+}
+
+/// Waits up to ten seconds for `needle` to appear `n` times in the vault's logs.
+pub async fn wait_for_logs(vault: &TestVault, needle: &str, n: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if vault.logs().contains(needle) {
+        if vault.logs().matches(needle).count() >= n {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// The codes tonic reports when the server refuses the handshake or closes the connection
+/// (which one depends on timing): a transport failure, never an answer from the service.
+pub fn refused_by_transport(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 /// The development KEK's configuration (the file `kek.key` in the data directory).

@@ -6,12 +6,6 @@ use vault_server::pki::DevCa;
 
 use crate::harness::*;
 
-/// The codes tonic reports when the server closes the connection during the handshake (which
-/// one depends on timing): a transport failure, never an answer from the service.
-fn refused_by_transport(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
-}
-
 /// Calls the vault presenting `identity` (or no certificate) and checks the TLS handshake is
 /// refused: the call fails in the transport, the server logs `log_needle`, nothing is stored.
 async fn assert_refused_at_handshake(
