@@ -83,7 +83,7 @@ pub(crate) async fn detokenize(
 ) -> Result<String, Status> {
     let mut client = TokenServiceClient::new(channel);
     let call = client.detokenize(with_timeout(message, timeout));
-    Ok(deadline(timeout, call).await?.pan)
+    Ok(deadline(timeout, call).await?.take_pan())
 }
 
 /// Checks the whole server's health (the empty service name); the answer's status name.

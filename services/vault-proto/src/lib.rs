@@ -2,7 +2,10 @@
 //! reflection.
 //!
 //! Invariant: no message that carries a PAN prints it. prost's derived `Debug` is switched off for
-//! those messages in `build.rs` (`PAN_BEARING`) and replaced here by a redacted one.
+//! those messages in `build.rs` (`PAN_BEARING`) and replaced here by a redacted one. The messages
+//! that hold a PAN also zeroize it when dropped: a Detokenize response once tonic has encoded it,
+//! a Tokenize request once the handler is done with it (take the field out with
+//! `std::mem::take`; a type with `Drop` cannot be moved out of).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -17,6 +20,27 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vault_descriptor");
 
 const REDACTED: &str = "<redacted>";
+
+/// The PAN fields are wiped (the whole allocation, not only the length) when the message goes.
+macro_rules! zeroize_pan_on_drop {
+    ($($message:ty),+) => {$(
+        impl Drop for $message {
+            fn drop(&mut self) {
+                zeroize::Zeroize::zeroize(&mut self.pan);
+            }
+        }
+    )+};
+}
+
+zeroize_pan_on_drop!(v1::TokenizeRequest, v1::BatchCard, v1::DetokenizeResponse);
+
+impl v1::DetokenizeResponse {
+    /// The PAN, taken out of the response (which zeroizes what is left of it when dropped).
+    #[must_use]
+    pub fn take_pan(mut self) -> String {
+        std::mem::take(&mut self.pan)
+    }
+}
 
 impl fmt::Debug for v1::TokenizeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

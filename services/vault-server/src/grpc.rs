@@ -247,10 +247,10 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
         let ctx = self.calls.identify(&request, Operation::Tokenize).await?;
-        let body = request.into_inner();
+        let mut body = request.into_inner();
         let command = TokenizeCommand {
-            merchant_id: body.merchant_id,
-            pan: Zeroizing::new(body.pan),
+            merchant_id: std::mem::take(&mut body.merchant_id),
+            pan: Zeroizing::new(std::mem::take(&mut body.pan)),
             exp_month: body.exp_month,
             exp_year: body.exp_year,
             format: format_from_proto(body.token_format),
@@ -274,8 +274,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             cards: body
                 .cards
                 .into_iter()
-                .map(|card| BatchCard {
-                    pan: Zeroizing::new(card.pan),
+                .map(|mut card| BatchCard {
+                    pan: Zeroizing::new(std::mem::take(&mut card.pan)),
                     exp_month: card.exp_month,
                     exp_year: card.exp_year,
                 })

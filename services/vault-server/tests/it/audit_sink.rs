@@ -160,7 +160,7 @@ async fn a_required_sink_that_fails_refuses_calls_and_releases_no_pan() {
     for _ in 0..100 {
         match payments.detokenize(detokenize_request("m-1", &token)).await {
             Ok(answer) => {
-                released = Some(answer.into_inner().pan);
+                released = Some(answer.into_inner().take_pan());
                 break;
             }
             Err(status) => {

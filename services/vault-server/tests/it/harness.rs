@@ -457,7 +457,7 @@ impl TestVault {
             .await
             .unwrap()
             .into_inner()
-            .pan
+            .take_pan()
     }
 
     /// Another `vaultd` process on the same configuration (same database, KEK, PKI and

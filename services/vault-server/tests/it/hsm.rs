@@ -195,7 +195,7 @@ async fn a_token_removed_mid_run_releases_no_pan_and_the_vault_recovers_when_it_
             .detokenize(detokenize_request("m-hsm", &token))
             .await
             .unwrap();
-        assert_eq!(back.into_inner().pan, pan);
+        assert_eq!(back.into_inner().take_pan(), pan);
     }
     vault.wait_for_health(ServingStatus::Serving).await;
 
@@ -217,6 +217,6 @@ async fn a_token_removed_mid_run_releases_no_pan_and_the_vault_recovers_when_it_
         .detokenize(detokenize_request("m-hsm", &token))
         .await
         .unwrap();
-    assert_eq!(back.into_inner().pan, pan);
+    assert_eq!(back.into_inner().take_pan(), pan);
     assert!(!vault.logs().contains(pan));
 }

@@ -16,7 +16,7 @@ async fn detokenize_code(vault: &TestVault, merchant: &str, token: &str) -> (Cod
         .detokenize(detokenize_request(merchant, token))
         .await
     {
-        Ok(response) => (Code::Ok, response.into_inner().pan),
+        Ok(response) => (Code::Ok, response.into_inner().take_pan()),
         Err(status) => (status.code(), status.message().to_owned()),
     }
 }

@@ -44,7 +44,7 @@ async fn verify_full_with_the_right_ca_works_and_another_ca_is_refused() {
         .await
         .unwrap()
         .into_inner()
-        .pan;
+        .take_pan();
     assert_eq!(pan, "4111111111111111");
 
     // A CA that did not sign the server's certificate: refused.

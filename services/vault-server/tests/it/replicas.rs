@@ -29,7 +29,7 @@ async fn a_token_made_on_one_replica_detokenizes_on_the_others() {
             .await
             .unwrap()
             .into_inner()
-            .pan;
+            .take_pan();
         assert_eq!(pan, "4111111111111111");
         let again = vault
             .client_at(addr, "gateway")
