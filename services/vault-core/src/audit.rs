@@ -122,6 +122,9 @@ pub enum Event {
     /// Connections refused before a caller was identified (TLS handshakes), summarized per
     /// interval (PCI DSS 10.2.1.4: invalid logical access attempts).
     TlsRefused,
+    /// An operator replaced an audit signing key that was lost or could not be unwrapped
+    /// (`vaultd replace-audit-key`); the record names the old key and the new one.
+    AuditKeyReplaced,
 }
 
 impl Event {
@@ -133,6 +136,7 @@ impl Event {
             Self::VaultStart => "vault.start",
             Self::VaultStop => "vault.stop",
             Self::TlsRefused => "tls.refused",
+            Self::AuditKeyReplaced => "audit.key_replaced",
         }
     }
 }
@@ -234,6 +238,7 @@ impl AuditRecord {
                 Event::Call(Operation::AuditRead | Operation::AuditPrune) => "audit",
                 Event::VaultStart | Event::VaultStop => "vault",
                 Event::TlsRefused => "tls",
+                Event::AuditKeyReplaced => "audit",
             }
             .to_owned(),
         }

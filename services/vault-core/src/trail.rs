@@ -54,8 +54,9 @@ impl Default for AuditRetention {
 /// gone.
 pub const MISSING_AUDIT_KEY: &str = "signed audit checkpoints exist but the audit signing key \
     (data_keys: merchant ~vault, purpose audit_signing) is missing; restore that row from a \
-    backup of this database (a new key is never made silently: it would verify nothing signed \
-    before it)";
+    backup of this database, or replace the key on purpose with `vaultd replace-audit-key` \
+    (recorded in the trail; auditors then verify with the old and the new public key). A new \
+    key is never made silently: it would verify nothing signed before it";
 
 /// The unwrapped signing key, what this writer signed last, and the retention rules.
 #[derive(Default)]
@@ -133,7 +134,7 @@ impl std::fmt::Debug for AuditReadCommand {
 }
 
 /// The events an audit read may filter by.
-const EVENTS: [&str; 10] = [
+const EVENTS: [&str; 11] = [
     "tokenize",
     "detokenize",
     "metadata",
@@ -144,6 +145,7 @@ const EVENTS: [&str; 10] = [
     "vault.stop",
     "audit.prune",
     "tls.refused",
+    "audit.key_replaced",
 ];
 
 /// The outcomes an audit read may filter by.
@@ -399,6 +401,92 @@ impl Vault {
             .append_audit(&AuditRecord::system(Event::VaultStart, detail))
             .await
             .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
+        Ok(public)
+    }
+
+    /// Replaces an audit signing key that is lost (its row is missing while checkpoints it
+    /// signed exist) or that no configured KEK can unwrap, as an explicit operator action
+    /// (`vaultd replace-audit-key`): a new key version is made and stored, an
+    /// `audit.key_replaced` record names the old key (from the newest checkpoint), the new one,
+    /// the operator and the reason, and this writer's head is signed with the new key, so the
+    /// new key's first checkpoint covers the record that names the old one. Auditors then
+    /// verify with both public keys. Follow with [`Vault::stop_audit`].
+    ///
+    /// # Errors
+    /// [`VaultError::FailedPrecondition`] when there is nothing to replace (no checkpoint yet,
+    /// or the key unwraps) or the KEK is unreachable (replace nothing while it might come
+    /// back); [`VaultError::InvalidArgument`] for an operator or reason that is empty or holds
+    /// a card number; store and KEK errors.
+    pub async fn replace_audit_key(
+        &self,
+        operator: &str,
+        reason: &str,
+    ) -> Result<PublicKey, VaultError> {
+        let operator = crate::reason::Reason::parse("operator", operator)?;
+        let reason = crate::reason::Reason::parse("reason", reason)?;
+        let Some((tip, _)) = self.store.checkpoint_tip().await? else {
+            return Err(VaultError::FailedPrecondition(
+                "no audit checkpoint is signed yet: vaultd makes the key when it starts",
+            ));
+        };
+        let (state, version) = match self.store.audit_signing_key().await? {
+            None => ("missing", 1),
+            Some(wrapped) => match self.keys.signing_key(&wrapped).await {
+                Ok(_) => {
+                    return Err(VaultError::FailedPrecondition(
+                        "the audit signing key is present and unwraps: nothing to replace",
+                    ));
+                }
+                Err(VaultError::Integrity) => ("cannot be unwrapped", wrapped.context.version + 1),
+                // The KEK that wrapped it is not configured, while the current one answers:
+                // the key is lost for good. If the current KEK is down, it may come back.
+                Err(VaultError::KeyUnavailable(_)) if self.keys.check().await.is_ok() => (
+                    "wrapped by a KEK that is not configured",
+                    wrapped.context.version + 1,
+                ),
+                Err(_) => {
+                    return Err(VaultError::FailedPrecondition(
+                        "the KEK is unreachable: bring it back before replacing the audit key",
+                    ));
+                }
+            },
+        };
+        let old_key = self
+            .store
+            .checkpoints(tip, tip, 1)
+            .await?
+            .into_iter()
+            .next()
+            .map_or_else(|| "unknown".to_owned(), |checkpoint| checkpoint.key_id);
+        let context = KeyContext {
+            merchant: MerchantId::vault_owner(),
+            purpose: KeyPurpose::AuditSigning,
+            version,
+        };
+        let fresh = self.keys.wrap(context, &KeyMaterial::generate()).await?;
+        if !self.store.add_audit_signing_key(&fresh).await? {
+            return Err(VaultError::FailedPrecondition(
+                "another audit signing key was stored meanwhile: run vaultd again",
+            ));
+        }
+        let key = self.keys.signing_key(&fresh).await?;
+        let public = PublicKey::ed25519(key.public_key());
+        let detail = format!(
+            "audit signing key {old_key} {state}; replaced by {} (version {version}) by operator \
+             {operator}: {reason}",
+            public.key_id,
+            operator = operator.as_str(),
+            reason = reason.as_str(),
+        );
+        let _ = self.trail.signer.set(Signer {
+            public: key.public_key(),
+            key,
+        });
+        self.store
+            .append_audit(&AuditRecord::system(Event::AuditKeyReplaced, detail))
+            .await
+            .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
+        self.checkpoint(CheckpointKind::Start).await?;
         Ok(public)
     }
 

@@ -358,6 +358,35 @@ async fn checkpoint_every(vault: Vault, interval: Duration) {
     }
 }
 
+/// `vaultd replace-audit-key`: replaces an audit signing key that is lost or that no
+/// configured KEK unwraps (`Vault::replace_audit_key`), as this process's own audit writer,
+/// then records its stop and closes the store. Returns the new key's id.
+///
+/// # Errors
+/// If the configuration, store or KEK cannot be opened, or there is nothing to replace.
+pub async fn replace_audit_key(
+    config: &Config,
+    config_path: &std::path::Path,
+    operator: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let policy = load_policy(&config.policy.path, config.identity)?;
+    let keys = Arc::new(open_key_ring(config, config_path).await?);
+    let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
+    let vault = Vault::new(store.port(), keys, Arc::new(policy));
+    let replaced = vault.replace_audit_key(operator, reason).await;
+    let result = match replaced {
+        Ok(public) => vault
+            .stop_audit("replace-audit-key".to_owned())
+            .await
+            .map(|()| public.key_id)
+            .map_err(|e| anyhow::anyhow!("the key was replaced, but vault.stop failed: {e}")),
+        Err(error) => Err(anyhow::anyhow!("{error}")),
+    };
+    store.close().await;
+    result
+}
+
 /// SIGHUP as a stream of wake-ups; `None` (logged) if it cannot be caught.
 fn hangups() -> Option<tokio::signal::unix::Signal> {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -5,6 +5,8 @@
 //! - `vaultd serve --config FILE`: run from a configuration file.
 //! - `vaultd migrate --config FILE`: apply pending database migrations and exit.
 //! - `vaultd create-kek --config FILE`: create the configured KEK (in the HSM) if missing.
+//! - `vaultd replace-audit-key --config FILE --operator NAME --reason TEXT`: replace a lost or
+//!   unusable audit signing key, recorded in the trail.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +64,20 @@ enum Command {
         #[arg(long, env = "VAULTD_CONFIG")]
         config: PathBuf,
     },
+    /// Replace an audit signing key that is lost (its row is gone while checkpoints it signed
+    /// exist) or that no configured KEK can unwrap, and exit. The trail records who and why;
+    /// auditors verify with the old and the new public key. Run with vaultd stopped.
+    ReplaceAuditKey {
+        /// The configuration file (TOML).
+        #[arg(long, env = "VAULTD_CONFIG")]
+        config: PathBuf,
+        /// Who replaces it (recorded).
+        #[arg(long)]
+        operator: String,
+        /// Why (recorded; e.g. the incident ticket).
+        #[arg(long)]
+        reason: String,
+    },
     /// Create the configured KEK where it lives (inside the HSM: generated there, sensitive and
     /// non-extractable) unless it exists, and exit.
     CreateKek {
@@ -101,6 +117,30 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("vaultd migrate: {err:#}");
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
+    if let Command::ReplaceAuditKey {
+        config,
+        operator,
+        reason,
+    } = &cli.command
+    {
+        let replaced = runtime.block_on(async {
+            let loaded = Config::load(config)?;
+            vault_server::app::replace_audit_key(&loaded, config, operator, reason).await
+        });
+        return match replaced {
+            Ok(key_id) => {
+                println!(
+                    "vaultd replace-audit-key: new audit signing key {key_id}; give auditors \
+                     its public key (vaultctl audit public-key) beside the old one"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("vaultd replace-audit-key: {err:#}");
                 ExitCode::from(EX_CONFIG)
             }
         };
@@ -156,7 +196,10 @@ async fn start(command: Command) -> anyhow::Result<Application> {
             println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
             Ok(app)
         }
-        Command::Serve { config } | Command::Migrate { config } | Command::CreateKek { config } => {
+        Command::Serve { config }
+        | Command::Migrate { config }
+        | Command::CreateKek { config }
+        | Command::ReplaceAuditKey { config, .. } => {
             let loaded = Config::load(&config)?;
             Application::build(&loaded, Path::new(&config)).await
         }

@@ -667,3 +667,99 @@ async fn a_missing_or_unreadable_audit_key_stops_vaultd_at_start() {
             .unwrap();
     assert_eq!(made, 0, "no key made silently");
 }
+
+/// Runs `vaultd replace-audit-key` on `dir/vaultd.toml`; returns its exit code and output.
+fn replace_audit_key(dir: &Path) -> (Option<i32>, String) {
+    run_vaultd(&[
+        "replace-audit-key",
+        "--config",
+        &dir.join("vaultd.toml").to_string_lossy(),
+        "--operator",
+        "alice",
+        "--reason",
+        "key row lost in the restore of 2026-12-01, ticket 4711",
+    ])
+}
+
+/// A lost audit key is replaced only by an explicit operator action, which the trail records:
+/// `vaultd replace-audit-key` refuses while the key is fine, and once it is lost makes a new
+/// key whose first checkpoint covers an `audit.key_replaced` record naming the old key, the
+/// operator and the reason. vaultd then starts, and an export verifies with the old and the
+/// new public key together (with the new key alone, the old checkpoints are untrusted).
+#[tokio::test]
+async fn a_lost_audit_key_is_replaced_only_by_a_recorded_operator_action() {
+    let vault = TestVault::start().await;
+    vault
+        .tokenize_at(&vault.addr, "m1", "4111111111111111")
+        .await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    let old_key = keys_dir.path().join("old.pub");
+    vault
+        .vaultctl(
+            "auditor",
+            &["audit", "public-key", "--out", &old_key.to_string_lossy()],
+        )
+        .await
+        .unwrap();
+    let mut printed = String::new();
+    let vault = vault
+        .restart_after(|dir| {
+            let (code, out) = replace_audit_key(dir);
+            assert_eq!(code, Some(78), "{out}");
+            assert!(out.contains("nothing to replace"), "{out}");
+            let db = dir.join("vault.db");
+            let deleted = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                     c.execute(\"DELETE FROM data_keys WHERE purpose='audit_signing'\"); c.commit()",
+                    &db.to_string_lossy(),
+                ])
+                .status()
+                .unwrap();
+            assert!(deleted.success());
+            let (code, out) = replace_audit_key(dir);
+            assert_eq!(code, Some(0), "{out}");
+            printed = out;
+        })
+        .await;
+    assert!(printed.contains("new audit signing key"), "{printed}");
+
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT caller, detail FROM audit_log WHERE operation = 'audit.key_replaced'",
+    )
+    .fetch_all(&vault.db().await)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let detail = rows[0].1.clone().unwrap_or_default();
+    let old: Vec<vault_audit::PublicKey> =
+        serde_json::from_str(&std::fs::read_to_string(&old_key).unwrap()).unwrap();
+    let old = old.into_iter().next().unwrap();
+    assert!(
+        detail.contains(&format!("audit signing key {} missing", old.key_id))
+            && detail.contains("operator alice")
+            && detail.contains("ticket 4711"),
+        "{detail}"
+    );
+
+    let new_key = keys_dir.path().join("new.pub");
+    vault
+        .vaultctl(
+            "auditor",
+            &["audit", "public-key", "--out", &new_key.to_string_lossy()],
+        )
+        .await
+        .unwrap();
+    let both = keys_dir.path().join("both.pub");
+    let new: Vec<vault_audit::PublicKey> =
+        serde_json::from_str(&std::fs::read_to_string(&new_key).unwrap()).unwrap();
+    let new = new.into_iter().next().unwrap();
+    assert_ne!(new.key_id, old.key_id);
+    std::fs::write(&both, serde_json::to_string(&[&old, &new]).unwrap()).unwrap();
+    let file = keys_dir.path().join("trail.jsonl");
+    export(&vault, &file).await;
+    let report = verify(&vault, &both, &[&file]).await;
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert!(!verify(&vault, &new_key, &[&file]).await.is_clean());
+}

@@ -111,12 +111,16 @@ impl TestPki {
 /// Runs `vaultd serve` on `dir/vaultd.toml`, expects it to refuse to start (exit 78), and
 /// returns what it printed.
 pub fn refused_start(dir: &Path) -> String {
+    let config = dir.join("vaultd.toml");
+    let (code, printed) = run_vaultd(&["serve", "--config", &config.to_string_lossy()]);
+    assert_eq!(code, Some(78), "{printed}");
+    printed
+}
+
+/// Runs `vaultd` with `args` to its end; returns its exit code and everything it printed.
+pub fn run_vaultd(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_vaultd"))
-        .args([
-            "serve",
-            "--config",
-            &dir.join("vaultd.toml").to_string_lossy(),
-        ])
+        .args(args)
         .output()
         .unwrap();
     let printed = format!(
@@ -124,8 +128,7 @@ pub fn refused_start(dir: &Path) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(output.status.code(), Some(78), "{printed}");
-    printed
+    (output.status.code(), printed)
 }
 
 /// Writes a secret file only its owner may read (vaultd refuses any other).
@@ -304,6 +307,14 @@ impl TestVault {
     pub async fn crash_and_restart(mut self) -> Self {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.relaunch().await
+    }
+
+    /// Stops `vaultd` with SIGTERM, runs `between` on its data directory while it is down
+    /// (an offline tool, a broken file), and starts it again on the same configuration.
+    pub async fn restart_after(mut self, between: impl FnOnce(&Path)) -> Self {
+        terminate_async(&mut self.child).await;
+        between(self.dir.path());
         self.relaunch().await
     }
 
