@@ -890,6 +890,21 @@ path = "policy.toml"
     }
 
     #[test]
+    fn the_production_example_loads_with_spiffe_ids_only() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let config = Config::load(&deploy.join("vaultd.production.toml")).unwrap();
+        assert!(!config.identity.cn_fallback);
+        assert!(config.tls.refuse_stale_crls && !config.tls.client_crls.is_empty());
+        assert!(config.storage.password_file.is_some());
+        assert!(matches!(
+            config.storage_url(&deploy).unwrap(),
+            StorageUrl::Postgres(_)
+        ));
+        let policy = load_policy(&config.policy.path, config.identity).unwrap();
+        assert_eq!(policy.identities().count(), 5);
+    }
+
+    #[test]
     fn unknown_settings_and_schemes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let base = "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n\
