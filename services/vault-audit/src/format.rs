@@ -149,6 +149,10 @@ pub enum CheckpointKind {
     Export,
     /// After a prune, over its `audit.prune` record.
     Prune,
+    /// The first checkpoint of a replacement signing key (`vaultd replace-audit-key`), over
+    /// the `audit.key_replaced` record that names the old key. The only place the checkpoint
+    /// chain may change keys.
+    KeyReplaced,
 }
 
 impl CheckpointKind {
@@ -161,6 +165,7 @@ impl CheckpointKind {
             Self::Stop => "stop",
             Self::Export => "export",
             Self::Prune => "prune",
+            Self::KeyReplaced => "key_replaced",
         }
     }
 
@@ -173,6 +178,7 @@ impl CheckpointKind {
             Self::Stop,
             Self::Export,
             Self::Prune,
+            Self::KeyReplaced,
         ]
         .into_iter()
         .find(|k| k.as_str() == name)

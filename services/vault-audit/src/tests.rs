@@ -389,3 +389,36 @@ fn two_files_must_meet_without_a_gap() {
         report.problems
     );
 }
+
+/// The checkpoint chain may change signing keys only at a `key_replaced` checkpoint: both keys
+/// trusted, a change there verifies clean; the same change at any other kind is named, so a
+/// key swapped in unannounced shows even to an auditor who trusts both keys.
+#[test]
+fn the_signing_key_may_change_only_at_a_key_replaced_checkpoint() {
+    for (kind, clean) in [
+        (CheckpointKind::KeyReplaced, true),
+        (CheckpointKind::Interval, false),
+        (CheckpointKind::Start, false),
+    ] {
+        let mut trail = Trail::new();
+        trail.checkpoint("w1", CheckpointKind::Start);
+        trail.record("w1", "m-1");
+        trail.checkpoint("w1", CheckpointKind::Interval);
+        let old = PublicKey::ed25519(trail.key.public_key());
+        trail.key = SigningKey::from_seed(&KeyMaterial::generate());
+        trail.record("w1", "m-1");
+        trail.checkpoint("w1", kind);
+        trail.checkpoint("w1", CheckpointKind::Stop);
+        let mut keys = trail.public_keys();
+        keys.push(old);
+        let report = check(&trail.lines(), &keys);
+        assert_eq!(report.is_clean(), clean, "{kind:?}: {:?}", report.problems);
+        if !clean {
+            assert_eq!(
+                names(&report),
+                ["checkpoint #3", "checkpoint #2"],
+                "{kind:?}"
+            );
+        }
+    }
+}

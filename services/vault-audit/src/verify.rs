@@ -427,6 +427,22 @@ fn check_segment(segment: &Segment, keys: &[PublicKey], problems: &mut Vec<Probl
                 ));
             }
             Some(before) => {
+                if checkpoint.key_id != before.key_id
+                    && checkpoint.kind != CheckpointKind::KeyReplaced.as_str()
+                {
+                    problems.push(problem(
+                        ProblemKind::Edited,
+                        Some(*line),
+                        vec![name.clone(), checkpoint_name(before.cp_seq)],
+                        format!(
+                            "{name} is signed by key {} where {} was signed by {}, but is not a \
+                             key_replaced checkpoint: the signing key changed unannounced",
+                            checkpoint.key_id,
+                            checkpoint_name(before.cp_seq),
+                            before.key_id
+                        ),
+                    ));
+                }
                 if checkpoint.prev_hash != before.hash {
                     problems.push(problem(
                         ProblemKind::Edited,

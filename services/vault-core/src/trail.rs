@@ -408,8 +408,9 @@ impl Vault {
     /// signed exist) or that no configured KEK can unwrap, as an explicit operator action
     /// (`vaultd replace-audit-key`): a new key version is made and stored, an
     /// `audit.key_replaced` record names the old key (from the newest checkpoint), the new one,
-    /// the operator and the reason, and this writer's head is signed with the new key, so the
-    /// new key's first checkpoint covers the record that names the old one. Auditors then
+    /// the operator and the reason, and this writer's head is signed with the new key in a
+    /// `key_replaced` checkpoint (the only kind at which the verifier accepts a change of key),
+    /// which follows the old key's last checkpoint and covers the record that names it. Auditors then
     /// verify with both public keys. Follow with [`Vault::stop_audit`].
     ///
     /// # Errors
@@ -486,7 +487,7 @@ impl Vault {
             .append_audit(&AuditRecord::system(Event::AuditKeyReplaced, detail))
             .await
             .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
-        self.checkpoint(CheckpointKind::Start).await?;
+        self.checkpoint(CheckpointKind::KeyReplaced).await?;
         Ok(public)
     }
 
