@@ -1,5 +1,6 @@
 -- A checkpoint may be `key_replaced`: the first checkpoint of a replacement audit signing key
--- (`vaultd replace-audit-key`), the only place the checkpoint chain may change keys. SQLite
+-- (`vaultd replace-audit-key`), the only place the checkpoint chain may change keys; it names
+-- the key it replaces in `replaces_key` (NULL on every other checkpoint). SQLite
 -- cannot alter a CHECK, so the table is rebuilt with its rows, then its indexes and its
 -- append-only triggers. (DROP TABLE fires no DELETE trigger; the old triggers go with it.)
 CREATE TABLE audit_checkpoints_new (
@@ -13,7 +14,8 @@ CREATE TABLE audit_checkpoints_new (
     prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32),
     key_id    TEXT NOT NULL,
     signature BLOB NOT NULL CHECK (length(signature) = 64),
-    hash      BLOB NOT NULL CHECK (length(hash) = 32)
+    hash      BLOB NOT NULL CHECK (length(hash) = 32),
+    replaces_key TEXT CHECK ((kind = 'key_replaced') = (replaces_key IS NOT NULL))
 ) STRICT;
 
 INSERT INTO audit_checkpoints_new

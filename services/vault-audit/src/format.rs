@@ -202,6 +202,8 @@ pub struct CheckpointDraft {
     pub head_hash: [u8; HASH_LEN],
     /// The previous checkpoint's hash ([`GENESIS`] for `cp_seq` 1).
     pub prev_hash: [u8; HASH_LEN],
+    /// On a `key_replaced` checkpoint: the id of the key it replaces.
+    pub replaces_key: Option<String>,
 }
 
 impl CheckpointDraft {
@@ -222,6 +224,7 @@ impl CheckpointDraft {
             head_hash: self.head_hash,
             prev_hash: self.prev_hash,
             key_id: key_id(public_key),
+            replaces_key: self.replaces_key,
             signature: [0; SIGNATURE_LEN],
             hash: GENESIS,
         };
@@ -255,6 +258,10 @@ pub struct Checkpoint {
     pub prev_hash: [u8; HASH_LEN],
     /// The signing key's id ([`key_id`]).
     pub key_id: String,
+    /// On a `key_replaced` checkpoint only: the id of the key it replaces (the key of the
+    /// checkpoint before it). Signed like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_key: Option<String>,
     /// Ed25519 over the payload.
     #[serde(with = "hex_array")]
     pub signature: [u8; SIGNATURE_LEN],
@@ -265,22 +272,26 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The bytes signed and hashed: every field but `signature` and `hash`, length-prefixed,
-    /// under the label `vault.audit.checkpoint.v1`.
+    /// under the label `vault.audit.checkpoint.v1` (`replaces_key` only when present, so
+    /// checkpoints without it keep the payload they were signed with).
     #[must_use]
     pub fn payload(&self) -> Vec<u8> {
-        associated_data(
-            "vault.audit.checkpoint.v1",
-            &[
-                &self.cp_seq.to_be_bytes(),
-                self.kind.as_bytes(),
-                self.at.as_bytes(),
-                self.writer.as_bytes(),
-                &self.seq.to_be_bytes(),
-                &self.head_hash,
-                &self.prev_hash,
-                self.key_id.as_bytes(),
-            ],
-        )
+        let cp_seq = self.cp_seq.to_be_bytes();
+        let seq = self.seq.to_be_bytes();
+        let mut parts: Vec<&[u8]> = vec![
+            &cp_seq,
+            self.kind.as_bytes(),
+            self.at.as_bytes(),
+            self.writer.as_bytes(),
+            &seq,
+            &self.head_hash,
+            &self.prev_hash,
+            self.key_id.as_bytes(),
+        ];
+        if let Some(replaced) = &self.replaces_key {
+            parts.push(replaced.as_bytes());
+        }
+        associated_data("vault.audit.checkpoint.v1", &parts)
     }
 }
 

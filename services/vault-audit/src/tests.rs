@@ -59,6 +59,14 @@ impl Trail {
     }
 
     fn checkpoint(&mut self, writer: &str, kind: CheckpointKind) {
+        // A key_replaced checkpoint names the key of the checkpoint before it.
+        let replaces = (kind == CheckpointKind::KeyReplaced)
+            .then(|| self.checkpoints.last().map(|c| c.key_id.clone()))
+            .flatten();
+        self.checkpoint_naming(writer, kind, replaces);
+    }
+
+    fn checkpoint_naming(&mut self, writer: &str, kind: CheckpointKind, replaces: Option<String>) {
         let (seq, head_hash) = self.heads.get(writer).copied().unwrap_or((0, GENESIS));
         let (cp_seq, prev_hash) = self
             .checkpoints
@@ -73,6 +81,7 @@ impl Trail {
             seq,
             head_hash,
             prev_hash,
+            replaces_key: replaces,
         };
         let public = self.key.public_key();
         let checkpoint = draft.sign(&public, |payload| self.key.sign(payload));
@@ -390,29 +399,46 @@ fn two_files_must_meet_without_a_gap() {
     );
 }
 
-/// The checkpoint chain may change signing keys only at a `key_replaced` checkpoint: both keys
-/// trusted, a change there verifies clean; the same change at any other kind is named, so a
-/// key swapped in unannounced shows even to an auditor who trusts both keys.
+/// The checkpoint chain may change signing keys only at a `key_replaced` checkpoint that
+/// names the key it replaces: both keys trusted, such a change verifies clean; the same change
+/// at any other kind, or at a key_replaced checkpoint naming another key (or none), is named,
+/// so a key swapped in unannounced shows even to an auditor who trusts both keys.
 #[test]
-fn the_signing_key_may_change_only_at_a_key_replaced_checkpoint() {
-    for (kind, clean) in [
-        (CheckpointKind::KeyReplaced, true),
-        (CheckpointKind::Interval, false),
-        (CheckpointKind::Start, false),
-    ] {
+fn the_signing_key_may_change_only_at_a_key_replaced_checkpoint_naming_the_old_key() {
+    let named = |trail: &Trail| trail.checkpoints.last().map(|c| c.key_id.clone());
+    let cases: [(CheckpointKind, Option<&str>, bool); 5] = [
+        (CheckpointKind::KeyReplaced, None, true),
+        (CheckpointKind::Interval, None, false),
+        (CheckpointKind::Start, None, false),
+        (CheckpointKind::KeyReplaced, Some("another-key"), false),
+        (CheckpointKind::KeyReplaced, Some(""), false),
+    ];
+    for (kind, naming, clean) in cases {
         let mut trail = Trail::new();
         trail.checkpoint("w1", CheckpointKind::Start);
         trail.record("w1", "m-1");
         trail.checkpoint("w1", CheckpointKind::Interval);
         let old = PublicKey::ed25519(trail.key.public_key());
+        let replaces = match naming {
+            None => (kind == CheckpointKind::KeyReplaced)
+                .then(|| named(&trail))
+                .flatten(),
+            Some("") => None,
+            Some(other) => Some(other.to_owned()),
+        };
         trail.key = SigningKey::from_seed(&KeyMaterial::generate());
         trail.record("w1", "m-1");
-        trail.checkpoint("w1", kind);
+        trail.checkpoint_naming("w1", kind, replaces);
         trail.checkpoint("w1", CheckpointKind::Stop);
         let mut keys = trail.public_keys();
         keys.push(old);
         let report = check(&trail.lines(), &keys);
-        assert_eq!(report.is_clean(), clean, "{kind:?}: {:?}", report.problems);
+        assert_eq!(
+            report.is_clean(),
+            clean,
+            "{kind:?} {naming:?}: {:?}",
+            report.problems
+        );
         if !clean {
             assert_eq!(
                 names(&report),

@@ -427,16 +427,20 @@ fn check_segment(segment: &Segment, keys: &[PublicKey], problems: &mut Vec<Probl
                 ));
             }
             Some(before) => {
-                if checkpoint.key_id != before.key_id
-                    && checkpoint.kind != CheckpointKind::KeyReplaced.as_str()
-                {
+                // The key may change only at a key_replaced checkpoint that names the key
+                // before it; such a checkpoint must change it.
+                let replacing = checkpoint.kind == CheckpointKind::KeyReplaced.as_str();
+                let changed = checkpoint.key_id != before.key_id;
+                let names_before = checkpoint.replaces_key.as_deref() == Some(&before.key_id);
+                if changed != replacing || (replacing && !names_before) {
                     problems.push(problem(
                         ProblemKind::Edited,
                         Some(*line),
                         vec![name.clone(), checkpoint_name(before.cp_seq)],
                         format!(
-                            "{name} is signed by key {} where {} was signed by {}, but is not a \
-                             key_replaced checkpoint: the signing key changed unannounced",
+                            "{name} is signed by key {} after {}, signed by {}: the signing key \
+                             may change only at a key_replaced checkpoint that names the key it \
+                             replaces",
                             checkpoint.key_id,
                             checkpoint_name(before.cp_seq),
                             before.key_id

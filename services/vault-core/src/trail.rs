@@ -69,6 +69,9 @@ pub struct TrailState {
 struct Signer {
     key: SigningKey,
     public: [u8; vault_crypto::PUBLIC_KEY_LEN],
+    /// The id of the key this one replaced (`vaultd replace-audit-key`), named by its
+    /// `key_replaced` checkpoint.
+    replacing: Option<String>,
 }
 
 impl Signer {
@@ -88,6 +91,9 @@ impl Signer {
             seq: head.seq,
             head_hash: head.hash,
             prev_hash,
+            replaces_key: (kind == CheckpointKind::KeyReplaced)
+                .then(|| self.replacing.clone())
+                .flatten(),
         };
         draft.sign(&self.public, |payload| self.key.sign(payload))
     }
@@ -482,6 +488,7 @@ impl Vault {
         let _ = self.trail.signer.set(Signer {
             public: key.public_key(),
             key,
+            replacing: Some(old_key),
         });
         self.store
             .append_audit(&AuditRecord::system(Event::AuditKeyReplaced, detail))
@@ -593,7 +600,11 @@ impl Vault {
         };
         let key = self.keys.signing_key(&wrapped).await?;
         let public = key.public_key();
-        Ok(Signer { key, public })
+        Ok(Signer {
+            key,
+            public,
+            replacing: None,
+        })
     }
 
     /// Authorizes a vault-wide audit call (a read limited to one merchant goes through

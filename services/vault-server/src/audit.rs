@@ -69,6 +69,7 @@ fn checkpoint_to_proto(checkpoint: Checkpoint) -> pb::Checkpoint {
         key_id: checkpoint.key_id,
         signature: checkpoint.signature.to_vec(),
         hash: checkpoint.hash.to_vec(),
+        replaces_key: checkpoint.replaces_key.unwrap_or_default(),
     }
 }
 

@@ -258,6 +258,7 @@ pub(crate) struct CheckpointRow {
     pub key_id: String,
     pub signature: Vec<u8>,
     pub hash: Vec<u8>,
+    pub replaces_key: Option<String>,
 }
 
 impl CheckpointRow {
@@ -271,6 +272,7 @@ impl CheckpointRow {
             head_hash: hash_of(&self.head_hash, "checkpoint head_hash")?,
             prev_hash: hash_of(&self.prev_hash, "checkpoint prev_hash")?,
             key_id: self.key_id,
+            replaces_key: self.replaces_key,
             signature: self
                 .signature
                 .as_slice()

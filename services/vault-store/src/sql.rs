@@ -202,7 +202,7 @@ macro_rules! audit_columns {
 /// The columns of `audit_checkpoints`, in the order `CheckpointRow` and the insert use.
 macro_rules! checkpoint_columns {
     () => {
-        "cp_seq, kind, at, writer, seq, head_hash, prev_hash, key_id, signature, hash"
+        "cp_seq, kind, at, writer, seq, head_hash, prev_hash, key_id, signature, hash, replaces_key"
     };
 }
 
@@ -237,7 +237,7 @@ pub(crate) const SELECT_CHECKPOINT_TIP: &str =
 pub(crate) const INSERT_CHECKPOINT: &str = concat!(
     "INSERT INTO audit_checkpoints (",
     checkpoint_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
 );
 
 pub(crate) const SELECT_CHECKPOINTS: &str = concat!(
@@ -488,6 +488,7 @@ macro_rules! token_store_impl {
                     .bind(&checkpoint.key_id)
                     .bind(&checkpoint.signature[..])
                     .bind(&checkpoint.hash[..])
+                    .bind(checkpoint.replaces_key.as_deref())
                     .execute(&mut **tx)
                     .await
                     .map_err($crate::sql::unavailable)?;

@@ -815,6 +815,7 @@ fn checkpoint(cp_seq: u64, writer: &str, seq: u64, prev: [u8; 32]) -> vault_audi
         seq,
         head_hash: [seq as u8; 32],
         prev_hash: prev,
+        replaces_key: None,
     }
     .sign(&[1; 32], |_| [cp_seq as u8; 64])
 }
@@ -889,6 +890,7 @@ fn signed(
         seq: head.seq,
         head_hash: head.hash,
         prev_hash: prev,
+        replaces_key: None,
     }
     .sign(&[1; 32], |_| [cp_seq as u8; 64])
 }

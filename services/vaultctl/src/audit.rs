@@ -51,6 +51,7 @@ fn checkpoint(c: pb::Checkpoint) -> Result<Checkpoint, Error> {
         writer: c.writer,
         seq: c.seq,
         key_id: c.key_id,
+        replaces_key: Some(c.replaces_key).filter(|key| !key.is_empty()),
     })
 }
 

@@ -761,5 +761,20 @@ async fn a_lost_audit_key_is_replaced_only_by_a_recorded_operator_action() {
     export(&vault, &file).await;
     let report = verify(&vault, &both, &[&file]).await;
     assert!(report.is_clean(), "{:?}", report.problems);
+    // The new key's first checkpoint names the old key, signed.
+    let replaced: Vec<vault_audit::Checkpoint> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter_map(|line| match serde_json::from_str::<Line>(line) {
+            Ok(Line::Checkpoint(c)) if c.kind == "key_replaced" => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].key_id, new.key_id);
+    assert_eq!(
+        replaced[0].replaces_key.as_deref(),
+        Some(old.key_id.as_str())
+    );
     assert!(!verify(&vault, &new_key, &[&file]).await.is_clean());
 }
