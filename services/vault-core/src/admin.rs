@@ -12,6 +12,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::audit::AuditRecord;
+use crate::clock::now;
 use crate::error::VaultError;
 use crate::ids::{CallContext, MerchantId};
 use crate::keyring::{CacheLimits, CacheStats};
@@ -19,7 +20,7 @@ use crate::lifecycle::DekLimits;
 use crate::policy::Operation;
 use crate::ports::{KeyContext, KeyVersionInfo, ShredRequest, TokenRecord};
 use crate::reason::Reason;
-use crate::vault::{Done, MerchantKeys, Vault, now, pan_associated_data};
+use crate::vault::{Done, MerchantKeys, Vault, pan_associated_data};
 
 /// A shred request no second admin approved within this long must be made again.
 pub const SHRED_REQUEST_TTL: Duration = Duration::from_secs(24 * 60 * 60);

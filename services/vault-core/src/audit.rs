@@ -167,7 +167,55 @@ pub struct AuditRecord {
     pub detail: Option<Cow<'static, str>>,
 }
 
+/// A new audit writer's name: the time it started and a random suffix
+/// (`20261123T101500Z-3f9a1c2b`), so writers sort by start time and two never share one.
+#[must_use]
+pub fn new_writer() -> String {
+    let now = OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        rand::random::<u32>()
+    )
+}
+
 impl AuditRecord {
+    /// This record as entry `seq` of `writer`'s chain, linked to `prev_hash` and hashed: what
+    /// every store writes. `None` if its time is outside the format's range.
+    #[must_use]
+    pub fn chained(
+        &self,
+        writer: &str,
+        seq: u64,
+        prev_hash: [u8; vault_audit::HASH_LEN],
+    ) -> Option<vault_audit::Entry> {
+        Some(
+            vault_audit::Entry {
+                writer: writer.to_owned(),
+                seq,
+                at: vault_audit::format_time(crate::clock::micros(self.time))?,
+                caller: self.caller.as_str().to_owned(),
+                origin: self.origin().to_owned(),
+                event: self.event.as_str().to_owned(),
+                detail: self.detail.as_ref().map(ToString::to_string),
+                outcome: self.outcome.as_str().to_owned(),
+                resource: self.resource(),
+                merchant_id: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                token: self.token.as_ref().map(|t| t.as_str().to_owned()),
+                request_id: self.request_id.clone(),
+                reason: self.reason.as_ref().map(|r| r.as_str().to_owned()),
+                prev_hash,
+                hash: vault_audit::GENESIS,
+            }
+            .sealed(),
+        )
+    }
+
     /// A record for a call in `ctx`, stamped now, with outcome `Success` until told otherwise.
     #[must_use]
     pub fn begin(ctx: &CallContext, operation: Operation) -> Self {

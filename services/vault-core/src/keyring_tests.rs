@@ -1,88 +1,12 @@
 //! The key ring's own behaviour: routing unwraps to the KEK that owns a key, and the cache's
-//! limits. The KEK here is an in-memory AES-GCM key that can be switched off and counts its
+//! limits. The KEK here is the in-memory [`FakeKek`], which can be switched off and counts its
 //! unwraps; the real backends have their own tests in `vault-kms`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-use async_trait::async_trait;
-use vault_crypto::{AeadKey, NONCE_LEN};
+use vault_crypto::AeadKey;
 
 use super::*;
 use crate::ids::MerchantId;
-use crate::ports::Wrapping;
-
-struct CountingKek {
-    id: String,
-    key: AeadKey,
-    up: AtomicBool,
-    unwraps: AtomicUsize,
-}
-
-impl CountingKek {
-    fn new(id: &str) -> Arc<Self> {
-        Arc::new(Self {
-            id: id.to_owned(),
-            key: AeadKey::new(&KeyMaterial::generate()),
-            up: AtomicBool::new(true),
-            unwraps: AtomicUsize::new(0),
-        })
-    }
-
-    fn unwraps(&self) -> usize {
-        self.unwraps.load(Ordering::SeqCst)
-    }
-
-    fn gate(&self) -> Result<(), KekError> {
-        if self.up.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(KekError::Unavailable("switched off".into()))
-        }
-    }
-}
-
-#[async_trait]
-impl KeyEncryptionKey for CountingKek {
-    fn name(&self) -> &str {
-        &self.id
-    }
-    fn owns(&self, kek_id: &str) -> bool {
-        kek_id == self.id
-    }
-    async fn current_id(&self) -> Result<String, KekError> {
-        Ok(self.id.clone())
-    }
-    async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Wrapping, KekError> {
-        self.gate()?;
-        let sealed = self
-            .key
-            .seal(&context.associated_data(), key.expose_secret());
-        let mut wrapped = sealed.nonce.to_vec();
-        wrapped.extend_from_slice(&sealed.ciphertext);
-        Ok(Wrapping {
-            kek_id: self.id.clone(),
-            wrapped,
-        })
-    }
-    async fn unwrap(
-        &self,
-        context: &KeyContext,
-        _kek_id: &str,
-        wrapped: &[u8],
-    ) -> Result<KeyMaterial, KekError> {
-        self.gate()?;
-        self.unwraps.fetch_add(1, Ordering::SeqCst);
-        let (nonce, body) = wrapped.split_at(NONCE_LEN);
-        let plain = self
-            .key
-            .open(&context.associated_data(), nonce.try_into().unwrap(), body)
-            .map_err(|_| KekError::Integrity)?;
-        KeyMaterial::from_slice(&plain).map_err(|_| KekError::Integrity)
-    }
-    async fn check(&self) -> Result<(), KekError> {
-        self.gate()
-    }
-}
+use crate::testing::{FakeKek, KekFault};
 
 fn context(merchant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
     KeyContext {
@@ -92,11 +16,7 @@ fn context(merchant: &str, purpose: KeyPurpose, version: u32) -> KeyContext {
     }
 }
 
-fn ring(
-    current: &Arc<CountingKek>,
-    previous: &[&Arc<CountingKek>],
-    limits: CacheLimits,
-) -> KeyRing {
+fn ring(current: &Arc<FakeKek>, previous: &[&Arc<FakeKek>], limits: CacheLimits) -> KeyRing {
     KeyRing::new(
         current.clone(),
         previous
@@ -117,7 +37,7 @@ fn same_key(dek: &AeadKey, other: &AeadKey) -> bool {
 
 #[tokio::test]
 async fn hits_skip_the_kek_and_are_counted() {
-    let kek = CountingKek::new("k1");
+    let kek = FakeKek::new("k1");
     let ring = ring(&kek, &[], CacheLimits::default());
     let wrapped = ring
         .wrap(context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())
@@ -133,7 +53,7 @@ async fn hits_skip_the_kek_and_are_counted() {
 
 #[tokio::test]
 async fn a_key_is_never_served_for_another_purpose_or_context() {
-    let kek = CountingKek::new("k1");
+    let kek = FakeKek::new("k1");
     let ring = ring(&kek, &[], CacheLimits::default());
     let dek = ring
         .wrap(context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())
@@ -151,7 +71,7 @@ async fn a_key_is_never_served_for_another_purpose_or_context() {
 
 #[tokio::test]
 async fn size_and_age_bound_the_cache() {
-    let kek = CountingKek::new("k1");
+    let kek = FakeKek::new("k1");
     let small = ring(
         &kek,
         &[],
@@ -207,7 +127,7 @@ async fn size_and_age_bound_the_cache() {
 
 #[tokio::test]
 async fn an_unreachable_kek_empties_the_cache_until_it_is_back() {
-    let kek = CountingKek::new("k1");
+    let kek = FakeKek::new("k1");
     let ring = ring(&kek, &[], CacheLimits::default());
     let wrapped = ring
         .wrap(context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())
@@ -215,7 +135,7 @@ async fn an_unreachable_kek_empties_the_cache_until_it_is_back() {
         .unwrap();
     ring.dek(&wrapped).await.unwrap();
 
-    kek.up.store(false, Ordering::SeqCst);
+    kek.set_fault(KekFault::Down);
     assert!(ring.check().await.is_err());
     assert_eq!(ring.cache_stats().entries, 0);
     assert!(
@@ -223,7 +143,7 @@ async fn an_unreachable_kek_empties_the_cache_until_it_is_back() {
         "no key is served from memory while the KEK is down"
     );
 
-    kek.up.store(true, Ordering::SeqCst);
+    kek.set_fault(KekFault::None);
     ring.check().await.unwrap();
     ring.dek(&wrapped).await.unwrap();
     ring.dek(&wrapped).await.unwrap();
@@ -232,8 +152,8 @@ async fn an_unreachable_kek_empties_the_cache_until_it_is_back() {
 
 #[tokio::test]
 async fn previous_keks_unwrap_and_rewrap_moves_keys_to_the_current_one() {
-    let old = CountingKek::new("old");
-    let new = CountingKek::new("new");
+    let old = FakeKek::new("old");
+    let new = FakeKek::new("new");
     let before = ring(&old, &[], CacheLimits::default());
     let wrapped = before
         .wrap(context("m1", KeyPurpose::Dek, 1), &KeyMaterial::generate())

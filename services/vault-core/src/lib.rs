@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod clock;
 pub mod error;
 pub mod expiry;
 pub mod guard;
@@ -22,6 +23,8 @@ pub mod pan;
 pub mod policy;
 pub mod ports;
 pub mod reason;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod token;
 pub mod trail;
 pub mod truncation;

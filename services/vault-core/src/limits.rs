@@ -188,7 +188,7 @@ impl RefusalLog {
     fn fresh(now: Instant) -> Period {
         Period {
             started: now,
-            started_at: crate::vault::now(),
+            started_at: crate::clock::now(),
             unrecorded: 0,
         }
     }

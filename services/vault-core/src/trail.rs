@@ -16,6 +16,7 @@ use vault_audit::{
 use vault_crypto::{KeyMaterial, SigningKey};
 
 use crate::audit::{AuditRecord, Event};
+use crate::clock::{now, stamp};
 use crate::error::{InvalidArgument, VaultError};
 use crate::ids::{CallContext, CallerId, MerchantId};
 use crate::pan::contains_card_number;
@@ -23,7 +24,7 @@ use crate::policy::Operation;
 use crate::ports::{
     AuditCursor, AuditQuery, ChainHead, ExportPlan, KeyContext, KeyPurpose, PruneCounts, PrunePlan,
 };
-use crate::vault::{Done, Vault, now};
+use crate::vault::{Done, Vault};
 
 /// Rows per page when reading the trail.
 const PAGE: u32 = 500;
@@ -99,14 +100,6 @@ impl Signer {
     }
 }
 
-fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
-fn stamp(at: OffsetDateTime) -> String {
-    vault_audit::format_time(micros(at)).unwrap_or_default()
-}
-
 /// An audit read's filters as the transport received them, not yet validated. Its `Debug`
 /// shows only which filters are set: a careless caller might put a PAN in one.
 #[derive(Clone, Default)]
@@ -178,7 +171,7 @@ fn time_field(
         return Ok(None);
     };
     vault_audit::parse_time(text)
-        .and_then(|m| OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1_000).ok())
+        .and_then(crate::clock::from_micros)
         .map(Some)
         .ok_or(InvalidArgument {
             field,

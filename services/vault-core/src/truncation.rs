@@ -174,7 +174,7 @@ mod tests {
             last4: "1117".into(),
             pan_length,
             expiry: None,
-            created_at: crate::vault::now(),
+            created_at: crate::clock::now(),
             format: TokenFormat::PanShaped,
         };
         // A 12-digit card's row written before the rule holds its first six digits.

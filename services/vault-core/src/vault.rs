@@ -13,6 +13,7 @@ use vault_crypto::{AeadKey, FINGERPRINT_LEN, FingerprintKey, KeyMaterial};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditRecord;
+use crate::clock::now;
 use crate::error::{InvalidArgument, Throttle, VaultError};
 use crate::expiry::Expiry;
 use crate::guard::{self, GuardSettings, Verdict};
@@ -345,7 +346,7 @@ impl Vault {
                 format!(
                     "rate limit: {} refused calls since {} not recorded one by one",
                     summary.count,
-                    audit_time(summary.since)
+                    crate::clock::stamp(summary.since)
                 )
                 .into(),
             );
@@ -962,7 +963,7 @@ impl Vault {
                     since: _,
                 } => audit.detail = Some("rate limit".into()),
                 Refusal::Record { unrecorded, since } => {
-                    let since = since.map(audit_time).unwrap_or_default();
+                    let since = since.map(crate::clock::stamp).unwrap_or_default();
                     audit.detail = Some(
                         format!(
                             "rate limit; {unrecorded} refused calls since {since} not recorded \
@@ -1241,20 +1242,6 @@ pub fn pan_associated_data(
             &expiry,
         ],
     )
-}
-
-/// A time as audit records spell it.
-fn audit_time(at: OffsetDateTime) -> String {
-    let micros = i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
-    vault_audit::format_time(micros).unwrap_or_default()
-}
-
-/// Now, UTC, truncated to whole microseconds (what every store keeps).
-#[must_use]
-pub fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -151,6 +151,29 @@ impl AeadKey {
             .map_err(|_| CryptoError::Integrity)?;
         Ok(buffer)
     }
+
+    /// Wraps `key` bound to `aad`, as one byte string: the nonce, then ciphertext and tag (the
+    /// framing the in-process KEKs store).
+    #[must_use]
+    pub fn wrap_key(&self, aad: &[u8], key: &KeyMaterial) -> Vec<u8> {
+        let sealed = self.seal(aad, key.expose_secret());
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.ciphertext.len());
+        out.extend_from_slice(&sealed.nonce);
+        out.extend_from_slice(&sealed.ciphertext);
+        out
+    }
+
+    /// Unwraps what [`AeadKey::wrap_key`] made under the same `aad`.
+    ///
+    /// # Errors
+    /// [`CryptoError::Integrity`] if the bytes are too short, altered, or bound to other data.
+    pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<KeyMaterial, CryptoError> {
+        let (nonce, ciphertext) = wrapped
+            .split_first_chunk::<NONCE_LEN>()
+            .ok_or(CryptoError::Integrity)?;
+        let plain = self.open(aad, nonce, ciphertext)?;
+        KeyMaterial::from_slice(&plain).map_err(|_| CryptoError::Integrity)
+    }
 }
 
 /// A key for HMAC-SHA256 fingerprints. The keyed state is computed once and zeroized on drop

@@ -211,3 +211,17 @@ fn signatures_verify_and_refuse_any_change() {
     assert_eq!(a.public_key(), b.public_key());
     assert_eq!(sha256(b"abc")[..4], [0xba, 0x78, 0x16, 0xbf]);
 }
+
+#[test]
+fn wrapped_keys_round_trip_bound_to_their_data_and_refuse_short_input() {
+    let kek = key();
+    let dek = KeyMaterial::generate();
+    let wrapped = kek.wrap_key(AAD, &dek);
+    assert_eq!(wrapped.len(), NONCE_LEN + KEY_LEN + TAG_LEN);
+    let back = kek.unwrap_key(AAD, &wrapped).map(|k| *k.expose_secret());
+    assert_eq!(back, Ok(*dek.expose_secret()));
+    assert!(kek.unwrap_key(b"other", &wrapped).is_err());
+    for len in 0..wrapped.len() {
+        assert!(kek.unwrap_key(AAD, &wrapped[..len]).is_err(), "{len} bytes");
+    }
+}

@@ -27,20 +27,9 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
-    /// A new writer, named by the time it started and a random suffix, so that writers sort by
-    /// start time and two processes never share one.
+    /// A new writer ([`vault_core::audit::new_writer`]).
     pub(crate) fn new_writer() -> Self {
-        let now = time::OffsetDateTime::now_utc();
-        let writer = format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
-            now.year(),
-            u8::from(now.month()),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            rand::random::<u32>()
-        );
+        let writer = vault_core::audit::new_writer();
         Self {
             writer,
             head: Mutex::new(None),

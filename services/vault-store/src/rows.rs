@@ -14,15 +14,11 @@ use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
 use vault_crypto::{FINGERPRINT_LEN, NONCE_LEN, Sealed};
 
-/// Microseconds since the Unix epoch, UTC.
-pub(crate) fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
+pub(crate) use vault_core::clock::micros;
 
 /// The time `micros` microseconds after the Unix epoch.
 pub(crate) fn from_micros(micros: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-        .map_err(|_| corrupt("timestamp out of range"))
+    vault_core::clock::from_micros(micros).ok_or_else(|| corrupt("timestamp out of range"))
 }
 
 pub(crate) fn corrupt(what: &str) -> StoreError {
@@ -169,25 +165,9 @@ pub(crate) fn chained_entry(
     writer: &str,
     head: crate::chain::Head,
 ) -> Result<vault_audit::Entry, StoreError> {
-    Ok(vault_audit::Entry {
-        writer: writer.to_owned(),
-        seq: head.seq + 1,
-        at: vault_audit::format_time(micros(record.time))
-            .ok_or_else(|| corrupt("audit time out of range"))?,
-        caller: record.caller.as_str().to_owned(),
-        origin: record.origin().to_owned(),
-        event: record.event.as_str().to_owned(),
-        detail: record.detail.as_ref().map(|d| d.to_string()),
-        outcome: record.outcome.as_str().to_owned(),
-        resource: record.resource(),
-        merchant_id: record.merchant.as_ref().map(|m| m.as_str().to_owned()),
-        token: record.token.as_ref().map(|t| t.as_str().to_owned()),
-        request_id: record.request_id.clone(),
-        reason: record.reason.as_ref().map(|r| r.as_str().to_owned()),
-        prev_hash: head.hash,
-        hash: vault_audit::GENESIS,
-    }
-    .sealed())
+    record
+        .chained(writer, head.seq + 1, head.hash)
+        .ok_or_else(|| corrupt("audit time out of range"))
 }
 
 pub(crate) fn hash_of(bytes: &[u8], what: &str) -> Result<[u8; vault_audit::HASH_LEN], StoreError> {

@@ -444,7 +444,7 @@ macro_rules! token_store_impl {
             ) -> Result<$crate::chain::Head, vault_core::StoreError> {
                 sqlx::query($crate::sql::INSERT_WRITER)
                     .bind(writer)
-                    .bind($crate::rows::micros(vault_core::vault::now()))
+                    .bind($crate::rows::micros(vault_core::clock::now()))
                     .execute(&mut **tx)
                     .await
                     .map_err($crate::sql::unavailable)?;
@@ -1108,7 +1108,7 @@ macro_rules! token_store_impl {
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
                 Self::lock_merchant_keys(&mut tx, &key.context.merchant).await?;
-                let added = Self::insert_key(&mut tx, key, vault_core::vault::now()).await?;
+                let added = Self::insert_key(&mut tx, key, vault_core::clock::now()).await?;
                 match audit {
                     Some(audit) => {
                         self.commit_audited(tx, &[audit]).await?;
@@ -1303,7 +1303,7 @@ macro_rules! token_store_impl {
                 approver: &vault_core::ids::CallerId,
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<Option<u64>, vault_core::StoreError> {
-                let now = $crate::rows::micros(vault_core::vault::now());
+                let now = $crate::rows::micros(vault_core::clock::now());
                 let mut tx = self.begin().await?;
                 Self::lock_merchant_keys(&mut tx, merchant).await?;
                 let approved = sqlx::query($crate::sql::APPROVE_SHRED)
@@ -1454,7 +1454,7 @@ macro_rules! token_store_impl {
                 key: &vault_core::ports::WrappedKey,
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
-                let added = Self::insert_key(&mut tx, key, vault_core::vault::now()).await?;
+                let added = Self::insert_key(&mut tx, key, vault_core::clock::now()).await?;
                 tx.commit().await.map_err($crate::sql::unavailable)?;
                 Ok(added == 1)
             }

@@ -1,6 +1,7 @@
 //! The store conformance suite: one set of behaviours every `TokenStore` backend must show.
 //! Each check takes a fresh store and a way to count its audit rows; the runners at the bottom
-//! call them for each backend (SQLite today; PostgreSQL joins with its backend).
+//! call them for each backend: the in-memory test store (`vault_core::testing`), SQLite and
+//! PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use vault_core::audit::AuditRecord;
+use vault_core::clock::now;
 use vault_core::ids::{CallContext, CallerId, MerchantId};
 use vault_core::pan::Brand;
 use vault_core::policy::Operation;
@@ -22,7 +24,6 @@ use vault_core::ports::{
 };
 use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
-use vault_core::vault::now;
 use vault_crypto::Sealed;
 
 /// Counts the audit rows of the store under test.
@@ -1442,6 +1443,24 @@ macro_rules! conformance_suite {
             assert_eq!(count().await, 1);
         }
     };
+}
+
+mod memory {
+    use vault_core::testing::MemoryStore;
+
+    use super::*;
+
+    async fn fresh() -> ((), MemoryStore, Count) {
+        let store = MemoryStore::new();
+        let handle = store.clone();
+        let count: Count = Box::new(move || {
+            let n = i64::try_from(handle.audit_count()).unwrap();
+            Box::pin(async move { n })
+        });
+        ((), store, count)
+    }
+
+    conformance_suite!(fresh);
 }
 
 mod sqlite {
