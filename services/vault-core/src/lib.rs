@@ -25,6 +25,8 @@ pub mod ports;
 pub mod reason;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod token;
 pub mod trail;
 pub mod truncation;

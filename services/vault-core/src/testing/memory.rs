@@ -72,6 +72,8 @@ struct State {
     /// This store's writer head, once read.
     head: Option<(u64, [u8; HASH_LEN])>,
     tallies: HashMap<TallyKey, (u64, HashSet<Vec<u8>>)>,
+    /// Token inserts still to answer `TokenTaken` (see [`MemoryStore::collide_next_tokens`]).
+    collisions: usize,
 }
 
 /// Every store port in memory. Each method runs under one lock, as one transaction: a write
@@ -114,6 +116,12 @@ impl MemoryStore {
     /// Makes the store fail as `fault` says from now on.
     pub fn set_fault(&self, fault: StoreFault) {
         self.lock_raw().fault = fault;
+    }
+
+    /// Answers the next `n` token inserts with [`InsertOutcome::TokenTaken`], as if each drew
+    /// a token the merchant already holds (to test the use cases' retries).
+    pub fn collide_next_tokens(&self, n: usize) {
+        self.lock_raw().collisions = n;
     }
 
     /// How many audit records the store holds (every writer's).
@@ -418,6 +426,10 @@ impl TokenStore for MemoryStore {
             record.token.as_str().to_owned(),
         );
         if state.tokens.contains_key(&at) {
+            return Ok(InsertOutcome::TokenTaken);
+        }
+        if state.collisions > 0 {
+            state.collisions -= 1;
             return Ok(InsertOutcome::TokenTaken);
         }
         let card_taken = state.merchant_tokens(&record.merchant).any(|r| {
