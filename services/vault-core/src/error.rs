@@ -1,18 +1,8 @@
 //! The domain's errors. `vault-server`'s `status.rs` is the one place that maps them to gRPC
 //! status codes; messages here never contain a PAN, a key, or the value of a bad input.
 
+pub use crate::invalid::InvalidArgument;
 use crate::policy::Operation;
-
-/// A request field that failed validation. The message names the field and the rule it broke,
-/// never the value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct InvalidArgument {
-    /// The request field, as the API spells it.
-    pub field: &'static str,
-    /// What is wrong with it, in words that hold no part of the input.
-    pub problem: &'static str,
-}
 
 /// Why a vault operation failed.
 #[derive(Debug, thiserror::Error)]

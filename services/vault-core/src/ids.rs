@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::InvalidArgument;
+use crate::invalid::InvalidArgument;
 use crate::pan::{CARD_LIKE, contains_card_number};
 
 /// Longest merchant id, in characters.

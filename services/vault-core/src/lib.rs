@@ -16,6 +16,7 @@ pub mod error;
 pub mod expiry;
 pub mod guard;
 pub mod ids;
+pub mod invalid;
 pub mod keyring;
 pub mod lifecycle;
 pub mod limits;

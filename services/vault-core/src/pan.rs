@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zeroize::Zeroizing;
 
-use crate::error::InvalidArgument;
+use crate::invalid::InvalidArgument;
 
 /// Fewest digits a PAN may have.
 pub const MIN_PAN_DIGITS: usize = 12;

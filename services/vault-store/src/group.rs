@@ -74,7 +74,7 @@ impl Failed {
     pub(crate) fn statement(error: &sqlx::Error) -> Self {
         Self {
             retry_alone: error.as_database_error().is_some(),
-            error: crate::sql::unavailable_ref(error),
+            error: crate::error::unavailable_ref(error),
         }
     }
 }

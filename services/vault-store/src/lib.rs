@@ -7,9 +7,11 @@
 //!   so a database outage fails calls fast instead of hanging them.
 //!
 //! Both share one implementation of the port (`sql.rs`) and the row conversions (`rows.rs`);
-//! `tests/conformance.rs` runs the same suite against each.
+//! `tests/conformance.rs` runs the same suite against each, and against the in-memory test
+//! store (`vault_core::testing::MemoryStore`).
 
 mod chain;
+mod error;
 mod group;
 mod postgres;
 mod rows;

@@ -13,7 +13,8 @@ use sqlx::{Postgres, Transaction};
 use vault_core::StoreError;
 use zeroize::Zeroizing;
 
-use crate::sql::{token_store_impl, unavailable};
+use crate::error::unavailable;
+use crate::sql::token_store_impl;
 
 /// Connection settings for [`PgStore`].
 #[derive(Clone)]

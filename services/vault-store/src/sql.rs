@@ -4,8 +4,6 @@
 //! `begin()` that opens a write transaction, and the statement (if any) that serializes
 //! changes to one merchant's keys (see [`PG_LOCK_MERCHANT_KEYS`]).
 
-use vault_core::StoreError;
-
 /// The columns of `tokens`, in the order `TokenRow` and the insert use.
 macro_rules! token_columns {
     () => {
@@ -318,19 +316,6 @@ pub(crate) fn row_key(record: &vault_core::ports::TokenRecord) -> RowKey {
     )
 }
 
-pub(crate) fn unavailable(err: sqlx::Error) -> StoreError {
-    unavailable_ref(&err)
-}
-
-pub(crate) fn unavailable_ref(err: &sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
-}
-
-pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
-}
-
 /// Implements `vault_core::ports::TokenStore` for `$store`, a struct with a `pool: Pool<$db>`
 /// field and an `async fn begin(&self) -> Result<Transaction<'static, $db>, StoreError>`.
 macro_rules! token_store_impl {
@@ -356,7 +341,7 @@ macro_rules! token_store_impl {
                         .bind(merchant.as_str())
                         .execute(&mut **tx)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 }
                 Ok(())
             }
@@ -409,7 +394,7 @@ macro_rules! token_store_impl {
                         .build()
                         .execute(&mut *tx)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 }
                 // Before the commit, still under the lock: the sink sees each writer's records
                 // in chain order, and a required sink that fails rolls the transaction back.
@@ -430,7 +415,7 @@ macro_rules! token_store_impl {
                 }
                 // Unknown until the commit answers: a failed COMMIT may still have landed.
                 *guard = None;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                tx.commit().await.map_err($crate::error::unavailable)?;
                 *guard = Some(head);
                 Ok(entries)
             }
@@ -447,19 +432,19 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::micros(vault_core::clock::now()))
                     .execute(&mut **tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let record: Option<(i64, Vec<u8>)> =
                     sqlx::query_as($crate::sql::SELECT_RECORD_HEAD)
                         .bind(writer)
                         .fetch_optional(&mut **tx)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 let signed: Option<(i64, Vec<u8>)> =
                     sqlx::query_as($crate::sql::SELECT_CHECKPOINT_HEAD)
                         .bind(writer)
                         .fetch_optional(&mut **tx)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 let mut head = $crate::chain::EMPTY;
                 for (seq, hash) in record.into_iter().chain(signed) {
                     let candidate = $crate::rows::head(seq, &hash)?;
@@ -491,7 +476,7 @@ macro_rules! token_store_impl {
                     .bind(checkpoint.replaces_key.as_deref())
                     .execute(&mut **tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -505,7 +490,7 @@ macro_rules! token_store_impl {
                         .bind(writer)
                         .fetch_optional(&mut *conn)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 record
                     .map(|(seq, hash)| $crate::rows::head(seq, &hash))
                     .transpose()
@@ -522,7 +507,7 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::micros(before))
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let through = match young {
                     Some(young) => exported.min($crate::rows::seq_of(young)?.saturating_sub(1)),
                     None => exported,
@@ -531,7 +516,7 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::seq_param(through))
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 if cuts.is_empty() {
                     return Ok(None);
                 }
@@ -563,7 +548,7 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::seq_param(through))
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let kept_low = kept_low.map($crate::rows::seq_of).transpose()?;
                 let cut = kept_low.map_or(signed, |low| low.min(signed));
                 let cut_hash: Vec<u8> = sqlx::query_scalar($crate::sql::SIGNED_HASH)
@@ -571,13 +556,13 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::seq_param(cut))
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let newest: Option<(String, i64)> =
                     sqlx::query_as($crate::sql::NEWEST_CHECKPOINT_OF)
                         .bind(&writer)
                         .fetch_optional(&mut *conn)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 let record_head = Self::record_head_on(conn, &writer)
                     .await?
                     .map_or(0, |h| h.seq);
@@ -609,7 +594,7 @@ macro_rules! token_store_impl {
                     .execute(&mut **tx)
                     .await
                     .map(|done| done.rows_affected())
-                    .map_err($crate::sql::unavailable)
+                    .map_err($crate::error::unavailable)
             }
         }
 
@@ -624,7 +609,7 @@ macro_rules! token_store_impl {
                         .bind(merchant.as_str())
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 $crate::rows::key_set(rows)
             }
 
@@ -637,7 +622,7 @@ macro_rules! token_store_impl {
                 let dek = Self::insert_key(&mut tx, &keys.dek, keys.dek_created_at).await?;
                 let fingerprint =
                     Self::insert_key(&mut tx, &keys.fingerprint, keys.dek_created_at).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                tx.commit().await.map_err($crate::error::unavailable)?;
                 Ok(dek == 1 && fingerprint == 1)
             }
 
@@ -651,7 +636,7 @@ macro_rules! token_store_impl {
                     .bind(i64::from(version))
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 row.map($crate::rows::KeyRow::into_key).transpose()
             }
 
@@ -668,7 +653,7 @@ macro_rules! token_store_impl {
                         .bind(format.as_str())
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 row.map($crate::rows::TokenRow::into_record).transpose()
             }
 
@@ -695,7 +680,7 @@ macro_rules! token_store_impl {
                         .build_query_as()
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                     for row in rows {
                         found.push(row.into_record()?);
                     }
@@ -730,7 +715,7 @@ macro_rules! token_store_impl {
                     .bind(merchant.as_str())
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 row.map($crate::rows::TokenRow::into_record).transpose()
             }
 
@@ -746,10 +731,10 @@ macro_rules! token_store_impl {
                     .bind(merchant.as_str())
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?
+                    .map_err($crate::error::unavailable)?
                     .rows_affected();
                 if deleted == 0 {
-                    tx.rollback().await.map_err($crate::sql::unavailable)?;
+                    tx.rollback().await.map_err($crate::error::unavailable)?;
                     return Ok(false);
                 }
                 self.commit_audited(tx, &[audit]).await?;
@@ -818,11 +803,11 @@ macro_rules! token_store_impl {
                 if audits.is_empty() && tallied {
                     tx.commit()
                         .await
-                        .map_err(|e| Failed::whole($crate::sql::unavailable(e)))?;
+                        .map_err(|e| Failed::whole($crate::error::unavailable(e)))?;
                 } else if audits.is_empty() {
                     tx.rollback()
                         .await
-                        .map_err(|e| Failed::whole($crate::sql::unavailable(e)))?;
+                        .map_err(|e| Failed::whole($crate::error::unavailable(e)))?;
                 } else {
                     self.commit_audited(tx, &audits)
                         .await
@@ -1027,9 +1012,9 @@ macro_rules! token_store_impl {
                             .bind($crate::sql::TALLIES_PER_PURGE)
                             .fetch_all(&mut *tx)
                             .await
-                            .map_err($crate::sql::unavailable)?;
+                            .map_err($crate::error::unavailable)?;
                     if ended.is_empty() {
-                        tx.rollback().await.map_err($crate::sql::unavailable)?;
+                        tx.rollback().await.map_err($crate::error::unavailable)?;
                         return Ok(purged);
                     }
                     for (window_end, scope, subject) in &ended {
@@ -1040,10 +1025,10 @@ macro_rules! token_store_impl {
                                 .bind(subject)
                                 .execute(&mut *tx)
                                 .await
-                                .map_err($crate::sql::unavailable)?;
+                                .map_err($crate::error::unavailable)?;
                         }
                     }
-                    tx.commit().await.map_err($crate::sql::unavailable)?;
+                    tx.commit().await.map_err($crate::error::unavailable)?;
                     purged += u64::try_from(ended.len()).unwrap_or(0);
                 }
             }
@@ -1065,7 +1050,7 @@ macro_rules! token_store_impl {
                         .bind(i64::from(version))
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                     let Some(uses) = uses else {
                         // Shredded meanwhile: nothing to grant (the caller then finds out).
                         return Ok(vault_core::ports::UseReservation {
@@ -1088,7 +1073,7 @@ macro_rules! token_store_impl {
                         .bind(to_i64(old))
                         .execute(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                     if set.rows_affected() == 1 {
                         return Ok(vault_core::ports::UseReservation {
                             granted: new - old,
@@ -1113,7 +1098,7 @@ macro_rules! token_store_impl {
                     Some(audit) => {
                         self.commit_audited(tx, &[audit]).await?;
                     }
-                    None => tx.commit().await.map_err($crate::sql::unavailable)?,
+                    None => tx.commit().await.map_err($crate::error::unavailable)?,
                 }
                 Ok(added == 1)
             }
@@ -1127,7 +1112,7 @@ macro_rules! token_store_impl {
                         .bind(merchant.as_str())
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::KeyVersionRow::into_info)
                     .collect()
@@ -1148,7 +1133,7 @@ macro_rules! token_store_impl {
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::TokenRow::into_record)
                     .collect()
@@ -1164,7 +1149,7 @@ macro_rules! token_store_impl {
                     .bind(i64::from(newest))
                     .fetch_one(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 $crate::rows::count(n)
             }
 
@@ -1182,7 +1167,7 @@ macro_rules! token_store_impl {
                     .bind(i64::from(from_version))
                     .execute(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -1209,7 +1194,7 @@ macro_rules! token_store_impl {
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::KeyRow::into_key)
                     .collect()
@@ -1223,7 +1208,7 @@ macro_rules! token_store_impl {
                     .bind(kek_id)
                     .fetch_one(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 $crate::rows::count(n)
             }
 
@@ -1245,7 +1230,7 @@ macro_rules! token_store_impl {
                     .bind(&old.wrapped)
                     .execute(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -1258,7 +1243,7 @@ macro_rules! token_store_impl {
                         .bind(merchant.as_str())
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 row.map($crate::rows::ShredRow::into_request).transpose()
             }
 
@@ -1274,7 +1259,7 @@ macro_rules! token_store_impl {
                         .bind(old)
                         .execute(&mut *tx)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 }
                 let inserted = sqlx::query($crate::sql::INSERT_SHRED)
                     .bind(&request.request_id)
@@ -1286,11 +1271,11 @@ macro_rules! token_store_impl {
                     .await;
                 match inserted {
                     Ok(_) => {}
-                    Err(err) if $crate::sql::is_unique_violation(&err) => {
-                        tx.rollback().await.map_err($crate::sql::unavailable)?;
+                    Err(err) if $crate::error::is_unique_violation(&err) => {
+                        tx.rollback().await.map_err($crate::error::unavailable)?;
                         return Ok(false);
                     }
-                    Err(err) => return Err($crate::sql::unavailable(err)),
+                    Err(err) => return Err($crate::error::unavailable(err)),
                 }
                 self.commit_audited(tx, &[audit]).await?;
                 Ok(true)
@@ -1313,16 +1298,16 @@ macro_rules! token_store_impl {
                     .bind(now)
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 if approved.rows_affected() != 1 {
-                    tx.rollback().await.map_err($crate::sql::unavailable)?;
+                    tx.rollback().await.map_err($crate::error::unavailable)?;
                     return Ok(None);
                 }
                 let destroyed = sqlx::query($crate::sql::DELETE_MERCHANT_KEYS)
                     .bind(merchant.as_str())
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?
+                    .map_err($crate::error::unavailable)?
                     .rows_affected();
                 sqlx::query($crate::sql::INSERT_SHREDDED)
                     .bind(merchant.as_str())
@@ -1330,7 +1315,7 @@ macro_rules! token_store_impl {
                     .bind(request_id)
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 self.commit_audited(tx, &[audit]).await?;
                 Ok(Some(destroyed))
             }
@@ -1341,7 +1326,7 @@ macro_rules! token_store_impl {
                 let ids: Vec<String> = sqlx::query_scalar($crate::sql::SELECT_MERCHANT_IDS)
                     .fetch_all(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 ids.iter()
                     .filter(|id| *id != vault_core::ids::MerchantId::vault_owner().as_str())
                     .map(|id| {
@@ -1359,7 +1344,7 @@ macro_rules! token_store_impl {
                     .bind(merchant.as_str())
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 Ok(found.is_some())
             }
         }
@@ -1379,7 +1364,7 @@ macro_rules! token_store_impl {
                     None => {
                         let mut tx = self.begin().await?;
                         let head = Self::read_head(&mut tx, &self.chain.writer).await?;
-                        tx.commit().await.map_err($crate::sql::unavailable)?;
+                        tx.commit().await.map_err($crate::error::unavailable)?;
                         *guard = Some(head);
                         head
                     }
@@ -1397,7 +1382,7 @@ macro_rules! token_store_impl {
                 let writers: Vec<String> = sqlx::query_scalar($crate::sql::SELECT_WRITERS)
                     .fetch_all(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let mut heads = Vec::new();
                 for writer in writers {
                     let signed: Option<(i64, Vec<u8>)> =
@@ -1405,8 +1390,8 @@ macro_rules! token_store_impl {
                             .bind(&writer)
                             .fetch_optional(&self.pool)
                             .await
-                            .map_err($crate::sql::unavailable)?;
-                    let mut conn = self.pool.acquire().await.map_err($crate::sql::unavailable)?;
+                            .map_err($crate::error::unavailable)?;
+                    let mut conn = self.pool.acquire().await.map_err($crate::error::unavailable)?;
                     let Some(head) = Self::record_head_on(&mut conn, &writer).await? else {
                         continue;
                     };
@@ -1432,7 +1417,7 @@ macro_rules! token_store_impl {
                     sqlx::query_as($crate::sql::SELECT_CHECKPOINT_TIP)
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 tip.map(|(cp_seq, hash)| $crate::rows::head(cp_seq, &hash).map(|h| (h.seq, h.hash)))
                     .transpose()
             }
@@ -1445,7 +1430,7 @@ macro_rules! token_store_impl {
                         .bind(vault_core::ids::MerchantId::vault_owner().as_str())
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 row.map($crate::rows::KeyRow::into_key).transpose()
             }
 
@@ -1455,7 +1440,7 @@ macro_rules! token_store_impl {
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
                 let added = Self::insert_key(&mut tx, key, vault_core::clock::now()).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                tx.commit().await.map_err($crate::error::unavailable)?;
                 Ok(added == 1)
             }
 
@@ -1465,7 +1450,7 @@ macro_rules! token_store_impl {
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
                 let inserted = Self::insert_checkpoint_in(&mut tx, checkpoint).await?;
-                tx.commit().await.map_err($crate::sql::unavailable)?;
+                tx.commit().await.map_err($crate::error::unavailable)?;
                 Ok(inserted)
             }
 
@@ -1482,7 +1467,7 @@ macro_rules! token_store_impl {
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::CheckpointRow::into_checkpoint)
                     .collect()
@@ -1498,7 +1483,7 @@ macro_rules! token_store_impl {
                         .bind(bound)
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                     rows.into_iter()
                         .map(|(writer, cp)| $crate::rows::seq_of(cp).map(|seq| (writer, seq)))
                         .collect::<Result<std::collections::BTreeMap<String, u64>, _>>()
@@ -1514,7 +1499,7 @@ macro_rules! token_store_impl {
                             sqlx::query_scalar($crate::sql::SELECT_FIRST_CHECKPOINT)
                                 .fetch_one(&self.pool)
                                 .await
-                                .map_err($crate::sql::unavailable)?;
+                                .map_err($crate::error::unavailable)?;
                         $crate::rows::seq_of(first.unwrap_or(1))?
                     }
                     Some(from) => {
@@ -1562,7 +1547,7 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::seq_param(last))
                     .fetch_all(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let writers = ranges
                     .into_iter()
                     .map(|(writer, low, high)| {
@@ -1594,7 +1579,7 @@ macro_rules! token_store_impl {
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::sql::unavailable)?;
+                        .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::AuditRow::into_entry)
                     .collect()
@@ -1626,7 +1611,7 @@ macro_rules! token_store_impl {
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 rows.into_iter()
                     .map($crate::rows::AuditRow::into_entry)
                     .collect()
@@ -1637,7 +1622,7 @@ macro_rules! token_store_impl {
                 exported: u64,
                 before: time::OffsetDateTime,
             ) -> Result<Option<vault_core::ports::PrunePlan>, vault_core::StoreError> {
-                let mut conn = self.pool.acquire().await.map_err($crate::sql::unavailable)?;
+                let mut conn = self.pool.acquire().await.map_err($crate::error::unavailable)?;
                 Self::plan_prune_on(&mut conn, exported, before).await
             }
 
@@ -1654,7 +1639,7 @@ macro_rules! token_store_impl {
                 execute($crate::sql::GRANT_PRUNE)
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 let current = Self::plan_prune_on(&mut tx, plan.exported, plan.before).await?;
                 if current.as_ref() != Some(plan) {
                     // Dropping `tx` rolls it back.
@@ -1672,14 +1657,14 @@ macro_rules! token_store_impl {
                         .bind($crate::rows::seq_param(cut.cut))
                         .execute(&mut *tx)
                         .await
-                        .map_err($crate::sql::unavailable)?
+                        .map_err($crate::error::unavailable)?
                         .rows_affected();
                     if cut.finished {
                         removed.writers_closed += execute($crate::sql::CLOSE_WRITER)
                             .bind(&cut.writer)
                             .execute(&mut *tx)
                             .await
-                            .map_err($crate::sql::unavailable)?
+                            .map_err($crate::error::unavailable)?
                             .rows_affected();
                     }
                 }
@@ -1687,12 +1672,12 @@ macro_rules! token_store_impl {
                     .bind($crate::rows::seq_param(plan.through))
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?
+                    .map_err($crate::error::unavailable)?
                     .rows_affected();
                 execute($crate::sql::REVOKE_PRUNE)
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::sql::unavailable)?;
+                    .map_err($crate::error::unavailable)?;
                 self.commit_audited(tx, &[audit]).await?;
                 Ok(Some(removed))
             }

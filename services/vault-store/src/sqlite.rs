@@ -10,7 +10,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use vault_core::StoreError;
 
-use crate::sql::{token_store_impl, unavailable};
+use crate::error::unavailable;
+use crate::sql::token_store_impl;
 
 /// How long a statement waits for SQLite's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
