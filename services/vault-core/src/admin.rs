@@ -7,20 +7,24 @@
 //! running it again, and two jobs at once only do some work twice (every row change is a
 //! compare-and-set). A job's start and its end are both audited.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use crate::audit::AuditRecord;
+use crate::audited::{Audited, Done};
 use crate::clock::now;
+use crate::deks::{Deks, MerchantKeys, pan_associated_data};
 use crate::error::VaultError;
 use crate::ids::{CallContext, MerchantId};
+use crate::keyring::KeyRing;
 use crate::keyring::{CacheLimits, CacheStats};
 use crate::lifecycle::DekLimits;
 use crate::policy::Operation;
+use crate::ports::TokenStore;
 use crate::ports::{KeyContext, KeyVersionInfo, ShredRequest, TokenRecord};
 use crate::reason::Reason;
-use crate::vault::{Done, MerchantKeys, Vault, pan_associated_data};
 
 /// A shred request no second admin approved within this long must be made again.
 pub const SHRED_REQUEST_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -77,7 +81,25 @@ pub struct JobProgress {
     pub finished: bool,
 }
 
-impl Vault {
+/// The key administration service.
+#[derive(Clone)]
+pub(crate) struct KeyAdmin {
+    calls: Audited,
+    deks: Deks,
+    store: Arc<dyn TokenStore>,
+    keys: Arc<KeyRing>,
+}
+
+impl KeyAdmin {
+    pub(crate) fn new(calls: Audited, deks: Deks, store: Arc<dyn TokenStore>) -> Self {
+        let keys = deks.keys.clone();
+        Self {
+            calls,
+            deks,
+            store,
+            keys,
+        }
+    }
     /// Starts an audited admin call: parses the merchant (if any), checks `keys.admin`, and
     /// parses the reason (if the call takes one).
     async fn admin_call(
@@ -88,20 +110,22 @@ impl Vault {
         reason: Option<&str>,
     ) -> Result<Option<MerchantId>, VaultError> {
         audit.detail = Some(action.into());
-        self.throttle(audit, Operation::KeysAdmin, None, 1)?;
+        self.calls.throttle(audit, Operation::KeysAdmin, None, 1)?;
         if let Some(reason) = reason {
             audit.reason = Reason::parse("reason", reason).ok();
         }
         let merchant = match merchant_id {
             Some(id) => {
                 let merchant = self
+                    .calls
                     .authorized_merchant(audit, Operation::KeysAdmin, id)
                     .await?;
                 Some(merchant)
             }
             None => {
                 if !self
-                    .policy
+                    .calls
+                    .policy()
                     .allows_everywhere(&audit.caller, Operation::KeysAdmin)
                 {
                     return Err(VaultError::PermissionDenied {
@@ -132,13 +156,13 @@ impl Vault {
                 keys_to_rewrap: self.store.count_keys_not_under(&current_kek_id).await?,
                 current_kek_id,
                 previous_keks: self.keys.previous_names(),
-                limits: self.limits,
+                limits: self.deks.limits,
                 cache: self.keys.cache_stats(),
                 cache_limits: self.keys.cache_limits(),
             }))
         }
         .await;
-        self.conclude(audit, result).await
+        self.calls.conclude(audit, result).await
     }
 
     /// One merchant's keys, shred state and pending request.
@@ -162,7 +186,7 @@ impl Vault {
             }))
         }
         .await;
-        self.conclude(audit, result).await
+        self.calls.conclude(audit, result).await
     }
 
     /// Starts a new DEK version for the merchant now; returns it.
@@ -180,14 +204,17 @@ impl Vault {
             let merchant = self
                 .admin_merchant(&mut audit, "dek.rotate", merchant_id, Some(reason))
                 .await?;
-            let newest = self.stored_keys(&merchant).await?.dek.context.version;
+            let newest = self.deks.stored_keys(&merchant).await?.dek.context.version;
             // The new key and this call's audit record commit together. If another replica
             // made that version first, it is still the merchant's newest.
-            let version = self.rotate_dek(&merchant, newest, Some(&audit)).await?;
+            let version = self
+                .deks
+                .rotate_dek(&merchant, newest, Some(&audit))
+                .await?;
             Ok(Done::audited(version))
         }
         .await;
-        self.conclude(audit, result).await
+        self.calls.conclude(audit, result).await
     }
 
     async fn admin_merchant(
@@ -217,20 +244,15 @@ impl Vault {
             let merchant = self
                 .admin_merchant(&mut audit, "reencrypt.start", merchant_id, Some(reason))
                 .await?;
-            let set = self.stored_keys(&merchant).await?;
-            let keys = MerchantKeys {
-                dek_version: set.dek.context.version,
-                dek: self.keys.dek(&set.dek).await?,
-                dek_created_at: set.dek_created_at,
-                fingerprint: self.keys.fingerprint_key(&set.fingerprint).await?,
-            };
+            let set = self.deks.stored_keys(&merchant).await?;
+            let keys = self.deks.unwrapped(&set).await?;
             Ok(Done::pending((merchant, keys)))
         }
         .await;
         let end = audit.clone();
-        let (merchant, keys) = self.conclude(audit, result).await?;
+        let (merchant, keys) = self.calls.conclude(audit, result).await?;
         Ok(ReencryptJob {
-            vault: self.clone(),
+            admin: self.clone(),
             target: keys.dek_version,
             merchant,
             keys,
@@ -258,9 +280,9 @@ impl Vault {
         }
         .await;
         let end = audit.clone();
-        let target = self.conclude(audit, result).await?;
+        let target = self.calls.conclude(audit, result).await?;
         Ok(RewrapJob {
-            vault: self.clone(),
+            admin: self.clone(),
             target,
             cursor: None,
             done: 0,
@@ -320,7 +342,7 @@ impl Vault {
             }
         }
         .await;
-        self.conclude(audit, result).await
+        self.calls.conclude(audit, result).await
     }
 
     /// Crypto-shred, step 2: a second admin approves the pending request `request_id`, and
@@ -372,7 +394,7 @@ impl Vault {
             }
         }
         .await;
-        self.conclude(audit, result).await
+        self.calls.conclude(audit, result).await
     }
 }
 
@@ -383,7 +405,7 @@ fn expired(request: &ShredRequest) -> bool {
 /// Writes a finished job's audit record, once: kept until it is written, so a failed write is
 /// retried by the next step.
 async fn audit_end(
-    vault: &Vault,
+    calls: &Audited,
     end: &mut Option<AuditRecord>,
     progress: &JobProgress,
 ) -> Result<(), VaultError> {
@@ -394,7 +416,7 @@ async fn audit_end(
         record.time = OffsetDateTime::now_utc();
         // Its own id: the start's record already holds the call's request id.
         record.request_id.push_str(":finished");
-        vault.conclude(record, Ok(Done::pending(()))).await?;
+        calls.conclude(record, Ok(Done::pending(()))).await?;
         *end = None;
     }
     Ok(())
@@ -403,7 +425,7 @@ async fn audit_end(
 /// Re-encryption of one merchant's tokens to its newest DEK. Call [`ReencryptJob::step`]
 /// until it reports `finished`.
 pub struct ReencryptJob {
-    vault: Vault,
+    admin: KeyAdmin,
     merchant: MerchantId,
     target: u32,
     keys: MerchantKeys,
@@ -429,8 +451,8 @@ impl ReencryptJob {
     /// # Errors
     /// A store or KEK failure stops the job (run it again to resume).
     pub async fn step(&mut self) -> Result<JobProgress, VaultError> {
-        let vault = self.vault.clone();
-        let batch = vault
+        let admin = self.admin.clone();
+        let batch = admin
             .store
             .tokens_under_older_dek(&self.merchant, self.target, &self.cursor, STEP)
             .await?;
@@ -450,20 +472,21 @@ impl ReencryptJob {
         let progress = JobProgress {
             done: self.done,
             failed: self.failed,
-            remaining: vault
+            remaining: admin
                 .store
                 .count_tokens_under_older_dek(&self.merchant, self.target)
                 .await?,
             target: self.target.to_string(),
             finished: batch.is_empty(),
         };
-        audit_end(&vault, &mut self.end, &progress).await?;
+        audit_end(&admin.calls, &mut self.end, &progress).await?;
         Ok(progress)
     }
 
     async fn move_one(&mut self, record: &TokenRecord) -> Result<bool, VaultError> {
-        let pan = self.vault.open_pan(record).await?;
-        self.vault
+        let pan = self.admin.deks.open_pan(record).await?;
+        self.admin
+            .deks
             .reserve_dek_use(&self.merchant, &mut self.keys)
             .await?;
         let aad = pan_associated_data(
@@ -478,7 +501,7 @@ impl ReencryptJob {
             ..record.clone()
         };
         Ok(self
-            .vault
+            .admin
             .store
             .reencrypt_token(&moved, record.dek_version)
             .await?)
@@ -488,7 +511,7 @@ impl ReencryptJob {
 /// KEK rotation: rewraps every key not under the current KEK. Call [`RewrapJob::step`] until
 /// it reports `finished`.
 pub struct RewrapJob {
-    vault: Vault,
+    admin: KeyAdmin,
     target: String,
     cursor: Option<KeyContext>,
     done: u64,
@@ -511,8 +534,8 @@ impl RewrapJob {
     /// # Errors
     /// A store or KEK failure stops the job (run it again to resume).
     pub async fn step(&mut self) -> Result<JobProgress, VaultError> {
-        let vault = self.vault.clone();
-        let batch = vault
+        let admin = self.admin.clone();
+        let batch = admin
             .store
             .keys_not_under(&self.target, self.cursor.as_ref(), STEP)
             .await?;
@@ -522,9 +545,9 @@ impl RewrapJob {
                 break;
             }
             self.cursor = Some(key.context.clone());
-            match vault.keys.rewrap(key).await {
+            match admin.keys.rewrap(key).await {
                 Ok(new) => {
-                    if vault.store.rewrap_key(key, &new).await? {
+                    if admin.store.rewrap_key(key, &new).await? {
                         self.done += 1;
                     }
                 }
@@ -535,11 +558,11 @@ impl RewrapJob {
         let progress = JobProgress {
             done: self.done,
             failed: self.failed,
-            remaining: vault.store.count_keys_not_under(&self.target).await?,
+            remaining: admin.store.count_keys_not_under(&self.target).await?,
             target: self.target.clone(),
             finished: batch.is_empty(),
         };
-        audit_end(&vault, &mut self.end, &progress).await?;
+        audit_end(&admin.calls, &mut self.end, &progress).await?;
         Ok(progress)
     }
 }

@@ -42,6 +42,28 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Self; 12] = [
+        Self::Success,
+        Self::Denied,
+        Self::Unauthenticated,
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::IntegrityFailure,
+        Self::Unavailable,
+        Self::Exhausted,
+        Self::KeyDestroyed,
+        Self::FailedPrecondition,
+        Self::RateLimited,
+        Self::EnumerationRefused,
+    ];
+
+    /// The outcome named `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
     /// The outcome's name as audit records spell it.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -128,6 +150,22 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event: a call of each operation, then the vault's own.
+    pub fn all() -> impl Iterator<Item = Self> {
+        Operation::ALL.into_iter().map(Self::Call).chain([
+            Self::VaultStart,
+            Self::VaultStop,
+            Self::TlsRefused,
+            Self::AuditKeyReplaced,
+        ])
+    }
+
+    /// The event named `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::all().find(|e| e.as_str() == name)
+    }
+
     /// The event's name as audit records spell it.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -304,5 +342,29 @@ impl AuditRecord {
             _ => {}
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_and_outcome_reads_back_from_its_name() {
+        let events: Vec<&str> = Event::all().map(Event::as_str).collect();
+        assert_eq!(events.len(), 11);
+        for event in Event::all() {
+            assert_eq!(Event::from_name(event.as_str()), Some(event));
+        }
+        assert!(events.contains(&"audit.key_replaced") && events.contains(&"tokenize"));
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::from_name(outcome.as_str()), Some(outcome));
+        }
+        assert_eq!(
+            Outcome::from_name("enumeration_refused"),
+            Some(Outcome::EnumerationRefused)
+        );
+        assert_eq!(Event::from_name("nope"), None);
+        assert_eq!(Outcome::from_name(""), None);
     }
 }

@@ -24,6 +24,7 @@
 
 use std::time::Duration;
 
+use crate::error::VaultError;
 use crate::ids::CallerId;
 use crate::pan::Pan;
 use crate::ports::{Tallied, TallyRequest};
@@ -141,6 +142,26 @@ pub fn card_tally(
         items: fingerprints,
         limit: settings.cards_per_bucket,
         trip,
+    }
+}
+
+/// Fails closed unless the store answered every item of every tally request: a short answer
+/// must not read as "nothing over the limit".
+pub(crate) fn answered_in_full(
+    requests: &[TallyRequest],
+    tallies: &[Vec<Tallied>],
+) -> Result<(), VaultError> {
+    let full = requests.len() == tallies.len()
+        && requests
+            .iter()
+            .zip(tallies)
+            .all(|(request, tallied)| request.items.len() == tallied.len());
+    if full {
+        Ok(())
+    } else {
+        Err(VaultError::StoreUnavailable(
+            "the store answered a tally short".to_owned(),
+        ))
     }
 }
 

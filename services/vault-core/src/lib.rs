@@ -11,7 +11,9 @@
 
 pub mod admin;
 pub mod audit;
+mod audited;
 pub mod clock;
+mod deks;
 pub mod error;
 pub mod expiry;
 pub mod guard;
@@ -29,6 +31,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod token;
+pub mod tokens;
 pub mod trail;
 pub mod truncation;
 pub mod vault;

@@ -14,7 +14,7 @@ use vault_core::ids::{CallContext, CallerId};
 use vault_core::policy::Operation;
 use vault_core::ports::CardMetadata;
 use vault_core::token::TokenFormat;
-use vault_core::vault::{
+use vault_core::tokens::{
     BatchCard, TokenCommand, TokenizeBatchCommand, TokenizeCommand, Tokenized,
 };
 use vault_core::{Vault, VaultError};

@@ -17,7 +17,7 @@ use vault_core::ids::{CallerId, MerchantId};
 use vault_core::limits::{CallLimiter, LimitKey};
 use vault_core::pan::{CardNumberRule, contains_card_number};
 use vault_core::policy::Operation;
-use vault_core::vault::MAX_BATCH_CARDS;
+use vault_core::tokens::MAX_BATCH_CARDS;
 
 use crate::config::ConfigError;
 

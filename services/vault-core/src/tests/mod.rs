@@ -27,7 +27,7 @@ use crate::pan::luhn_valid;
 use crate::policy::{Grant, MerchantScope, Operation, Policy};
 use crate::testing::{FakeKek, MemoryStore};
 use crate::token::TokenFormat;
-use crate::vault::{Detokenized, TokenCommand, TokenizeCommand, Tokenized};
+use crate::tokens::{Detokenized, TokenCommand, TokenizeCommand, Tokenized};
 
 const GATEWAY: &str = "spiffe://test/gateway";
 const PAYMENTS: &str = "spiffe://test/payments";

@@ -13,7 +13,7 @@ use crate::guard::GuardSettings;
 use crate::lifecycle::DekLimits;
 use crate::limits::{CallLimiter, LimitKey};
 use crate::testing::{KekFault, StoreFault};
-use crate::vault::{BatchCard, TokenizeBatchCommand};
+use crate::tokens::{BatchCard, TokenizeBatchCommand};
 
 #[tokio::test]
 async fn a_new_card_gets_a_token_and_one_audit_record_and_comes_back() {
