@@ -96,7 +96,8 @@ impl Outcome {
             VaultError::Integrity => Self::IntegrityFailure,
             VaultError::KeyUnavailable(_)
             | VaultError::StoreUnavailable(_)
-            | VaultError::AuditUnavailable(_) => Self::Unavailable,
+            | VaultError::AuditUnavailable(_)
+            | VaultError::Timeout(_) => Self::Unavailable,
             VaultError::TokenSpaceExhausted => Self::Exhausted,
             VaultError::KeyDestroyed => Self::KeyDestroyed,
             VaultError::FailedPrecondition(_) => Self::FailedPrecondition,

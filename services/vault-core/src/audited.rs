@@ -260,7 +260,7 @@ impl Audited {
                 audited: false,
             }) => match self.store.append_audit(&audit).await {
                 Ok(()) => Ok(value),
-                Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
+                Err(err) => Err(VaultError::AuditUnavailable(err)),
             },
             Err(error) => {
                 let Some(audit) = self.refusal_record(audit, &error) else {
@@ -268,7 +268,7 @@ impl Audited {
                 };
                 match self.store.append_audit(&audit).await {
                     Ok(()) => Err(error),
-                    Err(err) => Err(VaultError::AuditUnavailable(err.to_string())),
+                    Err(err) => Err(VaultError::AuditUnavailable(err)),
                 }
             }
         }

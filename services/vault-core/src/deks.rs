@@ -252,7 +252,7 @@ impl Deks {
             keys.dek_created_at = set.dek_created_at;
         }
         Err(VaultError::StoreUnavailable(
-            "could not reserve a use of the merchant's DEK".to_owned(),
+            crate::error::StoreError::unavailable("could not reserve a use of the merchant's DEK"),
         ))
     }
 

@@ -34,15 +34,19 @@ pub enum VaultError {
     /// row or merchant, or is under another key. No plaintext is released.
     #[error("stored card data failed its integrity check")]
     Integrity,
-    /// The key-encryption key could not be reached or used.
+    /// The key-encryption key could not be reached or used (its error is the source).
     #[error("key service unavailable: {0}")]
-    KeyUnavailable(String),
-    /// The store could not be reached or refused the operation.
+    KeyUnavailable(#[source] KekError),
+    /// The store could not be reached or refused the operation (its error is the source).
     #[error("storage unavailable: {0}")]
-    StoreUnavailable(String),
+    StoreUnavailable(#[source] StoreError),
     /// The audit record could not be written, so the call is refused (fail closed).
     #[error("audit log unavailable: {0}")]
-    AuditUnavailable(String),
+    AuditUnavailable(#[source] StoreError),
+    /// The call's work did not finish within its bound (`storage.call_timeout_ms`): a slow
+    /// store or KEK. Nothing is released; what was written stays written and audited.
+    #[error("the call did not finish within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
     /// The merchant's keys were destroyed (crypto-shred): its card data can never be released,
     /// and it cannot tokenize again.
     #[error("the merchant's keys were destroyed")]
@@ -87,15 +91,57 @@ pub enum Throttle {
     NewMerchants,
 }
 
+/// What an error keeps of its cause: shared, so that one failure (a group commit's) can
+/// answer many callers.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `what`, then the cause's own message if there is one. The cause stays reachable through
+/// `source()` too; [`chain`] prints each message of a chain once.
+fn describe(what: &str, cause: Option<&Cause>) -> String {
+    match cause {
+        Some(cause) => format!("{what}: {cause}"),
+        None => what.to_owned(),
+    }
+}
+
 /// Errors a [`crate::ports::TokenStore`] reports.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached, timed out, or failed the statement.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{}", describe(.what, .cause.as_ref()))]
+    Unavailable {
+        /// Which step failed, in words that hold no request data.
+        what: std::borrow::Cow<'static, str>,
+        /// The driver's error, if there was one.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// A stored row could not be read back into domain types.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// The store is unavailable: `what` says which step failed.
+    #[must_use]
+    pub fn unavailable(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// The store is unavailable because of `cause`.
+    #[must_use]
+    pub fn caused_by(
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            cause: Some(std::sync::Arc::new(cause)),
+        }
+    }
 }
 
 /// Errors a [`crate::ports::KeyEncryptionKey`] reports.
@@ -109,11 +155,29 @@ pub enum KekError {
     Integrity,
 }
 
+/// `error` and each of its sources, `: `-separated, every message once (an error whose
+/// message already quotes its source's is not repeated). The one cause-chain printer for the
+/// vault's logs and startup errors.
+#[must_use]
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl From<KekError> for VaultError {
     fn from(err: KekError) -> Self {
         match err {
-            KekError::Unavailable(detail) => Self::KeyUnavailable(detail),
             KekError::Integrity => Self::Integrity,
+            unavailable @ KekError::Unavailable(_) => Self::KeyUnavailable(unavailable),
         }
     }
 }
@@ -121,8 +185,35 @@ impl From<KekError> for VaultError {
 impl From<StoreError> for VaultError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(detail) => Self::StoreUnavailable(detail),
             StoreError::Corrupt(_) => Self::Integrity,
+            unavailable @ StoreError::Unavailable { .. } => Self::StoreUnavailable(unavailable),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection reset")]
+    struct Reset;
+
+    #[test]
+    fn causes_are_kept_and_printed_once() {
+        let store = StoreError::caused_by("the database failed", Reset);
+        assert_eq!(store.to_string(), "the database failed: connection reset");
+        let call = VaultError::from(store);
+        let source = std::error::Error::source(&call).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("the database failed: connection reset")
+        );
+        assert_eq!(
+            chain(&call),
+            "storage unavailable: the database failed: connection reset"
+        );
+        let bare = VaultError::StoreUnavailable(StoreError::unavailable("no answer"));
+        assert_eq!(chain(&bare), "storage unavailable: no answer");
     }
 }

@@ -160,7 +160,7 @@ pub(crate) fn answered_in_full(
         Ok(())
     } else {
         Err(VaultError::StoreUnavailable(
-            "the store answered a tally short".to_owned(),
+            crate::error::StoreError::unavailable("the store answered a tally short"),
         ))
     }
 }

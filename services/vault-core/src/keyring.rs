@@ -380,11 +380,11 @@ impl KeyRing {
             .chain(&self.previous)
             .find(|kek| kek.owns(&wrapped.kek_id))
             .ok_or_else(|| {
-                VaultError::KeyUnavailable(format!(
+                VaultError::KeyUnavailable(KekError::Unavailable(format!(
                     "key is wrapped by kek {}, which is not configured (current: {})",
                     wrapped.kek_id,
                     self.current.name()
-                ))
+                )))
             })?;
         let result = owner
             .unwrap(&wrapped.context, &wrapped.kek_id, &wrapped.wrapped)

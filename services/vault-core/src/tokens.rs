@@ -497,9 +497,9 @@ impl Tokens {
                         .token_by_fingerprint(merchant, &fingerprint, format)
                         .await?
                         .ok_or_else(|| {
-                            VaultError::StoreUnavailable(
-                                "token for a taken fingerprint not found".to_owned(),
-                            )
+                            VaultError::StoreUnavailable(crate::error::StoreError::unavailable(
+                                "token for a taken fingerprint not found",
+                            ))
                         })?;
                     self.deks.check_same_card(&winner, &pan, &keys).await?;
                     return Ok(Done::pending(Self::existing(audit, winner)));

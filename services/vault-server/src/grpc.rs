@@ -71,11 +71,7 @@ impl Calls {
     ) -> Result<T, VaultError> {
         tokio::time::timeout(self.call_timeout, call)
             .await
-            .unwrap_or_else(|_| {
-                Err(VaultError::StoreUnavailable(
-                    "call exceeded storage.call_timeout_ms".to_owned(),
-                ))
-            })
+            .unwrap_or(Err(VaultError::Timeout(self.call_timeout)))
     }
 
     /// The call's context, or, for a certificate that names no identity, the audited

@@ -34,6 +34,10 @@ pub fn to_status(error: &VaultError) -> Status {
             "key service unavailable; no card data was released".into(),
         ),
         VaultError::StoreUnavailable(_) => (Code::Unavailable, "storage unavailable".into()),
+        VaultError::Timeout(_) => (
+            Code::Unavailable,
+            "the vault did not finish the call in time; no card data was released".into(),
+        ),
         VaultError::AuditUnavailable(_) => (
             Code::Unavailable,
             "audit log unavailable; the call was refused and no card data was released".into(),
@@ -105,15 +109,21 @@ mod tests {
             (VaultError::Unauthenticated, Code::Unauthenticated),
             (VaultError::Integrity, Code::DataLoss),
             (
-                VaultError::KeyUnavailable("secret-detail".into()),
+                VaultError::KeyUnavailable(vault_core::KekError::Unavailable(
+                    "secret-detail".into(),
+                )),
                 Code::Unavailable,
             ),
             (
-                VaultError::StoreUnavailable("secret-detail".into()),
+                VaultError::StoreUnavailable(vault_core::StoreError::unavailable("secret-detail")),
                 Code::Unavailable,
             ),
             (
-                VaultError::AuditUnavailable("secret-detail".into()),
+                VaultError::AuditUnavailable(vault_core::StoreError::unavailable("secret-detail")),
+                Code::Unavailable,
+            ),
+            (
+                VaultError::Timeout(Duration::from_millis(2500)),
                 Code::Unavailable,
             ),
             (VaultError::TokenSpaceExhausted, Code::ResourceExhausted),

@@ -3,14 +3,10 @@
 
 use vault_core::StoreError;
 
-/// A statement, connection or commit that failed: the store is unavailable.
+/// A statement, connection or commit that failed: the store is unavailable, and sqlx's error
+/// is kept as the cause.
 pub(crate) fn unavailable(err: sqlx::Error) -> StoreError {
-    unavailable_ref(&err)
-}
-
-/// [`unavailable`], for an error the caller keeps.
-pub(crate) fn unavailable_ref(err: &sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    StoreError::caused_by("the database failed", err)
 }
 
 /// True if `err` is a unique-constraint violation (a row that already exists).

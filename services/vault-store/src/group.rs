@@ -71,10 +71,10 @@ impl Failed {
 
     /// A failed statement: retried write by write if the database refused it (rather than
     /// the connection failing).
-    pub(crate) fn statement(error: &sqlx::Error) -> Self {
+    pub(crate) fn statement(error: sqlx::Error) -> Self {
         Self {
             retry_alone: error.as_database_error().is_some(),
-            error: crate::error::unavailable_ref(error),
+            error: crate::error::unavailable(error),
         }
     }
 }
@@ -162,8 +162,8 @@ impl Group {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Unavailable(
-        "the store's committer stopped before answering; the write's outcome is unknown".to_owned(),
+    StoreError::unavailable(
+        "the store's committer stopped before answering; the write's outcome is unknown",
     )
 }
 
@@ -208,7 +208,7 @@ async fn commit<C: Committer>(
         }
         Err(failed) => {
             for reply in replies {
-                let _ = reply.send(Err(duplicate(&failed.error)));
+                let _ = reply.send(Err(Clone::clone(&failed.error)));
             }
         }
     }
@@ -221,15 +221,7 @@ async fn alone<C: Committer>(committer: &C, write: &Write) -> Result<Written, St
         .await
         .map_err(|failed| failed.error)?
         .pop()
-        .ok_or_else(|| StoreError::Unavailable("a commit answered no write".to_owned()))
-}
-
-/// The same error for every caller of a failed batch.
-fn duplicate(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
-        StoreError::Corrupt(detail) => StoreError::Corrupt(detail.clone()),
-    }
+        .ok_or_else(|| StoreError::unavailable("a commit answered no write"))
 }
 
 #[cfg(test)]
@@ -260,7 +252,7 @@ mod tests {
                 .any(|w| matches!(w, Write::Audit(a) if a.request_id == "bad"));
             if bad {
                 return Err(Failed {
-                    error: StoreError::Unavailable("refused".into()),
+                    error: StoreError::unavailable("refused"),
                     retry_alone: true,
                 });
             }

@@ -402,7 +402,7 @@ macro_rules! token_store_impl {
                     && let Err(error) = sink.write(&entries).await
                 {
                     if sink.required() {
-                        return Err(vault_core::StoreError::Unavailable(format!(
+                        return Err(vault_core::StoreError::unavailable(format!(
                             "the required audit sink ({}) failed: {error}",
                             sink.name()
                         )));
@@ -699,9 +699,7 @@ macro_rules! token_store_impl {
                 };
                 match self.group.write(self, write).await? {
                     $crate::group::Written::Token(outcome) => Ok(outcome),
-                    _ => Err(vault_core::StoreError::Unavailable(
-                        "a token insert was answered as another write".to_owned(),
-                    )),
+                    _ => Err(vault_core::StoreError::unavailable("a token insert was answered as another write")),
                 }
             }
 
@@ -849,7 +847,7 @@ macro_rules! token_store_impl {
                         .build_query_as()
                         .fetch_all(&mut **tx)
                         .await
-                        .map_err(|e| $crate::group::Failed::statement(&e))?;
+                        .map_err(|e| $crate::group::Failed::statement(e))?;
                     inserted.extend(rows);
                 }
                 Ok(inserted)
@@ -864,7 +862,7 @@ macro_rules! token_store_impl {
                 requests: &[&vault_core::ports::TallyRequest],
             ) -> Result<Vec<Vec<vault_core::ports::Tallied>>, $crate::group::Failed> {
                 use std::collections::HashMap;
-                let failed = |e: sqlx::Error| $crate::group::Failed::statement(&e);
+                let failed = |e: sqlx::Error| $crate::group::Failed::statement(e);
                 let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
                 if requests.is_empty() {
@@ -976,7 +974,7 @@ macro_rules! token_store_impl {
                     .bind(record.merchant.as_str())
                     .fetch_optional(&mut **tx)
                     .await
-                    .map_err(|e| $crate::group::Failed::statement(&e))?;
+                    .map_err(|e| $crate::group::Failed::statement(e))?;
                 Ok(if taken.is_some() {
                     InsertOutcome::TokenTaken
                 } else {
@@ -994,9 +992,7 @@ macro_rules! token_store_impl {
                 let write = $crate::group::Write::Tally(requests.to_vec());
                 match self.group.write(self, write).await? {
                     $crate::group::Written::Tally(tallies) => Ok(tallies),
-                    _ => Err(vault_core::StoreError::Unavailable(
-                        "a tally was answered as another write".to_owned(),
-                    )),
+                    _ => Err(vault_core::StoreError::unavailable("a tally was answered as another write")),
                 }
             }
 
@@ -1081,9 +1077,7 @@ macro_rules! token_store_impl {
                         });
                     }
                 }
-                Err(vault_core::StoreError::Unavailable(
-                    "dek use reservation kept losing its compare-and-set".to_owned(),
-                ))
+                Err(vault_core::StoreError::unavailable("dek use reservation kept losing its compare-and-set"))
             }
 
             async fn add_data_key(

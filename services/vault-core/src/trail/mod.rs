@@ -157,7 +157,7 @@ impl AuditTrail {
         self.store
             .append_audit(&AuditRecord::system(Event::VaultStart, detail))
             .await
-            .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
+            .map_err(VaultError::AuditUnavailable)?;
         Ok(public)
     }
 
@@ -244,7 +244,7 @@ impl AuditTrail {
         self.store
             .append_audit(&AuditRecord::system(Event::AuditKeyReplaced, detail))
             .await
-            .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
+            .map_err(VaultError::AuditUnavailable)?;
         self.checkpoint(CheckpointKind::KeyReplaced).await?;
         Ok(public)
     }
@@ -257,7 +257,7 @@ impl AuditTrail {
         self.store
             .append_audit(&AuditRecord::system(Event::VaultStop, detail))
             .await
-            .map_err(|e| VaultError::AuditUnavailable(e.to_string()))?;
+            .map_err(VaultError::AuditUnavailable)?;
         self.checkpoint(CheckpointKind::Stop).await.map(|_| ())
     }
 
@@ -322,7 +322,7 @@ impl AuditTrail {
             }
         }
         Err(VaultError::StoreUnavailable(
-            "checkpoint kept losing its compare-and-set".to_owned(),
+            crate::error::StoreError::unavailable("checkpoint kept losing its compare-and-set"),
         ))
     }
 

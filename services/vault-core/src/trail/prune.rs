@@ -163,7 +163,9 @@ impl AuditTrail {
             }
         }
         Err(VaultError::StoreUnavailable(
-            "the prune kept losing its compare-and-set on checkpoints".to_owned(),
+            crate::error::StoreError::unavailable(
+                "the prune kept losing its compare-and-set on checkpoints",
+            ),
         ))
     }
 

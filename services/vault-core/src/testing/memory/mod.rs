@@ -103,7 +103,7 @@ fn order(context: &KeyContext) -> KeyOrder {
 }
 
 fn down() -> StoreError {
-    StoreError::Unavailable("the in-memory store was told to fail".to_owned())
+    StoreError::unavailable("the in-memory store was told to fail")
 }
 
 impl MemoryStore {
