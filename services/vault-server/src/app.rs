@@ -155,7 +155,7 @@ impl Application {
         let start_detail = format!(
             "vaultd {} policy sha256:{}",
             env!("CARGO_PKG_VERSION"),
-            crate::grpc::hex(&policy_digest)
+            hex::encode(policy_digest)
         );
         let tls = Arc::new(tls::ServerTls::load(&config.tls)?);
         let keys = Arc::new(open_key_ring(config, config_path).await?);

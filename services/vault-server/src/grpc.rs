@@ -119,7 +119,7 @@ fn call_context<T>(
         (Some(identity), _) => Ok(ctx(identity)),
         (None, Some(der)) => Err(ctx(format!(
             "{UNIDENTIFIED_CERTIFICATE}sha256:{}",
-            hex(&Sha256::digest(&der))
+            hex::encode(Sha256::digest(&der))
         ))),
         (None, None) => Err(ctx(NO_CERTIFICATE.to_owned())),
     }
@@ -182,7 +182,7 @@ pub(crate) fn respond<T>(
 fn tokenized_to_proto(done: Tokenized) -> pb::TokenizeResponse {
     pb::TokenizeResponse {
         token: done.token.as_str().to_owned(),
-        fingerprint: hex(&done.fingerprint),
+        fingerprint: hex::encode(done.fingerprint),
         metadata: Some(metadata_to_proto(done.metadata)),
         existing: done.existing,
     }
@@ -225,15 +225,6 @@ fn metadata_to_proto(metadata: CardMetadata) -> pb::TokenMetadata {
 pub(crate) fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            out.push_str(&format!("{b:02x}"));
-            out
-        })
 }
 
 #[tonic::async_trait]

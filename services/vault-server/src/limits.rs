@@ -276,7 +276,7 @@ pub fn card_like_in_use<'a>(
     let mut check = |kind: &'static str, value: &str| {
         if contains_card_number(value) {
             let digest = vault_crypto::sha256(value.as_bytes());
-            let hex = crate::grpc::hex(digest.get(..8).unwrap_or_default());
+            let hex = hex::encode(digest.get(..8).unwrap_or_default());
             found.push((kind, format!("sha256:{hex}")));
         }
     };
