@@ -2,7 +2,6 @@
 //! current token (refreshed once when the server answers 403), AppRole login, bounded and
 //! zeroized replies, and error messages that say what went wrong without a secret in them.
 
-use std::fmt;
 use std::fs;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -13,7 +12,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde::{Deserialize, Deserializer};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use zeroize::Zeroizing;
 
 use super::TransitError;
@@ -25,27 +24,13 @@ const TOKEN_HEADER: &str = "x-vault-token";
 /// The largest reply read from the server; Transit's are a few hundred bytes.
 const MAX_REPLY: usize = 1 << 20;
 
-/// A secret string: zeroized on drop, never printed.
-pub(super) struct Secret(pub(super) Zeroizing<String>);
+/// A request body handed to the HTTP stack, which wants it as `AsRef<[u8]>`: zeroized when the
+/// stack drops it.
+struct RequestBody(SecretSlice<u8>);
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(|s| Self(Zeroizing::new(s)))
-    }
-}
-
-/// A request body that is zeroized when the HTTP stack drops it.
-struct SecretBody(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for SecretBody {
+impl AsRef<[u8]> for RequestBody {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
@@ -87,7 +72,7 @@ pub(super) struct Client {
     pub(super) base: String,
     timeout: Duration,
     pub(super) auth: TransitAuth,
-    token: RwLock<Arc<Secret>>,
+    token: RwLock<Arc<SecretString>>,
     relogin: tokio::sync::Mutex<()>,
 }
 
@@ -100,7 +85,7 @@ impl Client {
             base,
             timeout: settings.timeout,
             auth: settings.auth.clone(),
-            token: RwLock::new(Arc::new(Secret(Zeroizing::default()))),
+            token: RwLock::new(Arc::new(SecretString::default())),
             relogin: tokio::sync::Mutex::new(()),
         };
         let token = client.fresh_token().await?;
@@ -109,7 +94,7 @@ impl Client {
     }
 
     /// A token from the configured source: read it, or log in with AppRole.
-    async fn fresh_token(&self) -> Result<Secret, TransitError> {
+    async fn fresh_token(&self) -> Result<SecretString, TransitError> {
         match &self.auth {
             TransitAuth::Token(source) => source.read("token"),
             TransitAuth::AppRole {
@@ -120,8 +105,8 @@ impl Client {
                 let role_id = role_id.read("AppRole role id")?;
                 let secret_id = secret_id.read("AppRole secret id")?;
                 let body = json_body(&Login {
-                    role_id: &role_id.0,
-                    secret_id: &secret_id.0,
+                    role_id: role_id.expose_secret(),
+                    secret_id: secret_id.expose_secret(),
                 })
                 .map_err(TransitError::Unavailable)?;
                 let login_error = |detail: String| TransitError::Login {
@@ -151,7 +136,7 @@ impl Client {
         }
     }
 
-    fn current_token(&self) -> Arc<Secret> {
+    fn current_token(&self) -> Arc<SecretString> {
         match self.token.read() {
             Ok(token) => token.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -160,7 +145,7 @@ impl Client {
 
     /// Replaces `used` by a fresh token, unless another call already did. False if no fresher
     /// token could be had (the source still holds the refused one, or login failed).
-    async fn refresh(&self, used: &Arc<Secret>) -> bool {
+    async fn refresh(&self, used: &Arc<SecretString>) -> bool {
         let _guard = self.relogin.lock().await;
         if !Arc::ptr_eq(used, &self.current_token()) {
             return true;
@@ -168,7 +153,7 @@ impl Client {
         let Ok(fresh) = self.fresh_token().await else {
             return false;
         };
-        if fresh.0 == used.0 {
+        if fresh.expose_secret() == used.expose_secret() {
             return false;
         }
         match self.token.write() {
@@ -184,7 +169,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Zeroizing<Vec<u8>>>,
+        body: Option<&SecretSlice<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, Failure> {
         let token = self.current_token();
         match self.send_once(&method, path, body, Some(&token)).await {
@@ -210,14 +195,14 @@ impl Client {
         &self,
         method: &Method,
         path: &str,
-        body: Option<&Zeroizing<Vec<u8>>>,
-        token: Option<&Arc<Secret>>,
+        body: Option<&SecretSlice<u8>>,
+        token: Option<&Arc<SecretString>>,
     ) -> Result<Zeroizing<Vec<u8>>, Failure> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}/v1/{path}", self.base));
         if let Some(token) = token {
-            let mut value = HeaderValue::from_str(&token.0).map_err(|_| {
+            let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
                 Failure::Malformed("the token is not a valid header value".to_owned())
             })?;
             value.set_sensitive(true);
@@ -226,7 +211,7 @@ impl Client {
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(Bytes::from_owner(SecretBody(body.clone())));
+                .body(Bytes::from_owner(RequestBody(body.clone())));
         }
         let mut response = request.send().await.map_err(Failure::Transport)?;
         let status = response.status();
@@ -299,8 +284,9 @@ impl Client {
     /// library put into it.
     fn redact(&self, mut message: String) -> String {
         let token = self.current_token();
-        if !token.0.is_empty() && message.contains(token.0.as_str()) {
-            message = message.replace(token.0.as_str(), "<redacted>");
+        let token = token.expose_secret();
+        if !token.is_empty() && message.contains(token) {
+            message = message.replace(token, "<redacted>");
         }
         message
     }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
 use vault_core::KekError;
 use vault_core::ports::{KeyContext, KeyEncryptionKey, Wrapping};
 use vault_crypto::{KEY_LEN, KeyMaterial};
@@ -269,9 +270,9 @@ impl KeyEncryptionKey for TransitKek {
                 }
             })?;
         let data: Decrypted = parse_data(&reply).map_err(|f| self.unavailable(&f))?;
-        let mut plain = Zeroizing::new(Vec::with_capacity(data.plaintext.0.len()));
+        let mut plain = Zeroizing::new(Vec::with_capacity(data.plaintext.expose_secret().len()));
         BASE64
-            .decode_vec(data.plaintext.0.as_bytes(), &mut plain)
+            .decode_vec(data.plaintext.expose_secret().as_bytes(), &mut plain)
             .map_err(|_| KekError::Integrity)?;
         KeyMaterial::from_slice(&plain).map_err(|_| KekError::Integrity)
     }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
+use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::TransitError;
-use super::client::Secret;
 
 /// The mount Transit is enabled at unless configured otherwise.
 pub const DEFAULT_MOUNT: &str = "transit";
@@ -34,7 +34,7 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Reads the secret. `what` names it in errors ("token", "AppRole secret id").
-    pub(super) fn read(&self, what: &'static str) -> Result<Secret, TransitError> {
+    pub(super) fn read(&self, what: &'static str) -> Result<SecretString, TransitError> {
         let error = |detail: String| TransitError::Credential { what, detail };
         let raw = match self {
             Self::File(path) => {
@@ -66,7 +66,7 @@ impl SecretSource {
                 self.describe()
             )));
         }
-        Ok(Secret(Zeroizing::new(trimmed.to_owned())))
+        Ok(SecretString::from(trimmed.to_owned()))
     }
 
     fn describe(&self) -> String {
@@ -190,6 +190,8 @@ pub(super) fn check_settings(settings: &TransitSettings) -> Result<String, Trans
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -204,8 +206,12 @@ mod tests {
         assert!(!err.to_string().contains("secret-token"), "{err}");
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let secret = SecretSource::File(path.clone()).read("token").unwrap();
-        assert_eq!(secret.0.as_str(), "s.secret-token");
-        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(secret.expose_secret(), "s.secret-token");
+        let printed = format!("{secret:?}");
+        assert!(
+            printed.contains("REDACTED") && !printed.contains("secret-token"),
+            "{printed}"
+        );
 
         fs::write(&path, "  \n").unwrap();
         let err = SecretSource::File(path.clone()).read("token").unwrap_err();
@@ -216,7 +222,7 @@ mod tests {
 
         // cargo sets this for every test process.
         let env = SecretSource::Env("CARGO_PKG_NAME".to_owned());
-        assert_eq!(env.read("token").unwrap().0.as_str(), "vault-kms");
+        assert_eq!(env.read("token").unwrap().expose_secret(), "vault-kms");
         let missing = SecretSource::Env("VAULT_KMS_NO_SUCH_VARIABLE".to_owned());
         let err = missing.read("token").unwrap_err();
         assert!(

@@ -1,10 +1,11 @@
 //! What goes over the wire: Transit's request and reply bodies (JSON), built in zeroizing
 //! buffers, and the shape of its ciphertexts (`vault:v<N>:<base64>`).
 
+use secrecy::{SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::client::{Failure, Secret};
+use super::client::Failure;
 
 /// The data of a Vault reply (`{"data": {...}}`).
 pub(super) fn parse_data<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
@@ -13,9 +14,16 @@ pub(super) fn parse_data<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T,
         .map_err(|e| Failure::Malformed(format!("unreadable reply: {e}")))
 }
 
-/// A JSON request body in a zeroizing buffer, sized up front so that serializing never
-/// reallocates (which would leave a copy of a secret behind).
-pub(super) fn json_body<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, String> {
+/// A JSON request body, held as a secret: zeroized on drop, never printed.
+pub(super) fn json_body<T: Serialize>(value: &T) -> Result<SecretSlice<u8>, String> {
+    let mut exact = sized_json(value)?;
+    // Its capacity is its length, so boxing it keeps the allocation: no copy is left behind.
+    Ok(SecretSlice::from(std::mem::take(&mut *exact)))
+}
+
+/// `value` as JSON in a zeroizing buffer sized up front, so that serializing never reallocates
+/// (which would leave a copy of a secret behind).
+fn sized_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut size = SizeCounter(0);
     serde_json::to_writer(&mut size, value).map_err(|e| format!("request body: {e}"))?;
     let mut body = Zeroizing::new(Vec::with_capacity(size.0));
@@ -107,7 +115,7 @@ pub(super) struct Decrypt<'a> {
 
 #[derive(Deserialize)]
 pub(super) struct Decrypted {
-    pub(super) plaintext: Secret,
+    pub(super) plaintext: SecretString,
 }
 
 #[derive(Serialize)]
@@ -123,11 +131,13 @@ pub(super) struct LoginReply {
 
 #[derive(Deserialize)]
 pub(super) struct LoginAuth {
-    pub(super) client_token: Secret,
+    pub(super) client_token: SecretString,
 }
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -150,15 +160,17 @@ mod tests {
 
     #[test]
     fn json_bodies_are_exactly_sized() {
-        let body = json_body(&Encrypt {
+        let request = Encrypt {
             plaintext: "AAAA",
             associated_data: "BBBB",
-        })
-        .unwrap();
-        assert_eq!(body.len(), body.capacity());
+        };
+        let exact = sized_json(&request).unwrap();
+        assert_eq!(exact.len(), exact.capacity());
+        let body = json_body(&request).unwrap();
         assert_eq!(
-            &body[..],
+            body.expose_secret(),
             br#"{"plaintext":"AAAA","associated_data":"BBBB"}"#
         );
+        assert!(format!("{body:?}").contains("REDACTED"));
     }
 }
