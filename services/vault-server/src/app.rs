@@ -6,19 +6,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use vault_core::Vault;
 use vault_core::keyring::KeyRing;
 use vault_core::ports::TokenStore;
+use vault_kms::SecretSource;
 use vault_proto::v1::audit_service_server::AuditServiceServer;
 use vault_proto::v1::key_admin_service_server::KeyAdminServiceServer;
 use vault_proto::v1::token_service_server::TokenServiceServer;
 use vault_store::{AuditSink, PgSettings, PgStore, SqliteStore};
+use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
 use crate::audit::AuditApi;
-use crate::config::{Config, StorageUrl, load_policy};
+use crate::config::{Config, StorageUrl, load_policy, read_secret};
 use crate::grpc::{Calls, TokenApi};
 use crate::kek::open_key_ring;
 use crate::limits::{GovernorLimiter, card_like_in_use};
@@ -79,12 +82,11 @@ impl Backend {
             StorageUrl::Sqlite(path) => Self::Sqlite(SqliteStore::open(&path).await?),
             StorageUrl::Postgres(url) => {
                 let password = match &config.storage.password_file {
-                    Some(file) => Some(crate::config::read_secret(
-                        config_path,
-                        "storage.password_file",
-                        Some(file),
-                        None,
-                    )?),
+                    Some(file) => {
+                        let source = SecretSource::File(file.clone());
+                        let secret = read_secret(config_path, "storage.password_file", &source)?;
+                        Some(Zeroizing::new(secret.expose_secret().to_owned()))
+                    }
                     None => None,
                 };
                 let settings = PgSettings {

@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 use vault_core::ids::{CallerId, MerchantId};
 use vault_core::lifecycle::DekLimits;
 use vault_core::policy::{Grant, MerchantScope, Operation, Policy};
 use vault_core::trail::AuditRetention;
-use zeroize::Zeroizing;
+use vault_kms::SecretSource;
 
 use crate::identity::{IdentityConfig, is_spiffe_id, listable};
 
@@ -241,8 +242,8 @@ pub struct StorageConfig {
     /// run ahead of a rollout with `vaultd migrate`.
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
-    /// PostgreSQL: a file holding the password (its first line; only its owner may read it),
-    /// so the URL holds none.
+    /// PostgreSQL: a file holding the password (one line; only its owner may read it), so the
+    /// URL holds none.
     pub password_file: Option<PathBuf>,
 }
 
@@ -381,7 +382,7 @@ pub enum KekConfig {
         token_label: String,
         /// The KEK's label (CKA_LABEL) in the token.
         key_label: String,
-        /// A file holding the user PIN (one line). Exactly one of `pin_file` and `pin_env`.
+        /// A file holding the user PIN (one line). Give `pin_file` or `pin_env`.
         pin_file: Option<PathBuf>,
         /// An environment variable holding the user PIN.
         pin_env: Option<String>,
@@ -592,53 +593,40 @@ fn default_lease() -> u64 {
     DekLimits::default().lease
 }
 
-/// Reads a secret from exactly one of a file (its first line; no other user may read it:
-/// `vault_kms::check_private`) or an environment variable. Errors name the setting, the file
+/// The source of a secret the file gives as a `<name>_file` / `<name>_env` pair, `None` if it
+/// gives neither.
+///
+/// # Errors
+/// A problem to report against the pair's setting if both are given.
+pub fn secret_source(
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<SecretSource>, &'static str> {
+    match (file, env) {
+        (Some(file), None) => Ok(Some(SecretSource::File(file.to_owned()))),
+        (None, Some(env)) => Ok(Some(SecretSource::Env(env.to_owned()))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err("give a secret's _file or its _env, not both"),
+    }
+}
+
+/// Reads a secret by the one rule for secrets ([`SecretSource::read`]: a file only its owner
+/// may read, or an environment variable, holding one line). Errors name `setting` and the file
 /// or the variable, never the secret.
 ///
 /// # Errors
-/// [`ConfigError`] if neither or both are given, or the source is missing, readable by other
-/// users, or empty.
+/// [`ConfigError::Invalid`] if the source is missing, readable by other users, empty or more
+/// than one line.
 pub fn read_secret(
     config_file: &Path,
     setting: &str,
-    file: Option<&Path>,
-    env: Option<&str>,
-) -> Result<Zeroizing<String>, ConfigError> {
-    let invalid = |problem: String| ConfigError::Invalid {
+    source: &SecretSource,
+) -> Result<SecretString, ConfigError> {
+    source.read().map_err(|e| ConfigError::Invalid {
         path: config_file.to_owned(),
         setting: setting.to_owned(),
-        problem,
-    };
-    let secret = match (file, env) {
-        (Some(file), None) => {
-            vault_kms::check_private(file).map_err(|e| invalid(e.to_string()))?;
-            let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
-                ConfigError::Read {
-                    path: file.to_owned(),
-                    source,
-                }
-            })?);
-            Zeroizing::new(text.lines().next().unwrap_or_default().trim().to_owned())
-        }
-        (None, Some(var)) => {
-            let value = Zeroizing::new(std::env::var(var).map_err(|_| {
-                invalid(format!(
-                    "environment variable {var} is not set or not valid UTF-8"
-                ))
-            })?);
-            Zeroizing::new(value.trim().to_owned())
-        }
-        _ => {
-            return Err(invalid(
-                "give exactly one of the _file and _env settings".to_owned(),
-            ));
-        }
-    };
-    if secret.is_empty() {
-        return Err(invalid("the secret is empty".to_owned()));
-    }
-    Ok(secret)
+        problem: e.to_string(),
+    })
 }
 
 /// Where the policy lives.

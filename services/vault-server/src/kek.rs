@@ -10,11 +10,11 @@ use anyhow::Context as _;
 use vault_core::keyring::{CacheLimits, KeyRing};
 use vault_core::ports::KeyEncryptionKey;
 use vault_kms::{
-    DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, SecretSource,
-    TransitAuth, TransitKek, TransitSettings,
+    DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, TransitAuth, TransitKek,
+    TransitSettings,
 };
 
-use crate::config::{Config, ConfigError, KekConfig, read_secret};
+use crate::config::{Config, ConfigError, KekConfig, read_secret, secret_source};
 
 /// The key ring the configuration describes.
 ///
@@ -93,11 +93,8 @@ fn transit_settings(
         setting: setting.to_owned(),
         problem: problem.to_owned(),
     };
-    let source = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
-        (Some(file), None) => Ok(Some(SecretSource::File(file.clone()))),
-        (None, Some(env)) => Ok(Some(SecretSource::Env(env.clone()))),
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(invalid("give a secret's _file or its _env, not both")),
+    let source = |file: &Option<PathBuf>, env: &Option<String>| {
+        secret_source(file.as_deref(), env.as_deref()).map_err(invalid)
     };
     let token = source(token_file, token_env)?;
     let role_id = source(role_id_file, role_id_env)?;
@@ -139,16 +136,19 @@ fn pkcs11_settings(
     else {
         anyhow::bail!("{setting}: not a pkcs11 kek");
     };
-    let pin = read_secret(
-        config_path,
-        &format!("{setting}.pin_file / {setting}.pin_env"),
-        pin_file.as_deref(),
-        pin_env.as_deref(),
-    )?;
+    let pin_setting = format!("{setting}.pin_file / {setting}.pin_env");
+    let invalid = |problem: &str| ConfigError::Invalid {
+        path: config_path.to_owned(),
+        setting: pin_setting.clone(),
+        problem: problem.to_owned(),
+    };
+    let source = secret_source(pin_file.as_deref(), pin_env.as_deref())
+        .map_err(invalid)?
+        .ok_or_else(|| invalid("give pin_file or pin_env"))?;
     Ok(Pkcs11Settings {
         module: module.clone(),
         token_label: token_label.clone(),
-        pin: pin.as_str().to_owned().into(),
+        pin: read_secret(config_path, &pin_setting, &source)?,
         key_label: key_label.clone(),
     })
 }

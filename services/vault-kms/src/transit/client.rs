@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use super::TransitError;
 use super::settings::{TransitAuth, TransitSettings, check_settings};
 use super::wire::{ErrorReply, Login, LoginReply, json_body};
+use crate::SecretSource;
 
 const TOKEN_HEADER: &str = "x-vault-token";
 
@@ -96,14 +97,14 @@ impl Client {
     /// A token from the configured source: read it, or log in with AppRole.
     async fn fresh_token(&self) -> Result<SecretString, TransitError> {
         match &self.auth {
-            TransitAuth::Token(source) => source.read("token"),
+            TransitAuth::Token(source) => credential(source, "token"),
             TransitAuth::AppRole {
                 mount,
                 role_id,
                 secret_id,
             } => {
-                let role_id = role_id.read("AppRole role id")?;
-                let secret_id = secret_id.read("AppRole secret id")?;
+                let role_id = credential(role_id, "AppRole role id")?;
+                let secret_id = credential(secret_id, "AppRole secret id")?;
                 let body = json_body(&Login {
                     role_id: role_id.expose_secret(),
                     secret_id: secret_id.expose_secret(),
@@ -292,6 +293,18 @@ impl Client {
     }
 }
 
+/// Reads a token or an AppRole id (`what` names it in errors) by the one rule for secrets
+/// ([`SecretSource::read`]). Tokens and AppRole ids are single words, so one with a space in it
+/// is refused here rather than sent.
+fn credential(source: &SecretSource, what: &'static str) -> Result<SecretString, TransitError> {
+    let error = |detail: String| TransitError::Credential { what, detail };
+    let secret = source.read().map_err(|e| error(e.to_string()))?;
+    if secret.expose_secret().contains(char::is_whitespace) {
+        return Err(error(format!("{source} holds more than one word")));
+    }
+    Ok(secret)
+}
+
 /// An HTTPS client that trusts exactly the CAs in `ca_cert`, over rustls with ring.
 pub(crate) fn http_client(
     ca_cert: &Path,
@@ -350,5 +363,40 @@ pub(super) fn truncate(text: &str) -> String {
     match text.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}...", text.get(..end).unwrap_or_default()),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_one_word_read_by_the_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s.secret-token\n").unwrap();
+        let source = SecretSource::File(path.clone());
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let err = credential(&source, "token").unwrap_err().to_string();
+        assert!(
+            err.starts_with("transit token: ") && err.contains("mode 644"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-token"), "{err}");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let token = credential(&source, "token").unwrap();
+        assert_eq!(token.expose_secret(), "s.secret-token");
+
+        std::fs::write(&path, "hunter2 hunter3").unwrap();
+        let err = credential(&source, "AppRole secret id")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AppRole secret id") && err.contains("more than one word"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter"), "{err}");
     }
 }

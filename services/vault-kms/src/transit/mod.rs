@@ -43,8 +43,7 @@ pub(crate) use client::http_client;
 pub use error::TransitError;
 pub use kek::TransitKek;
 pub use settings::{
-    DEFAULT_APPROLE_MOUNT, DEFAULT_MOUNT, DEFAULT_TIMEOUT, SecretSource, TransitAuth,
-    TransitSettings,
+    DEFAULT_APPROLE_MOUNT, DEFAULT_MOUNT, DEFAULT_TIMEOUT, TransitAuth, TransitSettings,
 };
 
 /// The backend name, as configuration files and stored key records spell it.

@@ -2,15 +2,13 @@
 //! sources of its secrets, never the secrets), and the checks those settings must pass before
 //! anything is sent.
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
-use secrecy::SecretString;
-use zeroize::Zeroizing;
 
 use super::TransitError;
+use crate::SecretSource;
 
 /// The mount Transit is enabled at unless configured otherwise.
 pub const DEFAULT_MOUNT: &str = "transit";
@@ -21,61 +19,6 @@ pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 /// How long one request to the server may take, connecting included, unless configured
 /// otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// the source, never the secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// A file holding the secret (surrounding whitespace is ignored), e.g. an agent's token sink
-    /// or a mounted secret.
-    File(PathBuf),
-    /// An environment variable holding the secret.
-    Env(String),
-}
-
-impl SecretSource {
-    /// Reads the secret. `what` names it in errors ("token", "AppRole secret id").
-    pub(super) fn read(&self, what: &'static str) -> Result<SecretString, TransitError> {
-        let error = |detail: String| TransitError::Credential { what, detail };
-        let raw = match self {
-            Self::File(path) => {
-                crate::check_private(path).map_err(|e| error(e.to_string()))?;
-                Zeroizing::new(
-                    fs::read_to_string(path)
-                        .map_err(|e| error(format!("{}: {e}", path.display())))?,
-                )
-            }
-            // Never format the VarError: NotUnicode carries the value.
-            Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|e| {
-                error(match e {
-                    std::env::VarError::NotPresent => {
-                        format!("environment variable {name} is not set")
-                    }
-                    std::env::VarError::NotUnicode(_) => {
-                        format!("environment variable {name} is not valid UTF-8")
-                    }
-                })
-            })?),
-        };
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(error(format!("{} is empty", self.describe())));
-        }
-        if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(error(format!(
-                "{} holds more than one word or control characters",
-                self.describe()
-            )));
-        }
-        Ok(SecretString::from(trimmed.to_owned()))
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::File(path) => format!("file {}", path.display()),
-            Self::Env(name) => format!("environment variable {name}"),
-        }
-    }
-}
 
 /// How the KEK authenticates to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,46 +133,7 @@ pub(super) fn check_settings(settings: &TransitSettings) -> Result<String, Trans
 
 #[cfg(test)]
 mod tests {
-    use secrecy::ExposeSecret;
-
     use super::*;
-
-    #[test]
-    fn secrets_come_from_files_or_the_environment_and_are_never_printed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        fs::write(&path, "s.secret-token\n").unwrap();
-        // A token file other users can read is refused, naming its mode, not its contents.
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        let err = SecretSource::File(path.clone()).read("token").unwrap_err();
-        assert!(err.to_string().contains("mode 644"), "{err}");
-        assert!(!err.to_string().contains("secret-token"), "{err}");
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let secret = SecretSource::File(path.clone()).read("token").unwrap();
-        assert_eq!(secret.expose_secret(), "s.secret-token");
-        let printed = format!("{secret:?}");
-        assert!(
-            printed.contains("REDACTED") && !printed.contains("secret-token"),
-            "{printed}"
-        );
-
-        fs::write(&path, "  \n").unwrap();
-        let err = SecretSource::File(path.clone()).read("token").unwrap_err();
-        assert!(err.to_string().contains("empty"), "{err}");
-        fs::write(&path, "two words").unwrap();
-        let err = SecretSource::File(path).read("token").unwrap_err();
-        assert!(!err.to_string().contains("words"), "{err}");
-
-        // cargo sets this for every test process.
-        let env = SecretSource::Env("CARGO_PKG_NAME".to_owned());
-        assert_eq!(env.read("token").unwrap().expose_secret(), "vault-kms");
-        let missing = SecretSource::Env("VAULT_KMS_NO_SUCH_VARIABLE".to_owned());
-        let err = missing.read("token").unwrap_err();
-        assert!(
-            err.to_string().contains("VAULT_KMS_NO_SUCH_VARIABLE"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn settings_are_checked() {
