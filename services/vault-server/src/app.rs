@@ -92,8 +92,8 @@ impl Backend {
                 let settings = PgSettings {
                     url,
                     max_connections: config.storage.max_connections,
-                    connect_timeout: Duration::from_millis(config.storage.connect_timeout_ms),
-                    statement_timeout: Duration::from_millis(config.storage.statement_timeout_ms),
+                    connect_timeout: config.storage.connect_timeout,
+                    statement_timeout: config.storage.statement_timeout,
                     password,
                 };
                 let store = PgStore::connect_only(&settings).await?;
@@ -192,7 +192,7 @@ impl Application {
             .with_guard(config.guard.settings())
             .with_limiter(
                 Arc::new(GovernorLimiter::new(&config.limits)),
-                config.limits.record_interval(),
+                config.limits.record_refusals_every,
             );
         // Before the port is bound: a signing key that is missing (while checkpoints it signed
         // exist) or that the KEK cannot unwrap stops the vault here, exit 78.
@@ -208,11 +208,11 @@ impl Application {
             tls,
             vault,
             store,
-            call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
+            call_timeout: config.storage.call_timeout,
             identity: config.identity,
             handshake_limits: config.tls.handshake_limits(),
-            checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
-            refusal_interval: config.limits.record_interval(),
+            checkpoint_interval: config.audit.checkpoint_interval,
+            refusal_interval: config.limits.record_refusals_every,
             start_detail,
         })
     }

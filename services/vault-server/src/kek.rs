@@ -4,10 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use vault_core::keyring::{CacheLimits, KeyRing};
+use vault_core::keyring::KeyRing;
 use vault_core::ports::KeyEncryptionKey;
 use vault_kms::{
     DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, TransitAuth, TransitKek,
@@ -26,11 +25,7 @@ pub async fn open_key_ring(config: &Config, config_path: &Path) -> anyhow::Resul
     for (index, kek) in config.previous_kek.iter().enumerate() {
         previous.push(open_kek(kek, config_path, &format!("previous_kek[{index}]")).await?);
     }
-    let limits = CacheLimits {
-        max_entries: config.key_cache.max_entries,
-        max_age: Duration::from_secs(config.key_cache.max_age_secs),
-    };
-    Ok(KeyRing::new(current, previous, limits))
+    Ok(KeyRing::new(current, previous, config.key_cache.limits()))
 }
 
 /// Creates the configured KEK where it lives, unless it exists: a sensitive, non-extractable
@@ -83,7 +78,7 @@ fn transit_settings(
         role_id_env,
         secret_id_file,
         secret_id_env,
-        timeout_ms,
+        timeout,
     } = kek
     else {
         anyhow::bail!("{setting}: not a transit kek");
@@ -117,7 +112,7 @@ fn transit_settings(
     };
     let mut settings = TransitSettings::new(address.clone(), ca_cert.clone(), key.clone(), auth);
     settings.mount.clone_from(mount);
-    settings.timeout = Duration::from_millis(*timeout_ms);
+    settings.timeout = *timeout;
     Ok(settings)
 }
 

@@ -2,21 +2,27 @@
 //! stay online and exports are kept (PCI DSS 10.5.1), and the optional second copy for a SIEM.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use vault_core::trail::AuditRetention;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// Audit trail settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Seconds between checkpoints of this writer's chain head (skipped while it has not
-    /// moved). Records written since the last checkpoint are protected by the hash chain only,
-    /// so this bounds what an undetected truncation of the newest records can remove.
-    #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval_secs: u64,
+    /// Time between checkpoints of this writer's chain head (`checkpoint_interval_secs`;
+    /// skipped while it has not moved). Records written since the last checkpoint are protected
+    /// by the hash chain only, so this bounds what an undetected truncation of the newest
+    /// records can remove. At most [`AuditConfig::MAX_CHECKPOINT_INTERVAL`].
+    #[serde(
+        rename = "checkpoint_interval_secs",
+        deserialize_with = "units::secs",
+        default = "default_checkpoint_interval"
+    )]
+    pub checkpoint_interval: Duration,
     /// Days records stay online (PCI DSS 10.5.1: at least three months): `vaultctl audit
     /// prune` never removes a younger record. From 90 to `retain_days`.
     #[serde(default = "default_online_days")]
@@ -48,7 +54,7 @@ pub struct AuditSinkConfig {
 
 impl AuditConfig {
     /// The longest interval allowed.
-    pub const MAX_CHECKPOINT_INTERVAL_SECS: u64 = 3_600;
+    pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3_600);
     /// PCI DSS 10.5.1: the last three months immediately available.
     pub const MIN_ONLINE_DAYS: u32 = 90;
     /// PCI DSS 10.5.1: twelve months kept.
@@ -65,13 +71,16 @@ impl AuditConfig {
     }
 
     pub(super) fn check(&self, file: &Path) -> Result<(), ConfigError> {
-        if self.checkpoint_interval_secs == 0
-            || self.checkpoint_interval_secs > Self::MAX_CHECKPOINT_INTERVAL_SECS
+        if self.checkpoint_interval.is_zero()
+            || self.checkpoint_interval > Self::MAX_CHECKPOINT_INTERVAL
         {
             return Err(ConfigError::Invalid {
                 path: file.to_owned(),
                 setting: "audit.checkpoint_interval_secs".to_owned(),
-                problem: format!("must be from 1 to {}", Self::MAX_CHECKPOINT_INTERVAL_SECS),
+                problem: format!(
+                    "must be from 1 to {}",
+                    Self::MAX_CHECKPOINT_INTERVAL.as_secs()
+                ),
             });
         }
         let invalid = |setting: &str, problem: String| ConfigError::Invalid {
@@ -124,7 +133,7 @@ impl AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
-            checkpoint_interval_secs: default_checkpoint_interval(),
+            checkpoint_interval: default_checkpoint_interval(),
             online_days: default_online_days(),
             retain_days: default_retain_days(),
             danger_online_days: None,
@@ -133,8 +142,8 @@ impl Default for AuditConfig {
     }
 }
 
-fn default_checkpoint_interval() -> u64 {
-    60
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_online_days() -> u32 {

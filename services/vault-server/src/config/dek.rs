@@ -2,11 +2,13 @@
 //! reserves at a time.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use vault_core::lifecycle::DekLimits;
 
 use super::ConfigError;
+use super::units::{self, DAY_SECS};
 
 /// DEK rotation limits (see `vault_core::lifecycle`).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -19,9 +21,14 @@ pub struct DekConfig {
     /// NIST SP 800-38D's limit for random nonces).
     #[serde(default = "default_max_uses")]
     pub max_uses: u64,
-    /// Also rotate a DEK older than this many days (0, the default: no age limit).
-    #[serde(default)]
-    pub rotate_after_days: u64,
+    /// Also rotate a DEK older than this (`rotate_after_days`; 0, the default, is `None`: no
+    /// age limit). At most [`DekConfig::MAX_ROTATE_AFTER`].
+    #[serde(
+        rename = "rotate_after_days",
+        deserialize_with = "units::days_or_never",
+        default
+    )]
+    pub rotate_after: Option<Duration>,
     /// Uses each replica reserves from the store at a time (default 1024).
     #[serde(default = "default_lease")]
     pub lease: u64,
@@ -32,21 +39,23 @@ impl Default for DekConfig {
         Self {
             rotate_after_uses: default_rotate_after_uses(),
             max_uses: default_max_uses(),
-            rotate_after_days: 0,
+            rotate_after: None,
             lease: default_lease(),
         }
     }
 }
 
 impl DekConfig {
+    /// The longest age limit accepted: a hundred years (36500 days).
+    pub const MAX_ROTATE_AFTER: Duration = Duration::from_secs(36_500 * DAY_SECS);
+
     /// The domain's limits.
     #[must_use]
     pub fn limits(&self) -> DekLimits {
         DekLimits {
             rotate_after_uses: self.rotate_after_uses,
             max_uses: self.max_uses,
-            rotate_after: (self.rotate_after_days > 0)
-                .then(|| std::time::Duration::from_secs(self.rotate_after_days * 86_400)),
+            rotate_after: self.rotate_after,
             lease: self.lease,
         }
     }
@@ -72,7 +81,10 @@ impl DekConfig {
         if self.lease == 0 {
             return Err(invalid("lease", "must be at least 1"));
         }
-        if self.rotate_after_days > 36_500 {
+        if self
+            .rotate_after
+            .is_some_and(|age| age > Self::MAX_ROTATE_AFTER)
+        {
             return Err(invalid("rotate_after_days", "must be at most 36500"));
         }
         Ok(())

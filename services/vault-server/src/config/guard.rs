@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vault_core::guard::GuardSettings;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// `[guard]`: the enumeration guard and the new-merchant cap, counted in the store and so
 /// vault-wide (every replica shares them).
@@ -17,8 +17,10 @@ pub struct GuardConfig {
     /// Distinct cards one caller may bring into one bucket (length, shown leading digits, last
     /// four; every merchant together) per window.
     pub cards_per_bucket: u64,
-    /// The window, in seconds.
-    pub window_secs: u64,
+    /// The window (`window_secs`, from [`GuardConfig::MIN_WINDOW`] to
+    /// [`GuardConfig::MAX_WINDOW`]).
+    #[serde(rename = "window_secs", deserialize_with = "units::secs")]
+    pub window: Duration,
     /// Distinct cards of one bucket one request may carry; more spends the bucket at once.
     pub cards_per_bucket_per_batch: u64,
     /// New merchants one caller may create per hour, whatever its policy says.
@@ -30,7 +32,7 @@ impl Default for GuardConfig {
         let d = GuardSettings::default();
         Self {
             cards_per_bucket: d.cards_per_bucket,
-            window_secs: d.window.as_secs(),
+            window: d.window,
             cards_per_bucket_per_batch: d.cards_per_bucket_per_batch,
             new_merchants_per_hour: d.new_merchants_per_hour,
         }
@@ -38,12 +40,17 @@ impl Default for GuardConfig {
 }
 
 impl GuardConfig {
+    /// The shortest window accepted: a minute.
+    pub const MIN_WINDOW: Duration = Duration::from_secs(60);
+    /// The longest window accepted: 366 days.
+    pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
     /// The domain's settings.
     #[must_use]
     pub fn settings(&self) -> GuardSettings {
         GuardSettings {
             cards_per_bucket: self.cards_per_bucket,
-            window: Duration::from_secs(self.window_secs),
+            window: self.window,
             cards_per_bucket_per_batch: self.cards_per_bucket_per_batch,
             new_merchants_per_hour: self.new_merchants_per_hour,
         }
@@ -62,7 +69,7 @@ impl GuardConfig {
         if self.cards_per_bucket == 0 || self.cards_per_bucket > 10_000 {
             return Err(invalid("cards_per_bucket", "must be from 1 to 10000"));
         }
-        if !(60..=366 * 86_400).contains(&self.window_secs) {
+        if !(Self::MIN_WINDOW..=Self::MAX_WINDOW).contains(&self.window) {
             return Err(invalid("window_secs", "must be from 60 to 31622400"));
         }
         if self.cards_per_bucket_per_batch == 0

@@ -3,12 +3,13 @@
 //! read by the one rule for secrets (`vault_kms::SecretSource`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use vault_kms::SecretSource;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// Which KEK backend, and its settings. Secrets (PINs, tokens) are never written here: the
 /// file names a file or an environment variable that holds them.
@@ -62,9 +63,13 @@ pub enum KekConfig {
         secret_id_file: Option<PathBuf>,
         /// ... or an environment variable.
         secret_id_env: Option<String>,
-        /// How long one request may take, in milliseconds.
-        #[serde(default = "default_transit_timeout_ms")]
-        timeout_ms: u64,
+        /// How long one request may take (`timeout_ms`).
+        #[serde(
+            rename = "timeout_ms",
+            deserialize_with = "units::millis",
+            default = "default_transit_timeout"
+        )]
+        timeout: Duration,
     },
 }
 
@@ -72,8 +77,8 @@ fn default_transit_mount() -> String {
     vault_kms::DEFAULT_MOUNT.to_owned()
 }
 
-fn default_transit_timeout_ms() -> u64 {
-    u64::try_from(vault_kms::DEFAULT_TIMEOUT.as_millis()).unwrap_or(5_000)
+fn default_transit_timeout() -> Duration {
+    vault_kms::DEFAULT_TIMEOUT
 }
 
 impl KekConfig {

@@ -1,10 +1,12 @@
 //! `[key_cache]`: how many unwrapped keys are held and for how long.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
+use vault_core::keyring::CacheLimits;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// Limits of the cache of unwrapped keys (see `vault_core::keyring`).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -13,24 +15,38 @@ pub struct KeyCacheConfig {
     /// Most keys held at once; 0 turns the cache off (every call then asks the KEK).
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
-    /// Seconds a key is held after it was unwrapped (at most [`KeyCacheConfig::MAX_AGE_SECS`]).
-    #[serde(default = "default_cache_age")]
-    pub max_age_secs: u64,
+    /// How long a key is held after it was unwrapped (`max_age_secs`; at most
+    /// [`KeyCacheConfig::MAX_AGE`]).
+    #[serde(
+        rename = "max_age_secs",
+        deserialize_with = "units::secs",
+        default = "default_cache_age"
+    )]
+    pub max_age: Duration,
 }
 
 impl KeyCacheConfig {
     /// The longest a key may stay cached: after a shred, other replicas may hold the merchant's
     /// keys this long, so it is bounded.
-    pub const MAX_AGE_SECS: u64 = 3_600;
+    pub const MAX_AGE: Duration = Duration::from_secs(3_600);
+
+    /// The cache's limits.
+    #[must_use]
+    pub fn limits(&self) -> CacheLimits {
+        CacheLimits {
+            max_entries: self.max_entries,
+            max_age: self.max_age,
+        }
+    }
 
     pub(super) fn check(&self, file: &Path) -> Result<(), ConfigError> {
-        if self.max_age_secs == 0 || self.max_age_secs > Self::MAX_AGE_SECS {
+        if self.max_age.is_zero() || self.max_age > Self::MAX_AGE {
             return Err(ConfigError::Invalid {
                 path: file.to_owned(),
                 setting: "key_cache.max_age_secs".to_owned(),
                 problem: format!(
                     "must be from 1 to {} (use max_entries = 0 to turn the cache off)",
-                    Self::MAX_AGE_SECS
+                    Self::MAX_AGE.as_secs()
                 ),
             });
         }
@@ -42,19 +58,17 @@ impl Default for KeyCacheConfig {
     fn default() -> Self {
         Self {
             max_entries: default_cache_entries(),
-            max_age_secs: default_cache_age(),
+            max_age: default_cache_age(),
         }
     }
 }
 
 fn default_cache_entries() -> usize {
-    vault_core::keyring::CacheLimits::default().max_entries
+    CacheLimits::default().max_entries
 }
 
-fn default_cache_age() -> u64 {
-    vault_core::keyring::CacheLimits::default()
-        .max_age
-        .as_secs()
+fn default_cache_age() -> Duration {
+    CacheLimits::default().max_age
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use vault_core::policy::Operation;
 use vault_core::vault::MAX_BATCH_CARDS;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// One quota: a sustained rate and the burst a quiet caller may spend at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -60,8 +60,13 @@ pub struct LimitsConfig {
     /// whose certificate names no identity: one quota for all of them per caller.
     pub ungranted: RateQuota,
     /// A refused call is recorded in the audit trail at most once per caller and operation per
-    /// this many seconds; the others are counted into the next record.
-    pub record_refusals_every_secs: u64,
+    /// this long (`record_refusals_every_secs`, at most
+    /// [`LimitsConfig::MAX_RECORD_INTERVAL`]); the others are counted into the next record.
+    #[serde(
+        rename = "record_refusals_every_secs",
+        deserialize_with = "units::secs"
+    )]
+    pub record_refusals_every: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -76,14 +81,14 @@ impl Default for LimitsConfig {
             audit_read: RateQuota::new(10, 50),
             audit_prune: RateQuota::new(1, 5),
             ungranted: RateQuota::new(10, 20),
-            record_refusals_every_secs: 60,
+            record_refusals_every: Duration::from_secs(60),
         }
     }
 }
 
 impl LimitsConfig {
     /// Longest refusal-recording interval.
-    pub const MAX_RECORD_INTERVAL_SECS: u64 = 3_600;
+    pub const MAX_RECORD_INTERVAL: Duration = Duration::from_secs(3_600);
 
     /// Each quota with its setting's name and the operation it counts (`None`: counted
     /// otherwise, per merchant or for ungranted calls).
@@ -126,8 +131,8 @@ impl LimitsConfig {
                 "must be at least 1000 (a TokenizeBatch counts its cards)",
             ));
         }
-        if self.record_refusals_every_secs == 0
-            || self.record_refusals_every_secs > Self::MAX_RECORD_INTERVAL_SECS
+        if self.record_refusals_every.is_zero()
+            || self.record_refusals_every > Self::MAX_RECORD_INTERVAL
         {
             return Err(invalid(
                 "record_refusals_every_secs",
@@ -135,12 +140,6 @@ impl LimitsConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The refusal-recording interval.
-    #[must_use]
-    pub fn record_interval(&self) -> Duration {
-        Duration::from_secs(self.record_refusals_every_secs)
     }
 }
 

@@ -23,6 +23,7 @@ mod limits;
 mod policy;
 mod storage;
 mod tls;
+mod units;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -259,6 +260,54 @@ path = "policy.toml"
         ));
         let policy = load_policy(&config.policy.path, config.identity).unwrap();
         assert_eq!(policy.identities().count(), 5);
+    }
+
+    #[test]
+    fn durations_are_read_in_the_units_their_keys_name() {
+        use std::time::Duration;
+        let text = BASE.replace(
+            "client_ca = \"c\"\n",
+            "client_ca = \"c\"\nhandshake_timeout_ms = 1500\n",
+        );
+        let config = load_text(&format!(
+            "{text}[storage]\nurl = \"sqlite:x\"\nconnect_timeout_ms = 250\n\
+             statement_timeout_ms = 750\ncall_timeout_ms = 2000\n\
+             [key_cache]\nmax_age_secs = 90\n[dek]\nrotate_after_days = 2\n\
+             [audit]\ncheckpoint_interval_secs = 30\n[limits]\nrecord_refusals_every_secs = 5\n\
+             [guard]\nwindow_secs = 3600\n"
+        ))
+        .unwrap();
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        assert_eq!(config.tls.handshake_timeout, ms(1500));
+        assert_eq!(config.storage.connect_timeout, ms(250));
+        assert_eq!(config.storage.statement_timeout, ms(750));
+        assert_eq!(config.storage.call_timeout, secs(2));
+        assert_eq!(config.key_cache.limits().max_age, secs(90));
+        assert_eq!(config.dek.limits().rotate_after, Some(secs(2 * 86_400)));
+        assert_eq!(config.audit.checkpoint_interval, secs(30));
+        assert_eq!(config.limits.record_refusals_every, secs(5));
+        assert_eq!(config.guard.settings().window, secs(3600));
+
+        // The defaults, and 0 days meaning no age limit.
+        let config = load_with(&format!("{STORAGE}[dek]\nrotate_after_days = 0\n")).unwrap();
+        assert_eq!(config.dek.limits().rotate_after, None);
+        assert_eq!(config.storage.call_timeout, secs(5));
+        assert_eq!(config.tls.handshake_timeout, secs(3));
+        assert_eq!(config.audit.checkpoint_interval, secs(60));
+        assert_eq!(config.limits.record_refusals_every, secs(60));
+        let KekConfig::DangerLocalFile { .. } = config.kek else {
+            panic!("{:?}", config.kek);
+        };
+        let transit = load_with(&format!(
+            "{STORAGE}[[previous_kek]]\nbackend = \"transit\"\naddress = \"https://bao:8200\"\n\
+             ca_cert = \"ca.pem\"\nkey = \"k\"\ntoken_env = \"T\"\ntimeout_ms = 1200\n"
+        ))
+        .unwrap();
+        let [KekConfig::Transit { timeout, .. }] = transit.previous_kek.as_slice() else {
+            panic!("{:?}", transit.previous_kek);
+        };
+        assert_eq!(*timeout, ms(1200));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! the password file, and the per-call time budget.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// Storage settings.
 #[derive(Clone, Deserialize)]
@@ -18,15 +19,27 @@ pub struct StorageConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// PostgreSQL: how long a call waits for a connection before failing UNAVAILABLE.
-    #[serde(default = "default_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    #[serde(
+        rename = "connect_timeout_ms",
+        deserialize_with = "units::millis",
+        default = "default_timeout"
+    )]
+    pub connect_timeout: Duration,
     /// PostgreSQL: the server aborts statements (and lock waits) longer than this.
-    #[serde(default = "default_timeout_ms")]
-    pub statement_timeout_ms: u64,
+    #[serde(
+        rename = "statement_timeout_ms",
+        deserialize_with = "units::millis",
+        default = "default_timeout"
+    )]
+    pub statement_timeout: Duration,
     /// The longest one call may spend on the store in total (its operation and its audit
     /// record); past it the call fails UNAVAILABLE and releases nothing.
-    #[serde(default = "default_timeout_ms")]
-    pub call_timeout_ms: u64,
+    #[serde(
+        rename = "call_timeout_ms",
+        deserialize_with = "units::millis",
+        default = "default_timeout"
+    )]
+    pub call_timeout: Duration,
     /// PostgreSQL: apply pending migrations at startup (default). Set to false when migrations
     /// run ahead of a rollout with `vaultd migrate`.
     #[serde(default = "super::default_true")]
@@ -41,9 +54,9 @@ impl std::fmt::Debug for StorageConfig {
         f.debug_struct("StorageConfig")
             .field("url", &vault_store::redact_url(&self.url))
             .field("max_connections", &self.max_connections)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("statement_timeout_ms", &self.statement_timeout_ms)
-            .field("call_timeout_ms", &self.call_timeout_ms)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("password_file", &self.password_file)
             .finish()
@@ -108,8 +121,8 @@ fn default_max_connections() -> u32 {
     16
 }
 
-fn default_timeout_ms() -> u64 {
-    5_000
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// The storage backend a URL selects.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// TLS settings: TLS 1.3 only, client certificates required.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,9 +26,14 @@ pub struct TlsConfig {
     /// stale CRL may miss revocations, so the vault fails closed until a fresh one is in place.
     #[serde(default = "super::default_true")]
     pub refuse_stale_crls: bool,
-    /// How long a client has to finish its TLS handshake, in milliseconds.
-    #[serde(default = "default_handshake_timeout_ms")]
-    pub handshake_timeout_ms: u64,
+    /// How long a client has to finish its TLS handshake (`handshake_timeout_ms`, from
+    /// [`TlsConfig::MIN_HANDSHAKE_TIMEOUT`] to [`TlsConfig::MAX_HANDSHAKE_TIMEOUT`]).
+    #[serde(
+        rename = "handshake_timeout_ms",
+        deserialize_with = "units::millis",
+        default = "default_handshake_timeout"
+    )]
+    pub handshake_timeout: Duration,
     /// TLS handshakes in progress at once, from everyone; past it new connections are closed.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
@@ -39,8 +44,8 @@ pub struct TlsConfig {
     pub max_handshakes_per_source: usize,
 }
 
-fn default_handshake_timeout_ms() -> u64 {
-    3_000
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 fn default_max_handshakes() -> usize {
@@ -52,14 +57,16 @@ fn default_max_handshakes_per_source() -> usize {
 }
 
 impl TlsConfig {
+    /// Shortest handshake deadline accepted.
+    pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
     /// Longest handshake deadline accepted.
-    const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// The limits on handshakes in progress.
     #[must_use]
     pub fn handshake_limits(&self) -> HandshakeLimits {
         HandshakeLimits {
-            timeout: Duration::from_millis(self.handshake_timeout_ms),
+            timeout: self.handshake_timeout,
             max: self.max_handshakes,
             per_source: self.max_handshakes_per_source,
         }
@@ -80,12 +87,16 @@ impl TlsConfig {
             setting: setting.to_owned(),
             problem,
         };
-        if self.handshake_timeout_ms < 100
-            || self.handshake_timeout_ms > Self::MAX_HANDSHAKE_TIMEOUT_MS
+        if !(Self::MIN_HANDSHAKE_TIMEOUT..=Self::MAX_HANDSHAKE_TIMEOUT)
+            .contains(&self.handshake_timeout)
         {
             return Err(invalid(
                 "tls.handshake_timeout_ms",
-                format!("must be from 100 to {}", Self::MAX_HANDSHAKE_TIMEOUT_MS),
+                format!(
+                    "must be from {} to {}",
+                    Self::MIN_HANDSHAKE_TIMEOUT.as_millis(),
+                    Self::MAX_HANDSHAKE_TIMEOUT.as_millis()
+                ),
             ));
         }
         if self.max_handshakes == 0 {
