@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
 use crate::audit::AuditApi;
-use crate::config::{Config, StorageUrl, load_policy, read_secret};
+use crate::config::{Config, LoadedPolicy, StorageUrl, load_policy, read_secret};
 use crate::grpc::{Calls, TokenApi};
 use crate::kek::open_key_ring;
 use crate::limits::{GovernorLimiter, card_like_in_use};
@@ -150,14 +150,12 @@ impl Application {
     /// Any configuration, storage, key or TLS problem, with the file or setting named.
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         vault_core::pan::configure_card_number_rule(config.input.rule());
-        let policy = load_policy(&config.policy.path, config.identity)?;
-        let policy_digest = std::fs::read(&config.policy.path)
-            .map(|text| vault_crypto::sha256(&text))
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.policy.path.display()))?;
+        // Read once: the digest `vault.start` records is of the bytes the policy was parsed from.
+        let LoadedPolicy { policy, sha256 } = load_policy(&config.policy.path, config.identity)?;
         let start_detail = format!(
             "vaultd {} policy sha256:{}",
             env!("CARGO_PKG_VERSION"),
-            crate::grpc::hex(&policy_digest)
+            crate::grpc::hex(&sha256)
         );
         let tls = Arc::new(tls::ServerTls::load(&config.tls)?);
         let keys = Arc::new(open_key_ring(config, config_path).await?);
@@ -372,7 +370,7 @@ pub async fn replace_audit_key(
     operator: &str,
     reason: &str,
 ) -> anyhow::Result<String> {
-    let policy = load_policy(&config.policy.path, config.identity)?;
+    let policy = load_policy(&config.policy.path, config.identity)?.policy;
     let keys = Arc::new(open_key_ring(config, config_path).await?);
     let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
     let vault = Vault::new(store.port(), keys, Arc::new(policy));

@@ -37,7 +37,7 @@ pub use input::InputConfig;
 pub use kek::{KekConfig, read_secret, secret_source};
 pub use key_cache::KeyCacheConfig;
 pub use limits::{LimitsConfig, RateQuota};
-pub use policy::{PolicyConfig, load_policy};
+pub use policy::{LoadedPolicy, PolicyConfig, load_policy};
 pub use storage::{StorageConfig, StorageUrl};
 pub use tls::{HandshakeLimits, TlsConfig};
 
@@ -259,7 +259,7 @@ path = "policy.toml"
             StorageUrl::Postgres(_)
         ));
         let policy = load_policy(&config.policy.path, config.identity).unwrap();
-        assert_eq!(policy.identities().count(), 5);
+        assert_eq!(policy.policy.identities().count(), 5);
     }
 
     #[test]

@@ -41,19 +41,42 @@ struct CallerEntry {
     merchants: Vec<String>,
 }
 
-/// Reads a policy file: a list of `[[caller]]` tables, each with `identity` (SPIFFE ID or CN),
-/// `operations` and `merchants` (`["*"]` for all). Identities not listed may do nothing.
+/// A policy file as loaded: the policy, and the SHA-256 of the very bytes it was parsed from
+/// (the digest `vault.start` records, so an auditor sees which policy each writer served under).
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    /// Who may do what.
+    pub policy: Policy,
+    /// The SHA-256 of the file's bytes, as read once and parsed.
+    pub sha256: [u8; 32],
+}
+
+/// Reads a policy file, once: a list of `[[caller]]` tables, each with `identity` (SPIFFE ID or
+/// CN), `operations` and `merchants` (`["*"]` for all). Identities not listed may do nothing.
+/// The digest is of the same bytes the policy was parsed from.
 ///
 /// # Errors
-/// [`ConfigError`] for unknown operations, malformed merchant ids, duplicate identities, and
-/// identities no certificate could name under `rules` (`identity::listable`; without
-/// `cn_fallback`, anything but a SPIFFE ID).
-pub fn load_policy(path: &Path, rules: IdentityConfig) -> Result<Policy, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// [`ConfigError`] for a file that cannot be read or is not UTF-8 TOML, unknown operations,
+/// malformed merchant ids, duplicate identities, and identities no certificate could name under
+/// `rules` (`identity::listable`; without `cn_fallback`, anything but a SPIFFE ID).
+pub fn load_policy(path: &Path, rules: IdentityConfig) -> Result<LoadedPolicy, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let file: PolicyFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+    Ok(LoadedPolicy {
+        policy: parse_policy(path, &bytes, rules)?,
+        sha256: vault_crypto::sha256(&bytes),
+    })
+}
+
+/// The policy in `bytes`, the contents of the policy file `path` (named in errors).
+fn parse_policy(path: &Path, bytes: &[u8], rules: IdentityConfig) -> Result<Policy, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    let file: PolicyFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source: Box::new(source),
     })?;
@@ -149,7 +172,11 @@ operations = ["detokenize"]
 merchants = ["m1", "m2"]
 "#,
         );
-        let policy = load_policy(&good, IdentityConfig::default()).unwrap();
+        let loaded = load_policy(&good, IdentityConfig::default()).unwrap();
+        // The digest is of the file's bytes, exactly as read and parsed.
+        let bytes = std::fs::read(&good).unwrap();
+        assert_eq!(loaded.sha256, vault_crypto::sha256(&bytes));
+        let policy = loaded.policy;
         let m1 = MerchantId::parse("m", "m1").unwrap();
         let m3 = MerchantId::parse("m", "m3").unwrap();
         assert!(policy.allows(&CallerId::new("payments"), Operation::Detokenize, &m1));
@@ -201,5 +228,18 @@ merchants = ["m1", "m2"]
             err.contains("caller[1].identity: must be a SPIFFE ID"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_policy_that_is_not_utf8_or_missing_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.toml");
+        std::fs::write(&path, b"[[caller]]\nidentity = \"caf\xe9\"\n").unwrap();
+        let err = load_policy(&path, IdentityConfig::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("latin1.toml"), "{err}");
+        let missing = dir.path().join("missing.toml");
+        let err = load_policy(&missing, IdentityConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
     }
 }
