@@ -83,11 +83,7 @@ fn transit_settings(
     else {
         anyhow::bail!("{setting}: not a transit kek");
     };
-    let invalid = |problem: &str| ConfigError::Invalid {
-        path: config_path.to_owned(),
-        setting: setting.to_owned(),
-        problem: problem.to_owned(),
-    };
+    let invalid = |problem: &str| ConfigError::invalid(config_path, setting, problem);
     let source = |file: &Option<PathBuf>, env: &Option<String>| {
         secret_source(file.as_deref(), env.as_deref()).map_err(invalid)
     };
@@ -132,11 +128,7 @@ fn pkcs11_settings(
         anyhow::bail!("{setting}: not a pkcs11 kek");
     };
     let pin_setting = format!("{setting}.pin_file / {setting}.pin_env");
-    let invalid = |problem: &str| ConfigError::Invalid {
-        path: config_path.to_owned(),
-        setting: pin_setting.clone(),
-        problem: problem.to_owned(),
-    };
+    let invalid = |problem: &str| ConfigError::invalid(config_path, &pin_setting, problem);
     let source = secret_source(pin_file.as_deref(), pin_env.as_deref())
         .map_err(invalid)?
         .ok_or_else(|| invalid("give pin_file or pin_env"))?;

@@ -141,9 +141,44 @@ pub fn read_secret(
     setting: &str,
     source: &SecretSource,
 ) -> Result<SecretString, ConfigError> {
-    source.read().map_err(|e| ConfigError::Invalid {
-        path: config_file.to_owned(),
-        setting: setting.to_owned(),
-        problem: e.to_string(),
-    })
+    source
+        .read()
+        .map_err(|e| ConfigError::invalid(config_file, setting, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn a_secret_comes_from_its_file_or_its_variable_and_errors_name_the_setting() {
+        let file = Path::new("/run/secrets/pin");
+        assert_eq!(
+            secret_source(Some(file), None),
+            Ok(Some(SecretSource::File(file.to_owned())))
+        );
+        assert_eq!(
+            secret_source(None, Some("PIN")),
+            Ok(Some(SecretSource::Env("PIN".to_owned())))
+        );
+        assert_eq!(secret_source(None, None), Ok(None));
+        assert!(secret_source(Some(file), Some("PIN")).is_err());
+
+        let config = Path::new("vaultd.toml");
+        // cargo sets this for every test process.
+        let env = SecretSource::Env("CARGO_PKG_NAME".to_owned());
+        let secret = read_secret(config, "kek.pin_file / kek.pin_env", &env).unwrap();
+        assert_eq!(secret.expose_secret(), "vault-server");
+        let missing = SecretSource::Env("VAULT_SERVER_NO_SUCH_VARIABLE".to_owned());
+        let err = read_secret(config, "kek.pin_file / kek.pin_env", &missing)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "vaultd.toml: kek.pin_file / kek.pin_env: environment variable \
+             VAULT_SERVER_NO_SUCH_VARIABLE is not set"
+        );
+    }
 }
