@@ -70,20 +70,20 @@ impl DangerLocalFileKek {
             source,
         };
         let key = KeyMaterial::generate();
-        let mut text = Zeroizing::new(String::with_capacity(WARNING.len() + 2 * KEY_LEN + 1));
-        text.push_str(WARNING);
-        for byte in key.expose_secret() {
-            text.push(hex_digit(byte >> 4));
-            text.push(hex_digit(byte & 0x0f));
-        }
-        text.push('\n');
+        // Encoded into a zeroizing buffer and written from there: no copy of the key is left
+        // in freed memory.
+        let mut digits = Zeroizing::new([0u8; 2 * KEY_LEN]);
+        hex::encode_to_slice(key.expose_secret(), digits.as_mut_slice())
+            .map_err(|e| io(std::io::Error::other(e)))?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
+        for part in [WARNING.as_bytes(), digits.as_slice(), b"\n"] {
+            file.write_all(part).map_err(io)?;
+        }
         file.sync_all().map_err(io)?;
         Ok(Self::from_key(&key))
     }
@@ -120,13 +120,7 @@ impl DangerLocalFileKek {
             return Err(malformed());
         }
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            let (hi, lo) = match pair {
-                [hi, lo] => (hex_value(*hi), hex_value(*lo)),
-                _ => (None, None),
-            };
-            *byte = (hi.ok_or_else(malformed)? << 4) | lo.ok_or_else(malformed)?;
-        }
+        hex::decode_to_slice(hex.as_bytes(), bytes.as_mut_slice()).map_err(|_| malformed())?;
         let key = KeyMaterial::from_slice(&bytes[..]).map_err(|_| malformed())?;
         Ok(Self::from_key(&key))
     }
@@ -135,14 +129,10 @@ impl DangerLocalFileKek {
         // A key check value: 4 bytes of an HMAC under the key. It tells two KEKs apart without
         // revealing anything useful about either.
         let check = FingerprintKey::new(key).fingerprint(b"vault.kek-id.v1");
-        let kek_id = check
-            .iter()
-            .take(4)
-            .fold(format!("{BACKEND}:"), |mut id, byte| {
-                id.push(hex_digit(byte >> 4));
-                id.push(hex_digit(byte & 0x0f));
-                id
-            });
+        let kek_id = format!(
+            "{BACKEND}:{}",
+            hex::encode(check.get(..4).unwrap_or_default())
+        );
         Self {
             key: AeadKey::new(key),
             kek_id,
@@ -202,21 +192,6 @@ impl KeyEncryptionKey for DangerLocalFileKek {
     async fn check(&self) -> Result<(), KekError> {
         Ok(())
     }
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from(
-        b"0123456789abcdef"
-            .get(usize::from(nibble & 0x0f))
-            .copied()
-            .unwrap_or(b'0'),
-    )
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    char::from(c)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
 }
 
 #[cfg(test)]
@@ -317,5 +292,52 @@ mod tests {
             DangerLocalFileKek::open(&bad),
             Err(LocalFileError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn key_files_hold_hex_in_either_case_split_as_one_likes() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = dir.path().join("created");
+        let kek = DangerLocalFileKek::create(&created).unwrap();
+        let text = fs::read_to_string(&created).unwrap();
+        let digits = text
+            .strip_prefix(WARNING)
+            .unwrap()
+            .strip_suffix('\n')
+            .unwrap();
+        assert_eq!(digits.len(), 2 * KEY_LEN);
+        assert!(
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        let id = kek.name().strip_prefix("danger-local-file:").unwrap();
+        assert_eq!(id.len(), 8);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            DangerLocalFileKek::open(&path)
+        };
+        let (head, tail) = digits.split_at(10);
+        let upper = format!("# a comment\n  {}\n{} \n", head.to_uppercase(), tail);
+        assert_eq!(write("upper", &upper).unwrap().name(), kek.name());
+        let short = &digits[1..];
+        for (name, bad) in [
+            ("short", short.to_owned()),
+            ("long", format!("{digits}0")),
+            ("letter", format!("g{short}")),
+            ("sign", format!("+{short}")),
+        ] {
+            assert!(
+                matches!(write(name, &bad), Err(LocalFileError::Malformed { .. })),
+                "{name}"
+            );
+        }
     }
 }

@@ -6,19 +6,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use vault_core::Vault;
 use vault_core::keyring::KeyRing;
 use vault_core::ports::TokenStore;
+use vault_kms::SecretSource;
 use vault_proto::v1::audit_service_server::AuditServiceServer;
 use vault_proto::v1::key_admin_service_server::KeyAdminServiceServer;
 use vault_proto::v1::token_service_server::TokenServiceServer;
 use vault_store::{AuditSink, PgSettings, PgStore, SqliteStore};
+use zeroize::Zeroizing;
 
 use crate::admin::AdminApi;
 use crate::audit::AuditApi;
-use crate::config::{Config, StorageUrl, load_policy};
+use crate::config::{Config, LoadedPolicy, StorageUrl, load_policy, read_secret};
 use crate::grpc::{Calls, TokenApi};
 use crate::kek::open_key_ring;
 use crate::limits::{GovernorLimiter, card_like_in_use};
@@ -79,19 +82,18 @@ impl Backend {
             StorageUrl::Sqlite(path) => Self::Sqlite(SqliteStore::open(&path).await?),
             StorageUrl::Postgres(url) => {
                 let password = match &config.storage.password_file {
-                    Some(file) => Some(crate::config::read_secret(
-                        config_path,
-                        "storage.password_file",
-                        Some(file),
-                        None,
-                    )?),
+                    Some(file) => {
+                        let source = SecretSource::File(file.clone());
+                        let secret = read_secret(config_path, "storage.password_file", &source)?;
+                        Some(Zeroizing::new(secret.expose_secret().to_owned()))
+                    }
                     None => None,
                 };
                 let settings = PgSettings {
                     url,
                     max_connections: config.storage.max_connections,
-                    connect_timeout: Duration::from_millis(config.storage.connect_timeout_ms),
-                    statement_timeout: Duration::from_millis(config.storage.statement_timeout_ms),
+                    connect_timeout: config.storage.connect_timeout,
+                    statement_timeout: config.storage.statement_timeout,
                     password,
                 };
                 let store = PgStore::connect_only(&settings).await?;
@@ -148,14 +150,12 @@ impl Application {
     /// Any configuration, storage, key or TLS problem, with the file or setting named.
     pub async fn build(config: &Config, config_path: &std::path::Path) -> anyhow::Result<Self> {
         vault_core::pan::configure_card_number_rule(config.input.rule());
-        let policy = load_policy(&config.policy.path, config.identity)?;
-        let policy_digest = std::fs::read(&config.policy.path)
-            .map(|text| vault_crypto::sha256(&text))
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.policy.path.display()))?;
+        // Read once: the digest `vault.start` records is of the bytes the policy was parsed from.
+        let LoadedPolicy { policy, sha256 } = load_policy(&config.policy.path, config.identity)?;
         let start_detail = format!(
             "vaultd {} policy sha256:{}",
             env!("CARGO_PKG_VERSION"),
-            hex::encode(policy_digest)
+            hex::encode(sha256)
         );
         let tls = Arc::new(tls::ServerTls::load(&config.tls)?);
         let keys = Arc::new(open_key_ring(config, config_path).await?);
@@ -190,7 +190,7 @@ impl Application {
             .with_guard(config.guard.settings())
             .with_limiter(
                 Arc::new(GovernorLimiter::new(&config.limits)),
-                config.limits.record_interval(),
+                config.limits.record_refusals_every,
             );
         // Before the port is bound: a signing key that is missing (while checkpoints it signed
         // exist) or that the KEK cannot unwrap stops the vault here, exit 78.
@@ -206,11 +206,11 @@ impl Application {
             tls,
             vault,
             store,
-            call_timeout: Duration::from_millis(config.storage.call_timeout_ms),
+            call_timeout: config.storage.call_timeout,
             identity: config.identity,
             handshake_limits: config.tls.handshake_limits(),
-            checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
-            refusal_interval: config.limits.record_interval(),
+            checkpoint_interval: config.audit.checkpoint_interval,
+            refusal_interval: config.limits.record_refusals_every,
             start_detail,
         })
     }
@@ -370,7 +370,7 @@ pub async fn replace_audit_key(
     operator: &str,
     reason: &str,
 ) -> anyhow::Result<String> {
-    let policy = load_policy(&config.policy.path, config.identity)?;
+    let policy = load_policy(&config.policy.path, config.identity)?.policy;
     let keys = Arc::new(open_key_ring(config, config_path).await?);
     let store = Backend::open(config, config_path, config.storage.migrate_on_start).await?;
     let vault = Vault::new(store.port(), keys, Arc::new(policy));

@@ -4,17 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use vault_core::keyring::{CacheLimits, KeyRing};
+use vault_core::keyring::KeyRing;
 use vault_core::ports::KeyEncryptionKey;
 use vault_kms::{
-    DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, SecretSource,
-    TransitAuth, TransitKek, TransitSettings,
+    DEFAULT_APPROLE_MOUNT, DangerLocalFileKek, Pkcs11Kek, Pkcs11Settings, TransitAuth, TransitKek,
+    TransitSettings,
 };
 
-use crate::config::{Config, ConfigError, KekConfig, read_secret};
+use crate::config::{Config, ConfigError, KekConfig, read_secret, secret_source};
 
 /// The key ring the configuration describes.
 ///
@@ -26,11 +25,7 @@ pub async fn open_key_ring(config: &Config, config_path: &Path) -> anyhow::Resul
     for (index, kek) in config.previous_kek.iter().enumerate() {
         previous.push(open_kek(kek, config_path, &format!("previous_kek[{index}]")).await?);
     }
-    let limits = CacheLimits {
-        max_entries: config.key_cache.max_entries,
-        max_age: Duration::from_secs(config.key_cache.max_age_secs),
-    };
-    Ok(KeyRing::new(current, previous, limits))
+    Ok(KeyRing::new(current, previous, config.key_cache.limits()))
 }
 
 /// Creates the configured KEK where it lives, unless it exists: a sensitive, non-extractable
@@ -83,21 +78,14 @@ fn transit_settings(
         role_id_env,
         secret_id_file,
         secret_id_env,
-        timeout_ms,
+        timeout,
     } = kek
     else {
         anyhow::bail!("{setting}: not a transit kek");
     };
-    let invalid = |problem: &str| ConfigError::Invalid {
-        path: config_path.to_owned(),
-        setting: setting.to_owned(),
-        problem: problem.to_owned(),
-    };
-    let source = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
-        (Some(file), None) => Ok(Some(SecretSource::File(file.clone()))),
-        (None, Some(env)) => Ok(Some(SecretSource::Env(env.clone()))),
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(invalid("give a secret's _file or its _env, not both")),
+    let invalid = |problem: &str| ConfigError::invalid(config_path, setting, problem);
+    let source = |file: &Option<PathBuf>, env: &Option<String>| {
+        secret_source(file.as_deref(), env.as_deref()).map_err(invalid)
     };
     let token = source(token_file, token_env)?;
     let role_id = source(role_id_file, role_id_env)?;
@@ -120,7 +108,7 @@ fn transit_settings(
     };
     let mut settings = TransitSettings::new(address.clone(), ca_cert.clone(), key.clone(), auth);
     settings.mount.clone_from(mount);
-    settings.timeout = Duration::from_millis(*timeout_ms);
+    settings.timeout = *timeout;
     Ok(settings)
 }
 
@@ -139,16 +127,15 @@ fn pkcs11_settings(
     else {
         anyhow::bail!("{setting}: not a pkcs11 kek");
     };
-    let pin = read_secret(
-        config_path,
-        &format!("{setting}.pin_file / {setting}.pin_env"),
-        pin_file.as_deref(),
-        pin_env.as_deref(),
-    )?;
+    let pin_setting = format!("{setting}.pin_file / {setting}.pin_env");
+    let invalid = |problem: &str| ConfigError::invalid(config_path, &pin_setting, problem);
+    let source = secret_source(pin_file.as_deref(), pin_env.as_deref())
+        .map_err(invalid)?
+        .ok_or_else(|| invalid("give pin_file or pin_env"))?;
     Ok(Pkcs11Settings {
         module: module.clone(),
         token_label: token_label.clone(),
-        pin: pin.as_str().to_owned().into(),
+        pin: read_secret(config_path, &pin_setting, &source)?,
         key_label: key_label.clone(),
     })
 }

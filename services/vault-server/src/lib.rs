@@ -1,7 +1,7 @@
 //! The card vault's server: gRPC over mutual TLS 1.3 in front of `vault_core::Vault`.
 //!
 //! - `app`: the composition root ([`app::Application`]): config in, a bound server out.
-//! - `config`: `vaultd.toml` and the policy file.
+//! - `config`: `vaultd.toml`, one module per section, parsed into typed values; the policy file.
 //! - `kek`: opens the configured KEKs as the domain's key ring.
 //! - `tls`: rustls settings (TLS 1.3 only, client certificates required) and the accept loop.
 //! - `identity`: the caller's identity from its certificate (SPIFFE URI SAN, else CN).

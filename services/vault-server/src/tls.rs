@@ -28,23 +28,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+pub use crate::config::HandshakeLimits;
+
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
-
-/// Bounds on TLS handshakes in progress (`[tls]`): past `max` in all a new connection is closed
-/// at once, so unauthenticated clients cannot pile up tasks and memory; and a source that has
-/// `per_source` in progress gets more only while fewer than half of `max` are in progress, so
-/// one host holding idle connections cannot lock everyone else out, yet a host that opens many
-/// connections at once (a restarted gateway) is not refused while the vault is quiet.
-#[derive(Debug, Clone, Copy)]
-pub struct HandshakeLimits {
-    /// How long a client has to finish its handshake.
-    pub timeout: Duration,
-    /// Handshakes in progress at once, from everyone.
-    pub max: usize,
-    /// Handshakes in progress that one source ([`Source`]) always gets.
-    pub per_source: usize,
-}
 
 /// Where a connection comes from, as the handshake limits count it: an IPv4 address, or an
 /// IPv6 /64 (one host usually holds a whole /64).
