@@ -163,7 +163,7 @@ pub(crate) async fn check_with(
                     Err(status) => {
                         *report
                             .failed
-                            .entry(vaultctl::code_name(status.code()).to_owned())
+                            .entry(vault_client::code_name(status.code()).to_owned())
                             .or_default() += 1;
                         false
                     }

@@ -35,10 +35,10 @@ impl Clients {
         credentials: &Credentials,
         connections: usize,
     ) -> Result<Self, Error> {
-        let args = target.connection_args(credentials);
-        let first = vaultctl::connect::channel(&args)?;
+        let connection = target.connection(credentials);
+        let first = vault_client::channel(&connection)?;
         let others = (1..connections)
-            .map(|_| Ok(vaultctl::connect::channel(&args)?))
+            .map(|_| Ok(vault_client::channel(&connection)?))
             .collect::<Result<_, Error>>()?;
         Ok(Self { first, others })
     }

@@ -1,6 +1,6 @@
 //! What can stop a run before it produces a report, and the exit code each kind gets.
 
-use vaultctl::{EXIT_FAILED, EXIT_USAGE};
+use vault_client::{EXIT_FAILED, EXIT_USAGE};
 
 /// A run or check that could not produce a report. Errors of single requests are not this:
 /// they are counted in the [`Report`](crate::Report).
@@ -33,12 +33,9 @@ impl Error {
     }
 }
 
-impl From<vaultctl::Error> for Error {
-    fn from(err: vaultctl::Error) -> Self {
-        match err {
-            vaultctl::Error::Config(text) => Self::Config(text),
-            other => Self::Setup(other.to_string()),
-        }
+impl From<vault_client::ConfigError> for Error {
+    fn from(err: vault_client::ConfigError) -> Self {
+        Self::Config(err.0)
     }
 }
 

@@ -1,5 +1,5 @@
 //! `loadtest`: a gRPC load generator for the card vault's `vault.v1.TokenService`, over mutual
-//! TLS, with the channels of [`vaultctl::connect`].
+//! TLS, with the channels of [`vault_client`].
 //!
 //! The binary is a thin shell around [`run`] and [`check_records`]; a crash test calls them
 //! in-process with [`Options`] built in code:
@@ -50,7 +50,7 @@ pub use record::Record;
 pub use report::{GhzReport, Report};
 pub use run::run;
 pub use stats::{DEDUP_MISMATCH, WRONG_PAN};
-/// vaultctl's exit codes, which loadtest shares: [`EXIT_FAILED`] for a failed check
+/// The clients' exit codes, which loadtest shares: [`EXIT_FAILED`] for a failed check
 /// (`--check`, `check --record`) or failed requests with `--fail-on-error`, [`EXIT_USAGE`] for
 /// usage and configuration errors (clap uses the same for bad arguments).
-pub use vaultctl::{EXIT_FAILED, EXIT_USAGE};
+pub use vault_client::{EXIT_FAILED, EXIT_USAGE};

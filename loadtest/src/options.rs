@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vault_proto::v1::TokenFormat;
-use vaultctl::cli::ConnectionArgs;
 
 /// The `vaultd dev` address (`127.0.0.1:50051`).
-pub const DEFAULT_ADDR: &str = vaultctl::cli::DEFAULT_ADDR;
+pub const DEFAULT_ADDR: &str = vault_client::DEFAULT_ADDR;
 /// The `vaultd dev` data directory when none is given.
 pub const DEFAULT_DEV_DIR: &str = ".vault-dev";
 /// The dev identity allowed to tokenize.
@@ -22,30 +21,9 @@ pub const CHECK_REASON: &str = "loadtest check";
 /// The expiry every tokenize carries (month, year).
 pub const EXPIRY: (u32, u32) = (12, 2030);
 
-/// The three PEM files of one mutual TLS client identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// CA certificate the vault's server certificate must chain to.
-    pub ca: PathBuf,
-    /// Client certificate.
-    pub cert: PathBuf,
-    /// Client private key.
-    pub key: PathBuf,
-}
-
-impl Credentials {
-    /// The files of identity `name` in a `vaultd dev` data directory: `DIR/pki/ca.pem`,
-    /// `DIR/pki/NAME.pem`, `DIR/pki/NAME.key`.
-    #[must_use]
-    pub fn dev(dir: &Path, name: &str) -> Self {
-        let pki = dir.join("pki");
-        Self {
-            ca: pki.join("ca.pem"),
-            cert: pki.join(format!("{name}.pem")),
-            key: pki.join(format!("{name}.key")),
-        }
-    }
-}
+/// The three PEM files of one mutual TLS client identity ([`Credentials::dev`] finds them in
+/// a `vaultd dev` data directory).
+pub type Credentials = vault_client::TlsFiles;
 
 /// Where the vault is and who to be.
 #[derive(Debug, Clone)]
@@ -89,17 +67,13 @@ impl Target {
         }
     }
 
-    /// vaultctl's connection arguments for `credentials` at this target.
-    pub(crate) fn connection_args(&self, credentials: &Credentials) -> ConnectionArgs {
-        ConnectionArgs {
+    /// The connection for `credentials` at this target.
+    pub(crate) fn connection(&self, credentials: &Credentials) -> vault_client::Connection {
+        vault_client::Connection {
             addr: self.addr.clone(),
-            ca: Some(credentials.ca.clone()),
-            cert: Some(credentials.cert.clone()),
-            key: Some(credentials.key.clone()),
-            dev_dir: None,
-            identity: None,
             server_name: self.server_name.clone(),
-            timeout_secs: self.connect_timeout.as_secs().max(1),
+            connect_timeout: self.connect_timeout,
+            files: credentials.clone(),
         }
     }
 }

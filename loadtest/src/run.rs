@@ -507,7 +507,7 @@ async fn tokenize_all(
                         }
                         tokens.push(ack);
                     }
-                    Err(status) => failures.push(vaultctl::status_text(&status)),
+                    Err(status) => failures.push(vault_client::status_text(&status)),
                 }
             }
             (tokens, failures)

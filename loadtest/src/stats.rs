@@ -107,7 +107,7 @@ impl Stats {
                 (Code::Ok, None)
             }
             Outcome::Rpc(status) => {
-                bump(&mut self.errors, vaultctl::code_name(status.code()));
+                bump(&mut self.errors, vault_client::code_name(status.code()));
                 let message = format!(
                     "rpc error: code = {} desc = {}",
                     ghz_code_name(status.code()),

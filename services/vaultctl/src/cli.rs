@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::Error;
-
-/// The vault's address when none is given (the `vaultd dev` default).
-pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+pub use vault_client::{ConnectionArgs, DEFAULT_ADDR, TlsFiles};
 
 const ABOUT: &str =
     "Key administration for the card vault (vault.v1.KeyAdminService) over mutual TLS";
@@ -74,152 +71,6 @@ pub enum OutputFormat {
     Text,
     /// One JSON object.
     Json,
-}
-
-/// The connection options, valid before or after the subcommand.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Connection")]
-pub struct ConnectionArgs {
-    /// The vault's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        value_name = "HOST:PORT",
-        default_value = DEFAULT_ADDR,
-        env = "VAULTCTL_ADDR"
-    )]
-    pub addr: String,
-    /// CA certificate (PEM) the vault's server certificate must chain to.
-    ///
-    /// Goes with --cert and --key.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "VAULTCTL_CA",
-        requires_all = ["cert", "key"],
-        conflicts_with_all = ["dev_dir", "identity"]
-    )]
-    pub ca: Option<PathBuf>,
-    /// This client's certificate (PEM).
-    ///
-    /// Its identity needs the keys.admin permission in the vault's policy.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "VAULTCTL_CERT",
-        requires_all = ["ca", "key"],
-        conflicts_with_all = ["dev_dir", "identity"]
-    )]
-    pub cert: Option<PathBuf>,
-    /// This client's private key (PEM) for --cert.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "VAULTCTL_KEY",
-        requires_all = ["ca", "cert"],
-        conflicts_with_all = ["dev_dir", "identity"]
-    )]
-    pub key: Option<PathBuf>,
-    /// A `vaultd dev` data directory, instead of --ca, --cert and --key.
-    ///
-    /// Uses DIR/pki/ca.pem and the --identity's DIR/pki/NAME.pem and DIR/pki/NAME.key.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "VAULTCTL_DEV_DIR",
-        requires = "identity"
-    )]
-    pub dev_dir: Option<PathBuf>,
-    /// The identity in --dev-dir to connect as, e.g. admin-1.
-    #[arg(
-        long,
-        global = true,
-        value_name = "NAME",
-        env = "VAULTCTL_IDENTITY",
-        requires = "dev_dir"
-    )]
-    pub identity: Option<String>,
-    /// The name the vault's server certificate must carry (TLS server name).
-    #[arg(
-        long,
-        global = true,
-        value_name = "NAME",
-        default_value = "localhost",
-        env = "VAULTCTL_SERVER_NAME"
-    )]
-    pub server_name: String,
-    /// Seconds to wait for connecting and for each single-answer call.
-    ///
-    /// Re-encryption and rewrap streams have no overall limit.
-    #[arg(
-        long,
-        global = true,
-        value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub timeout_secs: u64,
-}
-
-/// The three PEM files of a mutual TLS client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The CA certificate the server's certificate must chain to.
-    pub ca: PathBuf,
-    /// The client certificate.
-    pub cert: PathBuf,
-    /// The client's private key.
-    pub key: PathBuf,
-}
-
-impl ConnectionArgs {
-    /// The CA, certificate and key files to use: the three given, or the ones of `--identity`
-    /// in `--dev-dir`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if neither form was given (clap already refuses both together, or
-    /// either form half given).
-    pub fn tls_files(&self) -> Result<TlsFiles, Error> {
-        match (
-            &self.ca,
-            &self.cert,
-            &self.key,
-            &self.dev_dir,
-            &self.identity,
-        ) {
-            (Some(ca), Some(cert), Some(key), None, None) => Ok(TlsFiles {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (None, None, None, Some(dir), Some(name)) => {
-                if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
-                    return Err(Error::Config(format!(
-                        "--identity {name:?} is not an identity name (e.g. admin-1)"
-                    )));
-                }
-                let pki = dir.join("pki");
-                Ok(TlsFiles {
-                    ca: pki.join("ca.pem"),
-                    cert: pki.join(format!("{name}.pem")),
-                    key: pki.join(format!("{name}.key")),
-                })
-            }
-            (None, None, None, None, None) => Err(Error::Config(
-                "no client identity: give --ca, --cert and --key, or --dev-dir and --identity \
-                 (or the VAULTCTL_* environment variables)"
-                    .to_owned(),
-            )),
-            _ => Err(Error::Config(
-                "give either all of --ca, --cert and --key, or --dev-dir and --identity, not a mix"
-                    .to_owned(),
-            )),
-        }
-    }
 }
 
 /// The commands, one RPC each.
@@ -534,8 +385,8 @@ mod tests {
     #[test]
     fn no_identity_at_all_is_a_config_error() {
         let cli = parse(&["status"]).unwrap();
-        let err = cli.connection.tls_files().unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        let err = crate::Error::from(cli.connection.tls_files().unwrap_err());
+        assert!(matches!(err, crate::Error::Config(_)), "{err:?}");
         assert_eq!(err.exit_code(), 2);
     }
 
@@ -543,7 +394,7 @@ mod tests {
     fn identity_names_cannot_leave_the_pki_folder() {
         for name in ["../ca", "", ".."] {
             let cli = parse(&["--dev-dir", "d", "--identity", name, "status"]).unwrap();
-            assert!(matches!(cli.connection.tls_files(), Err(Error::Config(_))));
+            assert!(cli.connection.tls_files().is_err(), "{name:?}");
         }
     }
 

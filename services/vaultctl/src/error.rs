@@ -1,11 +1,8 @@
 //! What can go wrong, how it is printed, and the exit code each kind gets.
 
-use tonic::{Code, Status};
+use tonic::Status;
 
-/// Exit code for a call the vault refused or failed, or a job that stopped before it finished.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code for usage and configuration errors (clap uses the same for bad arguments).
-pub const EXIT_USAGE: u8 = 2;
+pub use vault_client::{EXIT_FAILED, EXIT_USAGE, code_name, status_text};
 
 /// A failed `vaultctl` run. `Display` gives the text after `vaultctl: ` on standard error.
 #[derive(Debug, thiserror::Error)]
@@ -63,56 +60,22 @@ impl Error {
     }
 }
 
+impl From<vault_client::ConfigError> for Error {
+    fn from(err: vault_client::ConfigError) -> Self {
+        Self::Config(err.0)
+    }
+}
+
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         Self::Rpc(status)
     }
 }
 
-/// `CODE: message`, followed by the causes behind a transport failure (tonic keeps a TLS alert,
-/// for one, in the status's source rather than its message).
-#[must_use]
-pub fn status_text(status: &Status) -> String {
-    let mut text = format!("{}: {}", code_name(status.code()), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// The canonical gRPC name of `code`, as in the gRPC status code documentation
-/// (`PERMISSION_DENIED`, `FAILED_PRECONDITION`, ...).
-#[must_use]
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     #[test]
@@ -126,19 +89,6 @@ mod tests {
         );
         assert_eq!(err.exit_code(), EXIT_FAILED);
         assert_eq!(err.status().map(Status::code), Some(Code::PermissionDenied));
-    }
-
-    #[test]
-    fn transport_causes_follow_the_message_once() {
-        let io = std::io::Error::other("received fatal alert: UnknownCA");
-        let status = Status::from_error(Box::new(io));
-        let text = status_text(&status);
-        assert!(text.starts_with("UNKNOWN: "), "{text}");
-        assert_eq!(
-            text.matches("received fatal alert: UnknownCA").count(),
-            1,
-            "{text}"
-        );
     }
 
     #[test]
@@ -165,12 +115,5 @@ mod tests {
     fn configuration_errors_exit_two() {
         assert_eq!(Error::Config("no".into()).exit_code(), EXIT_USAGE);
         assert_eq!(Error::Protocol("no".into()).exit_code(), EXIT_FAILED);
-    }
-
-    #[test]
-    fn code_names_are_the_canonical_ones() {
-        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
-        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
-        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
     }
 }
