@@ -12,6 +12,9 @@
 use std::fmt;
 
 /// The `vault.v1` package.
+#[cfg(feature = "audit")]
+pub mod audit;
+
 pub mod v1 {
     tonic::include_proto!("vault.v1");
 }

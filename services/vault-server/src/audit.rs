@@ -7,7 +7,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use vault_audit::{Checkpoint, Entry, Line};
+use vault_audit::Line;
 use vault_core::policy::Operation;
 use vault_core::trail::{AuditReadCommand, PruneCommand};
 use vault_proto::v1 as pb;
@@ -35,60 +35,6 @@ pub type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn empty(text: String) -> Option<String> {
     Some(text).filter(|t| !t.is_empty())
-}
-
-pub(crate) fn record_to_proto(entry: Entry) -> pb::AuditRecord {
-    pb::AuditRecord {
-        writer: entry.writer,
-        seq: entry.seq,
-        at: entry.at,
-        caller: entry.caller,
-        origin: entry.origin,
-        event: entry.event,
-        detail: entry.detail,
-        outcome: entry.outcome,
-        resource: entry.resource,
-        merchant_id: entry.merchant_id,
-        token: entry.token,
-        request_id: entry.request_id,
-        reason: entry.reason,
-        prev_hash: entry.prev_hash.to_vec(),
-        hash: entry.hash.to_vec(),
-    }
-}
-
-fn checkpoint_to_proto(checkpoint: Checkpoint) -> pb::Checkpoint {
-    pb::Checkpoint {
-        cp_seq: checkpoint.cp_seq,
-        kind: checkpoint.kind,
-        at: checkpoint.at,
-        writer: checkpoint.writer,
-        seq: checkpoint.seq,
-        head_hash: checkpoint.head_hash.to_vec(),
-        prev_hash: checkpoint.prev_hash.to_vec(),
-        key_id: checkpoint.key_id,
-        signature: checkpoint.signature.to_vec(),
-        hash: checkpoint.hash.to_vec(),
-        replaces_key: checkpoint.replaces_key.unwrap_or_default(),
-    }
-}
-
-fn line_to_proto(line: Line) -> pb::ExportItem {
-    use pb::export_item::Item;
-    let item = match line {
-        Line::Header(h) => Item::Header(pb::ExportHeader {
-            format: h.format,
-            from: h.from,
-            to: h.to,
-            exported_at: h.exported_at,
-            checkpoints: h.checkpoints,
-            records: h.records,
-            keep_until: h.keep_until,
-        }),
-        Line::Checkpoint(c) => Item::Checkpoint(checkpoint_to_proto(c)),
-        Line::Record(e) => Item::Record(record_to_proto(e)),
-    };
-    pb::ExportItem { item: Some(item) }
 }
 
 /// Pages through `next` on its own task, sending each item; stops at the end, on an error, or
@@ -151,25 +97,24 @@ impl AuditService for AuditApi {
             event: empty(body.event),
             outcome: empty(body.outcome),
         };
-        let result = self
-            .calls
-            .within(self.calls.vault.read_audit(&ctx, command))
-            .await
-            .map(|reader| {
-                stream_pages(
-                    self.calls.clone(),
-                    reader,
-                    |reader| {
-                        Box::pin(async move {
-                            Ok(reader
-                                .next_page()
-                                .await?
-                                .map(|page| page.into_iter().map(record_to_proto).collect()))
-                        })
-                    },
-                    Vec::new(),
-                )
-            });
+        let result =
+            self.calls
+                .within(self.calls.vault.read_audit(&ctx, command))
+                .await
+                .map(|reader| {
+                    stream_pages(
+                        self.calls.clone(),
+                        reader,
+                        |reader| {
+                            Box::pin(async move {
+                                Ok(reader.next_page().await?.map(|page| {
+                                    page.into_iter().map(pb::AuditRecord::from).collect()
+                                }))
+                            })
+                        },
+                        Vec::new(),
+                    )
+                });
         respond(&ctx, Operation::AuditRead, result)
     }
 
@@ -179,30 +124,29 @@ impl AuditService for AuditApi {
     ) -> Result<Response<Self::ExportStream>, Status> {
         let ctx = self.calls.identify(&request, Operation::AuditRead).await?;
         let body = request.into_inner();
-        let result = self
-            .calls
-            .within(
-                self.calls
-                    .vault
-                    .export_audit(&ctx, empty(body.from), empty(body.to)),
-            )
-            .await
-            .map(|export| {
-                let header = line_to_proto(Line::Header(export.header().clone()));
-                stream_pages(
-                    self.calls.clone(),
-                    export,
-                    |export| {
-                        Box::pin(async move {
-                            Ok(export
-                                .next_page()
-                                .await?
-                                .map(|page| page.into_iter().map(line_to_proto).collect()))
-                        })
-                    },
-                    vec![header],
+        let result =
+            self.calls
+                .within(
+                    self.calls
+                        .vault
+                        .export_audit(&ctx, empty(body.from), empty(body.to)),
                 )
-            });
+                .await
+                .map(|export| {
+                    let header = pb::ExportItem::from(Line::Header(export.header().clone()));
+                    stream_pages(
+                        self.calls.clone(),
+                        export,
+                        |export| {
+                            Box::pin(async move {
+                                Ok(export.next_page().await?.map(|page| {
+                                    page.into_iter().map(pb::ExportItem::from).collect()
+                                }))
+                            })
+                        },
+                        vec![header],
+                    )
+                });
         respond(&ctx, Operation::AuditRead, result)
     }
 
@@ -216,14 +160,7 @@ impl AuditService for AuditApi {
             .within(self.calls.vault.audit_public_keys(&ctx))
             .await
             .map(|keys| pb::GetPublicKeysResponse {
-                keys: keys
-                    .into_iter()
-                    .map(|k| pb::PublicKey {
-                        key_id: k.key_id,
-                        algorithm: k.algorithm,
-                        public_key: k.public_key.to_vec(),
-                    })
-                    .collect(),
+                keys: keys.into_iter().map(pb::PublicKey::from).collect(),
             });
         respond(&ctx, Operation::AuditRead, result)
     }

@@ -6,72 +6,12 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use tonic::transport::Channel;
-use vault_audit::{Checkpoint, Entry, ExportHeader, Line, PublicKey};
+use vault_audit::{ExportHeader, Line, PublicKey};
 use vault_proto::v1 as pb;
 use vault_proto::v1::audit_service_client::AuditServiceClient;
 
 use crate::error::Error;
 use crate::progress::Reporter;
-
-fn bytes<const N: usize>(value: &[u8], what: &str) -> Result<[u8; N], Error> {
-    value
-        .try_into()
-        .map_err(|_| Error::Protocol(format!("{what} is not {N} bytes")))
-}
-
-fn entry(record: pb::AuditRecord) -> Result<Entry, Error> {
-    Ok(Entry {
-        prev_hash: bytes(&record.prev_hash, "a record's prev_hash")?,
-        hash: bytes(&record.hash, "a record's hash")?,
-        writer: record.writer,
-        seq: record.seq,
-        at: record.at,
-        caller: record.caller,
-        origin: record.origin,
-        event: record.event,
-        detail: record.detail,
-        outcome: record.outcome,
-        resource: record.resource,
-        merchant_id: record.merchant_id,
-        token: record.token,
-        request_id: record.request_id,
-        reason: record.reason,
-    })
-}
-
-fn checkpoint(c: pb::Checkpoint) -> Result<Checkpoint, Error> {
-    Ok(Checkpoint {
-        head_hash: bytes(&c.head_hash, "a checkpoint's head_hash")?,
-        prev_hash: bytes(&c.prev_hash, "a checkpoint's prev_hash")?,
-        signature: bytes(&c.signature, "a checkpoint's signature")?,
-        hash: bytes(&c.hash, "a checkpoint's hash")?,
-        cp_seq: c.cp_seq,
-        kind: c.kind,
-        at: c.at,
-        writer: c.writer,
-        seq: c.seq,
-        key_id: c.key_id,
-        replaces_key: Some(c.replaces_key).filter(|key| !key.is_empty()),
-    })
-}
-
-fn line(item: pb::ExportItem) -> Result<Line, Error> {
-    use pb::export_item::Item;
-    match item.item {
-        Some(Item::Header(h)) => Ok(Line::Header(ExportHeader {
-            format: h.format,
-            from: h.from,
-            to: h.to,
-            exported_at: h.exported_at,
-            checkpoints: h.checkpoints,
-            records: h.records,
-            keep_until: h.keep_until,
-        })),
-        Some(Item::Checkpoint(c)) => checkpoint(c).map(Line::Checkpoint),
-        Some(Item::Record(r)) => entry(r).map(Line::Record),
-        None => Err(Error::Protocol("an export item without content".to_owned())),
-    }
-}
 
 /// Opens `path` for writing an export: created with mode 0600, or truncated and set to 0600
 /// if it exists. Records name callers, merchants and tokens; an export is for auditors only.
@@ -130,7 +70,7 @@ pub async fn export(
     let mut reporter = Reporter::stderr(format!("exporting the audit trail to {}", path.display()));
     let mut total = 0;
     while let Some(item) = stream.message().await? {
-        let line = line(item)?;
+        let line = Line::try_from(item)?;
         match &line {
             Line::Header(h) => {
                 total = h.checkpoints + h.records;
@@ -180,21 +120,7 @@ pub async fn public_keys(channel: Channel) -> Result<Vec<PublicKey>, Error> {
     answer
         .keys
         .into_iter()
-        .map(|k| {
-            let key = PublicKey {
-                key_id: k.key_id,
-                algorithm: k.algorithm,
-                public_key: bytes(&k.public_key, "a public key")?,
-            };
-            // Never pass on a key under another key's id.
-            if key.key_id == vault_audit::key_id(&key.public_key) && key.algorithm == "ed25519" {
-                Ok(key)
-            } else {
-                Err(Error::Protocol(
-                    "a public key does not match its id".to_owned(),
-                ))
-            }
-        })
+        .map(|k| Ok(PublicKey::try_from(k)?))
         .collect()
 }
 

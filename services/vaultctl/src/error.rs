@@ -66,6 +66,12 @@ impl From<vault_client::ConfigError> for Error {
     }
 }
 
+impl From<vault_proto::audit::WireError> for Error {
+    fn from(err: vault_proto::audit::WireError) -> Self {
+        Self::Protocol(err.to_string())
+    }
+}
+
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         Self::Rpc(status)
