@@ -104,18 +104,47 @@ fn describe(what: &str, cause: Option<&Cause>) -> String {
     }
 }
 
+/// A dependency (the store, a KEK) that could not be used: what failed, in words that hold no
+/// request data or secret, and the error behind it if there was one (its `source()`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", describe(&self.what, self.cause.as_ref()))]
+pub struct Unavailable {
+    /// What failed.
+    pub what: std::borrow::Cow<'static, str>,
+    /// The driver's, backend's or transport's error.
+    #[source]
+    pub cause: Option<Cause>,
+}
+
+impl Unavailable {
+    /// `what` failed, with no error behind it.
+    #[must_use]
+    pub fn new(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// `what` failed because of `cause`.
+    #[must_use]
+    pub fn caused_by(
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            cause: Some(std::sync::Arc::new(cause)),
+        }
+    }
+}
+
 /// Errors a [`crate::ports::TokenStore`] reports.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached, timed out, or failed the statement.
-    #[error("{}", describe(.what, .cause.as_ref()))]
-    Unavailable {
-        /// Which step failed, in words that hold no request data.
-        what: std::borrow::Cow<'static, str>,
-        /// The driver's error, if there was one.
-        #[source]
-        cause: Option<Cause>,
-    },
+    #[error(transparent)]
+    Unavailable(Unavailable),
     /// A stored row could not be read back into domain types.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -125,10 +154,7 @@ impl StoreError {
     /// The store is unavailable: `what` says which step failed.
     #[must_use]
     pub fn unavailable(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
-        Self::Unavailable {
-            what: what.into(),
-            cause: None,
-        }
+        Self::Unavailable(Unavailable::new(what))
     }
 
     /// The store is unavailable because of `cause`.
@@ -137,22 +163,45 @@ impl StoreError {
         what: impl Into<std::borrow::Cow<'static, str>>,
         cause: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self::Unavailable {
-            what: what.into(),
-            cause: Some(std::sync::Arc::new(cause)),
-        }
+        Self::Unavailable(Unavailable::caused_by(what, cause))
     }
 }
 
 /// Errors a [`crate::ports::KeyEncryptionKey`] reports.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KekError {
-    /// The KEK backend could not be reached or used.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The KEK backend could not be reached or used (what names the backend).
+    #[error(transparent)]
+    Unavailable(Unavailable),
+    /// The KEK backend did not answer in time (a slow HSM or Transit server, not an outage
+    /// of the store).
+    #[error("{what} (no answer within {} ms)", .after.as_millis())]
+    Timeout {
+        /// Which backend, and what was asked.
+        what: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// A wrapped key failed authentication under the KEK.
     #[error("wrapped key failed authentication")]
     Integrity,
+}
+
+impl KekError {
+    /// The KEK is unavailable: `what` says which backend and what failed.
+    #[must_use]
+    pub fn unavailable(what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self::Unavailable(Unavailable::new(what))
+    }
+
+    /// The KEK is unavailable because of `cause`.
+    #[must_use]
+    pub fn caused_by(
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable(Unavailable::caused_by(what, cause))
+    }
 }
 
 /// `error` and each of its sources, `: `-separated, every message once (an error whose
@@ -177,7 +226,9 @@ impl From<KekError> for VaultError {
     fn from(err: KekError) -> Self {
         match err {
             KekError::Integrity => Self::Integrity,
-            unavailable @ KekError::Unavailable(_) => Self::KeyUnavailable(unavailable),
+            unavailable @ (KekError::Unavailable(_) | KekError::Timeout { .. }) => {
+                Self::KeyUnavailable(unavailable)
+            }
         }
     }
 }
@@ -186,7 +237,7 @@ impl From<StoreError> for VaultError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Corrupt(_) => Self::Integrity,
-            unavailable @ StoreError::Unavailable { .. } => Self::StoreUnavailable(unavailable),
+            unavailable @ StoreError::Unavailable(_) => Self::StoreUnavailable(unavailable),
         }
     }
 }

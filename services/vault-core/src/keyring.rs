@@ -316,7 +316,7 @@ impl KeyRing {
         for kek in std::iter::once(&self.current).chain(&self.previous) {
             if let Err(err) = kek.check().await {
                 self.kek_down();
-                return Err(KekError::Unavailable(format!("{}: {err}", kek.name())));
+                return Err(KekError::caused_by(kek.name().to_owned(), err));
             }
         }
         self.kek_up.store(true, Ordering::SeqCst);
@@ -380,7 +380,7 @@ impl KeyRing {
             .chain(&self.previous)
             .find(|kek| kek.owns(&wrapped.kek_id))
             .ok_or_else(|| {
-                VaultError::KeyUnavailable(KekError::Unavailable(format!(
+                VaultError::KeyUnavailable(KekError::unavailable(format!(
                     "key is wrapped by kek {}, which is not configured (current: {})",
                     wrapped.kek_id,
                     self.current.name()
@@ -394,7 +394,7 @@ impl KeyRing {
 
     /// Passes a KEK result on; an unreachable KEK also empties the cache.
     fn kek_result<T>(&self, result: Result<T, KekError>) -> Result<T, VaultError> {
-        if let Err(KekError::Unavailable(_)) = &result {
+        if let Err(KekError::Unavailable(_) | KekError::Timeout { .. }) = &result {
             self.kek_down();
         }
         Ok(result?)

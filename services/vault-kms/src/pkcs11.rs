@@ -286,7 +286,7 @@ impl Pkcs11Kek {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.run(op))
             .await
-            .map_err(|e| KekError::Unavailable(format!("pkcs11 worker failed: {e}")))?
+            .map_err(|e| KekError::caused_by("pkcs11 worker failed", e))?
     }
 }
 
@@ -319,7 +319,7 @@ impl Inner {
                     self.give_back(session);
                     Err(KekError::Integrity)
                 } else {
-                    Err(unavailable(&e))
+                    Err(unavailable(e))
                 }
             }
         }
@@ -357,12 +357,9 @@ impl Inner {
         let slot = *self
             .slot
             .lock()
-            .map_err(|_| KekError::Unavailable("pkcs11: slot lock poisoned".to_owned()))?;
-        let session = self
-            .ctx
-            .open_rw_session(slot)
-            .map_err(|e| unavailable(&e))?;
-        login(&session, &self.pin).map_err(|e| unavailable(&e))?;
+            .map_err(|_| KekError::unavailable("pkcs11: slot lock poisoned"))?;
+        let session = self.ctx.open_rw_session(slot).map_err(unavailable)?;
+        login(&session, &self.pin).map_err(unavailable)?;
         let key = self.find_key(&session)?;
         Ok((session, key))
     }
@@ -370,12 +367,12 @@ impl Inner {
     fn find_key(&self, session: &Session) -> Result<ObjectHandle, KekError> {
         match session
             .find_objects(&key_template(&self.key_label))
-            .map_err(|e| unavailable(&e))?
+            .map_err(unavailable)?
             .as_slice()
         {
             [key] => Ok(*key),
-            _ => Err(KekError::Unavailable(
-                "pkcs11: the KEK is missing from the token".to_owned(),
+            _ => Err(KekError::unavailable(
+                "pkcs11: the KEK is missing from the token",
             )),
         }
     }
@@ -414,8 +411,8 @@ impl Inner {
     }
 }
 
-fn unavailable(e: &CkError) -> KekError {
-    KekError::Unavailable(format!("pkcs11: {e}"))
+fn unavailable(e: CkError) -> KekError {
+    KekError::caused_by("pkcs11", e)
 }
 
 #[async_trait]

@@ -280,6 +280,13 @@ log_level     = "warn"
         }
     }
 
+    /// The server process's id, while it runs (to pause it with SIGSTOP: a server that accepts
+    /// connections and never answers).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server process (SIGKILL). Its data stays; [`BaoServer::restart`] brings it
     /// back.
     pub fn stop(&mut self) {

@@ -45,8 +45,9 @@ async fn open(bao: &BaoServer) -> TransitKek {
 /// The message of an `Unavailable`, or a panic naming what came instead.
 fn unavailable<T>(result: Result<T, KekError>) -> String {
     match result {
-        Err(KekError::Unavailable(message)) => message,
+        Err(err @ KekError::Unavailable(_)) => vault_core::error::chain(&err),
         Err(KekError::Integrity) => panic!("expected Unavailable, got Integrity"),
+        Err(err @ KekError::Timeout { .. }) => panic!("expected Unavailable, got {err}"),
         Ok(_) => panic!("expected Unavailable, got Ok"),
     }
 }
@@ -276,6 +277,35 @@ async fn a_server_that_never_answers_times_out() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(matches!(err, TransitError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("unreachable"), "{err}");
+}
+
+/// A server that stops answering (paused with SIGSTOP) is a timeout, not an outage: the KEK
+/// says which, so a slow KEK is never reported as something else.
+#[tokio::test]
+async fn a_server_that_stops_answering_is_a_timeout() {
+    let bao = server().await;
+    let mut settings = bao.settings(KEY);
+    settings.timeout = Duration::from_millis(400);
+    let kek = TransitKek::open(settings).await.unwrap();
+    let pid = bao.pid().unwrap().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let result = kek.wrap(&dek_context(), &KeyMaterial::generate()).await;
+    signal("-CONT");
+    match result {
+        Err(KekError::Timeout { what, after }) => {
+            assert_eq!(after, Duration::from_millis(400));
+            assert!(what.starts_with("transit:"), "{what}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    kek.check().await.unwrap();
 }
 
 #[tokio::test]

@@ -109,9 +109,7 @@ mod tests {
             (VaultError::Unauthenticated, Code::Unauthenticated),
             (VaultError::Integrity, Code::DataLoss),
             (
-                VaultError::KeyUnavailable(vault_core::KekError::Unavailable(
-                    "secret-detail".into(),
-                )),
+                VaultError::KeyUnavailable(vault_core::KekError::unavailable("secret-detail")),
                 Code::Unavailable,
             ),
             (

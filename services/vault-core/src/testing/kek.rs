@@ -86,9 +86,7 @@ impl FakeKek {
 
     fn reachable(&self) -> Result<(), KekError> {
         match self.fault() {
-            KekFault::Down => Err(KekError::Unavailable(
-                "the fake KEK was told to fail".into(),
-            )),
+            KekFault::Down => Err(KekError::unavailable("the fake KEK was told to fail")),
             KekFault::None | KekFault::Integrity => Ok(()),
         }
     }

@@ -249,6 +249,11 @@ impl Client {
         }
     }
 
+    /// How long a request may take.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// An error message for `failure`: says whether the server is unreachable, sealed, or
     /// refused the request. Never contains the token or a secret id.
     pub(super) fn describe(&self, failure: &Failure) -> String {
@@ -256,9 +261,9 @@ impl Client {
             Failure::Transport(e) if e.is_timeout() => format!(
                 "unreachable (no answer within {:?}): {}",
                 self.timeout,
-                error_chain(e)
+                vault_core::error::chain(e)
             ),
-            Failure::Transport(e) => format!("unreachable: {}", error_chain(e)),
+            Failure::Transport(e) => format!("unreachable: {}", vault_core::error::chain(e)),
             Failure::Status { status, errors } => {
                 let said = errors.join("; ");
                 let lower = said.to_ascii_lowercase();
@@ -340,21 +345,9 @@ pub(crate) fn http_client(
         .connect_timeout(timeout)
         .timeout(timeout)
         .build()
-        .map_err(|e| TransitError::Settings(format!("HTTP client: {}", error_chain(&e))))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
+        .map_err(|e| {
+            TransitError::Settings(format!("HTTP client: {}", vault_core::error::chain(&e)))
+        })
 }
 
 /// The server's error text, cut to a sensible length for a log line.

@@ -172,8 +172,18 @@ impl TransitKek {
             .and_then(parse_version)
     }
 
-    fn unavailable(&self, failure: &Failure) -> KekError {
-        KekError::Unavailable(self.client.describe(failure))
+    /// The KEK error for a failed request: a timeout is its own error (a slow server, not a
+    /// down one), a transport failure keeps reqwest's error as its cause, and an answer the
+    /// server gave is described (never with the token).
+    fn unavailable(&self, failure: Failure) -> KekError {
+        match failure {
+            Failure::Transport(e) if e.is_timeout() => KekError::Timeout {
+                what: format!("{}: no answer", self.name),
+                after: self.client.timeout(),
+            },
+            Failure::Transport(e) => KekError::caused_by(format!("{}: unreachable", self.name), e),
+            other => KekError::unavailable(self.client.describe(&other)),
+        }
     }
 }
 
@@ -188,9 +198,9 @@ impl KeyEncryptionKey for TransitKek {
     }
 
     async fn current_id(&self) -> Result<String, KekError> {
-        let info = self.read_key().await.map_err(|f| self.unavailable(&f))?;
+        let info = self.read_key().await.map_err(|f| self.unavailable(f))?;
         self.validate(&info)
-            .map_err(|detail| KekError::Unavailable(format!("{}: key {detail}", self.name)))?;
+            .map_err(|detail| KekError::unavailable(format!("{}: key {detail}", self.name)))?;
         Ok(self.kek_id(info.latest_version))
     }
 
@@ -206,7 +216,7 @@ impl KeyEncryptionKey for TransitKek {
             plaintext: &plaintext,
             associated_data: &associated_data,
         })
-        .map_err(KekError::Unavailable)?;
+        .map_err(KekError::unavailable)?;
         let reply = self
             .client
             .send(
@@ -215,10 +225,10 @@ impl KeyEncryptionKey for TransitKek {
                 Some(&body),
             )
             .await
-            .map_err(|f| self.unavailable(&f))?;
-        let data: Encrypted = parse_data(&reply).map_err(|f| self.unavailable(&f))?;
+            .map_err(|f| self.unavailable(f))?;
+        let data: Encrypted = parse_data(&reply).map_err(|f| self.unavailable(f))?;
         let version = ciphertext_version(&data.ciphertext).ok_or_else(|| {
-            KekError::Unavailable(format!(
+            KekError::unavailable(format!(
                 "{}: the server returned a ciphertext without a key version",
                 self.name
             ))
@@ -253,7 +263,7 @@ impl KeyEncryptionKey for TransitKek {
             ciphertext,
             associated_data: &associated_data,
         })
-        .map_err(KekError::Unavailable)?;
+        .map_err(KekError::unavailable)?;
         let reply = self
             .client
             .send(
@@ -266,10 +276,10 @@ impl KeyEncryptionKey for TransitKek {
                 if failure.is_integrity() {
                     KekError::Integrity
                 } else {
-                    self.unavailable(&failure)
+                    self.unavailable(failure)
                 }
             })?;
-        let data: Decrypted = parse_data(&reply).map_err(|f| self.unavailable(&f))?;
+        let data: Decrypted = parse_data(&reply).map_err(|f| self.unavailable(f))?;
         let mut plain = Zeroizing::new(Vec::with_capacity(data.plaintext.expose_secret().len()));
         BASE64
             .decode_vec(data.plaintext.expose_secret().as_bytes(), &mut plain)
