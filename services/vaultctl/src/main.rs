@@ -22,9 +22,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(vaultctl::run(&cli)) {
         Ok(report) => {
+            let text = match report.render(cli.output) {
+                Ok(text) => text,
+                Err(err) => {
+                    eprintln!("vaultctl: cannot encode the result: {err}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
             let mut stdout = std::io::stdout().lock();
             match stdout
-                .write_all(report.render(cli.output).as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|()| stdout.flush())
             {
                 Ok(()) => ExitCode::from(report.exit_code()),

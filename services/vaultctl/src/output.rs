@@ -1,7 +1,10 @@
-//! What each command prints: a [`Report`] rendered as text for people or as one JSON object for
-//! scripts. Plain functions of the vault's answers, testable without a server.
+//! What each command prints: a [`Report`] rendered as text for people (here) or as one JSON
+//! object for scripts (`json`: `Report` is `Serialize`). Plain functions of the vault's
+//! answers, testable without a server.
 
-use serde_json::{Value, json};
+mod json;
+
+use serde_json::Value;
 use vault_proto::v1::{CacheStatus, GetKeyStatusResponse, GetMerchantKeysResponse, ShredRequest};
 
 use crate::cli::OutputFormat;
@@ -153,12 +156,14 @@ impl Report {
     }
 
     /// The report as `format` asks, ending in a newline.
-    #[must_use]
-    pub fn render(&self, format: OutputFormat) -> String {
-        match format {
+    ///
+    /// # Errors
+    /// As [`Report::to_json`].
+    pub fn render(&self, format: OutputFormat) -> serde_json::Result<String> {
+        Ok(match format {
             OutputFormat::Text => self.to_text(),
-            OutputFormat::Json => format!("{}\n", self.to_json()),
-        }
+            OutputFormat::Json => format!("{}\n", self.to_json()?),
+        })
     }
 
     /// The report for people, ending in a newline.
@@ -221,128 +226,12 @@ impl Report {
         }
     }
 
-    /// The report for scripts: one JSON object. Field names follow `admin.proto`.
-    #[must_use]
-    pub fn to_json(&self) -> Value {
-        match self {
-            Self::Status(status) => json!({
-                "kek": status.kek,
-                "current_kek_id": status.current_kek_id,
-                "previous_keks": status.previous_keks,
-                "keys_to_rewrap": status.keys_to_rewrap,
-                "dek_rotate_after_uses": status.dek_rotate_after_uses,
-                "dek_max_uses": status.dek_max_uses,
-                "dek_rotate_after_days": status.dek_rotate_after_days,
-                "cache": status.cache.as_ref().map(|cache| json!({
-                    "hits": cache.hits,
-                    "misses": cache.misses,
-                    "entries": cache.entries,
-                    "max_entries": cache.max_entries,
-                    "max_age_secs": cache.max_age_secs,
-                    "hit_ratio": hit_ratio(cache),
-                })),
-            }),
-            Self::MerchantKeys { merchant_id, keys } => json!({
-                "merchant_id": merchant_id,
-                "keys": keys.keys.iter().map(|key| json!({
-                    "purpose": key.purpose,
-                    "version": key.version,
-                    "kek_id": key.kek_id,
-                    "uses": key.uses,
-                    "tokens": key.tokens,
-                    "created_at": key.created_at,
-                })).collect::<Vec<_>>(),
-                "shredded": keys.shredded,
-                "pending_shred": keys.pending_shred.as_ref().map(shred_request_json),
-            }),
-            Self::Rotated {
-                merchant_id,
-                version,
-            } => json!({ "merchant_id": merchant_id, "version": version }),
-            Self::Reencrypted {
-                merchant_id,
-                tokens,
-                dek_version,
-            } => json!({
-                "merchant_id": merchant_id,
-                "tokens_reencrypted": tokens,
-                // A number, as `keys rotate` prints it; the vault's text if it is not one.
-                "dek_version": dek_version
-                    .parse::<u32>()
-                    .map_or_else(|_| json!(dek_version), |version| json!(version)),
-            }),
-            Self::Rewrapped { keys, kek_id } => json!({
-                "keys_rewrapped": keys,
-                "kek_id": kek_id,
-            }),
-            Self::ShredRequested {
-                request,
-                approve_command,
-            } => {
-                let mut value = shred_request_json(request);
-                if let Value::Object(fields) = &mut value {
-                    fields.insert("approve_command".to_owned(), json!(approve_command));
-                }
-                value
-            }
-            Self::ShredApproved {
-                merchant_id,
-                request_id,
-                keys_destroyed,
-            } => json!({
-                "merchant_id": merchant_id,
-                "request_id": request_id,
-                "keys_destroyed": keys_destroyed,
-            }),
-            Self::AuditExported(e) => json!({
-                "path": e.path.display().to_string(),
-                "records": e.records,
-                "checkpoints": e.checkpoints,
-                "exported_at": e.header.exported_at,
-            }),
-            Self::PublicKeys { path, keys } => json!({
-                "path": path.display().to_string(),
-                "keys": keys.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
-            }),
-            Self::AuditVerified(report) => json!({
-                "clean": report.is_clean(),
-                "records": report.records,
-                "checkpoints": report.checkpoints,
-                "checkpoint_range": report.checkpoint_range,
-                "last_checkpoint_hash": report.last_checkpoint_hash,
-                "writers": report.writers.iter().map(|w| json!({
-                    "writer": w.writer, "anchor": w.anchor, "head": w.head, "records": w.records,
-                })).collect::<Vec<_>>(),
-                "problems": report.problems.iter().map(|p| json!({
-                    "kind": p.kind.as_str(),
-                    "file": p.file,
-                    "line": p.line,
-                    "subjects": p.subjects,
-                    "message": p.message,
-                })).collect::<Vec<_>>(),
-            }),
-            Self::AuditPruned(crate::audit::Pruning::Refused(report)) => json!({
-                "pruned": false,
-                "problems": report.problems.len(),
-            }),
-            Self::AuditPruned(crate::audit::Pruning::Done {
-                export,
-                checkpoints,
-                answer,
-            }) => {
-                json!({
-                    "pruned": answer.through_checkpoint > 0,
-                    "export": export.display().to_string(),
-                    "export_checkpoints": checkpoints,
-                    "through_checkpoint": answer.through_checkpoint,
-                    "records_removed": answer.records_removed,
-                    "checkpoints_removed": answer.checkpoints_removed,
-                    "writers_pruned": answer.writers_pruned,
-                    "writers_closed": answer.writers_closed,
-                    "checkpoints_written": answer.checkpoints_written,
-                })
-            }
-        }
+    /// The report for scripts: one JSON object (the `json` module says which fields each has).
+    ///
+    /// # Errors
+    /// If serde cannot encode it (not expected: strings, numbers and lists only).
+    pub fn to_json(&self) -> serde_json::Result<Value> {
+        serde_json::to_value(self)
     }
 }
 
@@ -525,16 +414,6 @@ fn shred_requested_text(request: &ShredRequest, approve_command: &str) -> String
     )
 }
 
-fn shred_request_json(request: &ShredRequest) -> Value {
-    json!({
-        "request_id": request.request_id,
-        "merchant_id": request.merchant_id,
-        "requested_by": request.requested_by,
-        "requested_at": request.requested_at,
-        "reason": request.reason,
-    })
-}
-
 #[derive(Clone, Copy)]
 enum Align {
     Left,
@@ -575,6 +454,7 @@ fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
     use vault_proto::v1::KeyVersion;
 
     use super::*;
@@ -676,7 +556,7 @@ mod tests {
 
     #[test]
     fn status_json_shape() {
-        let value = Report::Status(status()).to_json();
+        let value = Report::Status(status()).to_json().unwrap();
         assert_eq!(
             value,
             json!({
@@ -700,7 +580,7 @@ mod tests {
         let mut empty = status();
         empty.cache = Some(CacheStatus::default());
         assert_eq!(
-            Report::Status(empty).to_json()["cache"]["hit_ratio"],
+            Report::Status(empty).to_json().unwrap()["cache"]["hit_ratio"],
             Value::Null
         );
     }
@@ -746,7 +626,7 @@ mod tests {
             merchant_id: "m-1".into(),
             keys: merchant_keys(),
         };
-        let value = report.to_json();
+        let value = report.to_json().unwrap();
         assert_eq!(value["merchant_id"], "m-1");
         assert_eq!(value["shredded"], false);
         assert_eq!(
@@ -775,7 +655,7 @@ mod tests {
             merchant_id: "m-1".into(),
             keys: GetMerchantKeysResponse::default(),
         };
-        assert_eq!(none.to_json()["pending_shred"], Value::Null);
+        assert_eq!(none.to_json().unwrap()["pending_shred"], Value::Null);
     }
 
     #[test]
@@ -798,7 +678,7 @@ mod tests {
             dek_version: "3".into(),
         };
         assert_eq!(
-            report.render(OutputFormat::Text),
+            report.render(OutputFormat::Text).unwrap(),
             "re-encrypted 0 tokens to DEK version 3\n"
         );
     }
@@ -810,7 +690,7 @@ mod tests {
             tokens: 1200,
             dek_version: "3".into(),
         };
-        let text = report.render(OutputFormat::Json);
+        let text = report.render(OutputFormat::Json).unwrap();
         let parsed: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
@@ -821,13 +701,13 @@ mod tests {
             tokens: 1,
             dek_version: "v3".into(),
         };
-        assert_eq!(odd.to_json()["dek_version"], "v3");
+        assert_eq!(odd.to_json().unwrap()["dek_version"], "v3");
         let report = Report::Rewrapped {
             keys: 42,
             kek_id: "pkcs11:vault/kek-2026".into(),
         };
         assert_eq!(
-            report.to_json(),
+            report.to_json().unwrap(),
             json!({ "keys_rewrapped": 42, "kek_id": "pkcs11:vault/kek-2026" })
         );
     }
@@ -844,7 +724,7 @@ mod tests {
                 .starts_with("rotated merchant m-1 to DEK version 4\n")
         );
         assert_eq!(
-            report.to_json(),
+            report.to_json().unwrap(),
             json!({ "merchant_id": "m-1", "version": 4 })
         );
     }
@@ -864,7 +744,7 @@ mod tests {
         assert!(text.contains("request id:    7d1c\n"), "{text}");
         assert!(text.contains("different from the requester's"), "{text}");
         assert!(text.ends_with(&format!("\n  {command}\n")), "{text}");
-        let value = report.to_json();
+        let value = report.to_json().unwrap();
         assert_eq!(value["request_id"], "7d1c");
         assert_eq!(value["merchant_id"], "m-1");
         assert_eq!(value["approve_command"], command.as_str());
@@ -895,7 +775,7 @@ mod tests {
                 .starts_with("shredded merchant m-1: 3 keys destroyed (request 7d1c)\n")
         );
         assert_eq!(
-            report.to_json(),
+            report.to_json().unwrap(),
             json!({ "merchant_id": "m-1", "request_id": "7d1c", "keys_destroyed": 3 })
         );
     }
@@ -918,7 +798,7 @@ mod tests {
             },
         ];
         for report in reports {
-            let text = report.render(OutputFormat::Json);
+            let text = report.render(OutputFormat::Json).unwrap();
             assert_eq!(text.matches('\n').count(), 1, "{text}");
             let parsed: Value = serde_json::from_str(&text).unwrap();
             assert!(parsed.is_object(), "{text}");
