@@ -7,6 +7,9 @@
 //! - `identity`: the caller's identity from its certificate (SPIFFE URI SAN, else CN).
 //! - `grpc`: the `TokenService` implementation (protobuf <-> domain).
 //! - `admin`: the `KeyAdminService` implementation (key status, rotation, rewrap, shred).
+//! - `audit`: the `AuditService` implementation (reads, exports, public keys, prune).
+//! - `limits`: the governor call limiter, and the start-up report of ids the card-number rule
+//!   refuses.
 //! - `status`: the one table from domain errors to gRPC status codes.
 //! - `dev`: `vaultd dev`, the embedded default with a generated PKI and a dev KEK.
 //! - `pki`: the small CA `dev` and the tests use.
