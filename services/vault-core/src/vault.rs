@@ -48,7 +48,8 @@ struct Parts {
 }
 
 /// The vault: every use case, over the ports it was built with. Cheap to clone (the clones
-/// share their state).
+/// share their state). Configure it with the `with_*` methods before its first use: each one
+/// starts its in-memory state (use leases, refusal counts, the loaded audit key) afresh.
 #[derive(Clone)]
 pub struct Vault {
     parts: Parts,
