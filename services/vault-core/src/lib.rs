@@ -3,7 +3,7 @@
 //! Invariants this crate keeps:
 //! - It does no I/O and knows nothing of gRPC, SQL, TLS or configuration files. Adapters
 //!   implement [`ports::TokenStore`] and [`ports::KeyEncryptionKey`].
-//! - No type here prints a PAN: [`pan::Pan`] and [`vault::TokenizeCommand`] have redacted
+//! - No type here prints a PAN: [`pan::Pan`] and [`tokens::TokenizeCommand`] have redacted
 //!   `Debug`, and no error message carries an input value.
 //! - Every use case in [`vault::Vault`] writes exactly one audit record, and fails closed if it
 //!   cannot; a call a rate limit refuses is recorded once per caller, operation and interval,

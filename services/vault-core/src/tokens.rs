@@ -1,7 +1,7 @@
 //! The token use cases: tokenize (one card or a batch), detokenize, read metadata, delete.
 //! Each validates its request into domain types, checks the policy, does the work through the
 //! ports, and writes exactly one audit record per card, allowed or denied, through
-//! [`Audited`](crate::audited).
+//! the audited-call helper (`audited.rs`).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -5,8 +5,8 @@
 //! - [`trail`](crate::trail): the audit trail (signing key, checkpoints, reads, exports, prune);
 //! - [`admin`](crate::admin): key administration (rotation, re-encryption, rewrap, shred).
 //!
-//! They share the audited-call helper ([`audited`](crate::audited): quota, policy, the one audit
-//! record per call, fail closed) and the DEK manager ([`deks`](crate::deks)). Every use case
+//! They share the audited-call helper (`audited.rs`: quota, policy, the one audit
+//! record per call, fail closed) and the DEK manager (`deks.rs`). Every use case
 //! writes exactly one audit record, allowed or denied (a call refused by a rate limit: see
 //! [`RefusalLog`]); a call whose record cannot be written fails with
 //! [`VaultError::AuditUnavailable`] and releases nothing.
@@ -219,7 +219,7 @@ impl Vault {
         self.tokens.tokenize(ctx, command).await
     }
 
-    /// Tokenizes up to [`MAX_BATCH_CARDS`] cards of one merchant; the results are in the order
+    /// Tokenizes up to [`MAX_BATCH_CARDS`](crate::tokens::MAX_BATCH_CARDS) cards of one merchant; the results are in the order
     /// of the cards. Each card is a Tokenize of its own (its own audit record, deduplicated
     /// like one), but the merchant's keys and the existing tokens are read once for the batch,
     /// and the new tokens go to the store together, so they share commits.
@@ -386,7 +386,7 @@ impl Vault {
     }
 
     /// Removes records older than `before` that the named export holds, and the checkpoints
-    /// before them (see [`PrunePlan`]), in one transaction with its own audit record. Each
+    /// before them (see [`PrunePlan`](crate::ports::PrunePlan)), in one transaction with its own audit record. Each
     /// writer that keeps records gets a prune checkpoint at its cut, so that the remainder
     /// verifies on its own and together with the export. Nothing inside the online window
     /// ever goes.
@@ -463,7 +463,7 @@ impl Vault {
     }
 
     /// Crypto-shred, step 1: asks to destroy the merchant's keys. Nothing is destroyed until
-    /// a different admin approves. An unapproved request expires after [`SHRED_REQUEST_TTL`].
+    /// a different admin approves. An unapproved request expires after [`SHRED_REQUEST_TTL`](crate::admin::SHRED_REQUEST_TTL).
     ///
     /// # Errors
     /// Any [`VaultError`]; audited either way (the request and its record commit together).
