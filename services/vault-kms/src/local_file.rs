@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use vault_core::KekError;
 use vault_core::ports::{KeyContext, KeyEncryptionKey, Wrapping};
-use vault_crypto::{AeadKey, FingerprintKey, KEY_LEN, KeyMaterial, NONCE_LEN};
+use vault_crypto::{AeadKey, FingerprintKey, KEY_LEN, KeyMaterial};
 use zeroize::Zeroizing;
 
 /// The backend name, as configuration files and stored key records spell it.
@@ -155,16 +155,11 @@ impl KeyEncryptionKey for DangerLocalFileKek {
     }
 
     async fn wrap(&self, context: &KeyContext, key: &KeyMaterial) -> Result<Wrapping, KekError> {
-        let sealed = self
-            .key
-            .seal(&context.associated_data(), key.expose_secret());
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.ciphertext.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&sealed.nonce);
-        out.extend_from_slice(&sealed.ciphertext);
+        let mut wrapped = vec![FORMAT_V1];
+        wrapped.extend(self.key.wrap_key(&context.associated_data(), key));
         Ok(Wrapping {
             kek_id: self.kek_id.clone(),
-            wrapped: out,
+            wrapped,
         })
     }
 
@@ -177,16 +172,9 @@ impl KeyEncryptionKey for DangerLocalFileKek {
         let Some((&FORMAT_V1, rest)) = wrapped.split_first() else {
             return Err(KekError::Integrity);
         };
-        if rest.len() < NONCE_LEN {
-            return Err(KekError::Integrity);
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| KekError::Integrity)?;
-        let bytes = self
-            .key
-            .open(&context.associated_data(), nonce, ciphertext)
-            .map_err(|_| KekError::Integrity)?;
-        KeyMaterial::from_slice(&bytes).map_err(|_| KekError::Integrity)
+        self.key
+            .unwrap_key(&context.associated_data(), rest)
+            .map_err(|_| KekError::Integrity)
     }
 
     async fn check(&self) -> Result<(), KekError> {
