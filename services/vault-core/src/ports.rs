@@ -356,6 +356,42 @@ pub struct ExportPlan {
     pub writers: Vec<(String, u64, u64)>,
 }
 
+impl ExportPlan {
+    /// An export's first checkpoint when it starts at a time: for every writer with a
+    /// checkpoint after that time (`after`: its oldest one), its newest checkpoint at or before
+    /// it (`before`), or that first one after if it started later; the lowest of those, or
+    /// `tip` if no writer wrote after the time.
+    #[must_use]
+    pub fn first_checkpoint<K: Ord>(
+        before: &std::collections::BTreeMap<K, u64>,
+        after: &std::collections::BTreeMap<K, u64>,
+        tip: u64,
+    ) -> u64 {
+        after
+            .iter()
+            .map(|(writer, first_after)| before.get(writer).copied().unwrap_or(*first_after))
+            .min()
+            .unwrap_or(tip)
+    }
+
+    /// An export's last checkpoint when it ends at a time: for every writer with a checkpoint
+    /// from `first` on (`newest`: its newest one), its first checkpoint at or after the time
+    /// (`after`), or its newest; the highest of those, never before `first`.
+    #[must_use]
+    pub fn last_checkpoint<K: Ord>(
+        newest: &std::collections::BTreeMap<K, u64>,
+        after: &std::collections::BTreeMap<K, u64>,
+        first: u64,
+    ) -> u64 {
+        newest
+            .iter()
+            .map(|(writer, newest)| after.get(writer).copied().unwrap_or(*newest))
+            .max()
+            .unwrap_or(first)
+            .max(first)
+    }
+}
+
 /// What a prune removes (PCI DSS 10.5.1: records leave the online trail only after export).
 ///
 /// Checkpoints form one chain across writers, so only a prefix of it can go: every checkpoint

@@ -1501,13 +1501,7 @@ macro_rules! token_store_impl {
                         let before =
                             per_writer($crate::sql::CHECKPOINTS_AT_OR_BEFORE, from).await?;
                         let after = per_writer($crate::sql::CHECKPOINTS_AFTER, from).await?;
-                        after
-                            .iter()
-                            .map(|(writer, first_after)| {
-                                before.get(writer).copied().unwrap_or(*first_after)
-                            })
-                            .min()
-                            .unwrap_or(tip)
+                        vault_core::ports::ExportPlan::first_checkpoint(&before, &after, tip)
                     }
                 };
                 // The last: for every writer in the run, its first checkpoint at or after
@@ -1524,16 +1518,7 @@ macro_rules! token_store_impl {
                         let after =
                             per_writer($crate::sql::CHECKPOINTS_AFTER, to.saturating_sub(1))
                                 .await?;
-                        newest
-                            .iter()
-                            .map(|(writer, newest)| {
-                                // A writer's first checkpoint after `to` is never past its
-                                // newest one.
-                                after.get(writer).copied().unwrap_or(*newest)
-                            })
-                            .max()
-                            .unwrap_or(first)
-                            .max(first)
+                        vault_core::ports::ExportPlan::last_checkpoint(&newest, &after, first)
                     }
                 };
                 let ranges: Vec<(String, i64, i64)> = sqlx::query_as($crate::sql::WRITER_RANGES)

@@ -273,13 +273,7 @@ impl AuditStore for MemoryStore {
                 let from = micros(from);
                 let before = per_writer(&|at, _| at <= from, true);
                 let after = per_writer(&|at, _| at > from, false);
-                after
-                    .iter()
-                    .map(|(writer, first_after)| {
-                        before.get(writer).copied().unwrap_or(*first_after)
-                    })
-                    .min()
-                    .unwrap_or(tip)
+                ExportPlan::first_checkpoint(&before, &after, tip)
             }
         };
         let last = match to {
@@ -288,12 +282,7 @@ impl AuditStore for MemoryStore {
                 let to = micros(to);
                 let newest = per_writer(&|_, cp_seq| cp_seq >= first, true);
                 let after = per_writer(&|at, _| at > to.saturating_sub(1), false);
-                newest
-                    .iter()
-                    .map(|(writer, newest)| after.get(writer).copied().unwrap_or(*newest))
-                    .max()
-                    .unwrap_or(first)
-                    .max(first)
+                ExportPlan::last_checkpoint(&newest, &after, first)
             }
         };
         let mut ranges: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
