@@ -40,6 +40,11 @@ impl Chain {
     pub(crate) async fn lock(&self) -> MutexGuard<'_, Option<Head>> {
         self.head.lock().await
     }
+
+    /// The same, from a thread outside any runtime (SQLite's writer).
+    pub(crate) fn blocking_lock(&self) -> MutexGuard<'_, Option<Head>> {
+        self.head.blocking_lock()
+    }
 }
 
 /// The head of an empty chain.

@@ -14,3 +14,8 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }
+
+/// The same for the SQLite writer's rusqlite errors.
+pub(crate) fn sqlite_unavailable(err: rusqlite::Error) -> StoreError {
+    StoreError::caused_by("the database failed", err)
+}

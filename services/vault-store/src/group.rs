@@ -1,9 +1,9 @@
 //! Group commit: concurrent token inserts and audit appends share one transaction, so one
 //! COMMIT (one fsync) serves many callers.
 //!
-//! Each store has one committer. SQLite's runs on a thread and runtime of its own: on the
-//! server's runtime it would wait behind every request task at each of its awaits (each a hop
-//! to a SQLite connection thread), though it serves all of them. PostgreSQL's is a task on
+//! Each store has one committer. SQLite's is a thread that owns its connection
+//! ([`BlockingCommitter`], `sqlite/writer.rs`): a batch's statements run one after another on
+//! it, with no hand-off to another thread and no await between them. PostgreSQL's is a task on
 //! the server's runtime, which owns its connections' sockets.
 //! A caller hands it its write and waits. Whenever the committer is free it takes everything
 //! queued (up to [`MAX_BATCH`] writes), writes it in one transaction, commits, and only then
@@ -44,6 +44,65 @@ pub(crate) enum Write {
     Tally(Vec<TallyRequest>),
 }
 
+impl Write {
+    /// The token records of a batch's token writes, in order.
+    pub(crate) fn tokens(writes: &[Self]) -> Vec<&TokenRecord> {
+        writes
+            .iter()
+            .filter_map(|write| match write {
+                Self::Token { record, .. } => Some(&**record),
+                Self::Audit(_) | Self::Tally(_) => None,
+            })
+            .collect()
+    }
+
+    /// The tally requests of a batch's tally writes, in order.
+    pub(crate) fn tallies(writes: &[Self]) -> Vec<&TallyRequest> {
+        writes
+            .iter()
+            .flat_map(|write| match write {
+                Self::Tally(requests) => requests.as_slice(),
+                Self::Token { .. } | Self::Audit(_) => &[],
+            })
+            .collect()
+    }
+
+    /// A batch's answers, from its token writes' outcomes and its tally requests' answers (each
+    /// in order), and the audit records it appends: each audit write's, and each inserted
+    /// token's.
+    pub(crate) fn answers(
+        writes: &[Self],
+        outcomes: Vec<InsertOutcome>,
+        tallies: Vec<Vec<Tallied>>,
+    ) -> (Vec<Written>, Vec<&AuditRecord>) {
+        let mut outcomes = outcomes.into_iter();
+        let mut tallies = tallies.into_iter();
+        let mut written = Vec::with_capacity(writes.len());
+        let mut audits = Vec::with_capacity(writes.len());
+        for write in writes {
+            match write {
+                Self::Token { audit, .. } => {
+                    let outcome = outcomes.next().unwrap_or(InsertOutcome::FingerprintTaken);
+                    if outcome == InsertOutcome::Inserted {
+                        audits.push(audit);
+                    }
+                    written.push(Written::Token(outcome));
+                }
+                Self::Audit(audit) => {
+                    audits.push(audit);
+                    written.push(Written::Audit);
+                }
+                Self::Tally(requests) => {
+                    written.push(Written::Tally(
+                        tallies.by_ref().take(requests.len()).collect(),
+                    ));
+                }
+            }
+        }
+        (written, audits)
+    }
+}
+
 /// What a committed write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Written {
@@ -77,6 +136,23 @@ impl Failed {
             error: crate::error::unavailable(error),
         }
     }
+
+    /// A failed rusqlite statement (SQLite's writer), likewise.
+    pub(crate) fn sqlite_statement(error: rusqlite::Error) -> Self {
+        Self {
+            retry_alone: matches!(error, rusqlite::Error::SqliteFailure(..)),
+            error: crate::error::sqlite_unavailable(error),
+        }
+    }
+}
+
+/// Writes a batch in one transaction, on a thread of its own: one [`Written`] per write, in
+/// order, or nothing at all.
+pub(crate) trait BlockingCommitter: Send + 'static {
+    fn commit_writes(&mut self, writes: &[Write]) -> Result<Vec<Written>, Failed>;
+
+    /// Work for the gap between two commits (SQLite's WAL checkpoint).
+    fn between_commits(&mut self) {}
 }
 
 /// Writes a batch in one transaction: one [`Written`] per write, in order, or nothing at all.
@@ -106,27 +182,42 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// Starts `committer` on a thread of its own with its own single-threaded runtime (for
-    /// SQLite, whose connections are threads of their own and belong to no runtime); if the
-    /// thread cannot be started, writes commit one by one. The thread ends when every handle
-    /// is dropped.
-    pub(crate) fn start_on_own_thread<C: Committer>(committer: C) -> Self {
-        let (queue, pending) = mpsc::channel(QUEUE);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        let spawned = runtime.and_then(|runtime| {
-            std::thread::Builder::new()
-                .name("vault-committer".to_owned())
-                .spawn(move || runtime.block_on(run(committer, pending)))
-        });
-        match spawned {
-            Ok(_) => Self { queue: Some(queue) },
-            Err(error) => {
-                tracing::warn!(%error, "cannot start the group committer; writes commit one by one");
-                Self::default()
-            }
-        }
+    /// Starts `committer` on a thread of its own (SQLite's: it owns its connection and runs
+    /// each batch's statements one after another, with no await between them). Between
+    /// batches, once their callers are answered, the thread calls
+    /// [`BlockingCommitter::between_commits`]. The thread ends when every handle is dropped.
+    ///
+    /// # Errors
+    /// If the thread cannot be started.
+    pub(crate) fn start_on_thread<C: BlockingCommitter>(mut committer: C) -> std::io::Result<Self> {
+        let (queue, mut pending) = mpsc::channel::<Pending>(QUEUE);
+        std::thread::Builder::new()
+            .name("vault-committer".to_owned())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                while let Some(first) = pending.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        let Ok(next) = pending.try_recv() else { break };
+                        batch.push(next);
+                    }
+                    let (writes, replies): (Vec<Write>, Vec<_>) =
+                        batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+                    let started = std::time::Instant::now();
+                    let result = committer.commit_writes(&writes);
+                    traced(writes.len(), started, &result);
+                    for (write, reply) in answer(&writes, result, replies) {
+                        let _ = reply.send(
+                            committer
+                                .commit_writes(std::slice::from_ref(write))
+                                .map_err(|failed| failed.error)
+                                .and_then(only),
+                        );
+                    }
+                    committer.between_commits();
+                }
+            })?;
+        Ok(Self { queue: Some(queue) })
     }
 
     /// Starts `committer` as a task on the current runtime (for PostgreSQL, whose pooled
@@ -176,25 +267,41 @@ async fn run<C: Committer>(committer: C, mut pending: mpsc::Receiver<Pending>) {
     }
 }
 
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
 /// Commits one batch and answers its callers (a caller that went away is skipped).
-async fn commit<C: Committer>(
-    committer: &C,
-    writes: &[Write],
-    replies: Vec<oneshot::Sender<Result<Written, StoreError>>>,
-) {
+async fn commit<C: Committer>(committer: &C, writes: &[Write], replies: Vec<Reply>) {
     let started = std::time::Instant::now();
     let result = committer.commit_writes(writes).await;
+    traced(writes.len(), started, &result);
+    for (write, reply) in answer(writes, result, replies) {
+        let _ = reply.send(alone(committer, write).await);
+    }
+}
+
+fn traced(writes: usize, started: std::time::Instant, result: &Result<Vec<Written>, Failed>) {
     tracing::trace!(
-        writes = writes.len(),
+        writes,
         micros = started.elapsed().as_micros(),
         ok = result.is_ok(),
         "group commit"
     );
+}
+
+/// Answers a batch's callers from its outcome, except when the database refused one of its
+/// statements: then each write is to be retried alone, and those are returned with their
+/// callers.
+fn answer(
+    writes: &[Write],
+    result: Result<Vec<Written>, Failed>,
+    replies: Vec<Reply>,
+) -> Vec<(&Write, Reply)> {
     match result {
         Ok(written) => {
             for (reply, written) in replies.into_iter().zip(written) {
                 let _ = reply.send(Ok(written));
             }
+            Vec::new()
         }
         Err(failed) if failed.retry_alone && writes.len() > 1 => {
             tracing::warn!(
@@ -202,14 +309,13 @@ async fn commit<C: Committer>(
                 error = %failed.error,
                 "the database refused a statement of a group commit; retrying each write alone"
             );
-            for (write, reply) in writes.iter().zip(replies) {
-                let _ = reply.send(alone(committer, write).await);
-            }
+            writes.iter().zip(replies).collect()
         }
         Err(failed) => {
             for reply in replies {
                 let _ = reply.send(Err(Clone::clone(&failed.error)));
             }
+            Vec::new()
         }
     }
 }
@@ -219,7 +325,13 @@ async fn alone<C: Committer>(committer: &C, write: &Write) -> Result<Written, St
     committer
         .commit_writes(std::slice::from_ref(write))
         .await
-        .map_err(|failed| failed.error)?
+        .map_err(|failed| failed.error)
+        .and_then(only)
+}
+
+/// The one answer of a one-write commit.
+fn only(mut written: Vec<Written>) -> Result<Written, StoreError> {
+    written
         .pop()
         .ok_or_else(|| StoreError::unavailable("a commit answered no write"))
 }
@@ -285,25 +397,68 @@ mod tests {
         failed
     }
 
+    /// The same, committing on a thread of its own, and counting the gaps between commits.
+    #[derive(Clone, Default)]
+    struct BlockingRecorder {
+        recorder: Arc<Recorder>,
+        gaps: Arc<Mutex<usize>>,
+    }
+
+    impl BlockingCommitter for BlockingRecorder {
+        fn commit_writes(&mut self, writes: &[Write]) -> Result<Vec<Written>, Failed> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(self.recorder.commit_writes(writes))
+        }
+
+        fn between_commits(&mut self) {
+            *self.gaps.lock().unwrap() += 1;
+        }
+    }
+
+    /// A group committing through `blocking` on a thread, and one committing on the runtime,
+    /// each with the recorder to read back.
+    fn both(blocking: &BlockingRecorder) -> [(Group, Arc<Recorder>); 2] {
+        let on_runtime = Arc::new(Recorder::default());
+        [
+            (
+                Group::start_on_thread(blocking.clone()).unwrap(),
+                blocking.recorder.clone(),
+            ),
+            (Group::start_on_runtime(on_runtime.clone()), on_runtime),
+        ]
+    }
+
+    fn numbered(n: usize) -> Vec<String> {
+        (0..n).map(|i| i.to_string()).collect()
+    }
+
     #[tokio::test]
     async fn writes_that_arrive_during_a_commit_share_the_next_one() {
-        let recorder = Arc::new(Recorder::default());
-        let group = Group::start_on_own_thread(recorder.clone());
-        let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let ids = numbered(100);
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let failed = write_all(&group, &recorder, &ids).await;
-        assert!(failed.iter().all(|f| !f));
-        let batches = recorder.batches.lock().unwrap().clone();
-        assert_eq!(batches.iter().sum::<usize>(), 100);
-        assert!(batches.len() < 10, "not grouped: {batches:?}");
+        let blocking = BlockingRecorder::default();
+        for (group, recorder) in both(&blocking) {
+            let failed = write_all(&group, &recorder, &ids).await;
+            assert!(failed.iter().all(|f| !f));
+            let batches = recorder.batches.lock().unwrap().clone();
+            assert_eq!(batches.iter().sum::<usize>(), 100);
+            assert!(batches.len() < 10, "not grouped: {batches:?}");
+        }
+        // Every commit is followed by a gap (the last one's may still be running).
+        let commits = blocking.recorder.batches.lock().unwrap().len();
+        assert!(*blocking.gaps.lock().unwrap() + 1 >= commits);
     }
 
     #[tokio::test]
     async fn a_write_the_database_refuses_fails_alone() {
-        let recorder = Arc::new(Recorder::default());
-        let group = Group::start_on_runtime(recorder.clone());
-        let failed = write_all(&group, &recorder, &["a", "b", "bad", "c", "d"]).await;
-        assert_eq!(failed, [false, false, true, false, false]);
+        let blocking = BlockingRecorder::default();
+        for (group, recorder) in both(&blocking) {
+            let failed = write_all(&group, &recorder, &["a", "b", "bad", "c", "d"]).await;
+            assert_eq!(failed, [false, false, true, false, false]);
+        }
     }
 
     #[tokio::test]

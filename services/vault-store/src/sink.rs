@@ -134,6 +134,27 @@ impl AuditSink {
         &self.name
     }
 
+    /// Copies committed-to-be `entries` here, as the store's commit does before its COMMIT:
+    /// an error only if this sink is required (then the commit must not happen); an optional
+    /// sink's failure is logged.
+    pub(crate) async fn copy(&self, entries: &[Entry]) -> Result<(), vault_core::StoreError> {
+        let Err(error) = self.write(entries).await else {
+            return Ok(());
+        };
+        if self.required {
+            return Err(vault_core::StoreError::unavailable(format!(
+                "the required audit sink ({}) failed: {error}",
+                self.name
+            )));
+        }
+        tracing::warn!(
+            sink = %self.name,
+            %error,
+            "audit sink write failed; the records are in the database only"
+        );
+        Ok(())
+    }
+
     /// Hands `entries` to the writer thread as JSON lines. A required sink answers once they
     /// are written (or failed, or [`TIMEOUT`] passed); an optional one once they are queued.
     pub(crate) async fn write(&self, entries: &[Entry]) -> std::io::Result<()> {

@@ -371,8 +371,7 @@ macro_rules! token_store_impl {
                     .chunks($crate::sql::ROWS_PER_INSERT)
                     .zip(audits.chunks($crate::sql::ROWS_PER_INSERT))
                 {
-                    let mut insert =
-                        sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_AUDITS);
+                    let mut insert = sqlx::QueryBuilder::<$db>::new($crate::sql::INSERT_AUDITS);
                     insert.push_values(entries.iter().zip(audits), |mut row, (entry, audit)| {
                         row.push_bind(&entry.writer)
                             .push_bind($crate::rows::seq_param(entry.seq))
@@ -398,20 +397,8 @@ macro_rules! token_store_impl {
                 }
                 // Before the commit, still under the lock: the sink sees each writer's records
                 // in chain order, and a required sink that fails rolls the transaction back.
-                if let Some(sink) = self.chain.sink.get()
-                    && let Err(error) = sink.write(&entries).await
-                {
-                    if sink.required() {
-                        return Err(vault_core::StoreError::unavailable(format!(
-                            "the required audit sink ({}) failed: {error}",
-                            sink.name()
-                        )));
-                    }
-                    tracing::warn!(
-                        sink = sink.name(),
-                        %error,
-                        "audit sink write failed; the records are in the database only"
-                    );
+                if let Some(sink) = self.chain.sink.get() {
+                    sink.copy(&entries).await?;
                 }
                 // Unknown until the commit answers: a failed COMMIT may still have landed.
                 *guard = None;
@@ -699,7 +686,9 @@ macro_rules! token_store_impl {
                 };
                 match self.group.write(self, write).await? {
                     $crate::group::Written::Token(outcome) => Ok(outcome),
-                    _ => Err(vault_core::StoreError::unavailable("a token insert was answered as another write")),
+                    _ => Err(vault_core::StoreError::unavailable(
+                        "a token insert was answered as another write",
+                    )),
                 }
             }
 
@@ -754,50 +743,23 @@ macro_rules! token_store_impl {
                 &self,
                 writes: &[$crate::group::Write],
             ) -> Result<Vec<$crate::group::Written>, $crate::group::Failed> {
-                use $crate::group::{Failed, Write, Written};
                 use vault_core::ports::InsertOutcome;
+                use $crate::group::{Failed, Write};
                 let mut tx = self.begin().await.map_err(Failed::whole)?;
-                let records: Vec<&vault_core::ports::TokenRecord> = writes
-                    .iter()
-                    .filter_map(|write| match write {
-                        Write::Token { record, .. } => Some(&**record),
-                        Write::Audit(_) | Write::Tally(_) => None,
-                    })
-                    .collect();
+                let records = Write::tokens(writes);
                 let mut inserted = Self::insert_tokens_in(&mut tx, &records).await?;
-                let tally_requests: Vec<&vault_core::ports::TallyRequest> = writes
-                    .iter()
-                    .flat_map(|write| match write {
-                        Write::Tally(requests) => requests.as_slice(),
-                        Write::Token { .. } | Write::Audit(_) => &[],
-                    })
-                    .collect();
+                let tally_requests = Write::tallies(writes);
                 let tallied = !tally_requests.is_empty();
-                let mut tallies = Self::tally_in(&mut tx, &tally_requests)
-                    .await?
-                    .into_iter();
-                let mut written = Vec::with_capacity(writes.len());
-                let mut audits = Vec::with_capacity(writes.len());
-                for write in writes {
-                    match write {
-                        Write::Token { record, audit } => {
-                            let outcome = if inserted.remove(&$crate::sql::row_key(record)) {
-                                audits.push(audit);
-                                InsertOutcome::Inserted
-                            } else {
-                                Self::taken_in(&mut tx, record).await?
-                            };
-                            written.push(Written::Token(outcome));
-                        }
-                        Write::Audit(audit) => {
-                            audits.push(audit);
-                            written.push(Written::Audit);
-                        }
-                        Write::Tally(requests) => {
-                            written.push(Written::Tally(tallies.by_ref().take(requests.len()).collect()));
-                        }
-                    }
+                let tallies = Self::tally_in(&mut tx, &tally_requests).await?;
+                let mut outcomes = Vec::with_capacity(records.len());
+                for record in records {
+                    outcomes.push(if inserted.remove(&$crate::sql::row_key(record)) {
+                        InsertOutcome::Inserted
+                    } else {
+                        Self::taken_in(&mut tx, record).await?
+                    });
                 }
+                let (written, audits) = Write::answers(writes, outcomes, tallies);
                 if audits.is_empty() && tallied {
                     tx.commit()
                         .await
@@ -880,8 +842,7 @@ macro_rules! token_store_impl {
                 let wanted = $crate::tally::pairs(requests, &keys);
                 let mut read = $crate::tally::Read::default();
                 for chunk in wanted.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
-                    let mut select =
-                        sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLIES_IN);
+                    let mut select = sqlx::QueryBuilder::<$db>::new($crate::sql::SELECT_TALLIES_IN);
                     select.push_values(chunk, |mut row, ((window_end, scope, subject), item)| {
                         row.push_bind(*window_end)
                             .push_bind(*scope)
@@ -904,13 +865,16 @@ macro_rules! token_store_impl {
                 let mut items = plan.new_items.clone();
                 for chunk in plan.added.chunks($crate::sql::TALLY_KEYS_PER_STATEMENT) {
                     let mut upsert = sqlx::QueryBuilder::<$db>::new($crate::sql::ADD_TALLIES);
-                    upsert.push_values(chunk, |mut row, ((window_end, scope, subject), n, first)| {
-                        row.push_bind(*window_end)
-                            .push_bind(*scope)
-                            .push_bind(subject)
-                            .push_bind(as_i64(*n))
-                            .push_bind(first.as_slice());
-                    });
+                    upsert.push_values(
+                        chunk,
+                        |mut row, ((window_end, scope, subject), n, first)| {
+                            row.push_bind(*window_end)
+                                .push_bind(*scope)
+                                .push_bind(subject)
+                                .push_bind(as_i64(*n))
+                                .push_bind(first.as_slice());
+                        },
+                    );
                     upsert.push($crate::sql::ADD_TALLIES_TAIL);
                     let rows: Vec<(i64, String, String, i64, Vec<u8>)> = upsert
                         .build_query_as()
@@ -992,7 +956,9 @@ macro_rules! token_store_impl {
                 let write = $crate::group::Write::Tally(requests.to_vec());
                 match self.group.write(self, write).await? {
                     $crate::group::Written::Tally(tallies) => Ok(tallies),
-                    _ => Err(vault_core::StoreError::unavailable("a tally was answered as another write")),
+                    _ => Err(vault_core::StoreError::unavailable(
+                        "a tally was answered as another write",
+                    )),
                 }
             }
 
@@ -1014,7 +980,8 @@ macro_rules! token_store_impl {
                         return Ok(purged);
                     }
                     for (window_end, scope, subject) in &ended {
-                        for statement in [$crate::sql::PURGE_TALLY_ITEMS, $crate::sql::PURGE_TALLY] {
+                        for statement in [$crate::sql::PURGE_TALLY_ITEMS, $crate::sql::PURGE_TALLY]
+                        {
                             sqlx::query(statement)
                                 .bind(*window_end)
                                 .bind(scope)
@@ -1077,7 +1044,9 @@ macro_rules! token_store_impl {
                         });
                     }
                 }
-                Err(vault_core::StoreError::unavailable("dek use reservation kept losing its compare-and-set"))
+                Err(vault_core::StoreError::unavailable(
+                    "dek use reservation kept losing its compare-and-set",
+                ))
             }
 
             async fn add_data_key(
@@ -1385,7 +1354,11 @@ macro_rules! token_store_impl {
                             .fetch_optional(&self.pool)
                             .await
                             .map_err($crate::error::unavailable)?;
-                    let mut conn = self.pool.acquire().await.map_err($crate::error::unavailable)?;
+                    let mut conn = self
+                        .pool
+                        .acquire()
+                        .await
+                        .map_err($crate::error::unavailable)?;
                     let Some(head) = Self::record_head_on(&mut conn, &writer).await? else {
                         continue;
                     };
@@ -1601,7 +1574,11 @@ macro_rules! token_store_impl {
                 exported: u64,
                 before: time::OffsetDateTime,
             ) -> Result<Option<vault_core::ports::PrunePlan>, vault_core::StoreError> {
-                let mut conn = self.pool.acquire().await.map_err($crate::error::unavailable)?;
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err($crate::error::unavailable)?;
                 Self::plan_prune_on(&mut conn, exported, before).await
             }
 
@@ -1663,4 +1640,4 @@ macro_rules! token_store_impl {
         }
     };
 }
-pub(crate) use token_store_impl;
+pub(crate) use {audit_columns, token_columns, token_store_impl};

@@ -1,4 +1,8 @@
-//! The SQLite store: the embedded default.
+//! The SQLite store: the embedded default. Reads and the rare write transactions (key changes,
+//! audit checkpoints, deletes) run on sqlx; the writes group commit batches run on the writer
+//! thread (`writer.rs`).
+
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,6 +42,14 @@ pub enum SqliteStoreError {
         /// The underlying error.
         source: sqlx::migrate::MigrateError,
     },
+    /// The writer's connection or thread could not start.
+    #[error("sqlite database {path}: the writer could not start: {source}")]
+    Writer {
+        /// The database file.
+        path: PathBuf,
+        /// The underlying error.
+        source: writer::OpenError,
+    },
     /// The database does not give the durability the vault requires.
     #[error("sqlite database {path}: {setting} is {actual}, the vault requires {required}")]
     NotDurable {
@@ -57,7 +69,7 @@ pub enum SqliteStoreError {
 pub struct SqliteStore {
     /// Reads and single-statement writes.
     pool: SqlitePool,
-    /// The one connection every transaction runs on (see [`SqliteStore::open`]).
+    /// The one sqlx connection every sqlx transaction runs on (see [`SqliteStore::open`]).
     writer: SqlitePool,
     /// This store's audit writer chain; clones share it.
     chain: std::sync::Arc<crate::chain::Chain>,
@@ -132,7 +144,18 @@ impl SqliteStore {
             group: crate::group::Group::default(),
         };
         store.check_durability(path).await?;
-        store.group = crate::group::Group::start_on_own_thread(store.clone());
+        let failed = |source| SqliteStoreError::Writer {
+            path: path.to_owned(),
+            source,
+        };
+        let writer =
+            writer::Writer::open(path, store.chain.clone(), BUSY_TIMEOUT).map_err(failed)?;
+        let (journal, synchronous) = writer
+            .durability()
+            .map_err(|e| failed(writer::OpenError::Database(e)))?;
+        durable(path, &journal, synchronous)?;
+        store.group = crate::group::Group::start_on_thread(writer)
+            .map_err(|e| failed(writer::OpenError::Io(e)))?;
         Ok(store)
     }
 
@@ -146,28 +169,11 @@ impl SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(open)?;
-        if !journal.eq_ignore_ascii_case("wal") {
-            return Err(SqliteStoreError::NotDurable {
-                path: path.to_owned(),
-                setting: "journal_mode",
-                actual: journal,
-                required: "wal",
-            });
-        }
-        // 2 = FULL, 3 = EXTRA.
         let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
             .fetch_one(&self.pool)
             .await
             .map_err(open)?;
-        if synchronous < 2 {
-            return Err(SqliteStoreError::NotDurable {
-                path: path.to_owned(),
-                setting: "synchronous",
-                actual: synchronous.to_string(),
-                required: "FULL (2) or EXTRA (3)",
-            });
-        }
-        Ok(())
+        durable(path, &journal, synchronous)
     }
 
     /// True if the database answers a trivial query.
@@ -189,6 +195,28 @@ impl SqliteStore {
             .await
             .map_err(unavailable)
     }
+}
+
+/// Refuses a connection whose journal is not a WAL or whose commits are not synced in full.
+fn durable(path: &Path, journal: &str, synchronous: i64) -> Result<(), SqliteStoreError> {
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(SqliteStoreError::NotDurable {
+            path: path.to_owned(),
+            setting: "journal_mode",
+            actual: journal.to_owned(),
+            required: "wal",
+        });
+    }
+    // 2 = FULL, 3 = EXTRA.
+    if synchronous < 2 {
+        return Err(SqliteStoreError::NotDurable {
+            path: path.to_owned(),
+            setting: "synchronous",
+            actual: synchronous.to_string(),
+            required: "FULL (2) or EXTRA (3)",
+        });
+    }
+    Ok(())
 }
 
 /// Creates an empty database file readable by its owner only, unless one exists. SQLite gives
