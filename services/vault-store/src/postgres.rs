@@ -260,6 +260,7 @@ impl PgStore {
 }
 
 token_store_impl!(PgStore, Postgres, Some(crate::sql::PG_LOCK_MERCHANT_KEYS));
+crate::sql::sqlx_point_reads!(PgStore, Postgres);
 
 #[cfg(test)]
 mod tests {

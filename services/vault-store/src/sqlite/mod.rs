@@ -1,7 +1,9 @@
-//! The SQLite store: the embedded default. Reads and the rare write transactions (key changes,
-//! audit checkpoints, deletes) run on sqlx; the writes group commit batches run on the writer
-//! thread (`writer.rs`).
+//! The SQLite store: the embedded default. Migrations, the longer reads and the rare write
+//! transactions (key changes, audit checkpoints, deletes) run on sqlx; the writes group commit
+//! batches run on the writer thread (`writer.rs`), and the hot path's point reads on pooled
+//! connections of the calling thread (`reads.rs`).
 
+mod reads;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +77,8 @@ pub struct SqliteStore {
     chain: std::sync::Arc<crate::chain::Chain>,
     /// The committer that token inserts and audit appends go through (see `group.rs`).
     group: crate::group::Group,
+    /// The hot path's point reads (see `reads.rs`).
+    readers: std::sync::Arc<reads::Readers>,
 }
 
 impl SqliteStore {
@@ -142,6 +146,7 @@ impl SqliteStore {
             writer,
             chain: std::sync::Arc::new(crate::chain::Chain::new_writer()),
             group: crate::group::Group::default(),
+            readers: std::sync::Arc::new(reads::Readers::new(path, BUSY_TIMEOUT)),
         };
         store.check_durability(path).await?;
         let failed = |source| SqliteStoreError::Writer {
