@@ -10,7 +10,7 @@
 //! answers each caller. There is no timer: a lone write commits at once, and writes that
 //! arrive during a commit wait for the next one, so batches grow with the load by themselves. Durability is unchanged: a caller is answered only after
 //! the COMMIT holding its write has returned, and both backends refuse to start unless a
-//! COMMIT is durable (`sqlite.rs`, `postgres.rs`).
+//! COMMIT is durable (`sqlite/`, `postgres.rs`).
 //!
 //! Failures: when the database refuses a statement of a batch (before COMMIT), the batch is
 //! rolled back and each write retried in a transaction of its own, so one bad write fails
