@@ -18,6 +18,8 @@
 //! caller of the batch with the same error (`UNAVAILABLE` at the edge). A caller that goes
 //! away (a cancelled RPC) does not stop the batch it is in.
 
+use std::sync::{Arc, OnceLock};
+
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use vault_core::StoreError;
@@ -153,7 +155,18 @@ pub(crate) trait BlockingCommitter: Send + 'static {
 
     /// Work for the gap between two commits (SQLite's WAL checkpoint).
     fn between_commits(&mut self) {}
+
+    /// For a committer whose commits are not durable when `commit_writes` returns: what makes
+    /// every commit so far durable (an fsync of the log). The callers of a commit are then
+    /// answered only after a sync that started after it returned (see [`Durable`]). Asked once,
+    /// at start.
+    fn syncer(&mut self) -> Option<Syncer> {
+        None
+    }
 }
+
+/// Makes every commit made so far durable.
+pub(crate) type Syncer = Box<dyn FnMut() -> std::io::Result<()> + Send>;
 
 /// Writes a batch in one transaction: one [`Written`] per write, in order, or nothing at all.
 #[async_trait]
@@ -191,6 +204,7 @@ impl Group {
     /// If the thread cannot be started.
     pub(crate) fn start_on_thread<C: BlockingCommitter>(mut committer: C) -> std::io::Result<Self> {
         let (queue, mut pending) = mpsc::channel::<Pending>(QUEUE);
+        let durable = committer.syncer().map(Durable::start).transpose()?;
         std::thread::Builder::new()
             .name("vault-committer".to_owned())
             .spawn(move || {
@@ -203,16 +217,31 @@ impl Group {
                     }
                     let (writes, replies): (Vec<Write>, Vec<_>) =
                         batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+                    if let Some(error) = durable.as_ref().and_then(Durable::failed) {
+                        for reply in replies {
+                            let _ = reply.send(Err(Clone::clone(&error)));
+                        }
+                        continue;
+                    }
                     let started = std::time::Instant::now();
                     let result = committer.commit_writes(&writes);
                     traced(writes.len(), started, &result);
-                    for (write, reply) in answer(&writes, result, replies) {
-                        let _ = reply.send(
-                            committer
-                                .commit_writes(std::slice::from_ref(write))
-                                .map_err(|failed| failed.error)
-                                .and_then(only),
-                        );
+                    let mut done = Vec::with_capacity(writes.len());
+                    for (write, reply) in answer(&writes, result, replies, &mut done) {
+                        match committer
+                            .commit_writes(std::slice::from_ref(write))
+                            .map_err(|failed| failed.error)
+                            .and_then(only)
+                        {
+                            Ok(written) => done.push((reply, written)),
+                            Err(error) => {
+                                let _ = reply.send(Err(error));
+                            }
+                        }
+                    }
+                    match &durable {
+                        Some(durable) => durable.answer_once_synced(done),
+                        None => send_all(done),
                     }
                     committer.between_commits();
                 }
@@ -274,9 +303,11 @@ async fn commit<C: Committer>(committer: &C, writes: &[Write], replies: Vec<Repl
     let started = std::time::Instant::now();
     let result = committer.commit_writes(writes).await;
     traced(writes.len(), started, &result);
-    for (write, reply) in answer(writes, result, replies) {
+    let mut done = Vec::with_capacity(writes.len());
+    for (write, reply) in answer(writes, result, replies, &mut done) {
         let _ = reply.send(alone(committer, write).await);
     }
+    send_all(done);
 }
 
 fn traced(writes: usize, started: std::time::Instant, result: &Result<Vec<Written>, Failed>) {
@@ -288,19 +319,19 @@ fn traced(writes: usize, started: std::time::Instant, result: &Result<Vec<Writte
     );
 }
 
-/// Answers a batch's callers from its outcome, except when the database refused one of its
-/// statements: then each write is to be retried alone, and those are returned with their
-/// callers.
-fn answer(
-    writes: &[Write],
+/// Sorts a batch's callers by its outcome: the answers of a commit go to `done` (to be sent
+/// once they are durable), a failure's error is sent at once, and when the database refused
+/// one of the batch's statements each write is to be retried alone: those are returned with
+/// their callers.
+fn answer<'w>(
+    writes: &'w [Write],
     result: Result<Vec<Written>, Failed>,
     replies: Vec<Reply>,
-) -> Vec<(&Write, Reply)> {
+    done: &mut Vec<(Reply, Written)>,
+) -> Vec<(&'w Write, Reply)> {
     match result {
         Ok(written) => {
-            for (reply, written) in replies.into_iter().zip(written) {
-                let _ = reply.send(Ok(written));
-            }
+            done.extend(replies.into_iter().zip(written));
             Vec::new()
         }
         Err(failed) if failed.retry_alone && writes.len() > 1 => {
@@ -316,6 +347,80 @@ fn answer(
                 let _ = reply.send(Err(Clone::clone(&failed.error)));
             }
             Vec::new()
+        }
+    }
+}
+
+fn send_all(done: Vec<(Reply, Written)>) {
+    for (reply, written) in done {
+        let _ = reply.send(Ok(written));
+    }
+}
+
+/// Makes commits durable after the fact, for a committer whose commits are not durable by
+/// themselves ([`BlockingCommitter::syncer`]): a thread of its own takes the answers of every
+/// commit made since its last sync, syncs once, and only then sends them. The committer goes
+/// on with the next batch meanwhile, so a sync (an fsync) overlaps the next commit's work
+/// instead of stopping it.
+///
+/// A failed sync fails its callers, and every write after it: whether the commits before it
+/// reached the disk is unknown (the page cache may have dropped what it could not write), so
+/// the store refuses writes until it is restarted and SQLite's recovery reads the log back.
+struct Durable {
+    queue: std::sync::mpsc::Sender<Vec<(Reply, Written)>>,
+    failed: Arc<OnceLock<StoreError>>,
+}
+
+impl Durable {
+    fn start(mut sync: Syncer) -> std::io::Result<Self> {
+        let (queue, synced) = std::sync::mpsc::channel::<Vec<(Reply, Written)>>();
+        let failed = Arc::new(OnceLock::new());
+        let failure = Arc::clone(&failed);
+        std::thread::Builder::new()
+            .name("vault-sync".to_owned())
+            .spawn(move || {
+                while let Ok(mut done) = synced.recv() {
+                    while let Ok(more) = synced.try_recv() {
+                        done.extend(more);
+                    }
+                    let synced = match failure.get() {
+                        Some(error) => Err(Clone::clone(error)),
+                        None => sync().map_err(|error| {
+                            tracing::error!(%error, "the store's log could not be synced; it refuses writes until restarted");
+                            Clone::clone(failure.get_or_init(|| {
+                                StoreError::caused_by(
+                                    "the database's log could not be synced to disk; writes are refused until vaultd restarts",
+                                    error,
+                                )
+                            }))
+                        }),
+                    };
+                    match synced {
+                        Ok(()) => send_all(done),
+                        Err(error) => {
+                            for (reply, _) in done {
+                                let _ = reply.send(Err(Clone::clone(&error)));
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { queue, failed })
+    }
+
+    /// The error every write fails with once a sync has failed.
+    fn failed(&self) -> Option<StoreError> {
+        self.failed.get().cloned()
+    }
+
+    fn answer_once_synced(&self, done: Vec<(Reply, Written)>) {
+        if done.is_empty() {
+            return;
+        }
+        if let Err(lost) = self.queue.send(done) {
+            for (reply, _) in lost.0 {
+                let _ = reply.send(Err(stopped()));
+            }
         }
     }
 }
@@ -402,6 +507,8 @@ mod tests {
     struct BlockingRecorder {
         recorder: Arc<Recorder>,
         gaps: Arc<Mutex<usize>>,
+        /// If set, commits are not durable by themselves: each sync waits for an outcome here.
+        syncs: Arc<Mutex<Option<std::sync::mpsc::Receiver<std::io::Result<()>>>>>,
     }
 
     impl BlockingCommitter for BlockingRecorder {
@@ -415,6 +522,11 @@ mod tests {
 
         fn between_commits(&mut self) {
             *self.gaps.lock().unwrap() += 1;
+        }
+
+        fn syncer(&mut self) -> Option<Syncer> {
+            let syncs = self.syncs.lock().unwrap().take()?;
+            Some(Box::new(move || syncs.recv().unwrap_or(Ok(()))))
         }
     }
 
@@ -450,6 +562,43 @@ mod tests {
         // Every commit is followed by a gap (the last one's may still be running).
         let commits = blocking.recorder.batches.lock().unwrap().len();
         assert!(*blocking.gaps.lock().unwrap() + 1 >= commits);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_wait_for_the_sync_and_a_failed_sync_refuses_every_write_after() {
+        let (sync, syncs) = std::sync::mpsc::channel();
+        let blocking = BlockingRecorder {
+            syncs: Arc::new(Mutex::new(Some(syncs))),
+            ..BlockingRecorder::default()
+        };
+        let recorder = blocking.recorder.clone();
+        let group = Group::start_on_thread(blocking).unwrap();
+        let commits = || recorder.batches.lock().unwrap().len();
+        let write = |id: &'static str| {
+            let (group, recorder) = (group.clone(), recorder.clone());
+            tokio::spawn(async move { group.write(&recorder, audit(id)).await })
+        };
+
+        // Committed, and still unanswered until its sync returns.
+        let first = write("a");
+        while commits() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !first.is_finished(),
+            "answered before its commit was synced"
+        );
+        sync.send(Ok(())).unwrap();
+        assert!(first.await.unwrap().is_ok());
+
+        // A failed sync fails its callers, and every write after it fails without a commit.
+        let second = write("b");
+        sync.send(Err(std::io::Error::other("disk gone"))).unwrap();
+        assert!(second.await.unwrap().is_err());
+        let after = commits();
+        assert!(write("c").await.unwrap().is_err());
+        assert_eq!(commits(), after);
     }
 
     #[tokio::test]

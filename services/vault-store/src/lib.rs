@@ -1,7 +1,8 @@
 //! Storage adapters for the card vault: `vault_core::ports::TokenStore` over sqlx.
 //!
 //! - [`SqliteStore`]: the embedded default. Refuses to start unless the database runs in WAL
-//!   mode with `synchronous=FULL`, read back from the connection.
+//!   mode with `synchronous=FULL`, read back from the connection; its group-commit writer
+//!   commits at `NORMAL` and fsyncs the log itself before answering anyone (`sqlite/writer.rs`).
 //! - [`PgStore`]: production. Refuses to start unless commits are durable
 //!   (`synchronous_commit`, `fsync`, `full_page_writes`); bounded connect and statement times,
 //!   so a database outage fails calls fast instead of hanging them.

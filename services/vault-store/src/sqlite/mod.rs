@@ -83,7 +83,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations, and checks that
-    /// every connection runs in WAL mode with `synchronous=FULL`.
+    /// every connection runs in WAL mode with `synchronous=FULL` (the writer: `NORMAL` plus its
+    /// own fsync of the log before any answer, `writer.rs`).
     ///
     /// # Errors
     /// [`SqliteStoreError`] if the database cannot be opened, migrated, or made durable.
