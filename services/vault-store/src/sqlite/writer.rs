@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -110,6 +110,8 @@ pub(crate) struct Writer {
     log: Option<std::fs::File>,
     /// Wakes the checkpoint thread (which ends when this is dropped).
     nudge: std::sync::mpsc::SyncSender<()>,
+    /// Held by whichever of the two checkpoints runs (see [`checkpoint`]).
+    checkpointing: Arc<Mutex<()>>,
     chain: Arc<Chain>,
     /// Drives the optional audit sink's writes (async, with a timeout).
     runtime: tokio::runtime::Runtime,
@@ -131,7 +133,8 @@ impl Writer {
         let log = std::fs::File::open(log)?;
         // The pragma `connect` sets installs SQLite's own WAL hook: this one replaces it.
         conn.wal_hook(Some(note_wal_pages));
-        let nudge = start_checkpoints(connect(path, busy_timeout)?)?;
+        let checkpointing = Arc::new(Mutex::new(()));
+        let nudge = start_checkpoints(connect(path, busy_timeout)?, Arc::clone(&checkpointing))?;
         conn.set_prepared_statement_cache_capacity(32);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -140,6 +143,7 @@ impl Writer {
             conn,
             log: Some(log),
             nudge,
+            checkpointing,
             chain,
             runtime,
         })
@@ -425,7 +429,7 @@ impl BlockingCommitter for Writer {
             // Full: the thread is at work, and will look at the log again when done.
             let _ = self.nudge.try_send(());
         }
-        if pages >= RESTART_PAGES && checkpoint(&self.conn, "writer") {
+        if pages >= RESTART_PAGES && checkpoint(&self.conn, &self.checkpointing, "writer") {
             WAL_PAGES.set(0);
         }
     }
@@ -449,13 +453,16 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite::
 }
 
 /// Starts the checkpoint thread on `conn`: one passive checkpoint per nudge.
-fn start_checkpoints(conn: Connection) -> Result<std::sync::mpsc::SyncSender<()>, OpenError> {
+fn start_checkpoints(
+    conn: Connection,
+    checkpointing: Arc<Mutex<()>>,
+) -> Result<std::sync::mpsc::SyncSender<()>, OpenError> {
     let (nudge, nudged) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("vault-checkpoint".to_owned())
         .spawn(move || {
             while nudged.recv().is_ok() {
-                checkpoint(&conn, "background");
+                checkpoint(&conn, &checkpointing, "background");
             }
         })?;
     Ok(nudge)
@@ -463,7 +470,16 @@ fn start_checkpoints(conn: Connection) -> Result<std::sync::mpsc::SyncSender<()>
 
 /// Runs a passive checkpoint (it never waits on readers or the writer); true if it copied
 /// every page of the log. A failed one is retried at the next nudge or gap.
-fn checkpoint(conn: &Connection, by: &'static str) -> bool {
+///
+/// SQLite runs one checkpoint at a time and a passive one finding another at work gives up at
+/// once: the writer's, finding the thread's, would give up every time under load, and the log
+/// would never start over (it grew past 600 MB in a run of batches before this lock). So the
+/// two take `checkpointing` first: the writer waits for the thread's checkpoint to end, then
+/// copies what is left.
+fn checkpoint(conn: &Connection, checkpointing: &Mutex<()>, by: &'static str) -> bool {
+    let _one_at_a_time = checkpointing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = std::time::Instant::now();
     let checkpoint: Result<(i64, i64, i64), _> =
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
