@@ -7,7 +7,8 @@
 //!   (`synchronous_commit`, `fsync`, `full_page_writes`); bounded connect and statement times,
 //!   so a database outage fails calls fast instead of hanging them.
 //!
-//! Both share one implementation of the port (`sql.rs`) and the row conversions (`rows.rs`);
+//! Both share one implementation of the ports (`sql/`, a module per port) and the row
+//! conversions (`rows.rs`); SQLite's hot path runs on rusqlite (`sqlite/`).
 //! `tests/conformance.rs` runs the same suite against each, and against the in-memory test
 //! store (`vault_core::testing::MemoryStore`).
 

@@ -2,7 +2,7 @@
 //! multi-row statements (read the counts and the items already seen, add to the counts, store
 //! the other new items), not three statements per item. A tally's first item lives in its row,
 //! so a bucket's only card (the common case) costs one row. The counting itself is here,
-//! backend-free; `sql.rs` runs the statements.
+//! backend-free; `sql/tallies.rs` (and SQLite's `sqlite/writer.rs`) run the statements.
 //!
 //! Exactness across replicas comes from the upsert: each tally's count is raised by its number
 //! of new items in one atomic upsert that returns the result, so the new items of racing

@@ -213,7 +213,7 @@ impl Writer {
         if inserted == 1 {
             return Ok(InsertOutcome::Inserted);
         }
-        // As `taken_in` (sql.rs): asked for the record's merchant only.
+        // As `taken_in` (sql/tokens.rs): asked for the record's merchant only.
         let taken: Option<String> = self
             .conn
             .prepare_cached(crate::sql::TOKEN_EXISTS)
@@ -233,7 +233,7 @@ impl Writer {
         })
     }
 
-    /// Counts a batch's tally requests, as `tally_in` (sql.rs) does with multi-row statements:
+    /// Counts a batch's tally requests, as `tally_in` (sql/tallies.rs) does with multi-row statements:
     /// read, plan (`tally.rs`), add each tally's new items in one atomic upsert, store the
     /// other new items, trip.
     fn tally(&self, requests: &[&TallyRequest]) -> Result<Vec<Vec<Tallied>>, Failed> {
@@ -315,7 +315,7 @@ impl Writer {
         Ok(plan.results(requests, &after))
     }
 
-    /// Appends `audits` to the chain and commits, as `commit_audited` (sql.rs) does: the chain
+    /// Appends `audits` to the chain and commits, as `commit_audited` (sql/audit.rs) does: the chain
     /// lock is taken after the transaction's other statements (the write lock is held already)
     /// and held through the commit; the head moves only if the commit succeeds.
     fn commit_audited(&self, audits: &[&AuditRecord]) -> Result<(), StoreError> {
@@ -358,7 +358,7 @@ impl Writer {
                 entries.push(entry);
             }
         }
-        // Before the commit, still under the lock (see `commit_audited` in sql.rs).
+        // Before the commit, still under the lock (see `commit_audited` in sql/audit.rs).
         if let Some(sink) = self.chain.sink.get() {
             self.runtime.block_on(sink.copy(&entries))?;
         }
@@ -371,7 +371,7 @@ impl Writer {
         Ok(())
     }
 
-    /// This writer's head, read back (see `read_head` in sql.rs).
+    /// This writer's head, read back (see `read_head` in sql/audit.rs).
     fn read_head(&self) -> Result<Head, StoreError> {
         self.conn
             .execute(
