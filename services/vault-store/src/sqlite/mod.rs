@@ -22,9 +22,6 @@ use crate::sql::token_store_impl;
 /// How long a statement waits for SQLite's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The writer connection's page cache, in KiB (negative: SQLite's unit for a size in KiB).
-const WRITER_CACHE: &str = "-65536";
-
 /// Why the SQLite store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteStoreError {
@@ -124,15 +121,15 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(open)?;
-        // SQLite runs one write transaction at a time anyway (`BEGIN IMMEDIATE`). Running them
-        // all on one connection keeps that connection's page cache valid from one transaction
-        // to the next (a write on another connection would empty it), so a group commit finds
-        // the index pages it touched last time still in memory.
+        // The rare write transactions that do not go through the writer thread (key changes,
+        // deletes, audit checkpoints) run one at a time on one connection (SQLite runs one
+        // write transaction at a time anyway), with SQLite's default page cache: the large one
+        // is the writer thread's (`writer.rs`).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.pragma("cache_size", WRITER_CACHE))
+            .connect_with(options)
             .await
             .map_err(open)?;
         sqlx::migrate!("../../migrations/sqlite")
