@@ -177,6 +177,12 @@ pub enum Command {
         /// Tokens in the pool.
         #[arg(long, value_name = "K", default_value_t = 1000)]
         pool: usize,
+        /// Draw the pool from this record file (`merchant<TAB>token<TAB>pan` lines, from
+        /// --record) instead of tokenizing it first: e.g. a random sample of the cards a large
+        /// database was seeded with, so that reads are spread over all of it (--pool is then
+        /// ignored).
+        #[arg(long, value_name = "FILE")]
+        pool_file: Option<PathBuf>,
     },
     /// Fresh tokenizes, and detokenizes of tokens acknowledged earlier in the run.
     Mixed {
@@ -400,6 +406,7 @@ impl RunArgs {
                 Format::PanShaped => TokenFormat::PanShaped,
             },
             record: self.record.clone(),
+            pool_file: None,
             check: self.check,
             progress: true,
         }
@@ -413,7 +420,7 @@ impl Command {
         match *self {
             Self::Tokenize => Some(Scenario::Tokenize),
             Self::TokenizeDedup { pool } => Some(Scenario::TokenizeDedup { pool }),
-            Self::Detokenize { pool } => Some(Scenario::Detokenize { pool }),
+            Self::Detokenize { pool, .. } => Some(Scenario::Detokenize { pool }),
             Self::Mixed { detokenize_percent } => Some(Scenario::Mixed { detokenize_percent }),
             Self::Batch { size } => Some(Scenario::Batch {
                 size: usize::from(size),
@@ -745,6 +752,15 @@ mod tests {
         assert_eq!(target.detokenize, None);
         let cli = parse(&["--ca", "ca.pem", "tokenize"]);
         assert!(matches!(cli.connection.target(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn detokenize_can_draw_its_pool_from_a_record_file() {
+        let cli = parse(&["detokenize", "--pool-file", "sample.tsv"]);
+        assert!(matches!(
+            &cli.command,
+            Command::Detokenize { pool_file: Some(file), .. } if file == std::path::Path::new("sample.tsv")
+        ));
     }
 
     #[test]

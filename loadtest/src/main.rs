@@ -35,7 +35,10 @@ async fn execute(cli: &Cli) -> Result<u8, Error> {
     let target = cli.connection.target()?;
     if let Some(scenario) = cli.command.scenario() {
         let run = &cli.run;
-        let options = run.options(scenario, target);
+        let mut options = run.options(scenario, target);
+        if let Command::Detokenize { pool_file, .. } = &cli.command {
+            options.pool_file.clone_from(pool_file);
+        }
         let report = loadtest::run(options).await?;
         if let Some(path) = &run.json {
             write_json(path, &report.ghz())?;

@@ -206,6 +206,8 @@ pub struct Options {
     pub token_format: TokenFormat,
     /// Append `merchant<TAB>token<TAB>pan` here for every acknowledged tokenize.
     pub record: Option<PathBuf>,
+    /// The `detokenize` scenario's pool, read from this record file instead of tokenized first.
+    pub pool_file: Option<PathBuf>,
     /// After the run, detokenize every token the run was given and compare the PANs.
     pub check: bool,
     /// Show a progress bar on standard error (it hides itself when that is not a terminal).
@@ -225,6 +227,7 @@ impl Default for Options {
             merchants: 1,
             token_format: TokenFormat::Random,
             record: None,
+            pool_file: None,
             check: false,
             progress: false,
         }

@@ -142,7 +142,12 @@ async fn load(
         dedup,
         tokens: Vec::new(),
     };
-    if let Scenario::Detokenize { pool } = options.scenario {
+    if let (Scenario::Detokenize { .. }, Some(file)) = (options.scenario, &options.pool_file) {
+        work.tokens = crate::record::read_file(file)?;
+        if work.tokens.is_empty() {
+            return Err(Error::Setup(format!("{} holds no records", file.display())));
+        }
+    } else if let Scenario::Detokenize { pool } = options.scenario {
         let messages = (0..pool)
             .map(|i| work.tokenize_request(i % work.merchants.len().max(1), &random_pan(&mut rng)))
             .collect();
