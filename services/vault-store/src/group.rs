@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use vault_core::StoreError;
 use vault_core::audit::AuditRecord;
-use vault_core::ports::{InsertOutcome, Tallied, TallyRequest, TokenRecord};
+use vault_core::ids::MerchantId;
+use vault_core::ports::{InsertOutcome, Tallied, TallyRequest, TokenRecord, UseReservation};
 
 /// Most writes in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -44,6 +45,15 @@ pub(crate) enum Write {
     /// Abuse tallies (the enumeration guard, the new-merchant cap): counted in the batch's
     /// transaction, so a tally costs a share of a commit rather than one of its own.
     Tally(Vec<TallyRequest>),
+    /// A reservation of DEK uses (`KeyStore::reserve_dek_uses`), on SQLite: made on the
+    /// writer's connection, because a commit on any other connection empties the writer's page
+    /// cache. PostgreSQL's committer refuses it (its reservations stay a compare-and-set).
+    Reserve {
+        merchant: MerchantId,
+        version: u32,
+        want: u64,
+        limit: u64,
+    },
 }
 
 impl Write {
@@ -53,7 +63,7 @@ impl Write {
             .iter()
             .filter_map(|write| match write {
                 Self::Token { record, .. } => Some(&**record),
-                Self::Audit(_) | Self::Tally(_) => None,
+                Self::Audit(_) | Self::Tally(_) | Self::Reserve { .. } => None,
             })
             .collect()
     }
@@ -64,21 +74,23 @@ impl Write {
             .iter()
             .flat_map(|write| match write {
                 Self::Tally(requests) => requests.as_slice(),
-                Self::Token { .. } | Self::Audit(_) => &[],
+                Self::Token { .. } | Self::Audit(_) | Self::Reserve { .. } => &[],
             })
             .collect()
     }
 
-    /// A batch's answers, from its token writes' outcomes and its tally requests' answers (each
-    /// in order), and the audit records it appends: each audit write's, and each inserted
-    /// token's.
+    /// A batch's answers, from its token writes' outcomes, its tally requests' answers and its
+    /// reservations (each in order), and the audit records it appends: each audit write's, and
+    /// each inserted token's.
     pub(crate) fn answers(
         writes: &[Self],
         outcomes: Vec<InsertOutcome>,
         tallies: Vec<Vec<Tallied>>,
+        reserved: Vec<UseReservation>,
     ) -> (Vec<Written>, Vec<&AuditRecord>) {
         let mut outcomes = outcomes.into_iter();
         let mut tallies = tallies.into_iter();
+        let mut reserved = reserved.into_iter();
         let mut written = Vec::with_capacity(writes.len());
         let mut audits = Vec::with_capacity(writes.len());
         for write in writes {
@@ -99,6 +111,14 @@ impl Write {
                         tallies.by_ref().take(requests.len()).collect(),
                     ));
                 }
+                Self::Reserve { .. } => {
+                    // Nothing granted is the safe answer to a missing one.
+                    let none = UseReservation {
+                        granted: 0,
+                        total: 0,
+                    };
+                    written.push(Written::Reserved(reserved.next().unwrap_or(none)));
+                }
             }
         }
         (written, audits)
@@ -111,6 +131,7 @@ pub(crate) enum Written {
     Token(InsertOutcome),
     Audit,
     Tally(Vec<Vec<Tallied>>),
+    Reserved(UseReservation),
 }
 
 /// Why a batch did not commit.

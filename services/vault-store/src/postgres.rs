@@ -261,6 +261,7 @@ impl PgStore {
 
 token_store_impl!(PgStore, Postgres, Some(crate::sql::PG_LOCK_MERCHANT_KEYS));
 crate::sql::sqlx_point_reads!(PgStore, Postgres);
+crate::sql::keys::sqlx_reserve_uses!(PgStore);
 
 #[cfg(test)]
 mod tests {

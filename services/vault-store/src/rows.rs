@@ -178,6 +178,12 @@ pub(crate) fn seq_of(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| corrupt("negative seq"))
 }
 
+/// A version's reserved uses after asking for `want` more from `old`: never past `limit`, never
+/// fewer than before.
+pub(crate) fn reserved(old: u64, want: u64, limit: u64) -> u64 {
+    old.saturating_add(want).min(limit).max(old)
+}
+
 /// A stored seq, as the database binds it.
 pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)

@@ -50,47 +50,7 @@ macro_rules! key_port {
                 want: u64,
                 limit: u64,
             ) -> Result<vault_core::ports::UseReservation, vault_core::StoreError> {
-                let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                for _ in 0..$crate::sql::MAX_CAS_ATTEMPTS {
-                    let uses: Option<i64> = sqlx::query_scalar($crate::sql::SELECT_DEK_USES)
-                        .bind(merchant.as_str())
-                        .bind(i64::from(version))
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err($crate::error::unavailable)?;
-                    let Some(uses) = uses else {
-                        // Shredded meanwhile: nothing to grant (the caller then finds out).
-                        return Ok(vault_core::ports::UseReservation {
-                            granted: 0,
-                            total: 0,
-                        });
-                    };
-                    let old = $crate::rows::count(uses)?;
-                    let new = old.saturating_add(want).min(limit).max(old);
-                    if new == old {
-                        return Ok(vault_core::ports::UseReservation {
-                            granted: 0,
-                            total: old,
-                        });
-                    }
-                    let set = sqlx::query($crate::sql::SET_DEK_USES)
-                        .bind(merchant.as_str())
-                        .bind(i64::from(version))
-                        .bind(to_i64(new))
-                        .bind(to_i64(old))
-                        .execute(&self.pool)
-                        .await
-                        .map_err($crate::error::unavailable)?;
-                    if set.rows_affected() == 1 {
-                        return Ok(vault_core::ports::UseReservation {
-                            granted: new - old,
-                            total: new,
-                        });
-                    }
-                }
-                Err(vault_core::StoreError::unavailable(
-                    "dek use reservation kept losing its compare-and-set",
-                ))
+                self.reserve_uses(merchant, version, want, limit).await
             }
 
             async fn add_data_key(
@@ -359,3 +319,63 @@ macro_rules! key_port {
 }
 
 pub(crate) use key_port;
+
+/// `reserve_uses` for `$store` over its sqlx pool: a compare-and-set on the key's row, retried
+/// while other replicas win it (PostgreSQL's; SQLite reserves on its writer thread).
+macro_rules! sqlx_reserve_uses {
+    ($store:ty) => {
+        impl $store {
+            async fn reserve_uses(
+                &self,
+                merchant: &vault_core::ids::MerchantId,
+                version: u32,
+                want: u64,
+                limit: u64,
+            ) -> Result<vault_core::ports::UseReservation, vault_core::StoreError> {
+                let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                for _ in 0..$crate::sql::MAX_CAS_ATTEMPTS {
+                    let uses: Option<i64> = sqlx::query_scalar($crate::sql::SELECT_DEK_USES)
+                        .bind(merchant.as_str())
+                        .bind(i64::from(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::error::unavailable)?;
+                    let Some(uses) = uses else {
+                        // Shredded meanwhile: nothing to grant (the caller then finds out).
+                        return Ok(vault_core::ports::UseReservation {
+                            granted: 0,
+                            total: 0,
+                        });
+                    };
+                    let old = $crate::rows::count(uses)?;
+                    let new = $crate::rows::reserved(old, want, limit);
+                    if new == old {
+                        return Ok(vault_core::ports::UseReservation {
+                            granted: 0,
+                            total: old,
+                        });
+                    }
+                    let set = sqlx::query($crate::sql::SET_DEK_USES)
+                        .bind(merchant.as_str())
+                        .bind(i64::from(version))
+                        .bind(to_i64(new))
+                        .bind(to_i64(old))
+                        .execute(&self.pool)
+                        .await
+                        .map_err($crate::error::unavailable)?;
+                    if set.rows_affected() == 1 {
+                        return Ok(vault_core::ports::UseReservation {
+                            granted: new - old,
+                            total: new,
+                        });
+                    }
+                }
+                Err(vault_core::StoreError::unavailable(
+                    "dek use reservation kept losing its compare-and-set",
+                ))
+            }
+        }
+    };
+}
+
+pub(crate) use sqlx_reserve_uses;

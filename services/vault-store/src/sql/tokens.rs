@@ -118,6 +118,16 @@ macro_rules! token_port {
             ) -> Result<Vec<$crate::group::Written>, $crate::group::Failed> {
                 use vault_core::ports::InsertOutcome;
                 use $crate::group::{Failed, Write};
+                if writes
+                    .iter()
+                    .any(|write| matches!(write, Write::Reserve { .. }))
+                {
+                    // This backend reserves DEK uses with a compare-and-set of its own
+                    // (`sqlx_reserve_uses!`), never through its committer.
+                    return Err(Failed::whole(vault_core::StoreError::unavailable(
+                        "a DEK-use reservation reached a committer that does not make them",
+                    )));
+                }
                 let mut tx = self.begin().await.map_err(Failed::whole)?;
                 let records = Write::tokens(writes);
                 let mut inserted = Self::insert_tokens_in(&mut tx, &records).await?;
@@ -132,7 +142,7 @@ macro_rules! token_port {
                         Self::taken_in(&mut tx, record).await?
                     });
                 }
-                let (written, audits) = Write::answers(writes, outcomes, tallies);
+                let (written, audits) = Write::answers(writes, outcomes, tallies, Vec::new());
                 if audits.is_empty() && tallied {
                     tx.commit()
                         .await

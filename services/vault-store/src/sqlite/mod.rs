@@ -239,3 +239,28 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 }
 
 token_store_impl!(SqliteStore, Sqlite, None);
+
+impl SqliteStore {
+    /// `KeyStore::reserve_dek_uses` on the writer thread (`Write::Reserve`): a commit on any
+    /// other connection would empty the writer's page cache, and these come every lease.
+    async fn reserve_uses(
+        &self,
+        merchant: &vault_core::ids::MerchantId,
+        version: u32,
+        want: u64,
+        limit: u64,
+    ) -> Result<vault_core::ports::UseReservation, StoreError> {
+        let write = crate::group::Write::Reserve {
+            merchant: merchant.clone(),
+            version,
+            want,
+            limit,
+        };
+        match self.group.write(self, write).await? {
+            crate::group::Written::Reserved(reservation) => Ok(reservation),
+            _ => Err(StoreError::unavailable(
+                "a use reservation was answered as another write",
+            )),
+        }
+    }
+}

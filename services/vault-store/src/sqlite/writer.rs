@@ -32,7 +32,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use vault_core::StoreError;
 use vault_core::audit::AuditRecord;
-use vault_core::ports::{InsertOutcome, Tallied, TallyRequest, TokenRecord};
+use vault_core::ids::MerchantId;
+use vault_core::ports::{InsertOutcome, Tallied, TallyRequest, TokenRecord, UseReservation};
 
 use crate::chain::{Chain, Head};
 use crate::error::sqlite_unavailable;
@@ -170,19 +171,74 @@ impl Writer {
             .into_iter()
             .map(|record| self.insert_token(record))
             .collect::<Result<Vec<_>, _>>()?;
-        let (written, audits) = Write::answers(writes, outcomes, tallies);
+        let reserved = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Reserve {
+                    merchant,
+                    version,
+                    want,
+                    limit,
+                } => Some(self.reserve(merchant, *version, *want, *limit)),
+                Write::Token { .. } | Write::Audit(_) | Write::Tally(_) => None,
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let changed = !requests.is_empty() || reserved.iter().any(|r| r.granted > 0);
+        let (written, audits) = Write::answers(writes, outcomes, tallies, reserved);
         if audits.is_empty() {
             self.conn
-                .execute_batch(if requests.is_empty() {
-                    "ROLLBACK"
-                } else {
-                    "COMMIT"
-                })
+                .execute_batch(if changed { "COMMIT" } else { "ROLLBACK" })
                 .map_err(|e| Failed::whole(sqlite_unavailable(e)))?;
         } else {
             self.commit_audited(&audits).map_err(Failed::whole)?;
         }
         Ok(written)
+    }
+
+    /// Reserves up to `want` uses of a DEK version, as `KeyStore::reserve_dek_uses` does: inside
+    /// the write transaction nothing else changes the row, so no compare-and-set is needed.
+    fn reserve(
+        &self,
+        merchant: &MerchantId,
+        version: u32,
+        want: u64,
+        limit: u64,
+    ) -> Result<UseReservation, Failed> {
+        let key = params![merchant.as_str(), i64::from(version)];
+        let uses: Option<i64> = self
+            .conn
+            .prepare_cached(crate::sql::SELECT_DEK_USES)
+            .and_then(|mut select| select.query_row(key, |row| row.get(0)).optional())
+            .map_err(Failed::sqlite_statement)?;
+        // Shredded meanwhile: nothing to grant (the caller then finds out).
+        let Some(uses) = uses else {
+            return Ok(UseReservation {
+                granted: 0,
+                total: 0,
+            });
+        };
+        let old = crate::rows::count(uses).map_err(Failed::whole)?;
+        let new = crate::rows::reserved(old, want, limit);
+        if new > old {
+            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.conn
+                .prepare_cached(crate::sql::SET_DEK_USES)
+                .and_then(|mut set| {
+                    // By name: the statement names `$3` before `$1`, and SQLite numbers
+                    // `$`-parameters in the order they first appear.
+                    set.execute(rusqlite::named_params! {
+                        "$1": merchant.as_str(),
+                        "$2": i64::from(version),
+                        "$3": as_i64(new),
+                        "$4": as_i64(old),
+                    })
+                })
+                .map_err(Failed::sqlite_statement)?;
+        }
+        Ok(UseReservation {
+            granted: new - old,
+            total: new,
+        })
     }
 
     /// Inserts `record` unless its token or card is taken, and says which.
