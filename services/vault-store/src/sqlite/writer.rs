@@ -19,8 +19,9 @@
 //! other thread see; so past [`RESTART_PAGES`] the writer checkpoints itself, between two
 //! commits once their callers are answered, copying only what the other thread has not.
 //!
-//! It writes only what group commit batches (tokens, audit appends, tallies); the rest of the
-//! store (reads, key changes, checkpoints of the audit trail) stays on sqlx. Both link the one
+//! It writes what group commit batches (tokens, audit appends, tallies, DEK-use reservations);
+//! the point reads are `reads.rs`, and the rest of the store (the long reads, key changes,
+//! checkpoints of the audit trail) stays on sqlx. Both link the one
 //! `libsqlite3-sys` (see the workspace Cargo.toml), and SQLite's own locking orders the two
 //! writers: each takes the write lock (`BEGIN IMMEDIATE`) before this store's audit chain lock.
 
