@@ -387,7 +387,7 @@ impl KeyAdmin {
                 .await?
             {
                 Some(destroyed) => {
-                    self.keys.forget_merchant(&merchant);
+                    self.deks.forget(&merchant);
                     Ok(Done::audited(destroyed))
                 }
                 None => Err(no_request),

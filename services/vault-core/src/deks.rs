@@ -3,6 +3,7 @@
 //! use cap), and opening a stored PAN under the DEK version its row names.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use vault_crypto::{AeadKey, FingerprintKey, KeyMaterial};
@@ -13,6 +14,7 @@ use crate::error::{Throttle, VaultError};
 use crate::expiry::Expiry;
 use crate::guard::{self, GuardSettings, Verdict, answered_in_full};
 use crate::ids::{CallerId, MerchantId};
+use crate::key_sets::{KEY_SET_MAX_AGE, KeySets};
 use crate::keyring::KeyRing;
 use crate::lifecycle::{DekLimits, UseLeases};
 use crate::pan::Pan;
@@ -28,14 +30,16 @@ pub(crate) struct MerchantKeys {
     pub(crate) fingerprint: Arc<FingerprintKey>,
 }
 
-/// Keys for the services that seal and open PANs: the store's key rows, the KEKs and their
-/// cache, the DEK limits and this replica's use leases.
+/// Keys for the services that seal and open PANs: the store's key rows, the merchants' key
+/// sets held in memory (`key_sets.rs`), the KEKs and their cache, the DEK limits and this
+/// replica's use leases.
 #[derive(Clone)]
 pub(crate) struct Deks {
     store: Arc<dyn TokenStore>,
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) limits: DekLimits,
     leases: Arc<UseLeases>,
+    sets: Arc<KeySets>,
     guard: GuardSettings,
 }
 
@@ -46,11 +50,19 @@ impl Deks {
         limits: DekLimits,
         guard: GuardSettings,
     ) -> Self {
+        // A cache of unwrapped keys turned off means no key is held in memory: neither are
+        // the merchants' key sets.
+        let max_age = if keys.cache_limits().max_entries == 0 {
+            Duration::ZERO
+        } else {
+            KEY_SET_MAX_AGE
+        };
         Self {
             store,
             keys,
             limits,
             leases: Arc::default(),
+            sets: Arc::new(KeySets::new(max_age)),
             guard,
         }
     }
@@ -123,37 +135,64 @@ impl Deks {
     /// is older than the limits allow. Two replicas creating or rotating at once are settled by
     /// the store's uniqueness constraint: the loser reads the winner's. A shredded merchant
     /// gets [`VaultError::KeyDestroyed`] and never new keys.
+    ///
+    /// The set may come from memory (`key_sets.rs`): whoever seals under these keys must look
+    /// the card up and insert it with the DEK version they name, which the store checks, and
+    /// call [`Deks::reread_keys`] when it answers that the key is gone.
     pub(crate) async fn current_keys(
         &self,
         merchant: &MerchantId,
         caller: &CallerId,
     ) -> Result<MerchantKeys, VaultError> {
-        let set = match self.store.merchant_keys(merchant).await? {
+        let set = match self.sets.get(merchant) {
             Some(set) => set,
             None => {
-                if self.store.is_shredded(merchant).await? {
-                    return Err(self.destroyed(merchant));
-                }
-                self.count_new_merchant(merchant, caller).await?;
-                let fresh = self.new_key_set(merchant).await?;
-                self.store.create_merchant_keys(&fresh).await?;
-                self.stored_keys(merchant).await?
+                let read = Instant::now();
+                let set = match self.store.merchant_keys(merchant).await? {
+                    Some(set) => set,
+                    None => {
+                        if self.store.is_shredded(merchant).await? {
+                            return Err(self.destroyed(merchant));
+                        }
+                        self.count_new_merchant(merchant, caller).await?;
+                        let fresh = self.new_key_set(merchant).await?;
+                        self.store.create_merchant_keys(&fresh).await?;
+                        self.stored_keys(merchant).await?
+                    }
+                };
+                let set = Arc::new(set);
+                self.sets.put(read, Arc::clone(&set));
+                set
             }
         };
-        let set = match self.limits.rotate_after {
+        match self.limits.rotate_after {
             Some(max_age) if now() - set.dek_created_at >= max_age => {
                 self.rotate_dek(merchant, set.dek.context.version, None)
                     .await?;
-                self.stored_keys(merchant).await?
+                self.reread_keys(merchant).await
             }
-            _ => set,
-        };
-        Ok(MerchantKeys {
-            dek_version: set.dek.context.version,
-            dek: self.keys.dek(&set.dek).await?,
-            dek_created_at: set.dek_created_at,
-            fingerprint: self.keys.fingerprint_key(&set.fingerprint).await?,
-        })
+            _ => self.unwrapped(&set).await,
+        }
+    }
+
+    /// The merchant's current keys read from the store, not from memory (and held again): after
+    /// the store answered that the DEK version in hand is gone, or a rotation.
+    pub(crate) async fn reread_keys(
+        &self,
+        merchant: &MerchantId,
+    ) -> Result<MerchantKeys, VaultError> {
+        self.sets.forget(merchant);
+        let read = Instant::now();
+        let set = Arc::new(self.stored_keys(merchant).await?);
+        self.sets.put(read, Arc::clone(&set));
+        self.unwrapped(&set).await
+    }
+
+    /// Forgets every key of the merchant this replica holds: its key set and its unwrapped
+    /// keys (after its keys were destroyed).
+    pub(crate) fn forget(&self, merchant: &MerchantId) {
+        self.sets.forget(merchant);
+        self.keys.forget_merchant(merchant);
     }
 
     /// Counts a merchant the caller is about to create against its hourly cap (vault-wide),
@@ -192,7 +231,7 @@ impl Deks {
     /// A shredded merchant's answer. Its keys also leave this replica's cache: the replica that
     /// approved the shred forgot them at once, the others do when they first meet it.
     fn destroyed(&self, merchant: &MerchantId) -> VaultError {
-        self.keys.forget_merchant(merchant);
+        self.forget(merchant);
         VaultError::KeyDestroyed
     }
 
@@ -246,10 +285,10 @@ impl Deks {
                 return Ok(());
             }
             self.rotate_dek(merchant, keys.dek_version, None).await?;
-            let set = self.stored_keys(merchant).await?;
-            keys.dek_version = set.dek.context.version;
-            keys.dek = self.keys.dek(&set.dek).await?;
-            keys.dek_created_at = set.dek_created_at;
+            let fresh = self.reread_keys(merchant).await?;
+            keys.dek_version = fresh.dek_version;
+            keys.dek = fresh.dek;
+            keys.dek_created_at = fresh.dek_created_at;
         }
         Err(VaultError::StoreUnavailable(
             crate::error::StoreError::unavailable("could not reserve a use of the merchant's DEK"),
@@ -273,6 +312,7 @@ impl Deks {
         };
         let wrapped = self.keys.wrap(context, &KeyMaterial::generate()).await?;
         self.store.add_data_key(&wrapped, audit).await?;
+        self.sets.forget(merchant);
         Ok(version)
     }
 

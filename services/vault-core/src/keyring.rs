@@ -3,9 +3,11 @@
 //! bounded cache of unwrapped keys, so the HSM or Transit is not on the hot path.
 //!
 //! The cache is a memo of unwraps, keyed by the wrapped key itself (context, KEK id and wrapped
-//! bytes). The store stays the source of truth: a call still reads the wrapped key from the
-//! store, so a key rewrapped, rotated or destroyed (crypto-shred) on another replica is never
-//! served from this replica's cache. Entries are dropped after `max_age`, when the cache is
+//! bytes). The store stays the source of truth: a call names the wrapped key it read from the
+//! store (a tokenize perhaps from the merchant's key set held for a second, `key_sets.rs`,
+//! which the store re-checks in the same statement as the card), so a key rewrapped, rotated
+//! or destroyed (crypto-shred) on another replica is never served from this replica's cache
+//! once the store says so. Entries are dropped after `max_age`, when the cache is
 //! over `max_entries` (oldest first), and all at once when a KEK stops answering; dropping an
 //! entry zeroizes the key (`AeadKey` and `FingerprintKey` zeroize on drop).
 //!

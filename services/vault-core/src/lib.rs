@@ -19,6 +19,7 @@ pub mod expiry;
 pub mod guard;
 pub mod ids;
 pub mod invalid;
+pub mod key_sets;
 pub mod keyring;
 pub mod lifecycle;
 pub mod limits;

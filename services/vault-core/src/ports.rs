@@ -198,6 +198,10 @@ pub enum InsertOutcome {
     /// The merchant already has a token of this format for this fingerprint (a concurrent
     /// tokenize of the same card won the race): return that one.
     FingerprintTaken,
+    /// The merchant no longer holds the DEK version the record was sealed under: its keys were
+    /// destroyed (crypto-shred), possibly by another replica. Nothing was stored; read the
+    /// merchant's keys again from the store.
+    KeyGone,
 }
 
 /// Durable storage for the key lifecycle: DEK use counts and rotation, KEK rewrapping,
@@ -593,24 +597,33 @@ pub trait TokenStore: KeyStore + AuditStore + TallyStore {
         version: u32,
     ) -> Result<Option<WrappedKey>, StoreError>;
 
-    /// The merchant's token of `format` for this fingerprint, if any.
+    /// The merchant's token of `format` for this fingerprint, if any, and only while the
+    /// merchant still holds DEK version `held` (the one the caller's keys name). The same read
+    /// checks the key, so a replica working from keys it holds in memory learns of a shred
+    /// that another replica made at no extra cost: a merchant whose keys are gone has no token
+    /// to find, and the insert that follows answers [`InsertOutcome::KeyGone`].
     async fn token_by_fingerprint(
         &self,
         merchant: &MerchantId,
         fingerprint: &[u8; FINGERPRINT_LEN],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
     /// The merchant's tokens of `format` for any of these fingerprints (at most one each, in no
-    /// particular order): one read for a whole batch.
+    /// particular order), while the merchant holds DEK version `held`, as
+    /// [`TokenStore::token_by_fingerprint`]: one read for a whole batch.
     async fn tokens_by_fingerprints(
         &self,
         merchant: &MerchantId,
         fingerprints: &[[u8; FINGERPRINT_LEN]],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Vec<TokenRecord>, StoreError>;
 
     /// Inserts a token and its audit record in one transaction: both are durable, or neither.
+    /// Nothing is inserted unless the merchant holds the DEK version the record was sealed
+    /// under, checked in the same statement ([`InsertOutcome::KeyGone`]).
     async fn insert_token(
         &self,
         record: &TokenRecord,

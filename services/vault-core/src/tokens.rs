@@ -365,7 +365,7 @@ impl Tokens {
         self.guard_cards(audit, [(&card.pan, fingerprint)]).await?;
         let found = self
             .store
-            .token_by_fingerprint(&merchant, &fingerprint, format)
+            .token_by_fingerprint(&merchant, &fingerprint, format, keys.dek_version)
             .await?;
         self.tokenize_card(audit, &merchant, card, keys, fingerprint, found)
             .await
@@ -426,7 +426,7 @@ impl Tokens {
         let fingerprints: Vec<_> = cards.iter().map(|(_, fingerprint)| *fingerprint).collect();
         let found = self
             .store
-            .tokens_by_fingerprints(&merchant, &fingerprints, format)
+            .tokens_by_fingerprints(&merchant, &fingerprints, format, keys.dek_version)
             .await?
             .into_iter()
             .map(|row| (row.fingerprint, row))
@@ -490,19 +490,22 @@ impl Tokens {
                     }));
                 }
                 InsertOutcome::TokenTaken => {}
+                InsertOutcome::KeyGone => {
+                    // The keys in hand were held in memory and the merchant's DEK is gone
+                    // (shredded, perhaps by another replica): the store's answer decides.
+                    keys = self.deks.reread_keys(merchant).await?;
+                }
                 InsertOutcome::FingerprintTaken => {
                     // A concurrent tokenize of the same card committed first: return its token.
-                    let winner = self
+                    // (Not found again means it went, or the key did: the next round says.)
+                    if let Some(winner) = self
                         .store
-                        .token_by_fingerprint(merchant, &fingerprint, format)
+                        .token_by_fingerprint(merchant, &fingerprint, format, keys.dek_version)
                         .await?
-                        .ok_or_else(|| {
-                            VaultError::StoreUnavailable(crate::error::StoreError::unavailable(
-                                "token for a taken fingerprint not found",
-                            ))
-                        })?;
-                    self.deks.check_same_card(&winner, &pan, &keys).await?;
-                    return Ok(Done::pending(Self::existing(audit, winner)));
+                    {
+                        self.deks.check_same_card(&winner, &pan, &keys).await?;
+                        return Ok(Done::pending(Self::existing(audit, winner)));
+                    }
                 }
             }
         }

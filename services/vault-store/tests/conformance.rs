@@ -65,6 +65,29 @@ fn key_set(merchant_id: &str, bytes: u8) -> MerchantKeySet {
     }
 }
 
+/// Gives each merchant its first keys (DEK version 1): a token is stored only under a DEK its
+/// merchant holds.
+async fn holding(store: &dyn TokenStore, merchants: &[&str]) {
+    for (i, m) in merchants.iter().enumerate() {
+        let bytes = 100 + 2 * u8::try_from(i).unwrap();
+        store
+            .create_merchant_keys(&key_set(m, bytes))
+            .await
+            .unwrap();
+    }
+}
+
+/// A shred of `m` requested by `spiffe://test/admin-1`.
+fn shred_request(m: &MerchantId, request_id: &str) -> ShredRequest {
+    ShredRequest {
+        request_id: request_id.into(),
+        merchant: m.clone(),
+        requested_by: CallerId::new("spiffe://test/admin-1"),
+        requested_at: now(),
+        reason: Reason::parse("reason", "merchant offboarded").unwrap(),
+    }
+}
+
 fn version(mut key: WrappedKey, version: u32) -> WrappedKey {
     key.context.version = version;
     key
@@ -106,6 +129,7 @@ async fn first_keys_win(store: &dyn TokenStore) {
 }
 
 async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count) {
+    holding(store, &["m1", "m2"]).await;
     let a = record("m1", "tok_AAAAAAAAAAAAAAAAAAAAAA", 1, TokenFormat::Random);
     assert_eq!(
         store.insert_token(&a, &audit("r1")).await.unwrap(),
@@ -143,6 +167,7 @@ async fn uniqueness_is_enforced(store: &dyn TokenStore, audit_rows: Count) {
 /// Tokens are unique per merchant, not across the vault: a short PAN's PAN-shaped tokens are
 /// few, and one merchant must not be able to take another's.
 async fn tokens_are_unique_per_merchant(store: &dyn TokenStore, audit_rows: Count) {
+    holding(store, &["m1", "m2"]).await;
     let shaped = "411111000000111";
     let mut m1 = record("m1", shaped, 1, TokenFormat::PanShaped);
     m1.sealed.ciphertext = vec![1; 32];
@@ -213,6 +238,7 @@ async fn tokens_are_unique_per_merchant(store: &dyn TokenStore, audit_rows: Coun
 }
 
 async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
+    holding(store, &["m1", "m2"]).await;
     let a = record("m1", "tok_DDDDDDDDDDDDDDDDDDDDDD", 5, TokenFormat::Random);
     store.insert_token(&a, &audit("r1")).await.unwrap();
     assert_eq!(
@@ -222,14 +248,14 @@ async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
     assert_eq!(store.token(&merchant("m2"), &a.token).await.unwrap(), None);
     assert_eq!(
         store
-            .token_by_fingerprint(&a.merchant, &[5; 32], TokenFormat::Random)
+            .token_by_fingerprint(&a.merchant, &[5; 32], TokenFormat::Random, 1)
             .await
             .unwrap(),
         Some(a.clone())
     );
     assert_eq!(
         store
-            .token_by_fingerprint(&a.merchant, &[5; 32], TokenFormat::PanShaped)
+            .token_by_fingerprint(&a.merchant, &[5; 32], TokenFormat::PanShaped, 1)
             .await
             .unwrap(),
         None
@@ -239,6 +265,7 @@ async fn tokens_read_back_scoped_to_their_merchant(store: &dyn TokenStore) {
 /// A batch's lookup finds exactly the merchant's tokens of that format among many fingerprints,
 /// across the statements it is split into.
 async fn a_batch_of_fingerprints_is_looked_up_at_once(store: &dyn TokenStore) {
+    holding(store, &["m1", "m2", "m3"]).await;
     let fingerprint = |i: u32| {
         let mut f = [0u8; 32];
         f[..4].copy_from_slice(&i.to_be_bytes());
@@ -273,21 +300,76 @@ async fn a_batch_of_fingerprints_is_looked_up_at_once(store: &dyn TokenStore) {
 
     let asked: Vec<_> = (0..1000).map(fingerprint).collect();
     let mut found = store
-        .tokens_by_fingerprints(&merchant("m1"), &asked, TokenFormat::Random)
+        .tokens_by_fingerprints(&merchant("m1"), &asked, TokenFormat::Random, 1)
         .await
         .unwrap();
     found.sort_by_key(|a| a.fingerprint);
     assert_eq!(found, stored[..10].to_vec());
     assert!(
         store
-            .tokens_by_fingerprints(&merchant("m3"), &asked, TokenFormat::Random)
+            .tokens_by_fingerprints(&merchant("m3"), &asked, TokenFormat::Random, 1)
             .await
             .unwrap()
             .is_empty()
     );
 }
 
+/// A token is found, and stored, only while its merchant holds the DEK version the caller
+/// names: how a replica working from keys held in memory learns of a shred made elsewhere.
+async fn only_a_held_dek_finds_or_stores_a_token(store: &dyn TokenStore, audit_rows: Count) {
+    holding(store, &["m1"]).await;
+    let m = merchant("m1");
+    let stored = record("m1", "tok_GGGGGGGGGGGGGGGGGGGGGG", 3, TokenFormat::Random);
+    let mut unheld = record("m1", "tok_HHHHHHHHHHHHHHHHHHHHHH", 4, TokenFormat::Random);
+    unheld.dek_version = 2;
+    assert_eq!(
+        store.insert_token(&unheld, &audit("r1")).await.unwrap(),
+        InsertOutcome::KeyGone
+    );
+    assert_eq!(audit_rows().await, 0, "nothing stored, not even the record");
+    assert_eq!(
+        store.insert_token(&stored, &audit("r2")).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let find = |held| store.token_by_fingerprint(&m, &[3; 32], TokenFormat::Random, held);
+    assert_eq!(find(1).await.unwrap(), Some(stored.clone()));
+    assert_eq!(find(2).await.unwrap(), None, "version 2 is not held");
+    let batch =
+        |held| store.tokens_by_fingerprints(&m, &[[3; 32], [4; 32]], TokenFormat::Random, held);
+    assert_eq!(batch(1).await.unwrap(), std::slice::from_ref(&stored));
+    assert!(batch(2).await.unwrap().is_empty());
+
+    // Shredded: the token is still there, but nothing finds it and nothing joins it.
+    let request = shred_request(&m, "shred-1");
+    assert!(
+        store
+            .request_shred(&request, None, &audit("r3"))
+            .await
+            .unwrap()
+    );
+    let approver = CallerId::new("spiffe://test/admin-2");
+    assert!(
+        store
+            .execute_shred(&m, "shred-1", &approver, &audit("r4"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let before = audit_rows().await;
+    assert_eq!(find(1).await.unwrap(), None);
+    assert!(batch(1).await.unwrap().is_empty());
+    let mut late = record("m1", "tok_JJJJJJJJJJJJJJJJJJJJJJ", 5, TokenFormat::Random);
+    late.dek_version = 1;
+    assert_eq!(
+        store.insert_token(&late, &audit("r5")).await.unwrap(),
+        InsertOutcome::KeyGone
+    );
+    assert_eq!(audit_rows().await, before);
+    assert_eq!(store.token(&m, &late.token).await.unwrap(), None);
+}
+
 async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_rows: Count) {
+    holding(store, &["m1", "m2"]).await;
     let a = record("m1", "tok_EEEEEEEEEEEEEEEEEEEEEE", 6, TokenFormat::Random);
     store.insert_token(&a, &audit("r1")).await.unwrap();
     assert!(
@@ -415,6 +497,7 @@ async fn rotation_adds_each_version_once(store: &dyn TokenStore, audit_rows: Cou
 }
 
 async fn reencryption_pages_and_compares_and_sets(store: &dyn TokenStore) {
+    holding(store, &["m1", "m2"]).await;
     let m = merchant("m1");
     let names = [
         "tok_CCCCCCCCCCCCCCCCCCCCCC",
@@ -499,13 +582,7 @@ async fn a_shred_needs_a_second_admin(store: &dyn TokenStore, audit_rows: Count)
     store.create_merchant_keys(&key_set("m1", 1)).await.unwrap();
     store.create_merchant_keys(&key_set("m2", 3)).await.unwrap();
     let first_admin = CallerId::new("spiffe://test/admin-1");
-    let request = ShredRequest {
-        request_id: "shred-1".into(),
-        merchant: m.clone(),
-        requested_by: first_admin.clone(),
-        requested_at: now(),
-        reason: Reason::parse("reason", "merchant offboarded").unwrap(),
-    };
+    let request = shred_request(&m, "shred-1");
     assert!(
         store
             .request_shred(&request, None, &audit("r1"))
@@ -617,13 +694,7 @@ async fn a_shred_racing_a_rotation_leaves_no_key(store: &dyn TokenStore) {
         let id = format!("race-{trial}");
         let m = merchant(&id);
         store.create_merchant_keys(&key_set(&id, 1)).await.unwrap();
-        let request = ShredRequest {
-            request_id: format!("shred-{trial}"),
-            merchant: m.clone(),
-            requested_by: CallerId::new("spiffe://test/admin-1"),
-            requested_at: now(),
-            reason: Reason::parse("reason", "merchant offboarded").unwrap(),
-        };
+        let request = shred_request(&m, &format!("shred-{trial}"));
         assert!(
             store
                 .request_shred(&request, None, &audit(&format!("r-{trial}")))
@@ -652,6 +723,7 @@ async fn a_shred_racing_a_rotation_leaves_no_key(store: &dyn TokenStore) {
 /// (a refused insert leaves none), each record linked to its predecessor and hashing to its
 /// stated hash, even when many writes race.
 async fn audit_records_form_one_chain_per_writer(store: std::sync::Arc<dyn TokenStore>) {
+    holding(store.as_ref(), &["m1"]).await;
     let mut tasks = Vec::new();
     for i in 0..40u8 {
         let store = store.clone();
@@ -722,6 +794,7 @@ async fn racing_writes_each_get_their_own_outcome(
     store: std::sync::Arc<dyn TokenStore>,
     audit_rows: Count,
 ) {
+    holding(store.as_ref(), &["m1", "m2", "m-0", "m-1"]).await;
     let mut tasks = Vec::new();
     // 60 cards, each tokenized three times at once under different tokens.
     for card in 0..60usize {
@@ -1373,6 +1446,12 @@ macro_rules! conformance_suite {
         async fn tokens_read_back_scoped_to_their_merchant() {
             let (_guard, store, _) = $fresh().await;
             super::tokens_read_back_scoped_to_their_merchant(&store).await;
+        }
+
+        #[tokio::test]
+        async fn only_a_held_dek_finds_or_stores_a_token() {
+            let (_guard, store, count) = $fresh().await;
+            super::only_a_held_dek_finds_or_stores_a_token(&store, count).await;
         }
 
         #[tokio::test]

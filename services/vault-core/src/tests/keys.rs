@@ -251,3 +251,102 @@ async fn an_expired_shred_request_cannot_be_approved_and_may_be_made_again() {
         .unwrap();
     assert!(dek_versions(&world, M1).await.is_empty());
 }
+
+/// Replicas hold each merchant's key set in memory (`key_sets.rs`). A shred approved on one
+/// replica stops another that holds the merchant's keys before the shred returns: its next
+/// tokenize, of a known card or a new one, alone or in a batch, and its next detokenize.
+#[tokio::test]
+async fn a_shred_stops_a_replica_that_holds_the_merchants_keys() {
+    let world = World::new();
+    let replica = world.restarted();
+    let pans = cards(4);
+    let known = tokenize_on(&replica, &pans[0]).await.unwrap().token;
+    // Warm: the replica holds M1's keys now.
+    tokenize_on(&replica, &pans[1]).await.unwrap();
+
+    let request = world
+        .vault
+        .request_shred(&ctx(ADMIN_A), M1, "merchant offboarded, ticket 9")
+        .await
+        .unwrap();
+    world
+        .vault
+        .approve_shred(&ctx(ADMIN_B), M1, &request.request_id, WHY)
+        .await
+        .unwrap();
+
+    for pan in [&pans[0], &pans[2]] {
+        let err = tokenize_on(&replica, pan).await.unwrap_err();
+        assert!(matches!(err, VaultError::KeyDestroyed), "{err:?}");
+    }
+    let batch = batch_command(M1, &[&pans[0], &pans[3]]);
+    let err = replica
+        .tokenize_batch(&ctx(GATEWAY), batch)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::KeyDestroyed), "{err:?}");
+    let err = detokenize(&replica, PAYMENTS, M1, known.as_str())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::KeyDestroyed), "{err:?}");
+    // Nothing was stored after the shred: only the two cards tokenized before it.
+    let merchant = MerchantId::parse("merchant_id", M1).unwrap();
+    assert_eq!(
+        world
+            .store
+            .count_tokens_under_older_dek(&merchant, 2)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// A rotation made on one replica reaches another that holds the merchant's keys within
+/// `KEY_SET_MAX_AGE`; the version it sealed under meanwhile still opens.
+#[tokio::test]
+async fn a_rotation_reaches_a_replica_that_holds_the_keys_within_the_bound() {
+    let world = World::new();
+    let replica = world.restarted();
+    let pans = cards(3);
+    let before = tokenize_on(&replica, &pans[0]).await.unwrap().token;
+    let version = world
+        .vault
+        .rotate_dek_now(&ctx(ADMIN_A), M1, WHY)
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    // Perhaps still under version 1 (held), and it opens either way.
+    let meanwhile = tokenize_on(&replica, &pans[1]).await.unwrap().token;
+    tokio::time::sleep(crate::key_sets::KEY_SET_MAX_AGE).await;
+    let after = tokenize_on(&replica, &pans[2]).await.unwrap().token;
+    let merchant = MerchantId::parse("merchant_id", M1).unwrap();
+    let version_of = |token: &crate::token::Token| {
+        let (store, merchant, token) = (world.store.clone(), merchant.clone(), token.clone());
+        async move {
+            use crate::ports::TokenStore;
+            store
+                .token(&merchant, &token)
+                .await
+                .unwrap()
+                .unwrap()
+                .dek_version
+        }
+    };
+    assert_eq!(version_of(&before).await, 1);
+    assert_eq!(
+        version_of(&after).await,
+        2,
+        "past the bound, the new version"
+    );
+    for token in [&before, &meanwhile, &after] {
+        detokenize(&replica, PAYMENTS, M1, token.as_str())
+            .await
+            .unwrap();
+    }
+}
+
+async fn tokenize_on(vault: &Vault, pan: &str) -> Result<Tokenized, VaultError> {
+    vault
+        .tokenize(&ctx(GATEWAY), tokenize_command(M1, pan))
+        .await
+}

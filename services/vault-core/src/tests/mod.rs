@@ -178,6 +178,22 @@ fn tokenize_command(merchant: &str, pan: &str) -> TokenizeCommand {
     }
 }
 
+/// A batch of `pans` for `merchant`, without expiry dates.
+fn batch_command(merchant: &str, pans: &[&String]) -> crate::tokens::TokenizeBatchCommand {
+    crate::tokens::TokenizeBatchCommand {
+        merchant_id: merchant.into(),
+        cards: pans
+            .iter()
+            .map(|pan| crate::tokens::BatchCard {
+                pan: Zeroizing::new((*pan).clone()),
+                exp_month: None,
+                exp_year: None,
+            })
+            .collect(),
+        format: Some(TokenFormat::Random),
+    }
+}
+
 async fn detokenize(
     vault: &Vault,
     caller: &str,

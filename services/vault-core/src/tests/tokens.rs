@@ -5,15 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::*;
 use crate::error::Throttle;
 use crate::guard::GuardSettings;
 use crate::lifecycle::DekLimits;
 use crate::limits::{CallLimiter, LimitKey};
 use crate::testing::{KekFault, StoreFault};
-use crate::tokens::{BatchCard, TokenizeBatchCommand};
 
 #[tokio::test]
 async fn a_new_card_gets_a_token_and_one_audit_record_and_comes_back() {
@@ -275,18 +272,7 @@ async fn a_batch_tokenizes_each_card_in_order_with_a_record_each() {
     let world = World::new();
     let pans = cards(5);
     let existing = world.tokenize(M1, &pans[2]).await.unwrap();
-    let batch = |pans: &[String]| TokenizeBatchCommand {
-        merchant_id: M1.into(),
-        cards: pans
-            .iter()
-            .map(|pan| BatchCard {
-                pan: Zeroizing::new(pan.clone()),
-                exp_month: None,
-                exp_year: None,
-            })
-            .collect(),
-        format: Some(TokenFormat::Random),
-    };
+    let batch = |pans: &[String]| batch_command(M1, &pans.iter().collect::<Vec<_>>());
     let results = world
         .vault
         .tokenize_batch(&ctx(GATEWAY), batch(&pans))

@@ -109,8 +109,10 @@ async fn token_renamed_or_key_version_changed_fails_integrity() {
         .await
         .unwrap();
     assert_eq!(detokenize_code(&vault, "m1", &b).await.0, Code::DataLoss);
-    // New tokens would be sealed under the newest version: the vault refuses rather than
-    // encrypt under a key whose binding does not check out.
+    // New tokens would be sealed under the newest version once the vault reads the merchant's
+    // keys again (within `KEY_SET_MAX_AGE`, as for a rotation made by another replica): it
+    // refuses rather than encrypt under a key whose binding does not check out.
+    tokio::time::sleep(vault_core::key_sets::KEY_SET_MAX_AGE).await;
     let status = vault
         .client("gateway")
         .await

@@ -39,12 +39,14 @@ macro_rules! sqlx_point_reads {
                 merchant: &vault_core::ids::MerchantId,
                 fingerprint: &[u8; vault_crypto::FINGERPRINT_LEN],
                 format: vault_core::token::TokenFormat,
+                held: u32,
             ) -> Result<Option<vault_core::ports::TokenRecord>, vault_core::StoreError> {
                 let row: Option<$crate::rows::TokenRow> =
                     sqlx::query_as($crate::sql::SELECT_BY_FINGERPRINT)
                         .bind(merchant.as_str())
                         .bind(&fingerprint[..])
                         .bind(format.as_str())
+                        .bind(i64::from(held))
                         .fetch_optional(&self.pool)
                         .await
                         .map_err($crate::error::unavailable)?;
@@ -56,6 +58,7 @@ macro_rules! sqlx_point_reads {
                 merchant: &vault_core::ids::MerchantId,
                 fingerprints: &[[u8; vault_crypto::FINGERPRINT_LEN]],
                 format: vault_core::token::TokenFormat,
+                held: u32,
             ) -> Result<Vec<vault_core::ports::TokenRecord>, vault_core::StoreError> {
                 let mut found = Vec::new();
                 for chunk in fingerprints.chunks($crate::sql::FINGERPRINTS_PER_SELECT) {
@@ -64,6 +67,9 @@ macro_rules! sqlx_point_reads {
                     select.push_bind(merchant.as_str());
                     select.push(" AND token_format = ");
                     select.push_bind(format.as_str());
+                    select.push($crate::sql::HOLDS_DEK);
+                    select.push_bind(i64::from(held));
+                    select.push(")");
                     select.push($crate::sql::FINGERPRINTS_IN);
                     let mut list = select.separated(", ");
                     for fingerprint in chunk {

@@ -44,6 +44,8 @@ pub(crate) const INSERT_KEY: &str = "INSERT INTO data_keys (merchant_id, purpose
      kek_id, wrapped, created_at) SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM \
      shredded_merchants s WHERE s.merchant_id = $1) ON CONFLICT DO NOTHING";
 
+/// A DEK version's reserved uses; no row if the merchant does not hold it (which is also how a
+/// skipped token insert learns that the key is gone).
 pub(crate) const SELECT_DEK_USES: &str = "SELECT uses FROM data_keys WHERE merchant_id = $1 \
      AND purpose = 'dek' AND version = $2";
 
@@ -145,19 +147,35 @@ pub(crate) const PURGE_TALLY_ITEMS: &str = "DELETE FROM abuse_tally_items WHERE 
 pub(crate) const PURGE_TALLY: &str = "DELETE FROM abuse_tallies WHERE window_end = $1 \
     AND scope = $2 AND subject = $3";
 
+/// The condition that the row's merchant still holds a DEK version (bound next, then `)`):
+/// the fingerprint lookups end with it (`TokenStore::token_by_fingerprint`).
+macro_rules! holds_dek {
+    () => {
+        " AND EXISTS (SELECT 1 FROM data_keys k WHERE k.merchant_id = tokens.merchant_id AND \
+         k.purpose = 'dek' AND k.version = "
+    };
+}
+
+/// A card's token, while the merchant holds DEK version `$4`.
 pub(crate) const SELECT_BY_FINGERPRINT: &str = concat!(
     "SELECT ",
     token_columns!(),
-    " FROM tokens WHERE merchant_id = $1 AND fingerprint = $2 AND token_format = $3"
+    " FROM tokens WHERE merchant_id = $1 AND fingerprint = $2 AND token_format = $3",
+    holds_dek!(),
+    "$4)"
 );
 
-/// The head of a batch's fingerprint lookup: the merchant and format are bound next, then
-/// `FINGERPRINTS_IN` and the fingerprints.
+/// The head of a batch's fingerprint lookup: the merchant and format are bound next,
+/// `HOLDS_DEK` and the version the merchant must hold, then `FINGERPRINTS_IN` and the
+/// fingerprints.
 pub(crate) const SELECT_BY_FINGERPRINTS: &str = concat!(
     "SELECT ",
     token_columns!(),
     " FROM tokens WHERE merchant_id = "
 );
+
+/// See `holds_dek!`; a version and `)` follow.
+pub(crate) const HOLDS_DEK: &str = holds_dek!();
 
 pub(crate) const FINGERPRINTS_IN: &str = " AND fingerprint IN (";
 
@@ -170,20 +188,26 @@ pub(crate) const SELECT_TOKEN: &str = concat!(
     " FROM tokens WHERE token = $1 AND merchant_id = $2"
 );
 
-/// The head of a multi-row token insert; `insert_tokens_in` adds the rows and the tail. A row
-/// whose token (for its merchant: the key is (merchant_id, token)) or card is taken is skipped
-/// (no error: PostgreSQL would abort a group commit's whole transaction on a unique violation),
-/// and the rows inserted come back.
-pub(crate) const INSERT_TOKENS: &str = concat!("INSERT INTO tokens (", token_columns!(), ") ");
+/// The head of a multi-row token insert; `insert_tokens_in` adds the rows (`VALUES ...`) and
+/// the tail. A row whose token (for its merchant: the key is (merchant_id, token)) or card is
+/// taken is skipped (no error: PostgreSQL would abort a group commit's whole transaction on a
+/// unique violation), and so is a row sealed under a DEK version its merchant no longer holds
+/// (a shred); the rows inserted come back.
+pub(crate) const INSERT_TOKENS: &str = concat!("WITH v (", token_columns!(), ") AS (");
 
 /// The tail of [`INSERT_TOKENS`].
-pub(crate) const INSERT_TOKENS_TAIL: &str =
-    " ON CONFLICT DO NOTHING RETURNING token, merchant_id, fingerprint";
+pub(crate) const INSERT_TOKENS_TAIL: &str = concat!(
+    ") INSERT INTO tokens (",
+    token_columns!(),
+    ") SELECT * FROM v WHERE EXISTS (SELECT 1 FROM data_keys k WHERE k.merchant_id = \
+     v.merchant_id AND k.purpose = 'dek' AND k.version = v.dek_version) ON CONFLICT DO NOTHING \
+     RETURNING token, merchant_id, fingerprint"
+);
 
 /// Whether the merchant holds this token. Tokens are unique per merchant: another merchant's
 /// token of the same string neither blocks an insert nor explains a skipped one.
 pub(crate) const TOKEN_EXISTS: &str =
-    "SELECT token FROM tokens WHERE token = $1 AND merchant_id = $2";
+    "SELECT token FROM tokens WHERE merchant_id = $1 AND token = $2";
 
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE token = $1 AND merchant_id = $2";
 

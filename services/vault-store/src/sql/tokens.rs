@@ -39,8 +39,9 @@ macro_rules! token_port {
                 merchant: &vault_core::ids::MerchantId,
                 fingerprint: &[u8; vault_crypto::FINGERPRINT_LEN],
                 format: vault_core::token::TokenFormat,
+                held: u32,
             ) -> Result<Option<vault_core::ports::TokenRecord>, vault_core::StoreError> {
-                self.read_token_by_fingerprint(merchant, fingerprint, format)
+                self.read_token_by_fingerprint(merchant, fingerprint, format, held)
                     .await
             }
 
@@ -49,8 +50,9 @@ macro_rules! token_port {
                 merchant: &vault_core::ids::MerchantId,
                 fingerprints: &[[u8; vault_crypto::FINGERPRINT_LEN]],
                 format: vault_core::token::TokenFormat,
+                held: u32,
             ) -> Result<Vec<vault_core::ports::TokenRecord>, vault_core::StoreError> {
-                self.read_tokens_by_fingerprints(merchant, fingerprints, format)
+                self.read_tokens_by_fingerprints(merchant, fingerprints, format, held)
                     .await
             }
 
@@ -199,26 +201,36 @@ macro_rules! token_port {
             }
 
             /// Why `record` was not inserted: its merchant already holds its token (drawn
-            /// twice), or its card was tokenized concurrently. Asked rather than parsed from an
-            /// error: it works on every backend, and sees rows an earlier write of the same
-            /// batch inserted. Asked for the record's merchant only: another merchant's row
-            /// with the same token takes nothing, and counting it would make a concurrent
-            /// tokenize of the same card draw again instead of returning the winner's token.
+            /// twice), no longer holds the DEK version it was sealed under (a shred), or its
+            /// card was tokenized concurrently. Asked rather than parsed from an error: it
+            /// works on every backend, and sees rows an earlier write of the same batch
+            /// inserted. Asked for the record's merchant only: another merchant's row with the
+            /// same token takes nothing, and counting it would make a concurrent tokenize of
+            /// the same card draw again instead of returning the winner's token.
             async fn taken_in(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 record: &vault_core::ports::TokenRecord,
             ) -> Result<vault_core::ports::InsertOutcome, $crate::group::Failed> {
                 use vault_core::ports::InsertOutcome;
                 let taken: Option<String> = sqlx::query_scalar($crate::sql::TOKEN_EXISTS)
-                    .bind(record.token.as_str())
                     .bind(record.merchant.as_str())
+                    .bind(record.token.as_str())
                     .fetch_optional(&mut **tx)
                     .await
                     .map_err(|e| $crate::group::Failed::statement(e))?;
-                Ok(if taken.is_some() {
-                    InsertOutcome::TokenTaken
-                } else {
+                if taken.is_some() {
+                    return Ok(InsertOutcome::TokenTaken);
+                }
+                let held: Option<i64> = sqlx::query_scalar($crate::sql::SELECT_DEK_USES)
+                    .bind(record.merchant.as_str())
+                    .bind(i64::from(record.dek_version))
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(|e| $crate::group::Failed::statement(e))?;
+                Ok(if held.is_some() {
                     InsertOutcome::FingerprintTaken
+                } else {
+                    InsertOutcome::KeyGone
                 })
             }
         }

@@ -105,8 +105,9 @@ impl Readers {
         merchant: &MerchantId,
         fingerprint: &[u8; FINGERPRINT_LEN],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| by_fingerprint(conn, merchant, fingerprint, format))
+        self.with(|conn| by_fingerprint(conn, merchant, fingerprint, format, held))
     }
 
     /// The merchant's tokens of several cards in one format: one probe per distinct card.
@@ -115,13 +116,14 @@ impl Readers {
         merchant: &MerchantId,
         fingerprints: &[[u8; FINGERPRINT_LEN]],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         self.with(|conn| {
             let mut asked = HashSet::with_capacity(fingerprints.len());
             let mut found = Vec::new();
             for fingerprint in fingerprints {
                 if asked.insert(fingerprint)
-                    && let Some(record) = by_fingerprint(conn, merchant, fingerprint, format)?
+                    && let Some(record) = by_fingerprint(conn, merchant, fingerprint, format, held)?
                 {
                     found.push(record);
                 }
@@ -172,11 +174,17 @@ fn by_fingerprint(
     merchant: &MerchantId,
     fingerprint: &[u8; FINGERPRINT_LEN],
     format: TokenFormat,
+    held: u32,
 ) -> Result<Option<TokenRecord>, StoreError> {
     one_token(
         conn,
         sql::SELECT_BY_FINGERPRINT,
-        params![merchant.as_str(), &fingerprint[..], format.as_str()],
+        params![
+            merchant.as_str(),
+            &fingerprint[..],
+            format.as_str(),
+            i64::from(held)
+        ],
     )
 }
 
@@ -241,9 +249,10 @@ impl super::SqliteStore {
         merchant: &MerchantId,
         fingerprint: &[u8; FINGERPRINT_LEN],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Option<TokenRecord>, StoreError> {
         self.readers
-            .token_by_fingerprint(merchant, fingerprint, format)
+            .token_by_fingerprint(merchant, fingerprint, format, held)
     }
 
     pub(super) async fn read_tokens_by_fingerprints(
@@ -251,9 +260,10 @@ impl super::SqliteStore {
         merchant: &MerchantId,
         fingerprints: &[[u8; FINGERPRINT_LEN]],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         self.readers
-            .tokens_by_fingerprints(merchant, fingerprints, format)
+            .tokens_by_fingerprints(merchant, fingerprints, format, held)
     }
 
     pub(super) async fn read_merchant_keys(

@@ -56,10 +56,14 @@ const RESTART_PAGES: i32 = 16_000;
 /// The writer connection's page cache, in KiB (negative: SQLite's unit for a size in KiB).
 const CACHE_KIB: i64 = -65_536;
 
+/// One token, unless its token or card is taken or its merchant no longer holds the DEK version
+/// it was sealed under (as `sql::INSERT_TOKENS`).
 const INSERT_TOKEN: &str = concat!(
     "INSERT INTO tokens (",
     crate::sql::token_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT DO NOTHING"
+    ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 WHERE EXISTS (SELECT 1 \
+     FROM data_keys k WHERE k.merchant_id = ?2 AND k.purpose = 'dek' AND k.version = ?5) \
+     ON CONFLICT DO NOTHING"
 );
 
 const INSERT_AUDIT: &str = concat!(
@@ -271,23 +275,26 @@ impl Writer {
             return Ok(InsertOutcome::Inserted);
         }
         // As `taken_in` (sql/tokens.rs): asked for the record's merchant only.
-        let taken: Option<String> = self
-            .conn
-            .prepare_cached(crate::sql::TOKEN_EXISTS)
-            .and_then(|mut select| {
-                select
-                    .query_row(
-                        params![record.token.as_str(), record.merchant.as_str()],
-                        |row| row.get(0),
-                    )
-                    .optional()
-            })
-            .map_err(Failed::sqlite_statement)?;
-        Ok(if taken.is_some() {
-            InsertOutcome::TokenTaken
-        } else {
-            InsertOutcome::FingerprintTaken
-        })
+        let asked = |statement: &str, value: &dyn rusqlite::ToSql| {
+            self.conn
+                .prepare_cached(statement)
+                .and_then(|mut select| {
+                    select
+                        .query_row(params![record.merchant.as_str(), value], |_| Ok(()))
+                        .optional()
+                })
+                .map(|found| found.is_some())
+                .map_err(Failed::sqlite_statement)
+        };
+        Ok(
+            if asked(crate::sql::TOKEN_EXISTS, &record.token.as_str())? {
+                InsertOutcome::TokenTaken
+            } else if !asked(crate::sql::SELECT_DEK_USES, &i64::from(record.dek_version))? {
+                InsertOutcome::KeyGone
+            } else {
+                InsertOutcome::FingerprintTaken
+            },
+        )
     }
 
     /// Counts a batch's tally requests, as `tally_in` (sql/tallies.rs) does with multi-row statements:

@@ -191,6 +191,12 @@ impl State {
         true
     }
 
+    /// Whether the merchant holds DEK `version`.
+    fn holds_dek(&self, merchant: &MerchantId, version: u32) -> bool {
+        let at = (merchant.as_str().to_owned(), "dek", version);
+        self.keys.contains_key(&at)
+    }
+
     fn merchant_tokens<'a>(
         &'a self,
         merchant: &'a MerchantId,
@@ -282,8 +288,12 @@ impl TokenStore for MemoryStore {
         merchant: &MerchantId,
         fingerprint: &[u8; FINGERPRINT_LEN],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let state = self.lock()?;
+        if !state.holds_dek(merchant, held) {
+            return Ok(None);
+        }
         Ok(state
             .merchant_tokens(merchant)
             .find(|r| r.fingerprint == *fingerprint && r.metadata.format == format)
@@ -295,8 +305,12 @@ impl TokenStore for MemoryStore {
         merchant: &MerchantId,
         fingerprints: &[[u8; FINGERPRINT_LEN]],
         format: TokenFormat,
+        held: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let state = self.lock()?;
+        if !state.holds_dek(merchant, held) {
+            return Ok(Vec::new());
+        }
         let wanted: HashSet<&[u8; FINGERPRINT_LEN]> = fingerprints.iter().collect();
         Ok(state
             .merchant_tokens(merchant)
@@ -321,6 +335,9 @@ impl TokenStore for MemoryStore {
         if state.collisions > 0 {
             state.collisions -= 1;
             return Ok(InsertOutcome::TokenTaken);
+        }
+        if !state.holds_dek(&record.merchant, record.dek_version) {
+            return Ok(InsertOutcome::KeyGone);
         }
         let card_taken = state.merchant_tokens(&record.merchant).any(|r| {
             r.fingerprint == record.fingerprint && r.metadata.format == record.metadata.format
