@@ -18,7 +18,9 @@ use crate::key_sets::{KEY_SET_MAX_AGE, KeySets};
 use crate::keyring::KeyRing;
 use crate::lifecycle::{DekLimits, UseLeases};
 use crate::pan::Pan;
-use crate::ports::{KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord, TokenStore};
+use crate::ports::{
+    KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord, TokenStore, WrappedKey,
+};
 use crate::token::Token;
 
 /// A merchant's unwrapped current keys.
@@ -81,11 +83,21 @@ impl Deks {
     /// A row moved to another merchant finds that merchant's key (or none), and its associated
     /// data names the original merchant, token, version and expiry: it cannot open.
     pub(crate) async fn open_pan(&self, record: &TokenRecord) -> Result<Pan, VaultError> {
-        let Some(wrapped) = self
+        let wrapped = self
             .store
             .data_key(&record.merchant, record.dek_version)
-            .await?
-        else {
+            .await?;
+        self.open_under(record, wrapped).await
+    }
+
+    /// As [`Deks::open_pan`], with the DEK the store read with the record (`None`: the merchant
+    /// no longer holds the version the row names).
+    pub(crate) async fn open_under(
+        &self,
+        record: &TokenRecord,
+        wrapped: Option<WrappedKey>,
+    ) -> Result<Pan, VaultError> {
+        let Some(wrapped) = wrapped else {
             return Err(if self.store.is_shredded(&record.merchant).await? {
                 self.destroyed(&record.merchant)
             } else {

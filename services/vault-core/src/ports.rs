@@ -637,6 +637,21 @@ pub trait TokenStore: KeyStore + AuditStore + TallyStore {
         token: &Token,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
+    /// The merchant's token, if it exists, with the DEK version it was sealed under, `None` if
+    /// the merchant no longer holds that version: what a detokenize needs, which a backend with
+    /// round trips reads in one.
+    async fn token_and_key(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError> {
+        let Some(record) = self.token(merchant, token).await? else {
+            return Ok(None);
+        };
+        let key = self.data_key(merchant, record.dek_version).await?;
+        Ok(Some((record, key)))
+    }
+
     /// Deletes the merchant's token and writes `audit` in one transaction. Returns `Ok(false)`,
     /// having written nothing, if there was no such token.
     async fn delete_token(

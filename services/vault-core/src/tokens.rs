@@ -539,12 +539,12 @@ impl Tokens {
             .throttle(audit, Operation::Detokenize, Some(&merchant), 1)?;
         Reason::parse("reason", &command.reason)?;
 
-        let record = self
+        let (record, key) = self
             .store
-            .token(&merchant, &token)
+            .token_and_key(&merchant, &token)
             .await?
             .ok_or(VaultError::NotFound)?;
-        let pan = self.deks.open_pan(&record).await?;
+        let pan = self.deks.open_under(&record, key).await?;
         Ok(Done::pending(Detokenized {
             pan,
             expiry: record.metadata.expiry,

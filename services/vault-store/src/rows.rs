@@ -110,6 +110,57 @@ impl KeyRow {
     }
 }
 
+/// A token row and the DEK row it names, if the merchant still holds it (`SELECT_TOKEN_AND_KEY`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenKeyRow {
+    #[sqlx(flatten)]
+    pub token: TokenRow,
+    pub key_merchant_id: Option<String>,
+    pub key_purpose: Option<String>,
+    pub key_version: Option<i64>,
+    pub key_kek_id: Option<String>,
+    pub key_wrapped: Option<Vec<u8>>,
+    pub key_created_at: Option<i64>,
+    pub key_uses: Option<i64>,
+}
+
+impl TokenKeyRow {
+    pub(crate) fn into_parts(self) -> Result<(TokenRecord, Option<WrappedKey>), StoreError> {
+        let key = match (
+            self.key_merchant_id,
+            self.key_purpose,
+            self.key_version,
+            self.key_kek_id,
+            self.key_wrapped,
+            self.key_created_at,
+            self.key_uses,
+        ) {
+            (
+                Some(merchant_id),
+                Some(purpose),
+                Some(version),
+                Some(kek_id),
+                Some(wrapped),
+                Some(created_at),
+                Some(uses),
+            ) => Some(
+                KeyRow {
+                    merchant_id,
+                    purpose,
+                    version,
+                    kek_id,
+                    wrapped,
+                    created_at,
+                    uses,
+                }
+                .into_key()?,
+            ),
+            _ => None,
+        };
+        Ok((self.token.into_record()?, key))
+    }
+}
+
 /// A key row with the number of tokens its version encrypts.
 #[derive(sqlx::FromRow)]
 pub(crate) struct KeyVersionRow {

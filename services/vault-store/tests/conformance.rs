@@ -368,6 +368,42 @@ async fn only_a_held_dek_finds_or_stores_a_token(store: &dyn TokenStore, audit_r
     assert_eq!(store.token(&m, &late.token).await.unwrap(), None);
 }
 
+/// Detokenize's read: a token with the DEK version it names (not the newest), and no key once
+/// the merchant's keys are destroyed.
+async fn a_token_is_read_with_the_key_it_names(store: &dyn TokenStore) {
+    let m = merchant("m1");
+    let keys = key_set("m1", 1);
+    store.create_merchant_keys(&keys).await.unwrap();
+    let v2 = version(key("m1", KeyPurpose::Dek, 7), 2);
+    assert!(store.add_data_key(&v2, None).await.unwrap());
+    let stored = record("m1", "tok_KKKKKKKKKKKKKKKKKKKKKK", 3, TokenFormat::Random);
+    store.insert_token(&stored, &audit("r1")).await.unwrap();
+    assert_eq!(
+        store.token_and_key(&m, &stored.token).await.unwrap(),
+        Some((stored.clone(), Some(keys.dek)))
+    );
+    assert_eq!(
+        store
+            .token_and_key(&merchant("m2"), &stored.token)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .request_shred(&shred_request(&m, "shred-1"), None, &audit("r2"))
+        .await
+        .unwrap();
+    let approver = CallerId::new("spiffe://test/admin-2");
+    store
+        .execute_shred(&m, "shred-1", &approver, &audit("r3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.token_and_key(&m, &stored.token).await.unwrap(),
+        Some((stored, None))
+    );
+}
+
 async fn delete_writes_audit_only_when_it_deletes(store: &dyn TokenStore, audit_rows: Count) {
     holding(store, &["m1", "m2"]).await;
     let a = record("m1", "tok_EEEEEEEEEEEEEEEEEEEEEE", 6, TokenFormat::Random);
@@ -1452,6 +1488,12 @@ macro_rules! conformance_suite {
         async fn only_a_held_dek_finds_or_stores_a_token() {
             let (_guard, store, count) = $fresh().await;
             super::only_a_held_dek_finds_or_stores_a_token(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn a_token_is_read_with_the_key_it_names() {
+            let (_guard, store, _) = $fresh().await;
+            super::a_token_is_read_with_the_key_it_names(&store).await;
         }
 
         #[tokio::test]

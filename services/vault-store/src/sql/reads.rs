@@ -1,6 +1,6 @@
 //! The hot path's point reads over sqlx (PostgreSQL's; SQLite has its own, `sqlite/reads.rs`).
 
-/// The point reads of the hot path (`TokenStore::token`, `token_by_fingerprint`,
+/// The point reads of the hot path (`TokenStore::token`, `token_and_key`, `token_by_fingerprint`,
 /// `tokens_by_fingerprints`, `merchant_keys`, `data_key`) over `$store`'s sqlx pool, as
 /// inherent methods `token_store_impl!` calls. PostgreSQL uses these; SQLite has its own
 /// (`sqlite/reads.rs`).
@@ -86,6 +86,27 @@ macro_rules! sqlx_point_reads {
                     }
                 }
                 Ok(found)
+            }
+
+            async fn read_token_and_key(
+                &self,
+                merchant: &vault_core::ids::MerchantId,
+                token: &vault_core::token::Token,
+            ) -> Result<
+                Option<(
+                    vault_core::ports::TokenRecord,
+                    Option<vault_core::ports::WrappedKey>,
+                )>,
+                vault_core::StoreError,
+            > {
+                let row: Option<$crate::rows::TokenKeyRow> =
+                    sqlx::query_as($crate::sql::SELECT_TOKEN_AND_KEY)
+                        .bind(token.as_str())
+                        .bind(merchant.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::error::unavailable)?;
+                row.map($crate::rows::TokenKeyRow::into_parts).transpose()
             }
 
             async fn read_token(

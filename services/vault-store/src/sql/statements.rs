@@ -188,6 +188,17 @@ pub(crate) const SELECT_TOKEN: &str = concat!(
     " FROM tokens WHERE token = $1 AND merchant_id = $2"
 );
 
+/// A token and the DEK version it names, in one read (detokenize's): the key's columns
+/// (`key_columns!`, prefixed `key_`) are NULL if the merchant no longer holds that version.
+pub(crate) const SELECT_TOKEN_AND_KEY: &str = concat!(
+    "SELECT t.*, k.merchant_id AS key_merchant_id, k.purpose AS key_purpose, k.version AS \
+     key_version, k.kek_id AS key_kek_id, k.wrapped AS key_wrapped, k.created_at AS \
+     key_created_at, k.uses AS key_uses FROM (SELECT ",
+    token_columns!(),
+    " FROM tokens WHERE token = $1 AND merchant_id = $2) AS t LEFT JOIN data_keys k ON \
+     k.merchant_id = t.merchant_id AND k.purpose = 'dek' AND k.version = t.dek_version"
+);
+
 /// The head of a multi-row token insert; `insert_tokens_in` adds the rows (`VALUES ...`) and
 /// the tail. A row whose token (for its merchant: the key is (merchant_id, token)) or card is
 /// taken is skipped (no error: PostgreSQL would abort a group commit's whole transaction on a

@@ -34,6 +34,20 @@ macro_rules! token_port {
                 self.read_data_key(merchant, version).await
             }
 
+            async fn token_and_key(
+                &self,
+                merchant: &vault_core::ids::MerchantId,
+                token: &vault_core::token::Token,
+            ) -> Result<
+                Option<(
+                    vault_core::ports::TokenRecord,
+                    Option<vault_core::ports::WrappedKey>,
+                )>,
+                vault_core::StoreError,
+            > {
+                self.read_token_and_key(merchant, token).await
+            }
+
             async fn token_by_fingerprint(
                 &self,
                 merchant: &vault_core::ids::MerchantId,

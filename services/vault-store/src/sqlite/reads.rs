@@ -21,7 +21,7 @@ use vault_core::token::{Token, TokenFormat};
 use vault_crypto::FINGERPRINT_LEN;
 
 use crate::error::sqlite_unavailable;
-use crate::rows::{KeyRow, TokenRow};
+use crate::rows::{KeyRow, TokenKeyRow, TokenRow};
 use crate::sql;
 
 /// Idle connections kept for reuse; more are opened when more reads run at once, and closed
@@ -96,6 +96,25 @@ impl Readers {
                 sql::SELECT_TOKEN,
                 params![token.as_str(), merchant.as_str()],
             )
+        })
+    }
+
+    /// The merchant's token `token` and the DEK version it names (`SELECT_TOKEN_AND_KEY`).
+    pub(crate) fn token_and_key(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError> {
+        self.with(|conn| {
+            conn.prepare_cached(sql::SELECT_TOKEN_AND_KEY)
+                .and_then(|mut select| {
+                    select
+                        .query_row(params![token.as_str(), merchant.as_str()], token_key_row)
+                        .optional()
+                })
+                .map_err(sqlite_unavailable)?
+                .map(TokenKeyRow::into_parts)
+                .transpose()
         })
     }
 
@@ -220,6 +239,20 @@ fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
+/// A `SELECT_TOKEN_AND_KEY` row: the token's columns, then the key's (NULL if it is gone).
+fn token_key_row(row: &Row<'_>) -> rusqlite::Result<TokenKeyRow> {
+    Ok(TokenKeyRow {
+        token: token_row(row)?,
+        key_merchant_id: row.get(14)?,
+        key_purpose: row.get(15)?,
+        key_version: row.get(16)?,
+        key_kek_id: row.get(17)?,
+        key_wrapped: row.get(18)?,
+        key_created_at: row.get(19)?,
+        key_uses: row.get(20)?,
+    })
+}
+
 /// A `key_columns!` row.
 fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
     Ok(KeyRow {
@@ -242,6 +275,14 @@ impl super::SqliteStore {
         token: &Token,
     ) -> Result<Option<TokenRecord>, StoreError> {
         self.readers.token(merchant, token)
+    }
+
+    pub(super) async fn read_token_and_key(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError> {
+        self.readers.token_and_key(merchant, token)
     }
 
     pub(super) async fn read_token_by_fingerprint(
