@@ -270,17 +270,25 @@ impl Group {
         Ok(Self { queue: Some(queue) })
     }
 
-    /// Starts `committer` as a task on the current runtime (for PostgreSQL, whose pooled
-    /// connections' sockets belong to the runtime that opened them: a second runtime would
-    /// leave some of them waiting on a thread that is busy committing). Outside a runtime,
-    /// writes commit one by one.
-    pub(crate) fn start_on_runtime<C: Committer>(committer: C) -> Self {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Self::default();
-        };
+    /// Starts the committer `open` makes on a thread of its own, running a runtime of its own
+    /// (PostgreSQL's). On the server's runtime, each of the committer's awaits (BEGIN, the
+    /// inserts, COMMIT) waited behind every request task queued on its two workers. `open`
+    /// runs on that runtime, so the connections it opens belong to it, not to the server's.
+    /// The thread ends when every handle is dropped.
+    ///
+    /// # Errors
+    /// If the runtime or the thread cannot be started.
+    pub(crate) fn start_on_own_runtime<C: Committer>(
+        open: impl FnOnce() -> C + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (queue, pending) = mpsc::channel(QUEUE);
-        runtime.spawn(run(committer, pending));
-        Self { queue: Some(queue) }
+        std::thread::Builder::new()
+            .name("vault-committer".to_owned())
+            .spawn(move || runtime.block_on(async move { run(open(), pending).await }))?;
+        Ok(Self { queue: Some(queue) })
     }
 
     /// Commits `write` through the committer task (together with whatever else is waiting),
@@ -551,16 +559,20 @@ mod tests {
         }
     }
 
-    /// A group committing through `blocking` on a thread, and one committing on the runtime,
-    /// each with the recorder to read back.
+    /// A group committing through `blocking` on a thread, and one committing on a runtime of
+    /// its own, each with the recorder to read back.
     fn both(blocking: &BlockingRecorder) -> [(Group, Arc<Recorder>); 2] {
         let on_runtime = Arc::new(Recorder::default());
+        let committer = on_runtime.clone();
         [
             (
                 Group::start_on_thread(blocking.clone()).unwrap(),
                 blocking.recorder.clone(),
             ),
-            (Group::start_on_runtime(on_runtime.clone()), on_runtime),
+            (
+                Group::start_on_own_runtime(move || committer).unwrap(),
+                on_runtime,
+            ),
         ]
     }
 

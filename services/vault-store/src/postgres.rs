@@ -160,7 +160,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.connect_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|source| PgStoreError::Connect {
                 url: url.clone(),
@@ -172,7 +172,21 @@ impl PgStore {
             group: crate::group::Group::default(),
         };
         store.check_durability(&url).await?;
-        store.group = crate::group::Group::start_on_runtime(store.clone());
+        // The group committer has a connection of its own, opened on its own runtime.
+        let chain = std::sync::Arc::clone(&store.chain);
+        let acquire_timeout = settings.connect_timeout;
+        store.group = crate::group::Group::start_on_own_runtime(move || Self {
+            pool: PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(acquire_timeout)
+                .connect_lazy_with(options),
+            chain,
+            group: crate::group::Group::default(),
+        })
+        .map_err(|source| PgStoreError::Connect {
+            url: url.clone(),
+            source: sqlx::Error::Io(source),
+        })?;
         Ok(store)
     }
 
