@@ -54,7 +54,11 @@ const BACKGROUND_PAGES: i32 = 8_000;
 const RESTART_PAGES: i32 = 16_000;
 
 /// The writer connection's page cache, in KiB (negative: SQLite's unit for a size in KiB).
-const CACHE_KIB: i64 = -65_536;
+/// Small on purpose: at the end of every write transaction SQLite truncates the cache
+/// (`pcache1TruncateUnsafe`), and here that walks the cache's whole hash table: with 64 MiB it
+/// was a quarter of the writer's CPU, and tokenize ran faster with 8 MiB both at 10 k and at
+/// 10 M tokens (docs/benchmarks.md). Pages it misses come from the OS page cache.
+const CACHE_KIB: i64 = -8_192;
 
 /// One token, unless its token or card is taken or its merchant no longer holds the DEK version
 /// it was sealed under (as `sql::INSERT_TOKENS`).
