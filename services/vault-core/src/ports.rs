@@ -198,9 +198,8 @@ pub enum InsertOutcome {
     /// The merchant already has a token of this format for this fingerprint (a concurrent
     /// tokenize of the same card won the race): return that one.
     FingerprintTaken,
-    /// The merchant no longer holds the DEK version the record was sealed under: its keys were
-    /// destroyed (crypto-shred), possibly by another replica. Nothing was stored; read the
-    /// merchant's keys again from the store.
+    /// The merchant no longer holds the DEK version the record was sealed under (a shred,
+    /// perhaps by another replica). Nothing was stored; read the merchant's keys again.
     KeyGone,
 }
 
@@ -597,11 +596,9 @@ pub trait TokenStore: KeyStore + AuditStore + TallyStore {
         version: u32,
     ) -> Result<Option<WrappedKey>, StoreError>;
 
-    /// The merchant's token of `format` for this fingerprint, if any, and only while the
-    /// merchant still holds DEK version `held` (the one the caller's keys name). The same read
-    /// checks the key, so a replica working from keys it holds in memory learns of a shred
-    /// that another replica made at no extra cost: a merchant whose keys are gone has no token
-    /// to find, and the insert that follows answers [`InsertOutcome::KeyGone`].
+    /// The merchant's token of `format` for this fingerprint, if any, while the merchant holds
+    /// DEK version `held` (the caller's keys may be held in memory: a shred made elsewhere
+    /// finds nothing here, and the insert that follows answers [`InsertOutcome::KeyGone`]).
     async fn token_by_fingerprint(
         &self,
         merchant: &MerchantId,
@@ -621,9 +618,8 @@ pub trait TokenStore: KeyStore + AuditStore + TallyStore {
         held: u32,
     ) -> Result<Vec<TokenRecord>, StoreError>;
 
-    /// Inserts a token and its audit record in one transaction: both are durable, or neither.
-    /// Nothing is inserted unless the merchant holds the DEK version the record was sealed
-    /// under, checked in the same statement ([`InsertOutcome::KeyGone`]).
+    /// Inserts a token and its audit record in one transaction: both are durable, or neither;
+    /// nothing unless the merchant holds the record's DEK version ([`InsertOutcome::KeyGone`]).
     async fn insert_token(
         &self,
         record: &TokenRecord,
@@ -637,20 +633,13 @@ pub trait TokenStore: KeyStore + AuditStore + TallyStore {
         token: &Token,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// The merchant's token, if it exists, with the DEK version it was sealed under, `None` if
-    /// the merchant no longer holds that version: what a detokenize needs, which a backend with
-    /// round trips reads in one.
+    /// The merchant's token, if it exists, with the DEK version it was sealed under (`None` if
+    /// the merchant no longer holds it): a detokenize's reads, in one round trip.
     async fn token_and_key(
         &self,
         merchant: &MerchantId,
         token: &Token,
-    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError> {
-        let Some(record) = self.token(merchant, token).await? else {
-            return Ok(None);
-        };
-        let key = self.data_key(merchant, record.dek_version).await?;
-        Ok(Some((record, key)))
-    }
+    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError>;
 
     /// Deletes the merchant's token and writes `audit` in one transaction. Returns `Ok(false)`,
     /// having written nothing, if there was no such token.

@@ -283,6 +283,18 @@ impl TokenStore for MemoryStore {
         Ok(state.keys.get(&at).map(|row| row.key.clone()))
     }
 
+    async fn token_and_key(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Option<(TokenRecord, Option<WrappedKey>)>, StoreError> {
+        let Some(record) = self.token(merchant, token).await? else {
+            return Ok(None);
+        };
+        let key = self.data_key(merchant, record.dek_version).await?;
+        Ok(Some((record, key)))
+    }
+
     async fn token_by_fingerprint(
         &self,
         merchant: &MerchantId,
