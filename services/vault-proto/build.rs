@@ -1,5 +1,5 @@
 //! Compiles `proto/vault/v1/*.proto` with protox (pure Rust, no `protoc` needed) and writes the
-//! descriptor set that server reflection serves.
+//! descriptor set that server reflection serves, and the list of every method's gRPC path.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("vault_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Every method's gRPC path, for metric labels that only ever take known values.
+    let mut methods = String::from("&[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push_str(&format!(
+                    "    \"/{}.{}/{}\",\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods.push(']');
+    std::fs::write(out.join("vault_methods.rs"), methods)?;
     tonic_prost_build::configure()
         .skip_debug(PAN_BEARING)
         .compile_fds(fds)?;

@@ -13,6 +13,7 @@ use crate::limits::{CallLimiter, LimitKey, Refusal, RefusalLog};
 use crate::pan::CARD_LIKE;
 use crate::policy::{Operation, Policy};
 use crate::ports::TokenStore;
+use crate::spans;
 
 /// A use case's result, and whether its audit record is already durable (written in the same
 /// transaction as the data) or still to be written.
@@ -121,7 +122,8 @@ impl Audited {
                 .into(),
             );
             // One failed write must not lose the other summaries: try each, report the first.
-            if let Err(error) = self.store.append_audit(&audit).await
+            if let Err(error) =
+                spans::step(spans::audit_write(), self.store.append_audit(&audit)).await
                 && failed.is_none()
             {
                 failed = Some(error);
@@ -142,7 +144,9 @@ impl Audited {
     pub async fn record_front_door_refusals(&self, detail: String) -> Result<(), VaultError> {
         let mut audit = AuditRecord::system(crate::audit::Event::TlsRefused, detail);
         audit.outcome = crate::audit::Outcome::Unauthenticated;
-        self.store.append_audit(&audit).await.map_err(Into::into)
+        spans::step(spans::audit_write(), self.store.append_audit(&audit))
+            .await
+            .map_err(Into::into)
     }
 
     /// Counts `n` units of `operation` (calls, or a batch's cards) against the caller's quota.
@@ -258,7 +262,7 @@ impl Audited {
             Ok(Done {
                 value,
                 audited: false,
-            }) => match self.store.append_audit(&audit).await {
+            }) => match spans::step(spans::audit_write(), self.store.append_audit(&audit)).await {
                 Ok(()) => Ok(value),
                 Err(err) => Err(VaultError::AuditUnavailable(err)),
             },
@@ -266,7 +270,7 @@ impl Audited {
                 let Some(audit) = self.refusal_record(audit, &error) else {
                     return Err(error);
                 };
-                match self.store.append_audit(&audit).await {
+                match spans::step(spans::audit_write(), self.store.append_audit(&audit)).await {
                     Ok(()) => Err(error),
                     Err(err) => Err(VaultError::AuditUnavailable(err)),
                 }

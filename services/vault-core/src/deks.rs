@@ -21,6 +21,7 @@ use crate::pan::Pan;
 use crate::ports::{
     KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord, TokenStore, WrappedKey,
 };
+use crate::spans;
 use crate::token::Token;
 
 /// A merchant's unwrapped current keys.
@@ -160,18 +161,21 @@ impl Deks {
             Some(set) => set,
             None => {
                 let read = Instant::now();
-                let set = match self.store.merchant_keys(merchant).await? {
-                    Some(set) => set,
-                    None => {
-                        if self.store.is_shredded(merchant).await? {
-                            return Err(self.destroyed(merchant));
+                let set =
+                    match spans::step(spans::store("keys"), self.store.merchant_keys(merchant))
+                        .await?
+                    {
+                        Some(set) => set,
+                        None => {
+                            if self.store.is_shredded(merchant).await? {
+                                return Err(self.destroyed(merchant));
+                            }
+                            self.count_new_merchant(merchant, caller).await?;
+                            let fresh = self.new_key_set(merchant).await?;
+                            self.store.create_merchant_keys(&fresh).await?;
+                            self.stored_keys(merchant).await?
                         }
-                        self.count_new_merchant(merchant, caller).await?;
-                        let fresh = self.new_key_set(merchant).await?;
-                        self.store.create_merchant_keys(&fresh).await?;
-                        self.stored_keys(merchant).await?
-                    }
-                };
+                    };
                 let set = Arc::new(set);
                 self.sets.put(read, Arc::clone(&set));
                 set
@@ -225,7 +229,7 @@ impl Deks {
             trip: false,
         };
         let requests = std::slice::from_ref(&request);
-        let tallies = self.store.tally(requests).await?;
+        let tallies = spans::step(spans::store("tally"), self.store.tally(requests)).await?;
         answered_in_full(requests, &tallies)?;
         match guard::verdict(
             tallies.first().map_or(&[][..], Vec::as_slice),
@@ -252,7 +256,7 @@ impl Deks {
         &self,
         merchant: &MerchantId,
     ) -> Result<MerchantKeySet, VaultError> {
-        match self.store.merchant_keys(merchant).await? {
+        match spans::step(spans::store("keys"), self.store.merchant_keys(merchant)).await? {
             Some(set) => Ok(set),
             None if self.store.is_shredded(merchant).await? => Err(self.destroyed(merchant)),
             None => Err(VaultError::FailedPrecondition(

@@ -25,6 +25,7 @@ use vault_crypto::{AeadKey, FingerprintKey, KeyMaterial};
 
 use crate::error::{KekError, VaultError};
 use crate::ports::{KeyContext, KeyEncryptionKey, KeyPurpose, WrappedKey};
+use crate::spans;
 
 /// Limits of the unwrapped-key cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +232,8 @@ impl KeyRing {
         context: KeyContext,
         key: &KeyMaterial,
     ) -> Result<WrappedKey, VaultError> {
-        let wrapping = self.kek_result(self.current.wrap(&context, key).await)?;
+        let wrapping = self
+            .kek_result(spans::step(spans::kek("wrap"), self.current.wrap(&context, key)).await)?;
         Ok(WrappedKey {
             context,
             kek_id: wrapping.kek_id,
@@ -316,7 +318,7 @@ impl KeyRing {
     /// The first KEK's failure, naming that KEK.
     pub async fn check(&self) -> Result<(), KekError> {
         for kek in std::iter::once(&self.current).chain(&self.previous) {
-            if let Err(err) = kek.check().await {
+            if let Err(err) = spans::step(spans::kek("check"), kek.check()).await {
                 self.kek_down();
                 return Err(KekError::caused_by(kek.name().to_owned(), err));
             }
@@ -388,9 +390,11 @@ impl KeyRing {
                     self.current.name()
                 )))
             })?;
-        let result = owner
-            .unwrap(&wrapped.context, &wrapped.kek_id, &wrapped.wrapped)
-            .await;
+        let result = spans::step(
+            spans::kek("unwrap"),
+            owner.unwrap(&wrapped.context, &wrapped.kek_id, &wrapped.wrapped),
+        )
+        .await;
         self.kek_result(result)
     }
 

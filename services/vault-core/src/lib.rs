@@ -27,6 +27,7 @@ pub mod pan;
 pub mod policy;
 pub mod ports;
 pub mod reason;
+pub mod spans;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::pan::{CARD_LIKE, Pan};
 use crate::policy::Operation;
 use crate::ports::{CardMetadata, InsertOutcome, TallyRequest, TokenRecord, TokenStore};
 use crate::reason::Reason;
+use crate::spans;
 use crate::token::{Token, TokenFormat};
 
 /// How many tokens to draw for one card before giving up on collisions.
@@ -363,10 +364,12 @@ impl Tokens {
             .fingerprint(card.pan.expose_digits().as_bytes());
         // Before the store is asked whether the card exists: see guard.rs.
         self.guard_cards(audit, [(&card.pan, fingerprint)]).await?;
-        let found = self
-            .store
-            .token_by_fingerprint(&merchant, &fingerprint, format, keys.dek_version)
-            .await?;
+        let found = spans::step(
+            spans::store("card"),
+            self.store
+                .token_by_fingerprint(&merchant, &fingerprint, format, keys.dek_version),
+        )
+        .await?;
         self.tokenize_card(audit, &merchant, card, keys, fingerprint, found)
             .await
     }
@@ -424,13 +427,15 @@ impl Tokens {
         )
         .await?;
         let fingerprints: Vec<_> = cards.iter().map(|(_, fingerprint)| *fingerprint).collect();
-        let found = self
-            .store
-            .tokens_by_fingerprints(&merchant, &fingerprints, format, keys.dek_version)
-            .await?
-            .into_iter()
-            .map(|row| (row.fingerprint, row))
-            .collect();
+        let found = spans::step(
+            spans::store("card"),
+            self.store
+                .tokens_by_fingerprints(&merchant, &fingerprints, format, keys.dek_version),
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.fingerprint, row))
+        .collect();
         Ok(OpenBatch {
             merchant,
             cards,
@@ -480,7 +485,12 @@ impl Tokens {
             // The record names the token only if the insert commits it.
             let mut record_audit = audit.clone();
             record_audit.token = Some(token);
-            match self.store.insert_token(&record, &record_audit).await? {
+            match spans::step(
+                spans::store("insert"),
+                self.store.insert_token(&record, &record_audit),
+            )
+            .await?
+            {
                 InsertOutcome::Inserted => {
                     return Ok(Done::audited(Tokenized {
                         token: record.token,
@@ -539,11 +549,12 @@ impl Tokens {
             .throttle(audit, Operation::Detokenize, Some(&merchant), 1)?;
         Reason::parse("reason", &command.reason)?;
 
-        let (record, key) = self
-            .store
-            .token_and_key(&merchant, &token)
-            .await?
-            .ok_or(VaultError::NotFound)?;
+        let (record, key) = spans::step(
+            spans::store("token_and_key"),
+            self.store.token_and_key(&merchant, &token),
+        )
+        .await?
+        .ok_or(VaultError::NotFound)?;
         let pan = self.deks.open_under(&record, key).await?;
         Ok(Done::pending(Detokenized {
             pan,
@@ -613,7 +624,7 @@ impl Tokens {
                 )
             })
             .collect();
-        let tallies = self.store.tally(&requests).await?;
+        let tallies = spans::step(spans::store("tally"), self.store.tally(&requests)).await?;
         answered_in_full(&requests, &tallies)?;
         let mut refused: Option<(bool, &str)> = None;
         for ((bucket, _), (request, tallies)) in buckets.iter().zip(requests.iter().zip(&tallies)) {

@@ -22,6 +22,10 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of `vault.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vault_descriptor");
 
+/// The gRPC path of every `vault.v1` method (`/vault.v1.TokenService/Tokenize`), generated from
+/// the same descriptors.
+pub const METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/vault_methods.rs"));
+
 const REDACTED: &str = "<redacted>";
 
 /// The PAN fields are wiped (the whole allocation, not only the length) when the message goes.

@@ -25,6 +25,7 @@ use crate::config::{Config, LoadedPolicy, StorageUrl, load_policy, read_secret};
 use crate::grpc::{Calls, TokenApi};
 use crate::kek::open_key_ring;
 use crate::limits::{GovernorLimiter, card_like_in_use};
+use crate::metrics::METRICS;
 use crate::tls;
 
 /// Largest request the vault decodes. A PAN is at most 38 characters; the margin lets a 10 KB
@@ -53,6 +54,8 @@ pub struct Application {
     handshake_limits: tls::HandshakeLimits,
     checkpoint_interval: Duration,
     refusal_interval: Duration,
+    /// The metrics listener, if `[telemetry] metrics_listen` is set.
+    probe: Option<crate::probe::ProbeListener>,
     /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
     /// auditor sees which policy each writer served under (a policy change needs a restart).
     start_detail: String,
@@ -133,6 +136,15 @@ impl Backend {
         }
     }
 
+    /// The store's connection pools, for the metrics.
+    #[must_use]
+    pub fn pool_usage(&self) -> Vec<vault_store::PoolUsage> {
+        match self {
+            Self::Sqlite(store) => store.pool_usage(),
+            Self::Postgres(store) => store.pool_usage(),
+        }
+    }
+
     /// Closes the store's connections.
     pub async fn close(&self) {
         match self {
@@ -200,6 +212,12 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot load the audit signing key: {e}"))?;
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let probe = match config.telemetry.metrics_listen {
+            Some(addr) => Some(crate::probe::ProbeListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("telemetry.metrics_listen: cannot listen on {addr}: {e}")
+            })?),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -211,6 +229,7 @@ impl Application {
             handshake_limits: config.tls.handshake_limits(),
             checkpoint_interval: config.audit.checkpoint_interval,
             refusal_interval: config.limits.record_refusals_every,
+            probe,
             start_detail,
         })
     }
@@ -219,6 +238,14 @@ impl Application {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The metrics listener's address, if `[telemetry] metrics_listen` is set.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.probe
+            .as_ref()
+            .map(crate::probe::ProbeListener::local_addr)
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls and closes the store.
@@ -251,11 +278,23 @@ impl Application {
             Arc::clone(&tls_refusals),
             self.refusal_interval,
         ));
+        let readiness = Arc::new(crate::metrics::Readiness::default());
+        let store = self.store.clone();
+        METRICS.attach(crate::metrics::Sources {
+            keys: self.vault.keys().clone(),
+            tls_refusals: Arc::clone(&tls_refusals),
+            pools: Arc::new(move || store.pool_usage()),
+            ready: Arc::clone(&readiness),
+        });
+        let probe = self
+            .probe
+            .map(|probe| tokio::spawn(probe.serve(Arc::clone(&readiness))));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = tokio::spawn(watch_health(
             self.store.clone(),
             self.vault.keys().clone(),
             health_reporter,
+            readiness,
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vault_proto::FILE_DESCRIPTOR_SET)
@@ -287,6 +326,7 @@ impl Application {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .layer(crate::observe::ObserveLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -315,6 +355,9 @@ impl Application {
             ),
         }
         health.abort();
+        if let Some(probe) = probe {
+            probe.abort();
+        }
         crl_watch.abort();
         checkpoints.abort();
         housekeeping.abort();
@@ -472,7 +515,8 @@ async fn keep_limits(vault: Vault, tls_refusals: Arc<tls::RefusalCounts>, interv
 /// How often the health watcher checks the store.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps gRPC health in step with the store and the KEKs: SERVING while both answer,
+/// Keeps gRPC health (and the HTTP readiness probe, `probe.rs`) in step with the store and
+/// the KEKs: SERVING while both answer,
 /// NOT_SERVING while either does not (for `vault.v1.TokenService` and the server as a whole,
 /// `""`). Calls fail fast with UNAVAILABLE meanwhile (bounded store timeouts; a failed KEK
 /// check also empties the unwrapped-key cache, see `vault_core::keyring`), and both recover by
@@ -481,6 +525,7 @@ async fn watch_health(
     store: Backend,
     keys: Arc<KeyRing>,
     reporter: tonic_health::server::HealthReporter,
+    readiness: Arc<crate::metrics::Readiness>,
 ) {
     use tonic_health::ServingStatus;
     let mut last = None;
@@ -488,6 +533,7 @@ async fn watch_health(
         let store_up = store.ping().await;
         let kek = keys.check().await;
         let now = (store_up, kek.is_ok());
+        readiness.set(store_up, kek.is_ok());
         if last != Some(now) {
             if !store_up {
                 tracing::warn!("store unreachable: health is NOT_SERVING, calls fail UNAVAILABLE");

@@ -101,6 +101,9 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
          [policy]\npath = \"policy.toml\"\n\n\
          [identity]\n# Every dev client has a SPIFFE ID: a certificate's CN names no caller.\n\
          cn_fallback = false\n\n\
+         [telemetry]\n# Plain HTTP, no certificate: /metrics (Prometheus), /ready, /live.\n\
+         metrics_listen = \"127.0.0.1:9464\"\n\
+         # otlp_endpoint = \"http://127.0.0.1:4317\"   # export traces over OTLP/gRPC\n\n\
          {LIMITS}"
     );
     // Written last: its presence marks a complete data directory.

@@ -110,10 +110,13 @@ fn call_context<T>(
     let identity = leaf
         .as_deref()
         .and_then(|der| identity_of_known(der, rules, |id| vault.lists_caller(id)));
+    let request_id = vault_core::ids::new_request_id();
+    // The call's span (`observe.rs`): every log line of the call carries it.
+    tracing::Span::current().record("request_id", request_id.as_str());
     let ctx = |caller: String| CallContext {
         caller: CallerId::new(caller),
         peer: request.remote_addr().map(|addr| addr.to_string()),
-        request_id: vault_core::ids::new_request_id(),
+        request_id: request_id.clone(),
     };
     match (identity, leaf) {
         (Some(identity), _) => Ok(ctx(identity)),
@@ -150,6 +153,16 @@ pub(crate) fn respond<T>(
         }
         Err(error) => {
             let mut status = to_status(&error);
+            if let VaultError::Throttled { limit, .. } = &error {
+                let (label, tripped) = match limit {
+                    vault_core::Throttle::RateLimit => ("rate_limit", false),
+                    vault_core::Throttle::Enumeration { tripped } => {
+                        ("enumeration_guard", *tripped)
+                    }
+                    vault_core::Throttle::NewMerchants => ("new_merchants", false),
+                };
+                crate::metrics::METRICS.throttled(operation.as_str(), label, tripped);
+            }
             if let VaultError::Throttled {
                 limit: vault_core::Throttle::Enumeration { tripped: true },
                 ..

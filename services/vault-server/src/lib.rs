@@ -13,7 +13,10 @@
 //! - `status`: the one table from domain errors to gRPC status codes.
 //! - `dev`: `vaultd dev`, the embedded default with a generated PKI and a dev KEK.
 //! - `pki`: the small CA `dev` and the tests use.
-//! - `telemetry`: logging.
+//! - `telemetry`: the `tracing` subscriber: logs, and the layer that feeds `metrics`.
+//! - `metrics`: every series `vaultd` exports, defined once; `probe`: the plain-HTTP listener
+//!   serving them and the readiness probe; `observe`: the layer every gRPC call passes
+//!   through (its span and its metrics); `trace_context`: the caller's W3C trace context.
 //! - `hygiene`: process settings applied at start (no core dumps).
 
 pub mod admin;
@@ -26,7 +29,11 @@ pub mod hygiene;
 pub mod identity;
 pub mod kek;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod pki;
+pub mod probe;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;

@@ -1,8 +1,20 @@
-//! Logging: structured `tracing` events to stderr, filtered by `RUST_LOG` (default `info`).
-//! Nothing the vault logs holds a PAN: request bodies are never logged, and error messages
-//! name fields, not values.
+//! Logging, metrics and traces: one `tracing` subscriber with a layer for each.
+//!
+//! - Logs: structured events to stderr, filtered by `RUST_LOG` (default `info`). Inside a call
+//!   every line carries the call's span (`observe.rs`): its method, request id and trace id.
+//! - Metrics: [`SpanMetrics`](crate::metrics::SpanMetrics) turns the domain's and the store's
+//!   spans into observations; it sees only those spans (its own filter), whatever `RUST_LOG`
+//!   says.
+//!
+//! Nothing the vault logs or traces holds a PAN: request bodies are never logged, error
+//! messages name fields, not values, and span fields are operations, outcomes and ids.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::metrics::{SpanMetrics, names};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -13,15 +25,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, first thing in `main`.
+/// Installs the global subscriber. Call once, first thing in `main`; a second call (tests)
+/// keeps the first subscriber.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second call (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    }
+    .with_filter(filter);
+    let metrics = SpanMetrics.with_filter(FilterFn::new(|meta| {
+        matches!(
+            meta.name(),
+            names::KEK
+                | names::STORE
+                | names::AUDIT_WRITE
+                | names::GROUP_COMMIT_WAIT
+                | names::GROUP_COMMIT
+        )
+    }));
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(metrics)
+        .try_init();
 }

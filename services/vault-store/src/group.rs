@@ -4,7 +4,7 @@
 //! Each store has one committer. SQLite's is a thread that owns its connection
 //! ([`BlockingCommitter`], `sqlite/writer.rs`): a batch's statements run one after another on
 //! it, with no hand-off to another thread and no await between them. PostgreSQL's is a task on
-//! the server's runtime, which owns its connections' sockets.
+//! a thread and runtime of its own, with its own connection.
 //! A caller hands it its write and waits. Whenever the committer is free it takes everything
 //! queued (up to [`MAX_BATCH`] writes), writes it in one transaction, commits, and only then
 //! answers each caller. There is no timer: a lone write commits at once, and writes that
@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 use vault_core::StoreError;
 use vault_core::audit::AuditRecord;
 use vault_core::ids::MerchantId;
@@ -302,11 +303,16 @@ impl Group {
             return alone(direct, &write).await;
         };
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(Pending { write, reply })
+        let waited = async {
+            queue
+                .send(Pending { write, reply })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        };
+        waited
+            .instrument(tracing::info_span!(crate::spans::GROUP_COMMIT_WAIT))
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -341,8 +347,9 @@ async fn commit<C: Committer>(committer: &C, writes: &[Write], replies: Vec<Repl
 
 fn traced(writes: usize, started: std::time::Instant, result: &Result<Vec<Written>, Failed>) {
     tracing::trace!(
+        name: crate::spans::GROUP_COMMIT,
         writes,
-        micros = started.elapsed().as_micros(),
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         ok = result.is_ok(),
         "group commit"
     );

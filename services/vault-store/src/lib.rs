@@ -23,6 +23,36 @@ mod sqlite;
 mod tally;
 pub mod testing;
 
+/// The spans and events the store emits through `tracing`, for `vaultd`'s traces and metrics.
+pub mod spans {
+    /// Waiting for one's write to be committed and durable (a span on the caller's path).
+    pub const GROUP_COMMIT_WAIT: &str = "group_commit.wait";
+    /// One group commit (an event at TRACE on the committer: `writes`, `micros`, `ok`).
+    pub const GROUP_COMMIT: &str = "group_commit";
+}
+
 pub use postgres::{PgSettings, PgStore, PgStoreError, redact_url};
 pub use sink::AuditSink;
+
+/// One connection pool's connections now, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Which pool (`reads`, `writes`, `pool`).
+    pub pool: &'static str,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// Connections open and in use.
+    pub in_use: u32,
+}
+
+impl PoolUsage {
+    fn of_sqlx<DB: sqlx::Database>(pool: &'static str, of: &sqlx::Pool<DB>) -> Self {
+        let idle = u32::try_from(of.num_idle()).unwrap_or(u32::MAX);
+        Self {
+            pool,
+            idle,
+            in_use: of.size().saturating_sub(idle),
+        }
+    }
+}
 pub use sqlite::{SqliteStore, SqliteStoreError};

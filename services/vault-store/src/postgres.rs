@@ -263,6 +263,13 @@ impl PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// The pool's connections (`storage.max_connections`; the group committer's own
+    /// connection is not counted).
+    #[must_use]
+    pub fn pool_usage(&self) -> Vec<crate::PoolUsage> {
+        vec![crate::PoolUsage::of_sqlx("pool", &self.pool)]
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;

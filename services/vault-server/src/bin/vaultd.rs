@@ -172,7 +172,12 @@ fn main() -> ExitCode {
     // A machine-readable line for scripts and tests that start vaultd on port 0, on standard
     // error (standard output may be the audit sink, `[audit.sink] path = "-"`), in one write
     // (unbuffered `eprintln!` writes the address separately: a reader could see half of it).
-    let listening = format!("vaultd listening on {}\n", app.local_addr());
+    let mut listening = format!("vaultd listening on {}\n", app.local_addr());
+    if let Some(metrics) = app.metrics_addr() {
+        listening.push_str(&format!(
+            "vaultd metrics on http://{metrics}/metrics (readiness: /ready)\n"
+        ));
+    }
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), listening.as_bytes());
     match runtime.block_on(app.run(shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,

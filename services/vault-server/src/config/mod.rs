@@ -2,7 +2,8 @@
 //! section: [`storage`](StorageConfig), [`tls`](TlsConfig), [`kek`](KekConfig) and
 //! `[[previous_kek]]`, [`key_cache`](KeyCacheConfig), [`dek`](DekConfig),
 //! [`policy`](PolicyConfig) (and the policy file, [`load_policy`]), [`audit`](AuditConfig),
-//! [`limits`](LimitsConfig), [`guard`](GuardConfig), [`input`](InputConfig); `[identity]` is
+//! [`limits`](LimitsConfig), [`guard`](GuardConfig), [`input`](InputConfig),
+//! [`telemetry`](TelemetryConfig); `[identity]` is
 //! `crate::identity::IdentityConfig`, beside the rules it sets.
 //!
 //! Each section is parsed into typed values where it is read (durations as `Duration`) and
@@ -22,6 +23,7 @@ mod key_cache;
 mod limits;
 mod policy;
 mod storage;
+mod telemetry;
 mod tls;
 mod units;
 
@@ -39,6 +41,7 @@ pub use key_cache::KeyCacheConfig;
 pub use limits::{LimitsConfig, RateQuota};
 pub use policy::{LoadedPolicy, PolicyConfig, load_policy};
 pub use storage::{StorageConfig, StorageUrl};
+pub use telemetry::TelemetryConfig;
 pub use tls::{HandshakeLimits, TlsConfig};
 
 /// Why a configuration or policy file was refused. Messages name the file and the setting.
@@ -126,6 +129,9 @@ pub struct Config {
     /// How a client certificate names its caller (`identity.rs`).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
+    /// Metrics, the readiness probe and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -154,6 +160,7 @@ impl Config {
         config.limits.check(path)?;
         config.guard.check(path)?;
         config.input.check(path)?;
+        config.telemetry.check(path)?;
         config.kek.resolve_paths(base);
         for kek in &mut config.previous_kek {
             kek.resolve_paths(base);

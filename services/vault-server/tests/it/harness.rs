@@ -522,6 +522,17 @@ impl TestVault {
         read_logs(self.dir.path())
     }
 
+    /// The metrics listener's address, from the line vaultd prints at start (with
+    /// `[telemetry] metrics_listen` set).
+    pub fn metrics_addr(&self) -> String {
+        let logs = self.logs();
+        logs.lines()
+            .find_map(|line| line.strip_prefix("vaultd metrics on http://"))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no metrics line:\n{logs}"))
+            .to_owned()
+    }
+
     /// Stops `vaultd` with SIGTERM and waits for it.
     pub fn stop(mut self) -> tempfile::TempDir {
         terminate(&mut self.child);
@@ -824,3 +835,45 @@ pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A plain HTTP/1.1 GET (or another `method`) of `path` on `addr`: the status and the body.
+pub async fn http(method: &str, addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The `[telemetry]` table that turns the metrics listener on, on a free port.
+pub const METRICS_ON: &str = "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n";

@@ -29,4 +29,5 @@ mod pg_tls;
 mod refusals;
 mod replicas;
 mod round_trip;
+mod telemetry;
 mod transit;

@@ -1,6 +1,6 @@
 //! A PostgreSQL outage under load, on a throwaway cluster (initdb and pg_ctl in a temp dir, a
 //! random port; never the machine's own server): calls fail fast with UNAVAILABLE, health says
-//! NOT_SERVING, the vault recovers by itself when the database returns, and every token it
+//! NOT_SERVING (and the HTTP readiness probe 503), the vault recovers by itself when the database returns, and every token it
 //! acknowledged, before or during the outage, still detokenizes.
 
 use std::sync::Arc;
@@ -19,17 +19,23 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
 #[tokio::test]
 async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
     let cluster = ThrowawayCluster::create(None);
-    let vault = TestVault::start_with_storage(
+    let vault = TestVault::start_with_keys(
         &format!(
             "url = {:?}\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\
              call_timeout_ms = {}\n",
             cluster.url(),
             CALL_TIMEOUT.as_millis()
         ),
+        METRICS_ON,
         "info",
     )
     .await;
     vault.wait_for_health(ServingStatus::Serving).await;
+    let metrics = vault.metrics_addr();
+    assert_eq!(
+        http("GET", &metrics, "/ready").await,
+        (200, "ready\n".to_owned())
+    );
 
     // Load: tokenize fresh cards until told to stop, recording every acknowledged token.
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
@@ -79,9 +85,15 @@ async fn database_outage_fails_fast_reports_not_serving_and_recovers() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     vault.wait_for_health(ServingStatus::NotServing).await;
+    // The HTTP readiness probe (Kubernetes') says so too, and names what is down.
+    assert_eq!(
+        http("GET", &metrics, "/ready").await,
+        (503, "not ready: store unreachable\n".to_owned())
+    );
 
     cluster.start();
     vault.wait_for_health(ServingStatus::Serving).await;
+    assert_eq!(http("GET", &metrics, "/ready").await.0, 200);
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
 

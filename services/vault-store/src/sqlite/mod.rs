@@ -184,6 +184,16 @@ impl SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// The sqlx pools' connections (the point reads' and the group-commit writer's own
+    /// connections are not pooled by sqlx and not counted).
+    #[must_use]
+    pub fn pool_usage(&self) -> Vec<crate::PoolUsage> {
+        vec![
+            crate::PoolUsage::of_sqlx("reads", &self.pool),
+            crate::PoolUsage::of_sqlx("writes", &self.writer),
+        ]
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -5,7 +5,7 @@
 //! `ServerConfig` itself and hands tonic connections that finished their handshake. A client
 //! without a certificate, or with one from another CA, never gets a connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+mod refusals;
+
 pub use crate::config::HandshakeLimits;
+pub use refusals::{Failure, Refusal, RefusalCounts};
 
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 128;
@@ -60,119 +63,6 @@ impl std::fmt::Display for Source {
             IpAddr::V4(v4) => write!(f, "{v4}"),
             IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
-    }
-}
-
-/// Why a connection was refused before a caller was identified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Refusal {
-    /// The handshake failed: no client certificate, one the client CA did not sign, an
-    /// expired one, another protocol version, or garbage.
-    Handshake,
-    /// The handshake did not finish within `handshake_timeout_ms`.
-    Timeout,
-    /// The source had its share of handshakes in progress and the vault was busy.
-    SourceShare,
-    /// `max_handshakes` were in progress.
-    GlobalCap,
-}
-
-impl Refusal {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake refused",
-            Self::Timeout => "handshake timed out",
-            Self::SourceShare => "over the source's share",
-            Self::GlobalCap => "over max_handshakes",
-        }
-    }
-}
-
-/// Sources counted one by one per reason; refusals from further sources count as "others",
-/// so a flood from rotating addresses cannot grow the tally (or the record) without bound.
-const MAX_SOURCES_PER_REASON: usize = 4_096;
-/// Sources named in a summary per reason, most refused first.
-const TOP_SOURCES: usize = 10;
-
-/// Refused connections counted since the last summary, by reason and source. The vault
-/// records a summary once per interval and at shutdown ([`RefusalCounts::take_summary`]).
-#[derive(Debug, Default)]
-pub struct RefusalCounts(Mutex<Option<RefusalTally>>);
-
-#[derive(Debug)]
-struct RefusalTally {
-    since: time::OffsetDateTime,
-    by_reason: BTreeMap<Refusal, ReasonTally>,
-}
-
-#[derive(Debug, Default)]
-struct ReasonTally {
-    total: u64,
-    sources: HashMap<Source, u64>,
-}
-
-impl RefusalCounts {
-    /// Counts one refused connection from `source`.
-    pub fn record(&self, reason: Refusal, source: Source) {
-        let mut tally = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let tally = tally.get_or_insert_with(|| RefusalTally {
-            since: time::OffsetDateTime::now_utc(),
-            by_reason: BTreeMap::new(),
-        });
-        let reason = tally.by_reason.entry(reason).or_default();
-        reason.total = reason.total.saturating_add(1);
-        let room = reason.sources.len() < MAX_SOURCES_PER_REASON;
-        if let Some(count) = reason.sources.get_mut(&source) {
-            *count = count.saturating_add(1);
-        } else if room {
-            reason.sources.insert(source, 1);
-        }
-    }
-
-    /// The summary of everything counted since the last one, and a fresh count; `None` if
-    /// nothing was refused. One line: per reason, the total and the sources refused most (the
-    /// rest as "others").
-    #[must_use]
-    pub fn take_summary(&self) -> Option<String> {
-        let tally = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
-        let since = tally
-            .since
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let reasons: Vec<String> = tally
-            .by_reason
-            .into_iter()
-            .map(|(reason, counted)| {
-                let mut sources: Vec<(Source, u64)> = counted.sources.into_iter().collect();
-                sources.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.0.cmp(&b.0.0)));
-                let named: Vec<String> = sources
-                    .iter()
-                    .take(TOP_SOURCES)
-                    .map(|(source, n)| format!("{source} {n}"))
-                    .collect();
-                let shown: u64 = sources.iter().take(TOP_SOURCES).map(|(_, n)| n).sum();
-                let others = counted.total.saturating_sub(shown);
-                format!(
-                    "{} {} (from {}{})",
-                    reason.as_str(),
-                    counted.total,
-                    named.join(", "),
-                    if others > 0 {
-                        format!(", others {others}")
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-            .collect();
-        Some(format!(
-            "tls connections refused since {since}: {}",
-            reasons.join("; ")
-        ))
     }
 }
 
@@ -645,7 +535,7 @@ async fn handshake(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(err)) => {
             tracing::warn!(%peer, error = %err, "tls handshake refused");
-            Err(Refusal::Handshake)
+            Err(Refusal::Handshake(Failure::of(&err)))
         }
         Err(_) => {
             tracing::warn!(%peer, "tls handshake timed out");
@@ -702,57 +592,5 @@ mod tests {
         assert_eq!(again.len(), 3);
         drop(share);
         assert_eq!(counts.in_progress(client), 0);
-    }
-
-    #[test]
-    fn refusals_are_summarized_by_reason_with_the_top_sources_and_then_reset() {
-        let counts = RefusalCounts::default();
-        assert_eq!(counts.take_summary(), None);
-        for _ in 0..3 {
-            counts.record(Refusal::Handshake, source("192.0.2.7"));
-        }
-        counts.record(Refusal::Handshake, source("2001:db8:1:2::5"));
-        counts.record(Refusal::Timeout, source("192.0.2.8"));
-        let summary = counts.take_summary().unwrap();
-        assert!(
-            summary.contains(
-                "handshake refused 4 (from 192.0.2.7 3, 2001:db8:1:2::/64 1); \
-                 handshake timed out 1 (from 192.0.2.8 1)"
-            ),
-            "{summary}"
-        );
-        assert_eq!(
-            counts.take_summary(),
-            None,
-            "counted afresh after a summary"
-        );
-    }
-
-    #[test]
-    fn a_flood_from_rotating_sources_is_bounded_in_memory_and_in_the_record() {
-        let counts = RefusalCounts::default();
-        let n = MAX_SOURCES_PER_REASON + 1_000;
-        for i in 0..n {
-            let addr = std::net::Ipv4Addr::from_bits(0x0a00_0000 + u32::try_from(i).unwrap());
-            counts.record(Refusal::Handshake, Source::of(IpAddr::V4(addr)));
-        }
-        {
-            let tally = counts.0.lock().unwrap();
-            let tally = tally.as_ref().unwrap();
-            assert_eq!(
-                tally.by_reason[&Refusal::Handshake].sources.len(),
-                MAX_SOURCES_PER_REASON
-            );
-        }
-        let summary = counts.take_summary().unwrap();
-        assert!(
-            summary.contains(&format!("handshake refused {n} (from ")),
-            "{summary}"
-        );
-        assert!(
-            summary.contains(&format!("others {}", n - TOP_SOURCES)),
-            "{summary}"
-        );
-        assert!(summary.len() < 1_000, "{} bytes", summary.len());
     }
 }
