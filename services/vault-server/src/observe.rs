@@ -19,6 +19,11 @@ use tracing::Instrument as _;
 
 use crate::metrics::{CallTimer, METRICS};
 
+/// The name of a call's span. Its fields: `rpc` (the method label), `request_id`,
+/// `trace_id`, `merchant` (a valid merchant id only, recorded by the handler) and `outcome`
+/// (the status code's name, recorded by `grpc.rs::respond`).
+pub const CALL_SPAN: &str = "call";
+
 /// Methods served besides `vault.v1`'s.
 const OTHER_SERVICES: [&str; 4] = [
     "/grpc.health.v1.Health/Check",
@@ -76,10 +81,12 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
         let span = tracing::info_span!(
-            "call",
+            CALL_SPAN,
             rpc = method,
             request_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            merchant = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
         crate::trace_context::continue_trace(&span, request.headers());
         let timer = METRICS.call_started(method);

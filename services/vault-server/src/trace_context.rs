@@ -16,7 +16,13 @@
 //! test holds both); the cost is that a card number split by hex letters
 //! (`4111a1111b1111c1111`) in a trace id is not found.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::HeaderMap;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use vault_core::pan::CardNumberRule;
 
 /// A caller's trace context that passed the checks above.
@@ -87,12 +93,49 @@ pub fn incoming(headers: &HeaderMap) -> Option<Incoming> {
     })
 }
 
+/// Set once traces are exported (`telemetry.rs`): calls then get OpenTelemetry parents.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Calls from now on continue their callers' traces in the exported spans.
+pub fn export_traces() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
 /// Gives the call's `span` its trace: the caller's, if it sent a clean one, else (with traces
 /// exported) a new one; records the trace id on the span for the log lines.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    if let Some(incoming) = incoming(headers) {
-        span.record("trace_id", incoming.trace_id.as_str());
+    let incoming = incoming(headers);
+    if !EXPORTING.load(Ordering::Relaxed) {
+        if let Some(incoming) = incoming {
+            span.record("trace_id", incoming.trace_id.as_str());
+        }
+        return;
     }
+    if let Some(parent) = incoming.as_ref().and_then(remote_parent) {
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != TraceId::INVALID {
+        span.record("trace_id", trace_id.to_string().as_str());
+    }
+}
+
+/// The caller's span as an OpenTelemetry parent.
+fn remote_parent(incoming: &Incoming) -> Option<opentelemetry::Context> {
+    let trace_id = TraceId::from_hex(&incoming.trace_id).ok()?;
+    let span_id = SpanId::from_hex(&incoming.parent_span_id).ok()?;
+    let state = incoming
+        .state
+        .as_deref()
+        .and_then(|state| state.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let flags = if incoming.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(trace_id, span_id, flags, true, state);
+    Some(opentelemetry::Context::new().with_remote_span_context(remote))
 }
 
 #[cfg(test)]

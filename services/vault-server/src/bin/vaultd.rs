@@ -1,6 +1,6 @@
 //! `vaultd`: the card vault server.
 //!
-//! - `vaultd dev [--data-dir DIR] [--listen ADDR]`: the embedded default (SQLite, dev KEK,
+//! - `vaultd dev [--data-dir DIR] [--listen ADDR] [--metrics-listen ADDR]`: the embedded default (SQLite, dev KEK,
 //!   generated dev PKI), created on first run and reused after.
 //! - `vaultd serve --config FILE`: run from a configuration file.
 //! - `vaultd migrate --config FILE`: apply pending database migrations and exit.
@@ -51,6 +51,10 @@ enum Command {
         /// Listen address, overriding the one in the data directory's vaultd.toml.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// The metrics listener's address (`/metrics`, `/ready`), overriding the one in the
+        /// data directory's vaultd.toml (`127.0.0.1:9464`).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Run from a configuration file.
     Serve {
@@ -89,9 +93,89 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    // Before any secret is read: a core dump would hold keys and PANs.
-    match hygiene::forbid_core_dumps() {
+    // Before any secret is read or made (`dev` makes its KEK): a core dump would hold keys and
+    // PANs. Logged once the subscriber is up.
+    let hygiene = hygiene::forbid_core_dumps();
+    // `serve` and `dev` read their configuration first: it says where traces go.
+    let loaded = match load(&cli.command) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("vaultd: {err:#}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // One process-wide TLS provider for every rustls user (the server, the PostgreSQL client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("vaultd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = {
+        let _inside = runtime.enter();
+        telemetry::init(cli.log_format, loaded.as_ref().map(|l| &l.config.telemetry))
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("vaultd: telemetry.otlp_endpoint: {err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let code = run(cli.command, loaded, hygiene, &runtime);
+    telemetry.shutdown();
+    code
+}
+
+/// A configuration `serve` or `dev` runs from, read before anything starts.
+struct Loaded {
+    config: Config,
+    path: PathBuf,
+    /// `vaultd dev`'s data directory.
+    dev_dir: Option<PathBuf>,
+}
+
+/// Reads the configuration of `serve` and `dev` (creating the dev data directory on first
+/// run); `None` for the commands that read theirs later.
+fn load(command: &Command) -> anyhow::Result<Option<Loaded>> {
+    Ok(match command {
+        Command::Dev {
+            data_dir,
+            listen,
+            metrics_listen,
+        } => {
+            let path = dev::ensure_data_dir(data_dir)?;
+            let mut config = Config::load(&path)?;
+            if let Some(listen) = listen {
+                config.listen = *listen;
+            }
+            if metrics_listen.is_some() {
+                config.telemetry.metrics_listen = *metrics_listen;
+            }
+            Some(Loaded {
+                config,
+                path,
+                dev_dir: Some(data_dir.clone()),
+            })
+        }
+        Command::Serve { config } => Some(Loaded {
+            config: Config::load(config)?,
+            path: config.clone(),
+            dev_dir: None,
+        }),
+        _ => None,
+    })
+}
+
+fn run(
+    command: Command,
+    loaded: Option<Loaded>,
+    hygiene: std::io::Result<hygiene::DumpState>,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    match hygiene {
         Ok(state) => tracing::info!(
             core_limit = ?state.core_limit,
             dumpable = ?state.dumpable,
@@ -103,16 +187,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     }
-    // One process-wide TLS provider for every rustls user (the server, the PostgreSQL client).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Command::Migrate { config } = &cli.command {
+    if let Command::Migrate { config } = &command {
         return match runtime.block_on(migrate(config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -125,7 +200,7 @@ fn main() -> ExitCode {
         config,
         operator,
         reason,
-    } = &cli.command
+    } = &command
     {
         let replaced = runtime.block_on(async {
             let loaded = Config::load(config)?;
@@ -145,7 +220,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::CreateKek { config } = &cli.command {
+    if let Command::CreateKek { config } = &command {
         let created = runtime.block_on(async {
             let loaded = Config::load(config)?;
             kek::create_kek(&loaded, config).await
@@ -161,7 +236,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let app = match runtime.block_on(start(cli.command)) {
+    let Some(loaded) = loaded else {
+        return ExitCode::FAILURE;
+    };
+    let app = match runtime.block_on(start(loaded)) {
         Ok(app) => app,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "vaultd cannot start");
@@ -188,27 +266,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything up to a bound, ready server: configuration, data directory, store, KEK, TLS.
-async fn start(command: Command) -> anyhow::Result<Application> {
-    match command {
-        Command::Dev { data_dir, listen } => {
-            let config_path = dev::ensure_data_dir(&data_dir)?;
-            let mut config = Config::load(&config_path)?;
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
-            let app = Application::build(&config, &config_path).await?;
-            println!("{}", dev::grpcurl_help(&data_dir, app.local_addr()));
-            Ok(app)
-        }
-        Command::Serve { config }
-        | Command::Migrate { config }
-        | Command::CreateKek { config }
-        | Command::ReplaceAuditKey { config, .. } => {
-            let loaded = Config::load(&config)?;
-            Application::build(&loaded, Path::new(&config)).await
-        }
+/// Everything up to a bound, ready server: store, KEK, TLS.
+async fn start(loaded: Loaded) -> anyhow::Result<Application> {
+    let app = Application::build(&loaded.config, &loaded.path).await?;
+    if let Some(dir) = &loaded.dev_dir {
+        println!("{}", dev::grpcurl_help(dir, app.local_addr()));
     }
+    Ok(app)
 }
 
 /// Opens the configured store with migrations applied, then closes it.

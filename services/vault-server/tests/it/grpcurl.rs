@@ -82,6 +82,8 @@ async fn start_dev(
             &data_dir.to_string_lossy(),
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         logs,
         "info",

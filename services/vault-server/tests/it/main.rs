@@ -30,4 +30,5 @@ mod refusals;
 mod replicas;
 mod round_trip;
 mod telemetry;
+mod traces;
 mod transit;
