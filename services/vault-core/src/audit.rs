@@ -148,6 +148,9 @@ pub enum Event {
     /// An operator replaced an audit signing key that was lost or could not be unwrapped
     /// (`vaultd replace-audit-key`); the record names the old key and the new one.
     AuditKeyReplaced,
+    /// The access policy was reloaded without a restart (SIGHUP): the record names the new
+    /// policy's digest, or (outcome `failed_precondition`) why the old one stayed.
+    PolicyReload,
 }
 
 impl Event {
@@ -158,6 +161,7 @@ impl Event {
             Self::VaultStop,
             Self::TlsRefused,
             Self::AuditKeyReplaced,
+            Self::PolicyReload,
         ])
     }
 
@@ -176,6 +180,7 @@ impl Event {
             Self::VaultStop => "vault.stop",
             Self::TlsRefused => "tls.refused",
             Self::AuditKeyReplaced => "audit.key_replaced",
+            Self::PolicyReload => "policy.reload",
         }
     }
 }
@@ -326,6 +331,7 @@ impl AuditRecord {
                 Event::VaultStart | Event::VaultStop => "vault",
                 Event::TlsRefused => "tls",
                 Event::AuditKeyReplaced => "audit",
+                Event::PolicyReload => "policy",
             }
             .to_owned(),
         }
@@ -353,11 +359,12 @@ mod tests {
     #[test]
     fn every_event_and_outcome_reads_back_from_its_name() {
         let events: Vec<&str> = Event::all().map(Event::as_str).collect();
-        assert_eq!(events.len(), 11);
+        assert_eq!(events.len(), 12);
         for event in Event::all() {
             assert_eq!(Event::from_name(event.as_str()), Some(event));
         }
         assert!(events.contains(&"audit.key_replaced") && events.contains(&"tokenize"));
+        assert!(events.contains(&"policy.reload"));
         for outcome in Outcome::ALL {
             assert_eq!(Outcome::from_name(outcome.as_str()), Some(outcome));
         }

@@ -4,7 +4,7 @@
 //! released (fail closed). A call refused by a rate limit is recorded once per caller,
 //! operation and interval, the rest counted ([`RefusalLog`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::audit::AuditRecord;
 use crate::error::{Throttle, VaultError};
@@ -38,12 +38,31 @@ impl<T> Done<T> {
     }
 }
 
+/// The policy in force, shared by every service and swapped whole by a reload.
+#[derive(Debug)]
+pub(crate) struct CurrentPolicy(RwLock<Arc<Policy>>);
+
+impl CurrentPolicy {
+    pub(crate) fn new(policy: Arc<Policy>) -> Self {
+        Self(RwLock::new(policy))
+    }
+
+    /// The policy in force now.
+    pub(crate) fn get(&self) -> Arc<Policy> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn replace(&self, policy: Arc<Policy>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+}
+
 /// The audited-call helper the services share: the store the records go to, the policy, the
 /// call limiter and the refusal log.
 #[derive(Clone)]
 pub(crate) struct Audited {
     store: Arc<dyn TokenStore>,
-    policy: Arc<Policy>,
+    policy: Arc<CurrentPolicy>,
     limiter: Arc<dyn CallLimiter>,
     refusals: Arc<RefusalLog>,
 }
@@ -51,7 +70,7 @@ pub(crate) struct Audited {
 impl Audited {
     pub(crate) fn new(
         store: Arc<dyn TokenStore>,
-        policy: Arc<Policy>,
+        policy: Arc<CurrentPolicy>,
         limiter: Arc<dyn CallLimiter>,
         refusals: Arc<RefusalLog>,
     ) -> Self {
@@ -63,9 +82,34 @@ impl Audited {
         }
     }
 
-    /// The access policy.
-    pub(crate) fn policy(&self) -> &Policy {
-        &self.policy
+    /// The access policy in force.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        self.policy.get()
+    }
+
+    /// Puts `policy` in force once its `policy.reload` record (`detail`: its digest) is
+    /// durable; if the record cannot be written, the policy in force stays.
+    pub(crate) async fn replace_policy(
+        &self,
+        policy: Arc<Policy>,
+        detail: String,
+    ) -> Result<(), VaultError> {
+        let audit = AuditRecord::system(crate::audit::Event::PolicyReload, detail);
+        spans::step(spans::audit_write(), self.store.append_audit(&audit))
+            .await
+            .map_err(VaultError::AuditUnavailable)?;
+        self.policy.replace(policy);
+        Ok(())
+    }
+
+    /// Records a reload that kept the policy in force (`detail` says why, without the file's
+    /// contents).
+    pub(crate) async fn record_policy_kept(&self, detail: String) -> Result<(), VaultError> {
+        let mut audit = AuditRecord::system(crate::audit::Event::PolicyReload, detail);
+        audit.outcome = crate::audit::Outcome::FailedPrecondition;
+        spans::step(spans::audit_write(), self.store.append_audit(&audit))
+            .await
+            .map_err(VaultError::AuditUnavailable)
     }
 
     /// The call limiter (for its housekeeping).
@@ -81,7 +125,11 @@ impl Audited {
         operation: Operation,
     ) -> Result<(), VaultError> {
         self.throttle(audit, operation, None, 1)?;
-        if self.policy.allows_everywhere(&audit.caller, operation) {
+        if self
+            .policy
+            .get()
+            .allows_everywhere(&audit.caller, operation)
+        {
             Ok(())
         } else {
             Err(VaultError::PermissionDenied { operation })
@@ -161,7 +209,7 @@ impl Audited {
         let key = match merchant {
             // Calls the policy refuses whatever they name: one small quota for them all, so a
             // caller cannot fill the trail with refusals at another operation's rate.
-            None if !self.policy.grants(caller, operation) => LimitKey::Ungranted { caller },
+            None if !self.policy.get().grants(caller, operation) => LimitKey::Ungranted { caller },
             None => LimitKey::Operation { caller, operation },
             Some(merchant) => LimitKey::Merchant {
                 caller,
@@ -240,7 +288,7 @@ impl Audited {
         operation: Operation,
         merchant: &MerchantId,
     ) -> Result<(), VaultError> {
-        if self.policy.allows(&audit.caller, operation, merchant) {
+        if self.policy.get().allows(&audit.caller, operation, merchant) {
             Ok(())
         } else {
             Err(VaultError::PermissionDenied { operation })

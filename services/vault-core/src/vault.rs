@@ -17,7 +17,7 @@ use std::sync::Arc;
 use vault_audit::{Checkpoint, CheckpointKind, PublicKey};
 
 use crate::admin::{KeyAdmin, KeyStatus, MerchantKeyReport, ReencryptJob, RewrapJob};
-use crate::audited::Audited;
+use crate::audited::{Audited, CurrentPolicy};
 use crate::deks::Deks;
 use crate::error::VaultError;
 use crate::guard::GuardSettings;
@@ -39,7 +39,7 @@ use crate::trail::{
 struct Parts {
     store: Arc<dyn TokenStore>,
     keys: Arc<KeyRing>,
-    policy: Arc<Policy>,
+    policy: Arc<CurrentPolicy>,
     limits: DekLimits,
     guard: GuardSettings,
     limiter: Arc<dyn CallLimiter>,
@@ -74,7 +74,7 @@ impl Vault {
         Self::assemble(Parts {
             store,
             keys,
-            policy,
+            policy: Arc::new(CurrentPolicy::new(policy)),
             limits: DekLimits::default(),
             guard: GuardSettings::default(),
             limiter: Arc::new(Unlimited),
@@ -150,11 +150,31 @@ impl Vault {
         Self::assemble(self.parts)
     }
 
-    /// True if the policy lists `identity` (whatever it grants).
+    /// Puts `policy` in force for every call from now on (a reload on SIGHUP), once a
+    /// `policy.reload` record saying so (`detail`: the new policy's digest) is durable.
+    ///
+    /// # Errors
+    /// [`VaultError::AuditUnavailable`] if the record cannot be written: the policy in force
+    /// stays, since no access may change unrecorded.
+    pub async fn replace_policy(&self, policy: Policy, detail: String) -> Result<(), VaultError> {
+        self.calls.replace_policy(Arc::new(policy), detail).await
+    }
+
+    /// Records a reload that kept the policy in force (`detail` says why; never the file's
+    /// contents).
+    ///
+    /// # Errors
+    /// [`VaultError::AuditUnavailable`] if the record cannot be written.
+    pub async fn record_policy_kept(&self, detail: String) -> Result<(), VaultError> {
+        self.calls.record_policy_kept(detail).await
+    }
+
+    /// True if the policy in force lists `identity` (whatever it grants).
     #[must_use]
     pub fn lists_caller(&self, identity: &str) -> bool {
         self.parts
             .policy
+            .get()
             .identities()
             .any(|c| c.as_str() == identity)
     }

@@ -57,8 +57,11 @@ pub struct Application {
     /// The metrics listener, if `[telemetry] metrics_listen` is set.
     probe: Option<crate::probe::ProbeListener>,
     /// The `vault.start` record's detail: the version and the policy file's SHA-256, so an
-    /// auditor sees which policy each writer served under (a policy change needs a restart).
+    /// auditor sees which policy each writer served under (a reload on SIGHUP records the
+    /// next one, `policy.reload`).
     start_detail: String,
+    /// The policy file, and the digest of the policy in force.
+    policy_file: (std::path::PathBuf, [u8; 32]),
 }
 
 /// The store the configuration selects.
@@ -231,6 +234,7 @@ impl Application {
             refusal_interval: config.limits.record_refusals_every,
             probe,
             start_detail,
+            policy_file: (config.policy.path.clone(), sha256),
         })
     }
 
@@ -272,7 +276,16 @@ impl Application {
         // as one `tls.refused` summary per interval and at shutdown.
         let tls_refusals = Arc::new(tls::RefusalCounts::default());
         // Registered before anything is served, so a SIGHUP never takes the default action.
-        let crl_watch = tokio::spawn(watch_crls(Arc::clone(&self.tls), hangups()));
+        let crl_watch = tokio::spawn(watch_reloads(
+            Arc::clone(&self.tls),
+            PolicyReload {
+                vault: self.vault.clone(),
+                path: self.policy_file.0.clone(),
+                rules: self.identity,
+                in_force: self.policy_file.1,
+            },
+            hangups(),
+        ));
         let housekeeping = tokio::spawn(keep_limits(
             self.vault.clone(),
             Arc::clone(&tls_refusals),
@@ -435,16 +448,24 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::warn!(error = %error, "cannot catch SIGHUP; CRL files are still polled");
+            tracing::warn!(
+                error = %error,
+                "cannot catch SIGHUP: the policy cannot be reloaded; CRL files are still polled"
+            );
             None
         }
     }
 }
 
 /// Reloads the TLS settings (the client CRLs above all) on SIGHUP and when a CRL file changes
-/// (checked every `tls::CRL_POLL_INTERVAL`). Connections whose client certificate the new
-/// settings refuse are closed. A reload that fails keeps the settings in force.
-async fn watch_crls(tls: Arc<tls::ServerTls>, mut hangups: Option<tokio::signal::unix::Signal>) {
+/// (checked every `tls::CRL_POLL_INTERVAL`), and the policy on SIGHUP. Connections whose
+/// client certificate the new settings refuse are closed. A reload that fails keeps the
+/// settings or the policy in force.
+async fn watch_reloads(
+    tls: Arc<tls::ServerTls>,
+    mut policy: PolicyReload,
+    mut hangups: Option<tokio::signal::unix::Signal>,
+) {
     let mut stamp = tls.crl_stamp();
     loop {
         let signalled = tokio::select! {
@@ -456,6 +477,9 @@ async fn watch_crls(tls: Arc<tls::ServerTls>, mut hangups: Option<tokio::signal:
             } => true,
             () = tokio::time::sleep(tls::CRL_POLL_INTERVAL) => false,
         };
+        if signalled {
+            policy.reload().await;
+        }
         let now = tls.crl_stamp();
         if !signalled && now == stamp {
             continue;
@@ -471,6 +495,55 @@ async fn watch_crls(tls: Arc<tls::ServerTls>, mut hangups: Option<tokio::signal:
                 error = %error,
                 "tls settings not reloaded; the previous ones stay in force"
             ),
+        }
+    }
+}
+
+/// The policy file and what a SIGHUP does with it.
+struct PolicyReload {
+    vault: Vault,
+    path: std::path::PathBuf,
+    rules: crate::identity::IdentityConfig,
+    /// The SHA-256 of the policy file the policy in force was parsed from.
+    in_force: [u8; 32],
+}
+
+impl PolicyReload {
+    /// Reads and parses the policy file again. A new policy goes in force once the trail
+    /// records its digest (`policy.reload`); a file that fails to parse or check keeps the
+    /// policy in force, says why in the log and records that it was kept.
+    async fn reload(&mut self) {
+        let was = hex::encode(self.in_force);
+        match load_policy(&self.path, self.rules) {
+            Ok(LoadedPolicy { sha256, .. }) if sha256 == self.in_force => {
+                tracing::info!(sha256 = %was, "policy file unchanged; nothing to reload");
+            }
+            Ok(LoadedPolicy { policy, sha256 }) => {
+                let now = hex::encode(sha256);
+                let detail = format!("policy sha256:{now} in force (was sha256:{was})");
+                match self.vault.replace_policy(policy, detail).await {
+                    Ok(()) => {
+                        self.in_force = sha256;
+                        tracing::info!(sha256 = %now, previous = %was, "policy reloaded");
+                    }
+                    Err(error) => tracing::error!(
+                        error = %error,
+                        "policy not reloaded: the audit trail could not record it; the \
+                         previous policy stays in force"
+                    ),
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = %error,
+                    sha256 = %was,
+                    "policy not reloaded; the previous policy stays in force"
+                );
+                let detail = format!("policy file refused; sha256:{was} stays in force");
+                if let Err(error) = self.vault.record_policy_kept(detail).await {
+                    tracing::warn!(error = %error, "could not record the refused policy reload");
+                }
+            }
         }
     }
 }

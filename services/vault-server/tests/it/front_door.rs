@@ -136,14 +136,6 @@ fn metadata_request() -> vault_proto::v1::GetTokenMetadataRequest {
     }
 }
 
-fn sighup(vault: &TestVault) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &vault.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// `[tls] client_crls`: a revoked client certificate is refused at the handshake; a new CRL
 /// (SIGHUP here; a changed file is picked up within 5 s too) takes effect without a restart
 /// and closes the connections already open under a certificate it revokes, while other

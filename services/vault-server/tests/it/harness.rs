@@ -667,6 +667,15 @@ pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child)
     }
 }
 
+/// Sends SIGHUP: vaultd reloads its TLS settings and its policy.
+pub fn sighup(vault: &TestVault) {
+    let status = Command::new("kill")
+        .args(["-HUP", &vault.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// Sends SIGTERM (through the shell's `kill` builtin) and waits for the process to exit.
 fn send_term(child: &Child) {
     let _ = Command::new("sh")

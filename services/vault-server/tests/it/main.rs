@@ -22,6 +22,7 @@ mod hsm;
 mod hygiene;
 mod integrity;
 mod key_lifecycle;
+mod live_config;
 mod no_pan_leaks;
 mod outage;
 mod pg_cluster;
