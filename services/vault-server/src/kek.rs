@@ -61,6 +61,63 @@ pub async fn create_kek(config: &Config, config_path: &Path) -> anyhow::Result<S
     }
 }
 
+/// Checks what a KEK's settings name without reaching it: a dev key file exists and is
+/// private, a PKCS#11 module exists and its PIN can be read, a Transit CA certificate exists
+/// and its token or AppRole ids can be read.
+///
+/// # Errors
+/// The first problem, naming `setting`.
+pub fn check_kek(kek: &KekConfig, config_path: &Path, setting: &str) -> anyhow::Result<()> {
+    let missing = |key: &str, file: &Path| {
+        anyhow::anyhow!(
+            "{}: {setting}.{key}: {} is not a readable file",
+            config_path.display(),
+            file.display()
+        )
+    };
+    match kek {
+        KekConfig::DangerLocalFile { path } => {
+            vault_kms::check_private(path)
+                .map_err(|e| anyhow::anyhow!("{}: {setting}.path: {e}", config_path.display()))?;
+        }
+        KekConfig::Pkcs11 { module, .. } => {
+            if !module.is_file() {
+                return Err(missing("module", module));
+            }
+            pkcs11_settings(kek, config_path, setting)?;
+        }
+        KekConfig::Transit { ca_cert, .. } => {
+            if std::fs::File::open(ca_cert).is_err() {
+                return Err(missing("ca_cert", ca_cert));
+            }
+            let settings = transit_settings(kek, config_path, setting)?;
+            let sources = match &settings.auth {
+                TransitAuth::Token(token) => vec![("token_file / token_env", token)],
+                TransitAuth::AppRole {
+                    role_id, secret_id, ..
+                } => vec![
+                    ("role_id_file / role_id_env", role_id),
+                    ("secret_id_file / secret_id_env", secret_id),
+                ],
+            };
+            for (key, source) in sources {
+                read_secret(config_path, &format!("{setting}.{key}"), source)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The backend's name as the file spells it.
+#[must_use]
+pub fn backend_name(kek: &KekConfig) -> &'static str {
+    match kek {
+        KekConfig::DangerLocalFile { .. } => "danger-local-file",
+        KekConfig::Pkcs11 { .. } => "pkcs11",
+        KekConfig::Transit { .. } => "transit",
+    }
+}
+
 fn transit_settings(
     kek: &KekConfig,
     config_path: &Path,

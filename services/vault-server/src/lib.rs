@@ -1,6 +1,8 @@
 //! The card vault's server: gRPC over mutual TLS 1.3 in front of `vault_core::Vault`.
 //!
 //! - `app`: the composition root ([`app::Application`]): config in, a bound server out.
+//! - `check`: `vaultd check-config`, everything start would refuse short of reaching the store
+//!   and the KEK.
 //! - `config`: `vaultd.toml`, one module per section, parsed into typed values; the policy file.
 //! - `kek`: opens the configured KEKs as the domain's key ring.
 //! - `tls`: rustls settings (TLS 1.3 only, client certificates required) and the accept loop.
@@ -22,6 +24,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod check;
 pub mod config;
 pub mod dev;
 pub mod grpc;

@@ -3,6 +3,8 @@
 //! - `vaultd dev [--data-dir DIR] [--listen ADDR] [--metrics-listen ADDR]`: the embedded default (SQLite, dev KEK,
 //!   generated dev PKI), created on first run and reused after.
 //! - `vaultd serve --config FILE`: run from a configuration file.
+//! - `vaultd check-config --config FILE`: check a configuration (exit 0, or 78 naming the
+//!   setting) without starting.
 //! - `vaultd migrate --config FILE`: apply pending database migrations and exit.
 //! - `vaultd create-kek --config FILE`: create the configured KEK (in the HSM) if missing.
 //! - `vaultd replace-audit-key --config FILE --operator NAME --reason TEXT`: replace a lost or
@@ -62,6 +64,13 @@ enum Command {
         #[arg(long, env = "VAULTD_CONFIG")]
         config: PathBuf,
     },
+    /// Check a configuration file (with its VAULTD_* overrides) and everything it names that
+    /// can be checked without reaching the store or the KEK; exit 0, or 78 naming the setting.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, env = "VAULTD_CONFIG")]
+        config: PathBuf,
+    },
     /// Apply pending database migrations and exit (run before a rolling deploy).
     Migrate {
         /// The configuration file (TOML).
@@ -93,6 +102,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CheckConfig { config } = &cli.command {
+        return match vault_server::check::check_config(config) {
+            Ok(summary) => {
+                println!("vaultd check-config: {}: ok: {summary}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("vaultd check-config: {err:#}");
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
     // Before any secret is read or made (`dev` makes its KEK): a core dump would hold keys and
     // PANs. Logged once the subscriber is up.
     let hygiene = hygiene::forbid_core_dumps();

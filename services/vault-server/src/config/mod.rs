@@ -16,6 +16,7 @@
 
 mod audit;
 mod dek;
+pub mod env;
 mod guard;
 mod input;
 mod kek;
@@ -144,10 +145,10 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let vars = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        let mut config = Self::parse(path, &text, vars)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.tls.resolve_paths(base);
         config.policy.resolve_paths(base);
@@ -167,6 +168,31 @@ impl Config {
         }
         config.storage.resolve_url(base, path)?;
         Ok(config)
+    }
+
+    /// The file's `text` with the `VAULTD_*` overrides among `vars` applied ([`env`]).
+    fn parse(
+        path: &Path,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parsed = |source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parsed)?;
+        let applied = env::apply(&mut table, vars, path)?;
+        if applied.is_empty() {
+            // From the text, so that an error points at its line.
+            return toml::from_str(text).map_err(parsed);
+        }
+        table
+            .try_into()
+            .map_err(|source: toml::de::Error| ConfigError::Invalid {
+                path: path.to_owned(),
+                setting: format!("with {}", applied.join(", ")),
+                problem: source.message().trim_end().to_owned(),
+            })
     }
 
     /// The storage backend and its location ([`StorageConfig::url`]).
@@ -315,6 +341,45 @@ path = "policy.toml"
             panic!("{:?}", transit.previous_kek);
         };
         assert_eq!(*timeout, ms(1200));
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_the_checks_and_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "vaultd.toml", &format!("{BASE}{STORAGE}"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let config = Config::parse(
+            &file,
+            &text,
+            vars(&[
+                ("VAULTD_LISTEN", "127.0.0.1:7000"),
+                ("VAULTD_TELEMETRY__METRICS_LISTEN", "127.0.0.1:7001"),
+                ("VAULTD_STORAGE__CALL_TIMEOUT_MS", "2500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            config.telemetry.metrics_listen,
+            Some("127.0.0.1:7001".parse().unwrap())
+        );
+        assert_eq!(
+            config.storage.call_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        let err = Config::parse(&file, &text, vars(&[("VAULTD_STORAGE__URLL", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("VAULTD_STORAGE__URLL") && err.contains("urll"),
+            "{err}"
+        );
     }
 
     #[test]

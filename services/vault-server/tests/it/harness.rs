@@ -119,8 +119,14 @@ pub fn refused_start(dir: &Path) -> String {
 
 /// Runs `vaultd` with `args` to its end; returns its exit code and everything it printed.
 pub fn run_vaultd(args: &[&str]) -> (Option<i32>, String) {
+    run_vaultd_env(args, &[])
+}
+
+/// [`run_vaultd`] with `env` added to its environment.
+pub fn run_vaultd_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_vaultd"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let printed = format!(

@@ -1,6 +1,7 @@
 //! Configuration changed without a restart, and checked before one: SIGHUP swaps the policy
 //! (recorded in the trail with the new digest), a policy file that fails to parse keeps the
-//! one in force.
+//! one in force; `vaultd check-config` refuses a bad file naming the setting; `VAULTD_*`
+//! variables override the file.
 
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -98,4 +99,100 @@ async fn sighup_swaps_the_policy_and_the_trail_records_it() {
         ]
     );
     assert_pci_fields(&db);
+}
+
+/// Runs `vaultd check-config` on `dir/vaultd.toml` with `env` added.
+fn check_config(dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let config = dir.join("vaultd.toml");
+    run_vaultd_env(
+        &["check-config", "--config", &config.to_string_lossy()],
+        env,
+    )
+}
+
+#[tokio::test]
+async fn check_config_passes_a_good_file_and_refuses_a_bad_one_naming_the_setting() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+    write_config(dir.path(), "url = \"sqlite:vault.db\"\n", DEV_KEK);
+    let (code, printed) = check_config(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains(": ok: ") && printed.contains("storage sqlite"),
+        "{printed}"
+    );
+    // Nothing was started or created.
+    assert!(!dir.path().join("vault.db").exists());
+
+    // A setting the vault refuses, named as the file spells it.
+    write_vaultd_toml(
+        dir.path(),
+        "url = \"sqlite:vault.db\"\n",
+        &format!("{DEV_KEK}[telemetry]\notlp_endpoint = \"collector:4317\"\n"),
+    );
+    let (code, printed) = check_config(dir.path(), &[]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(printed.contains("telemetry.otlp_endpoint"), "{printed}");
+
+    // A key file other users may read.
+    write_vaultd_toml(dir.path(), "url = \"sqlite:vault.db\"\n", DEV_KEK);
+    let key = dir.path().join("pki/server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, printed) = check_config(dir.path(), &[]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(
+        printed.contains("tls.key") && printed.contains("0600"),
+        "{printed}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A missing policy file, a dev KEK file that is not private.
+    std::fs::rename(dir.path().join("policy.toml"), dir.path().join("p")).unwrap();
+    let (code, printed) = check_config(dir.path(), &[]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(printed.contains("policy.toml"), "{printed}");
+    std::fs::rename(dir.path().join("p"), dir.path().join("policy.toml")).unwrap();
+    let kek = dir.path().join("kek.key");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, printed) = check_config(dir.path(), &[]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(printed.contains("kek.path"), "{printed}");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Environment overrides are checked like the file, by name and never by value.
+    let (code, printed) = check_config(
+        dir.path(),
+        &[("VAULTD_TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+    );
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("traces on"), "{printed}");
+    let (code, printed) = check_config(
+        dir.path(),
+        &[("VAULTD_STORGE__URL", "postgres://vault:hunter2@db/vault")],
+    );
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(
+        printed.contains("VAULTD_STORGE__URL") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+    let (code, printed) = check_config(dir.path(), &[("VAULTD_STORAGE__MAX_CONECTIONS", "5")]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(printed.contains("max_conections"), "{printed}");
+}
+
+#[tokio::test]
+async fn serve_takes_settings_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+    let vault = TestVault::start_in(
+        dir,
+        "url = \"sqlite:vault.db\"\n",
+        DEV_KEK,
+        &[("VAULTD_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")],
+        "info",
+    )
+    .await;
+    let (status, _) = http("GET", &vault.metrics_addr(), "/live").await;
+    assert_eq!(status, 200);
 }
