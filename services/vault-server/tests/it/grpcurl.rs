@@ -71,27 +71,6 @@ fn printed_commands(banner: &str) -> Vec<String> {
     commands
 }
 
-async fn start_dev(
-    data_dir: &std::path::Path,
-    logs: &std::path::Path,
-) -> (std::process::Child, String) {
-    let child = spawn_vaultd(
-        &[
-            "dev",
-            "--data-dir",
-            &data_dir.to_string_lossy(),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        logs,
-        "info",
-    );
-    let (_, child) = wait_for_listening(logs, child).await;
-    (child, read_logs(logs))
-}
-
 #[tokio::test]
 async fn grpcurl_tokenizes_and_detokenizes_against_the_dev_server() {
     let work = tempfile::tempdir().unwrap();

@@ -648,6 +648,28 @@ pub fn read_logs(dir: &Path) -> String {
     all
 }
 
+/// Starts `vaultd dev` on `data_dir` (ports 0), output in `logs`; returns it and its banner.
+pub async fn start_dev(
+    data_dir: &std::path::Path,
+    logs: &std::path::Path,
+) -> (std::process::Child, String) {
+    let child = spawn_vaultd(
+        &[
+            "dev",
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        logs,
+        "info",
+    );
+    let (_, child) = wait_for_listening(logs, child).await;
+    (child, read_logs(logs))
+}
+
 /// Waits for the "vaultd listening on ADDR" line; panics with the logs if vaultd exits.
 pub async fn wait_for_listening(dir: &Path, mut child: Child) -> (String, Child) {
     let deadline = Instant::now() + Duration::from_secs(60);

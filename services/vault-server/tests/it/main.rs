@@ -27,6 +27,7 @@ mod no_pan_leaks;
 mod outage;
 mod pg_cluster;
 mod pg_tls;
+mod python_client;
 mod refusals;
 mod replicas;
 mod round_trip;
