@@ -372,12 +372,16 @@ fn merchant_keys_text(merchant_id: &str, keys: &GetMerchantKeysResponse) -> Stri
                 ("PURPOSE", Align::Left),
                 ("VERSION", Align::Right),
                 ("KEK ID", Align::Left),
-                ("USES", Align::Right),
+                ("USES RESERVED", Align::Right),
                 ("TOKENS", Align::Right),
                 ("CREATED", Align::Left),
             ],
             &rows,
         ));
+        out.push_str(
+            "(uses reserved: encryptions each replica reserves in leases ahead of making them, an \
+             upper bound on those made; tokens: stored under the version)\n",
+        );
     }
     out.push_str(if keys.shredded {
         "shredded: yes (keys destroyed)\n"
@@ -594,10 +598,12 @@ mod tests {
         assert_eq!(
             report.to_text(),
             "merchant m-1\n\
-             PURPOSE      VERSION  KEK ID                 USES  TOKENS  CREATED\n\
-             dek                2  pkcs11:vault/kek-2026  1500    1200  2026-02-01T00:00:00Z\n\
-             dek                1  pkcs11:vault/kek-2025     7       3  2026-01-01T00:00:00Z\n\
-             fingerprint        1  pkcs11:vault/kek-2026     -       -  2026-01-01T00:00:00Z\n\
+             PURPOSE      VERSION  KEK ID                 USES RESERVED  TOKENS  CREATED\n\
+             dek                2  pkcs11:vault/kek-2026           1500    1200  2026-02-01T00:00:00Z\n\
+             dek                1  pkcs11:vault/kek-2025              7       3  2026-01-01T00:00:00Z\n\
+             fingerprint        1  pkcs11:vault/kek-2026              -       -  2026-01-01T00:00:00Z\n\
+             (uses reserved: encryptions each replica reserves in leases ahead of making them, an \
+             upper bound on those made; tokens: stored under the version)\n\
              shredded: no\n\
              pending shred: request 7d1c by spiffe://vault.dev/admin-1 at \
              2026-03-01T12:00:00Z, reason \"contract ended\"; awaiting a second admin\n"
