@@ -1,8 +1,9 @@
 //! The spans the use cases open around their slow steps: a call to the KEK, a store call on a
 //! request's path, the durable write of a call's audit record. Each carries an operation from
 //! a fixed set and, once done, whether it failed: never a key, a PAN, a token or a request's
-//! text. `vaultd` turns them into trace spans and latency metrics; with no subscriber
-//! listening they cost next to nothing.
+//! text. `vaultd` turns them into trace spans and latency metrics. They are DEBUG spans: at the
+//! default log level only the metrics and trace layers (which select them by name) make them,
+//! and with neither on they cost next to nothing.
 
 use std::future::Future;
 
@@ -28,17 +29,17 @@ pub(crate) async fn step<T, E>(
 
 /// The span of a KEK call.
 pub(crate) fn kek(operation: &'static str) -> tracing::Span {
-    tracing::info_span!(KEK, operation, failed = tracing::field::Empty)
+    tracing::debug_span!(KEK, operation, failed = tracing::field::Empty)
 }
 
 /// The span of a store call.
 pub(crate) fn store(operation: &'static str) -> tracing::Span {
-    tracing::info_span!(STORE, operation, failed = tracing::field::Empty)
+    tracing::debug_span!(STORE, operation, failed = tracing::field::Empty)
 }
 
 /// The span of an audit record's write.
 pub(crate) fn audit_write() -> tracing::Span {
-    tracing::info_span!(
+    tracing::debug_span!(
         AUDIT_WRITE,
         operation = "record",
         failed = tracing::field::Empty

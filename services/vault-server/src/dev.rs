@@ -135,9 +135,10 @@ cards_per_bucket_per_batch = 4      # more in one request spends the bucket at o
 new_merchants_per_hour = 60         # per caller, whatever its policy allows
 ";
 
-/// Ready-to-paste grpcurl commands for the dev vault at `addr` with data directory `dir`.
+/// Ready-to-paste grpcurl commands for the dev vault at `addr` with data directory `dir`, and
+/// where its metrics are (`metrics`, if on).
 #[must_use]
-pub fn grpcurl_help(dir: &Path, addr: SocketAddr) -> String {
+pub fn grpcurl_help(dir: &Path, addr: SocketAddr, metrics: Option<SocketAddr>) -> String {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let pki = dir.join("pki");
     let target = if addr.ip().is_unspecified() {
@@ -157,10 +158,15 @@ pub fn grpcurl_help(dir: &Path, addr: SocketAddr) -> String {
          Detokenize it as the payments service (put the token from above in place of TOKEN):\n  {payments} \\\n    -d '{{\"merchant_id\":\"merchant-1\",\"token\":\"TOKEN\",\"reason\":\"capture order 1001\"}}' \\\n    {target} vault.v1.TokenService/Detokenize\n\n\
          List services:\n  {gateway} {target} list\n\n\
          Key administration (status, DEK rotation, KEK rewrap, crypto-shred) as a key admin:\n  \
-         cargo run --bin vaultctl -- --dev-dir {dir} --identity admin-1 --addr {target} status\n",
+         cargo run --bin vaultctl -- --dev-dir {dir} --identity admin-1 --addr {target} status\n\
+         {metrics}",
         dir = dir.display(),
         gateway = client("gateway"),
         payments = client("payments"),
+        metrics = metrics.map_or_else(String::new, |m| format!(
+            "\nMetrics (Prometheus text) and readiness, plain HTTP:\n  curl http://{m}/metrics\n  \
+             curl http://{m}/ready\n"
+        )),
     )
 }
 

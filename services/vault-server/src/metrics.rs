@@ -527,7 +527,9 @@ fn known_operation(value: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-fn observed(name: &str) -> bool {
+/// True for the spans the domain and the store open around their steps ([`names`]).
+#[must_use]
+pub fn observed(name: &str) -> bool {
     matches!(
         name,
         names::KEK | names::AUDIT_WRITE | names::STORE | names::GROUP_COMMIT_WAIT

@@ -21,8 +21,11 @@ use crate::metrics::{CallTimer, METRICS};
 
 /// The name of a call's span. Its fields: `rpc` (the method label), `request_id`,
 /// `trace_id`, `merchant` (a valid merchant id only, recorded by the handler) and `outcome`
-/// (the status code's name, recorded by `grpc.rs::respond`).
+/// (the status code's name, recorded by `grpc.rs::respond`); [`TRACED`] on a call whose spans
+/// are exported.
 pub const CALL_SPAN: &str = "call";
+/// The field that marks a call span as sampled for export.
+pub const TRACED: &str = "traced";
 
 /// Methods served besides `vault.v1`'s.
 const OTHER_SERVICES: [&str; 4] = [
@@ -80,15 +83,30 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
-        let span = tracing::info_span!(
-            CALL_SPAN,
-            rpc = method,
-            request_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            merchant = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        crate::trace_context::continue_trace(&span, request.headers());
+        let incoming = crate::trace_context::incoming(request.headers());
+        // Two callsites: only the traced one reaches the trace layer (`telemetry.rs`), so a
+        // call that is not sampled costs that layer nothing, nor do the spans inside it.
+        let span = if crate::trace_context::sampled(incoming.as_ref()) {
+            tracing::info_span!(
+                CALL_SPAN,
+                rpc = method,
+                traced = true,
+                request_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                merchant = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                CALL_SPAN,
+                rpc = method,
+                request_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                merchant = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        };
+        crate::trace_context::continue_trace(&span, incoming.as_ref());
         let timer = METRICS.call_started(method);
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move {

@@ -2,9 +2,9 @@
 //!
 //! - Logs: structured events to stderr, filtered by `RUST_LOG` (default `info`). Inside a call
 //!   every line carries the call's span (`observe.rs`): its method, request id and trace id.
-//! - Metrics: [`SpanMetrics`](crate::metrics::SpanMetrics) turns the domain's and the store's
-//!   spans into observations; it sees only those spans (its own filter), whatever `RUST_LOG`
-//!   says.
+//! - Metrics, with `[telemetry] metrics_listen` set: [`SpanMetrics`](crate::metrics::SpanMetrics)
+//!   turns the domain's and the store's spans into observations; it sees only those spans (its
+//!   own filter), whatever `RUST_LOG` says. (Calls are counted by `observe.rs` either way.)
 //! - Traces, with `[telemetry] otlp_endpoint` set: `tracing-opentelemetry` turns each call's
 //!   span and its children (the store, the group-commit wait, the KEK, the audit write) into
 //!   OpenTelemetry spans, batched and exported over OTLP/gRPC by a thread of the SDK's own. Only
@@ -19,14 +19,15 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::subscriber::Interest;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::{EnvFilter, FilterFn, dynamic_filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterFn, LevelFilter, dynamic_filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::TelemetryConfig;
-use crate::metrics::{SpanMetrics, names};
+use crate::metrics::{SpanMetrics, names, observed};
 
 /// How long one export to the collector may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,8 +58,8 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber: logs and metrics always, traces if `telemetry` names an
-/// OTLP endpoint. With traces, call it inside the Tokio runtime the server will run on (the
+/// Installs the global subscriber: logs always, the metrics layer if `telemetry` names a
+/// metrics listener, traces if it names an OTLP endpoint. With traces, call it inside the Tokio runtime the server will run on (the
 /// exporter's gRPC channel lives there). A second call (tests) keeps the first subscriber.
 ///
 /// # Errors
@@ -74,16 +75,17 @@ pub fn init(
         LogFormat::Json => logs.json().boxed(),
     }
     .with_filter(filter);
-    let metrics = SpanMetrics.with_filter(FilterFn::new(|meta| {
-        matches!(
-            meta.name(),
-            names::KEK
-                | names::STORE
-                | names::AUDIT_WRITE
-                | names::GROUP_COMMIT_WAIT
-                | names::GROUP_COMMIT
+    // Only when something serves the metrics: the spans it reads cost work on every call. Its
+    // filter, like the trace layer's, says it wants nothing below DEBUG: without that hint the
+    // subscriber's level would be TRACE, and every TRACE record of the TLS and HTTP/2 crates
+    // (rustls logs through `log`, per record) would be built and offered to every layer.
+    let serves_metrics = telemetry.is_some_and(|t| t.metrics_listen.is_some());
+    let metrics = serves_metrics.then(|| {
+        SpanMetrics.with_filter(
+            FilterFn::new(|meta| observed(meta.name()) || meta.name() == names::GROUP_COMMIT)
+                .with_max_level_hint(LevelFilter::DEBUG),
         )
-    }));
+    });
     let endpoint = telemetry.and_then(|t| t.otlp_endpoint.as_deref().map(|e| (t, e)));
     let (traces, provider) = match endpoint {
         Some((telemetry, endpoint)) => {
@@ -92,22 +94,46 @@ pub fn init(
                 .with_endpoint(endpoint)
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()?;
+            // Sampling is decided per call in `trace_context::sampled`, before any span is made
+            // for the exporter: what reaches it is to be exported.
+            let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
+                .with_sampler(sampler)
                 .with_resource(
                     Resource::builder()
                         .with_service_name(telemetry.service_name().to_owned())
                         .build(),
                 )
                 .build();
+            // Only the span's name and fields: no source location, thread, target or busy/idle
+            // times, which cost work on every poll of every call and say nothing an operator
+            // of the vault needs.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("vaultd"))
-                .with_filter(dynamic_filter_fn(|meta, cx| {
-                    meta.is_span()
-                        && (meta.name() == crate::observe::CALL_SPAN
-                            || cx.lookup_current().is_some())
-                }));
-            crate::trace_context::export_traces();
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_level(false)
+                .with_tracked_inactivity(false)
+                .with_filter(
+                    // A sampled call's span, and the vault's own spans inside one (the
+                    // filtered view sees no unsampled call, so its steps stay out too); per
+                    // callsite first, so no other span or event reaches this layer at all.
+                    dynamic_filter_fn(|meta, cx| {
+                        traced_call(meta)
+                            || (observed(meta.name()) && cx.lookup_current().is_some())
+                    })
+                    .with_max_level_hint(LevelFilter::DEBUG)
+                    .with_callsite_filter(|meta| {
+                        if meta.is_span() && (traced_call(meta) || observed(meta.name())) {
+                            Interest::sometimes()
+                        } else {
+                            Interest::never()
+                        }
+                    }),
+                );
+            crate::trace_context::export_traces(telemetry.trace_sample_ratio());
             (Some(layer), Some(provider))
         }
         None => (None, None),
@@ -121,4 +147,10 @@ pub fn init(
         tracing::info!(endpoint, "traces exported over OTLP/gRPC");
     }
     Ok(Telemetry { traces: provider })
+}
+
+/// A call span sampled for export (`observe.rs` makes it from its own callsite).
+fn traced_call(meta: &tracing::Metadata<'_>) -> bool {
+    meta.name() == crate::observe::CALL_SPAN
+        && meta.fields().field(crate::observe::TRACED).is_some()
 }

@@ -16,7 +16,7 @@
 //! test holds both); the cost is that a card number split by hex letters
 //! (`4111a1111b1111c1111`) in a trace id is not found.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use http::HeaderMap;
 use opentelemetry::trace::{
@@ -95,23 +95,45 @@ pub fn incoming(headers: &HeaderMap) -> Option<Incoming> {
 
 /// Set once traces are exported (`telemetry.rs`): calls then get OpenTelemetry parents.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// The share of calls without a caller's trace that are exported, as `f64` bits.
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
 
-/// Calls from now on continue their callers' traces in the exported spans.
-pub fn export_traces() {
+/// Calls from now on continue their callers' traces in the exported spans; of the calls that
+/// start a trace of their own, `ratio` (0.0 to 1.0) are exported.
+pub fn export_traces(ratio: f64) {
+    SAMPLE_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     EXPORTING.store(true, Ordering::Relaxed);
 }
 
-/// Gives the call's `span` its trace: the caller's, if it sent a clean one, else (with traces
-/// exported) a new one; records the trace id on the span for the log lines.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    let incoming = incoming(headers);
+/// Whether the call's spans are exported: never with traces off; else as its caller decided
+/// (the `traceparent`'s sampled flag), or for a call that starts its own trace, by the ratio.
+#[must_use]
+pub fn sampled(incoming: Option<&Incoming>) -> bool {
     if !EXPORTING.load(Ordering::Relaxed) {
+        return false;
+    }
+    match incoming {
+        Some(incoming) => incoming.sampled,
+        None => {
+            let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
+            ratio >= 1.0 || rand::random::<f64>() < ratio
+        }
+    }
+}
+
+/// Gives the call's `span` its trace: the caller's, if it sent a clean one, else (when the
+/// call is exported) a new one; records the trace id on the span for the log lines.
+pub fn continue_trace(span: &tracing::Span, incoming: Option<&Incoming>) {
+    let traced = span
+        .metadata()
+        .is_some_and(|meta| meta.fields().field(crate::observe::TRACED).is_some());
+    if !traced {
         if let Some(incoming) = incoming {
             span.record("trace_id", incoming.trace_id.as_str());
         }
         return;
     }
-    if let Some(parent) = incoming.as_ref().and_then(remote_parent) {
+    if let Some(parent) = incoming.and_then(remote_parent) {
         let _ = span.set_parent(parent);
     }
     let trace_id = span.context().span().span_context().trace_id();

@@ -311,7 +311,7 @@ impl Group {
             answer.await.map_err(|_| stopped())?
         };
         waited
-            .instrument(tracing::info_span!(crate::spans::GROUP_COMMIT_WAIT))
+            .instrument(tracing::debug_span!(crate::spans::GROUP_COMMIT_WAIT))
             .await
     }
 }
@@ -346,7 +346,7 @@ async fn commit<C: Committer>(committer: &C, writes: &[Write], replies: Vec<Repl
 }
 
 fn traced(writes: usize, started: std::time::Instant, result: &Result<Vec<Written>, Failed>) {
-    tracing::trace!(
+    tracing::debug!(
         name: crate::spans::GROUP_COMMIT,
         writes,
         micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -27,7 +27,7 @@ pub mod testing;
 pub mod spans {
     /// Waiting for one's write to be committed and durable (a span on the caller's path).
     pub const GROUP_COMMIT_WAIT: &str = "group_commit.wait";
-    /// One group commit (an event at TRACE on the committer: `writes`, `micros`, `ok`).
+    /// One group commit (an event at DEBUG on the committer: `writes`, `micros`, `ok`).
     pub const GROUP_COMMIT: &str = "group_commit";
 }
 

@@ -291,7 +291,10 @@ fn run(
 async fn start(loaded: Loaded) -> anyhow::Result<Application> {
     let app = Application::build(&loaded.config, &loaded.path).await?;
     if let Some(dir) = &loaded.dev_dir {
-        println!("{}", dev::grpcurl_help(dir, app.local_addr()));
+        println!(
+            "{}",
+            dev::grpcurl_help(dir, app.local_addr(), app.metrics_addr())
+        );
     }
     Ok(app)
 }

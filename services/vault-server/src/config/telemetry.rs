@@ -20,9 +20,20 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// The `service.name` traces carry.
     pub service_name: Option<String>,
+    /// The share of calls that start a trace of their own (no sampled `traceparent` from the
+    /// caller) whose spans are exported, 0.0 to 1.0 (default 1.0). A call whose caller sent a
+    /// `traceparent` follows the caller's decision. Every exported span costs CPU on the
+    /// payment path (docs/benchmarks.md, "What telemetry costs").
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl TelemetryConfig {
+    /// The sample ratio for calls that start their own trace (1.0 unless set).
+    #[must_use]
+    pub fn trace_sample_ratio(&self) -> f64 {
+        self.trace_sample_ratio.unwrap_or(1.0)
+    }
+
     /// The service name traces carry (`vaultd` unless set).
     #[must_use]
     pub fn service_name(&self) -> &str {
@@ -45,6 +56,16 @@ impl TelemetryConfig {
                     "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:4317",
                 ));
             }
+        }
+        if self
+            .trace_sample_ratio
+            .is_some_and(|ratio| !(0.0..=1.0).contains(&ratio))
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "telemetry.trace_sample_ratio",
+                "must be from 0.0 to 1.0",
+            ));
         }
         if self
             .service_name
@@ -86,6 +107,8 @@ mod tests {
             let err = refusal(&format!("[telemetry]\notlp_endpoint = {bad:?}\n"));
             assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
         }
+        let err = refusal("[telemetry]\ntrace_sample_ratio = 1.5\n");
+        assert!(err.contains("telemetry.trace_sample_ratio"), "{err}");
         let err = refusal("[telemetry]\nmetrics_listen = \"nowhere\"\n");
         assert!(err.contains("metrics_listen"), "{err}");
     }

@@ -101,6 +101,8 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// A trace its caller did not sample.
+const UNSAMPLED_TRACE: &str = "7bf92f3577b34da6a3ce929d0e0e4737";
 /// A trace id whose digits hold a Luhn-valid test card (a caller that put one there).
 const CARD_TRACE: &str = "5555555555554444aaaaaaaaaaaaaaaa";
 
@@ -147,12 +149,25 @@ async fn a_collector_receives_the_callers_trace_continued_with_its_child_spans_a
         .await
         .unwrap();
 
-    // Three calls: three `call` spans.
+    // A caller that did not sample its trace: the call follows it and exports nothing.
+    let unsampled = format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00");
+    gateway
+        .get_token_metadata(traced(
+            vault_proto::v1::GetTokenMetadataRequest {
+                merchant_id: "m1".to_owned(),
+                token: token.clone(),
+            },
+            &unsampled,
+        ))
+        .await
+        .unwrap();
+
+    // Three sampled calls: three `call` spans.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let spans = loop {
+    loop {
         let spans = received.spans();
         if spans.iter().filter(|s| s.name == "call").count() >= 3 {
-            break spans;
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -161,7 +176,15 @@ async fn a_collector_receives_the_callers_trace_continued_with_its_child_spans_a
             vault.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    // Nothing more arrives: the unsampled call exported no span at all.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let spans = received.spans();
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "call").count(),
+        3,
+        "{spans:#?}"
+    );
     let hex = |bytes: &[u8]| hex::encode(bytes);
     let ours: Vec<&Span> = spans.iter().filter(|s| hex(&s.trace_id) == TRACE).collect();
     let calls: Vec<&&Span> = ours.iter().filter(|s| s.name == "call").collect();
@@ -189,6 +212,7 @@ async fn a_collector_receives_the_callers_trace_continued_with_its_child_spans_a
     // The card-carrying trace context was dropped: no span has that trace id, and the call
     // it came with has no remote parent.
     assert!(spans.iter().all(|s| hex(&s.trace_id) != CARD_TRACE));
+    assert!(spans.iter().all(|s| hex(&s.trace_id) != UNSAMPLED_TRACE));
     let own = spans
         .iter()
         .find(|s| s.name == "call" && hex(&s.trace_id) != TRACE)
@@ -214,12 +238,16 @@ async fn a_collector_receives_the_callers_trace_continued_with_its_child_spans_a
         .lines()
         .filter(|line| line.contains("vault_server::grpc") && line.contains(" call "))
         .collect();
-    assert_eq!(call_lines.len(), 3, "{logs}");
+    assert_eq!(call_lines.len(), 4, "{logs}");
     for line in &call_lines {
         assert!(line.contains("request_id="), "{line}");
         assert!(line.contains("trace_id="), "{line}");
     }
     assert!(logs.contains(&format!("trace_id=\"{TRACE}\"")), "{logs}");
+    assert!(
+        logs.contains(&format!("trace_id=\"{UNSAMPLED_TRACE}\"")),
+        "{logs}"
+    );
 
     // No test PAN in any span (names, attributes, events, everything the protobuf holds),
     // the metrics or the logs; no baggage either.
