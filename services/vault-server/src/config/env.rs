@@ -82,6 +82,23 @@ pub(super) fn apply(
     Ok(applied)
 }
 
+/// `message` with every double-quoted part emptied (`invalid type: string "…", expected u32`).
+pub(super) fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Sets `path` in `table` to `raw`, typed as the module doc says; a missing table on the way
 /// is made.
 fn set(table: &mut Table, path: &[String], raw: &str) -> Result<(), &'static str> {

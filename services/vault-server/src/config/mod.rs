@@ -191,7 +191,9 @@ impl Config {
             .map_err(|source: toml::de::Error| ConfigError::Invalid {
                 path: path.to_owned(),
                 setting: format!("with {}", applied.join(", ")),
-                problem: source.message().trim_end().to_owned(),
+                // A type error quotes the value, which may be a variable's (a URL with a
+                // password): the quoted parts go. Key names are quoted with backticks and stay.
+                problem: env::without_values(source.message().trim_end()),
             })
     }
 
@@ -380,6 +382,19 @@ path = "policy.toml"
             err.contains("VAULTD_STORAGE__URLL") && err.contains("urll"),
             "{err}"
         );
+        // A value of the wrong type is not quoted back: it may hold a secret.
+        let err = Config::parse(
+            &file,
+            &text,
+            vars(&[(
+                "VAULTD_STORAGE__MAX_CONNECTIONS",
+                "postgres://u:hunter2@db/v",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("VAULTD_STORAGE__MAX_CONNECTIONS"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
