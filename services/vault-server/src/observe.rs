@@ -21,11 +21,9 @@ use crate::metrics::{CallTimer, METRICS};
 
 /// The name of a call's span. Its fields: `rpc` (the method label), `request_id`,
 /// `trace_id`, `merchant` (a valid merchant id only, recorded by the handler) and `outcome`
-/// (the status code's name, recorded by `grpc.rs::respond`); [`TRACED`] on a call whose spans
-/// are exported.
+/// (the status code's name, recorded by `grpc.rs::respond`); `traced`
+/// ([`crate::trace_context::TRACED`]) on a call whose spans are exported.
 pub const CALL_SPAN: &str = "call";
-/// The field that marks a call span as sampled for export.
-pub const TRACED: &str = "traced";
 
 /// Methods served besides `vault.v1`'s.
 const OTHER_SERVICES: [&str; 4] = [

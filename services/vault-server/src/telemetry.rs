@@ -152,5 +152,5 @@ pub fn init(
 /// A call span sampled for export (`observe.rs` makes it from its own callsite).
 fn traced_call(meta: &tracing::Metadata<'_>) -> bool {
     meta.name() == crate::observe::CALL_SPAN
-        && meta.fields().field(crate::observe::TRACED).is_some()
+        && meta.fields().field(crate::trace_context::TRACED).is_some()
 }

@@ -93,6 +93,10 @@ pub fn incoming(headers: &HeaderMap) -> Option<Incoming> {
     })
 }
 
+/// The field that marks a call's span as sampled for export (`observe.rs` gives it to one of
+/// its two call-span callsites).
+pub const TRACED: &str = "traced";
+
 /// Set once traces are exported (`telemetry.rs`): calls then get OpenTelemetry parents.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 /// The share of calls without a caller's trace that are exported, as `f64` bits.
@@ -126,7 +130,7 @@ pub fn sampled(incoming: Option<&Incoming>) -> bool {
 pub fn continue_trace(span: &tracing::Span, incoming: Option<&Incoming>) {
     let traced = span
         .metadata()
-        .is_some_and(|meta| meta.fields().field(crate::observe::TRACED).is_some());
+        .is_some_and(|meta| meta.fields().field(TRACED).is_some());
     if !traced {
         if let Some(incoming) = incoming {
             span.record("trace_id", incoming.trace_id.as_str());
