@@ -82,6 +82,11 @@ impl Audited {
         }
     }
 
+    /// Makes `audit` durable, inside its `audit.write` span.
+    async fn append(&self, audit: &AuditRecord) -> Result<(), crate::StoreError> {
+        spans::step(spans::audit_write(), self.store.append_audit(audit)).await
+    }
+
     /// The access policy in force.
     pub(crate) fn policy(&self) -> Arc<Policy> {
         self.policy.get()
@@ -95,7 +100,7 @@ impl Audited {
         detail: String,
     ) -> Result<(), VaultError> {
         let audit = AuditRecord::system(crate::audit::Event::PolicyReload, detail);
-        spans::step(spans::audit_write(), self.store.append_audit(&audit))
+        self.append(&audit)
             .await
             .map_err(VaultError::AuditUnavailable)?;
         self.policy.replace(policy);
@@ -107,7 +112,7 @@ impl Audited {
     pub(crate) async fn record_policy_kept(&self, detail: String) -> Result<(), VaultError> {
         let mut audit = AuditRecord::system(crate::audit::Event::PolicyReload, detail);
         audit.outcome = crate::audit::Outcome::FailedPrecondition;
-        spans::step(spans::audit_write(), self.store.append_audit(&audit))
+        self.append(&audit)
             .await
             .map_err(VaultError::AuditUnavailable)
     }
@@ -170,8 +175,7 @@ impl Audited {
                 .into(),
             );
             // One failed write must not lose the other summaries: try each, report the first.
-            if let Err(error) =
-                spans::step(spans::audit_write(), self.store.append_audit(&audit)).await
+            if let Err(error) = self.append(&audit).await
                 && failed.is_none()
             {
                 failed = Some(error);
@@ -192,9 +196,7 @@ impl Audited {
     pub async fn record_front_door_refusals(&self, detail: String) -> Result<(), VaultError> {
         let mut audit = AuditRecord::system(crate::audit::Event::TlsRefused, detail);
         audit.outcome = crate::audit::Outcome::Unauthenticated;
-        spans::step(spans::audit_write(), self.store.append_audit(&audit))
-            .await
-            .map_err(Into::into)
+        self.append(&audit).await.map_err(Into::into)
     }
 
     /// Counts `n` units of `operation` (calls, or a batch's cards) against the caller's quota.
@@ -310,7 +312,7 @@ impl Audited {
             Ok(Done {
                 value,
                 audited: false,
-            }) => match spans::step(spans::audit_write(), self.store.append_audit(&audit)).await {
+            }) => match self.append(&audit).await {
                 Ok(()) => Ok(value),
                 Err(err) => Err(VaultError::AuditUnavailable(err)),
             },
@@ -318,7 +320,7 @@ impl Audited {
                 let Some(audit) = self.refusal_record(audit, &error) else {
                     return Err(error);
                 };
-                match spans::step(spans::audit_write(), self.store.append_audit(&audit)).await {
+                match self.append(&audit).await {
                     Ok(()) => Err(error),
                     Err(err) => Err(VaultError::AuditUnavailable(err)),
                 }
