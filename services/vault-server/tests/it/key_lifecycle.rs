@@ -13,8 +13,8 @@ use vault_store::testing::TestDatabase;
 use crate::harness::*;
 use crate::hsm::{PIN, SoftHsm, hsm_data_dir};
 
-/// Tokenizes every PAN for `merchant`, `clients` at a time, spread over `addrs`; returns
-/// token → PAN.
+/// Tokenizes every PAN for `merchant`, `clients` at a time, spread over `addrs` (one shared
+/// connection to each, as a gateway's); returns token → PAN.
 async fn tokenize_all(
     vault: &TestVault,
     addrs: &[String],
@@ -22,11 +22,14 @@ async fn tokenize_all(
     pans: Vec<String>,
     clients: usize,
 ) -> HashMap<String, String> {
+    let mut gateways = Vec::new();
+    for addr in addrs {
+        gateways.push(vault.client_at(addr, "gateway").await);
+    }
     let limit = Arc::new(Semaphore::new(clients));
     let mut calls = Vec::new();
-    for (i, pan) in pans.into_iter().enumerate() {
-        let addr = &addrs[i % addrs.len()];
-        let mut client = vault.client_at(addr, "gateway").await;
+    for (pan, gateway) in pans.into_iter().zip(gateways.iter().cycle()) {
+        let mut client = gateway.clone();
         let (limit, merchant) = (limit.clone(), merchant.to_owned());
         calls.push(tokio::spawn(async move {
             let _slot = limit.acquire().await.unwrap();
@@ -49,10 +52,11 @@ async fn tokenize_all(
 
 /// Detokenizes every token of `merchant`, `clients` at a time, and checks each PAN.
 async fn all_detokenize(vault: &TestVault, merchant: &str, tokens: &HashMap<String, String>) {
+    let payments = vault.client("payments").await;
     let limit = Arc::new(Semaphore::new(32));
     let mut calls = Vec::new();
     for (token, pan) in tokens {
-        let mut client = vault.client("payments").await;
+        let mut client = payments.clone();
         let (limit, merchant, token, pan) = (
             limit.clone(),
             merchant.to_owned(),
