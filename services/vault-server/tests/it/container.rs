@@ -1,0 +1,265 @@
+//! The container image (`deploy/image/`), run with podman the way an operator runs it: a
+//! read-only root file system, no capabilities, an unprivileged user, the configuration and
+//! keys mounted. A client outside the container tokenizes and detokenizes through the published
+//! port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The image under test: `$VAULT_TEST_IMAGE`, which scripts/test sets after building it. Fails
+/// (never skips) with the way to get it.
+pub fn image() -> String {
+    let image = std::env::var("VAULT_TEST_IMAGE").unwrap_or_default();
+    assert!(
+        !image.is_empty(),
+        "VAULT_TEST_IMAGE is not set: run the suite with scripts/test, which builds the image \
+         with deploy/image/build (podman and runc from apt) and sets it"
+    );
+    let found = podman(&["image", "exists", &image]);
+    assert!(
+        found.status.success(),
+        "image {image} not found: build it with deploy/image/build {image}"
+    );
+    image
+}
+
+/// Runs podman with the repository's containers.conf unless CONTAINERS_CONF says otherwise.
+pub fn podman(args: &[&str]) -> Output {
+    let mut command = Command::new("podman");
+    if std::env::var_os("CONTAINERS_CONF").is_none() {
+        command.env("CONTAINERS_CONF", repo().join("deploy/containers.conf"));
+    }
+    command.args(args).output().unwrap_or_else(|e| {
+        panic!("podman not found ({e}): apt-get install podman runc (scripts/test does)")
+    })
+}
+
+/// podman's standard output, panicking with its standard error if it failed.
+pub fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args);
+    assert!(
+        out.status.success(),
+        "podman {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Gives `dir` and everything in it to the image's user (10001), as a Kubernetes fsGroup or an
+/// operator's `chown` would, so the vault's file-mode rule (owner-only keys) holds inside.
+pub fn give_to_image_user(dir: &Path) {
+    let dir = dir.to_string_lossy();
+    let owned = Command::new("chown")
+        .args(["-R", "10001:10001", &dir])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !owned {
+        // Not root: rootless podman maps 10001 inside to a subordinate uid outside.
+        podman_ok(&["unshare", "chown", "-R", "10001:10001", &dir]);
+    }
+}
+
+/// A running container, removed when dropped.
+pub struct Container {
+    pub id: String,
+}
+
+impl Container {
+    pub fn run(args: &[&str]) -> Self {
+        let mut all = vec!["run", "--detach"];
+        all.extend_from_slice(args);
+        Container {
+            id: podman_ok(&all),
+        }
+    }
+
+    /// The host address a container port is published on.
+    pub fn published(&self, port: &str) -> String {
+        let line = podman_ok(&["port", &self.id, port]);
+        let addr = line.lines().next().unwrap_or_default().trim();
+        addr.replace("0.0.0.0", "127.0.0.1")
+    }
+
+    pub fn logs(&self) -> String {
+        let out = podman(&["logs", &self.id]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Waits until the metrics listener at `metrics` answers `/ready` with 200.
+    pub async fn wait_ready(&self, metrics: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Ok((200, _))) =
+                tokio::time::timeout(Duration::from_secs(2), try_http(metrics, "/ready")).await
+            {
+                return;
+            }
+            let running = podman_ok(&["inspect", "--format", "{{.State.Running}}", &self.id]);
+            assert!(running == "true", "the container stopped:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "not ready in 60 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the container with SIGTERM and returns its exit code.
+    pub fn stop(&self) -> String {
+        podman_ok(&["stop", "--time", "20", &self.id]);
+        podman_ok(&["inspect", "--format", "{{.State.ExitCode}}", &self.id])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "--force", "--time", "0", &self.id]);
+    }
+}
+
+/// `http` that reports a refused connection instead of panicking (the port is published
+/// before the process inside listens).
+async fn try_http(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    tokio::net::TcpStream::connect(addr).await?;
+    let addr = addr.to_owned();
+    let path = path.to_owned();
+    tokio::spawn(async move { http("GET", &addr, &path).await })
+        .await
+        .map_err(std::io::Error::other)
+}
+
+#[tokio::test]
+async fn the_image_serves_a_round_trip_through_its_published_port() {
+    let image = image();
+
+    // What the image holds: the two binaries, the libraries they load, the user, and nothing
+    // else (no shell, no package manager).
+    let user = podman_ok(&["image", "inspect", "--format", "{{.Config.User}}", &image]);
+    assert_eq!(user, "10001:10001");
+    let entry = podman_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.Entrypoint}}",
+        &image,
+    ]);
+    assert_eq!(entry, "[/usr/local/bin/vaultd serve]");
+    let created = podman_ok(&["create", &image]);
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "CONTAINERS_CONF=${{CONTAINERS_CONF:-{}}} podman export {created} | tar -t",
+            repo().join("deploy/containers.conf").display()
+        ))
+        .output()
+        .unwrap();
+    podman_ok(&["rm", &created]);
+    let files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|f| !f.ends_with('/'))
+        .map(str::to_owned)
+        .collect();
+    for needed in [
+        "usr/local/bin/vaultd",
+        "usr/local/bin/vaultctl",
+        "etc/passwd",
+    ] {
+        assert!(files.iter().any(|f| f == needed), "{needed} in {files:?}");
+    }
+    let unexpected: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            !(f.starts_with("usr/local/bin/vault")
+                || f.starts_with("lib")
+                || f.starts_with("usr/lib")
+                || [
+                    "etc/passwd",
+                    "etc/group",
+                    "etc/hosts",
+                    "etc/resolv.conf",
+                    "etc/hostname",
+                ]
+                .contains(&f.as_str())
+                || f.starts_with("run/"))
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected files: {unexpected:?}");
+
+    // A dev-style configuration generated outside, mounted in, owned by the image's user.
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("vault");
+    vault_server::dev::ensure_data_dir(&data).unwrap();
+    give_to_image_user(&data);
+    let mount = format!("{}:/var/lib/vault", data.display());
+    let vault = Container::run(&[
+        "--read-only",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--publish=127.0.0.1::50051",
+        "--publish=127.0.0.1::9464",
+        "--volume",
+        &mount,
+        "--env=VAULTD_CONFIG=/var/lib/vault/vaultd.toml",
+        "--env=VAULTD_LISTEN=0.0.0.0:50051",
+        "--env=VAULTD_TELEMETRY__METRICS_LISTEN=0.0.0.0:9464",
+        &image,
+    ]);
+    let (grpc, metrics) = (vault.published("50051/tcp"), vault.published("9464/tcp"));
+    vault.wait_ready(&metrics).await;
+
+    let ca = std::fs::read_to_string(data.join("pki/ca.pem")).unwrap();
+    let identity = |name: &str| {
+        (
+            std::fs::read_to_string(data.join(format!("pki/{name}.pem"))).unwrap(),
+            std::fs::read_to_string(data.join(format!("pki/{name}.key"))).unwrap(),
+        )
+    };
+    let (cert, key) = identity("gateway");
+    let mut gateway = connect(&grpc, &ca, Some((&cert, &key))).await;
+    let pan = random_pan("4");
+    let token = gateway
+        .tokenize(tokenize_request("m-image", &pan))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
+        .into_inner()
+        .token;
+    let (cert, key) = identity("payments");
+    let mut payments = connect(&grpc, &ca, Some((&cert, &key))).await;
+    let back = payments
+        .detokenize(detokenize_request("m-image", &token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
+        .into_inner()
+        .take_pan();
+    assert_eq!(back, pan);
+
+    // The process inside runs as the unprivileged user, and as uid 10001 on the host.
+    let top = podman_ok(&["top", &vault.id, "user", "huser"]);
+    let users: Vec<Vec<&str>> = top
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(!users.is_empty(), "{top}");
+    assert!(users.iter().all(|u| u == &["vault", "10001"]), "{top}");
+
+    // A graceful stop, and the card appears nowhere in what the container printed.
+    let code = vault.stop();
+    let logs = vault.logs();
+    assert_eq!(code, "0", "{logs}");
+    assert!(logs.contains("vaultd listening on"), "{logs}");
+    assert!(!logs.contains(&pan), "the PAN is in the container's logs");
+}
