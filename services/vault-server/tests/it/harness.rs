@@ -347,22 +347,7 @@ impl TestVault {
         identity: &str,
         args: &[&str],
     ) -> Result<vaultctl::Report, vaultctl::Error> {
-        let pki = self.dir.path().join("pki");
-        let file = |name: String| pki.join(name).to_string_lossy().into_owned();
-        let mut argv = vec![
-            "vaultctl".to_owned(),
-            "--addr".to_owned(),
-            self.addr.clone(),
-            "--ca".to_owned(),
-            file("ca.pem".to_owned()),
-            "--cert".to_owned(),
-            file(format!("{identity}.pem")),
-            "--key".to_owned(),
-            file(format!("{identity}.key")),
-        ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let cli = <vaultctl::Cli as clap::Parser>::try_parse_from(argv).unwrap();
-        vaultctl::run(&cli).await
+        vaultctl_at(&self.addr, &self.dir.path().join("pki"), identity, args).await
     }
 
     /// Starts `vaultd` in `dir` with `storage` as the body of its `[storage]` table, `keys` as
@@ -914,3 +899,28 @@ fn dechunk(mut body: &str) -> String {
 
 /// The `[telemetry]` table that turns the metrics listener on, on a free port.
 pub const METRICS_ON: &str = "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n";
+
+/// Runs `vaultctl ARGS` (the real CLI code, in this process) against `addr` as the named
+/// identity, whose NAME.pem and NAME.key are in `pki` beside ca.pem.
+pub async fn vaultctl_at(
+    addr: &str,
+    pki: &Path,
+    identity: &str,
+    args: &[&str],
+) -> Result<vaultctl::Report, vaultctl::Error> {
+    let file = |name: String| pki.join(name).to_string_lossy().into_owned();
+    let mut argv = vec![
+        "vaultctl".to_owned(),
+        "--addr".to_owned(),
+        addr.to_owned(),
+        "--ca".to_owned(),
+        file("ca.pem".to_owned()),
+        "--cert".to_owned(),
+        file(format!("{identity}.pem")),
+        "--key".to_owned(),
+        file(format!("{identity}.key")),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let cli = <vaultctl::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+    vaultctl::run(&cli).await
+}

@@ -15,6 +15,7 @@ mod audit_fail_closed;
 mod audit_sink;
 mod audit_trail;
 mod batch;
+mod compose;
 mod container;
 mod crash;
 mod front_door;
