@@ -24,6 +24,7 @@ mod hsm;
 mod hygiene;
 mod integrity;
 mod key_lifecycle;
+mod kubernetes;
 mod live_config;
 mod no_pan_leaks;
 mod outage;
