@@ -67,6 +67,28 @@ pub fn give_to_image_user(dir: &Path) {
     }
 }
 
+/// A podman network of the test's own, removed when dropped. Podman gives it a subnet no other
+/// network of its holds, so the test does not depend on the default network's state (a host
+/// that once ran podman with CNI keeps a `cni-podman0` route over the default's subnet).
+pub struct Network {
+    pub name: String,
+}
+
+impl Network {
+    pub fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}{}", std::process::id());
+        let _ = podman(&["network", "rm", "--force", &name]);
+        podman_ok(&["network", "create", &name]);
+        Network { name }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = podman(&["network", "rm", "--force", &self.name]);
+    }
+}
+
 /// A running container, removed when dropped.
 pub struct Container {
     pub id: String,
@@ -204,7 +226,10 @@ async fn the_image_serves_a_round_trip_through_its_published_port() {
     vault_server::dev::ensure_data_dir(&data).unwrap();
     give_to_image_user(&data);
     let mount = format!("{}:/var/lib/vault", data.display());
+    let network = Network::create("cvimage");
     let vault = Container::run(&[
+        "--network",
+        &network.name,
         "--read-only",
         "--cap-drop=all",
         "--security-opt=no-new-privileges",
