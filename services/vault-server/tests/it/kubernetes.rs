@@ -86,9 +86,7 @@ fn the_manifests_pass_the_schemas_and_a_broken_copy_does_not() {
         let copy = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(manifests()).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
-            }
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
         }
         let target = copy.path().join(file);
         let text = std::fs::read_to_string(&target).unwrap();
@@ -144,32 +142,65 @@ fn the_manifests_hold_what_they_promise() {
             assert_eq!(projected["defaultMode"], 0o440, "{volume}");
         }
     }
-    // Every file the configuration names is mounted where it says.
-    let mounted: Vec<&str> = vaultd["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["mountPath"].as_str())
+    // Every file the configuration names under /etc/vault or /run/secrets is a file the
+    // projected volumes put there: a ConfigMap key or a Secret item, at that path.
+    let mut files = Vec::new();
+    for mount in vaultd["volumeMounts"].as_array().unwrap() {
+        let at = mount["mountPath"].as_str().unwrap();
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        for source in volume["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(map) = source.get("configMap") {
+                let name = map["name"].as_str().unwrap();
+                let data = find(&docs, "ConfigMap", name)["data"].as_object().unwrap();
+                files.extend(data.keys().map(|key| format!("{at}/{key}")));
+            }
+            for item in source["secret"]["items"].as_array().into_iter().flatten() {
+                files.push(format!("{at}/{}", item["path"].as_str().unwrap()));
+            }
+        }
+    }
+    let toml = config["data"]["vaultd.toml"].as_str().unwrap();
+    let named: Vec<&str> = toml
+        .split('"')
+        .filter(|part| part.starts_with("/etc/vault/") || part.starts_with("/run/secrets/"))
+        .chain(
+            // The database CA, named inside the URL.
+            toml.split(['&', '"'])
+                .filter_map(|part| part.strip_prefix("sslrootcert=")),
+        )
         .collect();
-    for path in [
-        "/etc/vault/tls/server.pem",
-        "/run/secrets/vault-tls/server.key",
-        "/run/secrets/pg-password",
-        "/run/secrets/hsm-pin",
-        "/opt/hsm/lib/libpkcs11.so",
-    ] {
+    assert!(named.len() >= 7, "{named:?}");
+    for path in named {
         assert!(
-            config["data"]["vaultd.toml"]
-                .as_str()
-                .unwrap()
-                .contains(path),
-            "vaultd.toml does not name {path}"
-        );
-        assert!(
-            mounted.iter().any(|m| path.starts_with(m)),
-            "{path} is under no mount of {mounted:?}"
+            files.iter().any(|f| f == path),
+            "{path} is not among {files:?}"
         );
     }
+    assert!(files.contains(&"/etc/vault/policy.production.toml".to_owned()));
+    // The HSM library comes from the init container's volume, on the loader's path.
+    assert!(toml.contains("module = \"/opt/hsm/lib/"));
+    assert!(
+        vaultd["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "LD_LIBRARY_PATH" && e["value"] == "/opt/hsm/lib")
+    );
+    for probe in ["livenessProbe", "startupProbe"] {
+        assert_eq!(vaultd[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    // Rolling one replica at a time in place: a surge pod would have no node left under the
+    // one-per-node rule on a 3-node cluster.
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 0);
 
     let budget = find(&docs, "PodDisruptionBudget", "card-vault");
     assert_eq!(budget["spec"]["minAvailable"], 2);
@@ -195,12 +226,35 @@ fn the_manifests_hold_what_they_promise() {
         })
         .collect();
     assert_eq!(namespaces, ["gateway", "payments"]);
+    let admins = ingress
+        .iter()
+        .filter(|rule| rule["ports"][0]["port"] == 50051)
+        .nth(1)
+        .unwrap();
+    assert_eq!(
+        admins["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "card-vault-admin"
+    );
     let metrics = ingress
         .iter()
         .find(|rule| rule["ports"][0]["port"] == 9464)
         .unwrap();
     assert_eq!(metrics["from"].as_array().unwrap().len(), 1);
     assert!(metrics["from"][0]["podSelector"].is_object());
+    let namespace = find(&docs, "Namespace", "card-vault");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    // Egress: PostgreSQL, the HSM and DNS, nothing else.
+    let egress_ports: Vec<u64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap().iter())
+        .map(|port| port["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(egress_ports, [5432, 1792, 53, 53]);
 
     let job = find(&docs, "Job", "card-vault-migrate");
     let migrate = &job["spec"]["template"]["spec"]["containers"][0];
