@@ -288,3 +288,138 @@ async fn the_image_serves_a_round_trip_through_its_published_port() {
     assert!(logs.contains("vaultd listening on"), "{logs}");
     assert!(!logs.contains(&pan), "the PAN is in the container's logs");
 }
+
+/// The pattern deploy/kubernetes/deployment.yaml uses for an HSM: the vendor's PKCS#11 module
+/// and the libraries it needs mounted at /opt/hsm/lib (on LD_LIBRARY_PATH), since the image
+/// has only glibc. SoftHSM2 stands in for the vendor: `vaultd create-kek` and `vaultd serve` in
+/// the image open it, with no writable /tmp or /run (as in a pod), and a round trip works.
+#[tokio::test]
+async fn the_image_opens_an_hsm_module_mounted_beside_it() {
+    let image = image();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("vault");
+    vault_server::dev::ensure_data_dir(&data).unwrap();
+    let hsm = crate::hsm::SoftHsm::new(&data);
+    drop(hsm);
+
+    // The "vendor's" client directory: the module and what it links beyond glibc.
+    let client = work.path().join("hsm-client");
+    let lib = client.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let module = Path::new(crate::hsm::MODULE);
+    std::fs::copy(module, lib.join("libsofthsm2.so")).unwrap();
+    let ldd = Command::new("ldd").arg(module).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some((name, path)) = line.trim().split_once(" => ") else {
+            continue;
+        };
+        let path = path.split_whitespace().next().unwrap_or_default();
+        let in_image = ["libc.so", "libm.so", "libgcc_s.so"]
+            .iter()
+            .any(|glibc| name.starts_with(glibc));
+        if !in_image && path.starts_with('/') {
+            std::fs::copy(path, lib.join(name)).unwrap();
+        }
+    }
+
+    // The configuration: the dev one with its KEK in the token instead of a file.
+    let config = std::fs::read_to_string(data.join("vaultd.toml")).unwrap();
+    let dev_kek = "backend = \"danger-local-file\"\npath = \"DANGER-dev-kek-not-an-hsm.key\"\n";
+    assert!(
+        config.contains(dev_kek),
+        "the dev configuration changed:\n{config}"
+    );
+    let config = config.replace(
+        dev_kek,
+        &format!(
+            "backend = \"pkcs11\"\nmodule = \"/opt/hsm/lib/libsofthsm2.so\"\n\
+             token_label = \"{}\"\nkey_label = \"kek-image\"\npin_file = \"hsm-pin\"\n",
+            crate::hsm::TOKEN
+        ),
+    );
+    std::fs::write(data.join("vaultd.toml"), config).unwrap();
+    std::fs::remove_file(data.join("DANGER-dev-kek-not-an-hsm.key")).unwrap();
+    write_private(&data.join("hsm-pin"), crate::hsm::PIN);
+    std::fs::write(
+        data.join("softhsm2-image.conf"),
+        "directories.tokendir = /var/lib/vault/hsm-tokens\nobjectstore.backend = file\n\
+         log.level = ERROR\n",
+    )
+    .unwrap();
+    give_to_image_user(&data);
+
+    let mount = format!("{}:/var/lib/vault", data.display());
+    let client_mount = format!("{}:/opt/hsm:ro", client.display());
+    let common = [
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--volume",
+        &mount,
+        "--volume",
+        &client_mount,
+        "--env=LD_LIBRARY_PATH=/opt/hsm/lib",
+        "--env=SOFTHSM2_CONF=/var/lib/vault/softhsm2-image.conf",
+        "--env=VAULTD_CONFIG=/var/lib/vault/vaultd.toml",
+    ];
+    let mut create = vec!["run", "--rm", "--entrypoint=/usr/local/bin/vaultd"];
+    create.extend_from_slice(&common);
+    create.extend_from_slice(&[&image, "create-kek"]);
+    let created = podman(&create);
+    assert!(
+        created.status.success(),
+        "vaultd create-kek in the image: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let network = Network::create("cvhsm");
+    let mut serve = vec!["--network", &network.name];
+    serve.extend_from_slice(&common);
+    serve.extend_from_slice(&[
+        "--publish=127.0.0.1::50051",
+        "--publish=127.0.0.1::9464",
+        "--env=VAULTD_LISTEN=0.0.0.0:50051",
+        "--env=VAULTD_TELEMETRY__METRICS_LISTEN=0.0.0.0:9464",
+        &image,
+    ]);
+    let vault = Container::run(&serve);
+    let (grpc, metrics) = (vault.published("50051/tcp"), vault.published("9464/tcp"));
+    vault.wait_ready(&metrics).await;
+
+    let ca = std::fs::read_to_string(data.join("pki/ca.pem")).unwrap();
+    let read = |name: &str| std::fs::read_to_string(data.join("pki").join(name)).unwrap();
+    let mut gateway = connect(
+        &grpc,
+        &ca,
+        Some((&read("gateway.pem"), &read("gateway.key"))),
+    )
+    .await;
+    let pan = random_pan("3");
+    let token = gateway
+        .tokenize(tokenize_request("m-hsm-image", &pan))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
+        .into_inner()
+        .token;
+    let mut payments = connect(
+        &grpc,
+        &ca,
+        Some((&read("payments.pem"), &read("payments.key"))),
+    )
+    .await;
+    let back = payments
+        .detokenize(detokenize_request("m-hsm-image", &token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
+        .into_inner()
+        .take_pan();
+    assert_eq!(back, pan);
+    assert_eq!(vault.stop(), "0");
+    let logs = vault.logs();
+    assert!(
+        logs.contains(&format!("pkcs11:{}/kek-image", crate::hsm::TOKEN)),
+        "{logs}"
+    );
+    assert!(!logs.contains(&pan), "the PAN is in the container's logs");
+}
