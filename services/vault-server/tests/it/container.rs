@@ -139,6 +139,41 @@ impl Container {
         }
     }
 
+    /// Tokenizes a new card (a PAN starting with `prefix`) for `merchant` as the gateway and
+    /// detokenizes it as the payments service through `grpc`, with the identities in `pki` (a
+    /// `vaultd dev` layout: ca.pem, NAME.pem, NAME.key); returns the PAN.
+    pub async fn round_trip(&self, grpc: &str, pki: &Path, merchant: &str, prefix: &str) -> String {
+        let read = |name: &str| std::fs::read_to_string(pki.join(name)).unwrap();
+        let ca = read("ca.pem");
+        let pan = random_pan(prefix);
+        let mut gateway = connect(
+            grpc,
+            &ca,
+            Some((&read("gateway.pem"), &read("gateway.key"))),
+        )
+        .await;
+        let token = gateway
+            .tokenize(tokenize_request(merchant, &pan))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+            .into_inner()
+            .token;
+        let mut payments = connect(
+            grpc,
+            &ca,
+            Some((&read("payments.pem"), &read("payments.key"))),
+        )
+        .await;
+        let back = payments
+            .detokenize(detokenize_request(merchant, &token))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+            .into_inner()
+            .take_pan();
+        assert_eq!(back, pan);
+        pan
+    }
+
     /// Stops the container with SIGTERM and returns its exit code.
     pub fn stop(&self) -> String {
         podman_ok(&["stop", "--time", "20", &self.id]);
@@ -245,31 +280,9 @@ async fn the_image_serves_a_round_trip_through_its_published_port() {
     let (grpc, metrics) = (vault.published("50051/tcp"), vault.published("9464/tcp"));
     vault.wait_ready(&metrics).await;
 
-    let ca = std::fs::read_to_string(data.join("pki/ca.pem")).unwrap();
-    let identity = |name: &str| {
-        (
-            std::fs::read_to_string(data.join(format!("pki/{name}.pem"))).unwrap(),
-            std::fs::read_to_string(data.join(format!("pki/{name}.key"))).unwrap(),
-        )
-    };
-    let (cert, key) = identity("gateway");
-    let mut gateway = connect(&grpc, &ca, Some((&cert, &key))).await;
-    let pan = random_pan("4");
-    let token = gateway
-        .tokenize(tokenize_request("m-image", &pan))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
-        .into_inner()
-        .token;
-    let (cert, key) = identity("payments");
-    let mut payments = connect(&grpc, &ca, Some((&cert, &key))).await;
-    let back = payments
-        .detokenize(detokenize_request("m-image", &token))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
-        .into_inner()
-        .take_pan();
-    assert_eq!(back, pan);
+    let pan = vault
+        .round_trip(&grpc, &data.join("pki"), "m-image", "4")
+        .await;
 
     // The process inside runs as the unprivileged user, and as uid 10001 on the host.
     let top = podman_ok(&["top", &vault.id, "user", "huser"]);
@@ -387,34 +400,9 @@ async fn the_image_opens_an_hsm_module_mounted_beside_it() {
     let (grpc, metrics) = (vault.published("50051/tcp"), vault.published("9464/tcp"));
     vault.wait_ready(&metrics).await;
 
-    let ca = std::fs::read_to_string(data.join("pki/ca.pem")).unwrap();
-    let read = |name: &str| std::fs::read_to_string(data.join("pki").join(name)).unwrap();
-    let mut gateway = connect(
-        &grpc,
-        &ca,
-        Some((&read("gateway.pem"), &read("gateway.key"))),
-    )
-    .await;
-    let pan = random_pan("3");
-    let token = gateway
-        .tokenize(tokenize_request("m-hsm-image", &pan))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
-        .into_inner()
-        .token;
-    let mut payments = connect(
-        &grpc,
-        &ca,
-        Some((&read("payments.pem"), &read("payments.key"))),
-    )
-    .await;
-    let back = payments
-        .detokenize(detokenize_request("m-hsm-image", &token))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", vault.logs()))
-        .into_inner()
-        .take_pan();
-    assert_eq!(back, pan);
+    let pan = vault
+        .round_trip(&grpc, &data.join("pki"), "m-hsm-image", "3")
+        .await;
     assert_eq!(vault.stop(), "0");
     let logs = vault.logs();
     assert!(
