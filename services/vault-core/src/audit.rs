@@ -151,6 +151,10 @@ pub enum Event {
     /// The access policy was reloaded without a restart (SIGHUP): the record names the new
     /// policy's digest, or (outcome `failed_precondition`) why the old one stayed.
     PolicyReload,
+    /// The TLS settings were read again (SIGHUP, or a changed CRL file): the record names the
+    /// digests of the certificate, client CA and CRL files now in force and how many
+    /// connections they closed, or (outcome `failed_precondition`) that the old ones stayed.
+    TlsReload,
 }
 
 impl Event {
@@ -162,6 +166,7 @@ impl Event {
             Self::TlsRefused,
             Self::AuditKeyReplaced,
             Self::PolicyReload,
+            Self::TlsReload,
         ])
     }
 
@@ -181,6 +186,7 @@ impl Event {
             Self::TlsRefused => "tls.refused",
             Self::AuditKeyReplaced => "audit.key_replaced",
             Self::PolicyReload => "policy.reload",
+            Self::TlsReload => "tls.reload",
         }
     }
 }
@@ -329,7 +335,7 @@ impl AuditRecord {
                 Event::Call(Operation::KeysAdmin) => "keys",
                 Event::Call(Operation::AuditRead | Operation::AuditPrune) => "audit",
                 Event::VaultStart | Event::VaultStop => "vault",
-                Event::TlsRefused => "tls",
+                Event::TlsRefused | Event::TlsReload => "tls",
                 Event::AuditKeyReplaced => "audit",
                 Event::PolicyReload => "policy",
             }
@@ -359,12 +365,12 @@ mod tests {
     #[test]
     fn every_event_and_outcome_reads_back_from_its_name() {
         let events: Vec<&str> = Event::all().map(Event::as_str).collect();
-        assert_eq!(events.len(), 12);
+        assert_eq!(events.len(), 13);
         for event in Event::all() {
             assert_eq!(Event::from_name(event.as_str()), Some(event));
         }
         assert!(events.contains(&"audit.key_replaced") && events.contains(&"tokenize"));
-        assert!(events.contains(&"policy.reload"));
+        assert!(events.contains(&"policy.reload") && events.contains(&"tls.reload"));
         for outcome in Outcome::ALL {
             assert_eq!(Outcome::from_name(outcome.as_str()), Some(outcome));
         }

@@ -110,8 +110,22 @@ impl Audited {
     /// Records a reload that kept the policy in force (`detail` says why, without the file's
     /// contents).
     pub(crate) async fn record_policy_kept(&self, detail: String) -> Result<(), VaultError> {
-        let mut audit = AuditRecord::system(crate::audit::Event::PolicyReload, detail);
-        audit.outcome = crate::audit::Outcome::FailedPrecondition;
+        self.record_reload(crate::audit::Event::PolicyReload, detail, false)
+            .await
+    }
+
+    /// Records a reload of the vault's own settings (`event`), in force (`applied`) or refused
+    /// (outcome `failed_precondition`); `detail` names digests, never contents.
+    pub(crate) async fn record_reload(
+        &self,
+        event: crate::audit::Event,
+        detail: String,
+        applied: bool,
+    ) -> Result<(), VaultError> {
+        let mut audit = AuditRecord::system(event, detail);
+        if !applied {
+            audit.outcome = crate::audit::Outcome::FailedPrecondition;
+        }
         self.append(&audit)
             .await
             .map_err(VaultError::AuditUnavailable)

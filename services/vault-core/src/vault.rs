@@ -169,6 +169,18 @@ impl Vault {
         self.calls.record_policy_kept(detail).await
     }
 
+    /// Records a reload of the TLS settings (`tls.reload`): `applied` with the digests now in
+    /// force, or refused (the previous settings stay). Unlike a policy, new TLS settings are in
+    /// force before this record: a revocation must not wait for the trail.
+    ///
+    /// # Errors
+    /// [`VaultError::AuditUnavailable`] if the record cannot be written.
+    pub async fn record_tls_reload(&self, detail: String, applied: bool) -> Result<(), VaultError> {
+        self.calls
+            .record_reload(crate::audit::Event::TlsReload, detail, applied)
+            .await
+    }
+
     /// True if the policy in force lists `identity` (whatever it grants).
     #[must_use]
     pub fn lists_caller(&self, identity: &str) -> bool {

@@ -485,16 +485,40 @@ async fn watch_reloads(
             continue;
         }
         stamp = now;
-        match tls.reload() {
-            Ok(closed) => tracing::info!(
-                closed,
-                signalled,
-                "tls settings reloaded; connections whose certificate they refuse were closed"
-            ),
-            Err(error) => tracing::error!(
-                error = %error,
-                "tls settings not reloaded; the previous ones stay in force"
-            ),
+        // In force at once (a revocation must not wait for the trail), then recorded.
+        let (detail, applied) = match tls.reload() {
+            Ok(closed) => {
+                tracing::info!(
+                    closed,
+                    signalled,
+                    "tls settings reloaded; connections whose certificate they refuse were closed"
+                );
+                let cause = if signalled {
+                    "sighup"
+                } else {
+                    "crl file changed"
+                };
+                (
+                    format!("{cause}: {}; {closed} connections closed", tls.digests()),
+                    true,
+                )
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = %error,
+                    "tls settings not reloaded; the previous ones stay in force"
+                );
+                (
+                    format!(
+                        "tls files refused; the previous settings stay in force (on disk: {})",
+                        tls.digests()
+                    ),
+                    false,
+                )
+            }
+        };
+        if let Err(error) = policy.vault.record_tls_reload(detail, applied).await {
+            tracing::warn!(error = %error, "could not record the tls reload in the trail");
         }
     }
 }

@@ -287,6 +287,30 @@ impl ServerTls {
         Ok(closed)
     }
 
+    /// What a reload record names: the SHA-256 of the certificate chain, client CA and CRL
+    /// files as they are on disk now (public material only; the key file is not read), e.g.
+    /// `cert sha256:AB.. client_ca sha256:CD.. crls sha256:EF..,12..`.
+    #[must_use]
+    pub fn digests(&self) -> String {
+        let digest = |path: &Path| {
+            std::fs::read(path).map_or_else(
+                |_| "unreadable".to_owned(),
+                |bytes| format!("sha256:{}", hex::encode(vault_crypto::sha256(&bytes))),
+            )
+        };
+        let crls: Vec<String> = self.source.client_crls.iter().map(|p| digest(p)).collect();
+        format!(
+            "cert {} client_ca {} crls {}",
+            digest(&self.source.cert),
+            digest(&self.source.client_ca),
+            if crls.is_empty() {
+                "none".to_owned()
+            } else {
+                crls.join(",")
+            }
+        )
+    }
+
     /// The CRL files' sizes and modification times: what a change is detected by.
     #[must_use]
     pub fn crl_stamp(&self) -> Vec<Option<(u64, std::time::SystemTime)>> {

@@ -101,6 +101,78 @@ async fn sighup_swaps_the_policy_and_the_trail_records_it() {
     assert_pci_fields(&db);
 }
 
+/// A TLS reload is recorded in the trail: SIGHUP with the files' digests, a refused file with
+/// outcome `failed_precondition` (the settings in force stay, and calls go on).
+#[tokio::test]
+async fn tls_reloads_are_recorded_with_the_digests_in_force() {
+    let vault = TestVault::start().await;
+    let pki = vault.dir.path().join("pki");
+    let digest = |name: &str| hex::encode(Sha256::digest(std::fs::read(pki.join(name)).unwrap()));
+    let (cert, ca) = (digest("server.pem"), digest("ca.pem"));
+    sighup(&vault);
+    assert!(
+        wait_for_log(&vault, "tls settings reloaded").await,
+        "{}",
+        vault.logs()
+    );
+
+    // A certificate file that no longer parses: refused, and the old settings stay.
+    let good = std::fs::read(pki.join("server.pem")).unwrap();
+    std::fs::write(pki.join("server.pem"), "not a certificate").unwrap();
+    let broken = hex::encode(Sha256::digest(b"not a certificate"));
+    sighup(&vault);
+    assert!(
+        wait_for_log(&vault, "tls settings not reloaded").await,
+        "{}",
+        vault.logs()
+    );
+    let mut gateway = vault.client("gateway").await;
+    gateway
+        .tokenize(tokenize_request("m1", "4000056655665556"))
+        .await
+        .unwrap();
+    std::fs::write(pki.join("server.pem"), good).unwrap();
+
+    let db = vault.db_path();
+    let _dir = vault.stop();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT caller, outcome, resource, detail FROM audit_log WHERE operation = 'tls.reload' \
+         ORDER BY rowid",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let files = |cert: &str| format!("cert sha256:{cert} client_ca sha256:{ca} crls none");
+    let row = |outcome: &str, detail: String| {
+        (
+            "vaultd".to_owned(),
+            outcome.to_owned(),
+            "tls".to_owned(),
+            detail,
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row(
+                "success",
+                format!("sighup: {}; 0 connections closed", files(&cert))
+            ),
+            row(
+                "failed_precondition",
+                format!(
+                    "tls files refused; the previous settings stay in force (on disk: {})",
+                    files(&broken)
+                )
+            ),
+        ]
+    );
+    assert_pci_fields(&db);
+}
+
 /// Runs `vaultd check-config` on `dir/vaultd.toml` with `env` added.
 fn check_config(dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let config = dir.join("vaultd.toml");
