@@ -191,6 +191,23 @@ async fn the_compose_stack_serves_both_replicas_rotates_its_certificate_and_expo
         tokens.push((token, pan));
     }
 
+    // The replicas' database role uses rows but does not own the schema: it cannot drop the
+    // audit log's append-only guard (the migrations ran as the owner).
+    let dropped = podman(&[
+        "exec",
+        &stack.container("postgres"),
+        "sh",
+        "-c",
+        "PGPASSWORD=\"$(cat /run/pg/pg-password)\" psql --no-psqlrc -h postgres -U vault \
+         -d vault -v ON_ERROR_STOP=1 -c 'DROP TRIGGER audit_log_guard ON audit_log'",
+    ]);
+    let said = String::from_utf8_lossy(&dropped.stderr).into_owned();
+    assert!(
+        !dropped.status.success(),
+        "the replicas' role dropped a trigger"
+    );
+    assert!(said.contains("must be owner"), "{said}");
+
     // Prometheus scrapes both replicas' metrics listeners over the stack's network.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
