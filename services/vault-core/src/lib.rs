@@ -16,6 +16,7 @@ pub mod clock;
 mod deks;
 pub mod error;
 pub mod expiry;
+pub mod forward;
 pub mod guard;
 pub mod ids;
 pub mod invalid;

@@ -578,7 +578,9 @@ pub trait TallyStore: Send + Sync {
 /// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
 /// (merchant, purpose, version) at most one key.
 #[async_trait]
-pub trait TokenStore: KeyStore + AuditStore + TallyStore {
+pub trait TokenStore:
+    KeyStore + AuditStore + TallyStore + crate::forward::DestinationStore
+{
     /// The merchant's newest DEK and its fingerprint key, if it has any.
     async fn merchant_keys(
         &self,
