@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Messages that carry a PAN, or free-text fields a careless caller might put one in: prost
 /// must not derive `Debug` for them; `src/lib.rs` writes a redacted one by hand.
-const PAN_BEARING: [&str; 7] = [
+const PAN_BEARING: [&str; 10] = [
     "vault.v1.TokenizeRequest",
     "vault.v1.TokenizeBatchRequest",
     "vault.v1.BatchCard",
@@ -13,6 +13,9 @@ const PAN_BEARING: [&str; 7] = [
     "vault.v1.DetokenizeResponse",
     "vault.v1.ReadRecordsRequest",
     "vault.v1.PruneRequest",
+    "vault.v1.ForwardRequest",
+    "vault.v1.ForwardResponse",
+    "vault.v1.ResponseHeader",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

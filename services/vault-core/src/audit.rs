@@ -39,11 +39,14 @@ pub enum Outcome {
     RateLimited,
     /// The enumeration guard refused the call.
     EnumerationRefused,
+    /// What happened is not known: a forward whose request may have left the vault and
+    /// whose answer was never recorded (recorded by the next start that finds it).
+    Unknown,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Success,
         Self::Denied,
         Self::Unauthenticated,
@@ -56,6 +59,7 @@ impl Outcome {
         Self::FailedPrecondition,
         Self::RateLimited,
         Self::EnumerationRefused,
+        Self::Unknown,
     ];
 
     /// The outcome named `name`.
@@ -80,6 +84,7 @@ impl Outcome {
             Self::FailedPrecondition => "failed_precondition",
             Self::RateLimited => "rate_limited",
             Self::EnumerationRefused => "enumeration_refused",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -106,6 +111,8 @@ impl Outcome {
                 ..
             } => Self::EnumerationRefused,
             VaultError::Throttled { .. } => Self::RateLimited,
+            VaultError::Egress(failure) if failure.before_sending() => Self::Unavailable,
+            VaultError::Egress(_) => Self::FailedPrecondition,
         }
     }
 }
@@ -155,6 +162,9 @@ pub enum Event {
     /// digests of the certificate, client CA and CRL files now in force and how many
     /// connections they closed, or (outcome `failed_precondition`) that the old ones stayed.
     TlsReload,
+    /// The second record of a forward: what the processor answered (status and bytes), or
+    /// why no answer came back, under the call's request id. The first is the `forward` call.
+    ForwardResult,
 }
 
 impl Event {
@@ -167,6 +177,7 @@ impl Event {
             Self::AuditKeyReplaced,
             Self::PolicyReload,
             Self::TlsReload,
+            Self::ForwardResult,
         ])
     }
 
@@ -187,6 +198,7 @@ impl Event {
             Self::AuditKeyReplaced => "audit.key_replaced",
             Self::PolicyReload => "policy.reload",
             Self::TlsReload => "tls.reload",
+            Self::ForwardResult => "forward.result",
         }
     }
 }
@@ -313,7 +325,7 @@ impl AuditRecord {
     pub fn origin(&self) -> &str {
         match (&self.peer, self.event) {
             (Some(peer), _) => peer,
-            (None, Event::Call(_)) => "unknown",
+            (None, Event::Call(_) | Event::ForwardResult) => "unknown",
             (None, _) => VAULTD,
         }
     }
@@ -330,8 +342,11 @@ impl AuditRecord {
                     Operation::Tokenize
                     | Operation::Detokenize
                     | Operation::Metadata
-                    | Operation::Delete,
+                    | Operation::Delete
+                    | Operation::Forward,
                 ) => "tokens",
+                Event::ForwardResult => "tokens",
+                Event::Call(Operation::DestinationsAdmin) => "destinations",
                 Event::Call(Operation::KeysAdmin) => "keys",
                 Event::Call(Operation::AuditRead | Operation::AuditPrune) => "audit",
                 Event::VaultStart | Event::VaultStop => "vault",
@@ -365,7 +380,7 @@ mod tests {
     #[test]
     fn every_event_and_outcome_reads_back_from_its_name() {
         let events: Vec<&str> = Event::all().map(Event::as_str).collect();
-        assert_eq!(events.len(), 13);
+        assert_eq!(events.len(), 16);
         for event in Event::all() {
             assert_eq!(Event::from_name(event.as_str()), Some(event));
         }

@@ -60,6 +60,10 @@ pub enum VaultError {
     /// unique per merchant, so other merchants' tokens never take one).
     #[error("no free token left for this merchant with this card's shown digits")]
     TokenSpaceExhausted,
+    /// A forward got no usable answer from its processor ([`crate::forward::EgressFailure`]
+    /// says why, and whether the request may have been delivered).
+    #[error("{0}")]
+    Egress(crate::forward::EgressFailure),
     /// A limit refused the call: nothing was done. Try again after `retry_after`.
     #[error("{limit}")]
     Throttled {
@@ -89,6 +93,9 @@ pub enum Throttle {
     /// The caller created too many new merchants this hour (vault-wide).
     #[error("this caller created too many new merchants this hour")]
     NewMerchants,
+    /// The caller forwarded too many distinct tokens this hour (vault-wide).
+    #[error("this caller forwarded too many different tokens this hour")]
+    ForwardedTokens,
 }
 
 /// What an error keeps of its cause: shared, so that one failure (a group commit's) can

@@ -45,6 +45,8 @@ pub struct GuardSettings {
     pub cards_per_bucket_per_batch: u64,
     /// New merchants one caller may create per hour.
     pub new_merchants_per_hour: u64,
+    /// Distinct tokens one caller may forward per hour, whatever the merchant.
+    pub forwarded_tokens_per_hour: u64,
 }
 
 impl Default for GuardSettings {
@@ -56,6 +58,7 @@ impl Default for GuardSettings {
             window: Duration::from_secs(24 * 3600),
             cards_per_bucket_per_batch: 4,
             new_merchants_per_hour: 60,
+            forwarded_tokens_per_hour: 100,
         }
     }
 }

@@ -22,11 +22,15 @@ pub enum Operation {
     KeysAdmin,
     /// Remove exported audit records older than the online window.
     AuditPrune,
+    /// Send a token's card to an approved destination (the forward proxy).
+    Forward,
+    /// Propose, approve, revoke and list forward destinations.
+    DestinationsAdmin,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Metadata,
@@ -34,6 +38,8 @@ impl Operation {
         Self::AuditRead,
         Self::KeysAdmin,
         Self::AuditPrune,
+        Self::Forward,
+        Self::DestinationsAdmin,
     ];
 
     /// The operation's name as policy files and audit records spell it.
@@ -47,6 +53,8 @@ impl Operation {
             Self::AuditRead => "audit.read",
             Self::KeysAdmin => "keys.admin",
             Self::AuditPrune => "audit.prune",
+            Self::Forward => "forward",
+            Self::DestinationsAdmin => "destinations.admin",
         }
     }
 

@@ -549,22 +549,32 @@ impl Tokens {
             .throttle(audit, Operation::Detokenize, Some(&merchant), 1)?;
         Reason::parse("reason", &command.reason)?;
 
+        Ok(Done::pending(self.open_card(&merchant, &token).await?))
+    }
+
+    /// The card behind a token the caller was authorized for: one store read, then the PAN
+    /// opened under the key the row names.
+    pub(crate) async fn open_card(
+        &self,
+        merchant: &MerchantId,
+        token: &Token,
+    ) -> Result<Detokenized, VaultError> {
         let (record, key) = spans::step(
             spans::store("token_and_key"),
-            self.store.token_and_key(&merchant, &token),
+            self.store.token_and_key(merchant, token),
         )
         .await?
         .ok_or(VaultError::NotFound)?;
         let pan = self.deks.open_under(&record, key).await?;
-        Ok(Done::pending(Detokenized {
+        Ok(Detokenized {
             pan,
             expiry: record.metadata.expiry,
-        }))
+        })
     }
 
     /// Parses the token and the merchant and checks the policy for the merchant. Valid values are
     /// recorded in the audit record even when the call is refused.
-    async fn authorize_token_command(
+    pub(crate) async fn authorize_token_command(
         &self,
         audit: &mut AuditRecord,
         operation: Operation,

@@ -3,7 +3,8 @@
 //!
 //! - [`tokens`](crate::tokens): tokenize, batch, detokenize, metadata, delete;
 //! - [`trail`](crate::trail): the audit trail (signing key, checkpoints, reads, exports, prune);
-//! - [`admin`](crate::admin): key administration (rotation, re-encryption, rewrap, shred).
+//! - [`admin`](crate::admin): key administration (rotation, re-encryption, rewrap, shred);
+//! - [`forward`](crate::forward): the forward proxy and its destinations (dual control).
 //!
 //! They share the audited-call helper (`audited.rs`: quota, policy, the one audit
 //! record per call, fail closed) and the DEK manager (`deks.rs`). Every use case
@@ -20,6 +21,8 @@ use crate::admin::{KeyAdmin, KeyStatus, MerchantKeyReport, ReencryptJob, RewrapJ
 use crate::audited::{Audited, CurrentPolicy};
 use crate::deks::Deks;
 use crate::error::VaultError;
+use crate::forward::admin::{DestinationAdmin, DestinationVersion};
+use crate::forward::{Egress, ForwardCommand, Forwarded, Forwards, NoEgress, StoredDestination};
 use crate::guard::GuardSettings;
 use crate::ids::CallContext;
 use crate::keyring::KeyRing;
@@ -45,6 +48,7 @@ struct Parts {
     limiter: Arc<dyn CallLimiter>,
     refusal_interval: std::time::Duration,
     retention: AuditRetention,
+    egress: Arc<dyn Egress>,
 }
 
 /// The vault: every use case, over the ports it was built with. Cheap to clone (the clones
@@ -57,6 +61,8 @@ pub struct Vault {
     tokens: Tokens,
     trail: AuditTrail,
     admin: KeyAdmin,
+    forwards: Forwards,
+    destinations: DestinationAdmin,
 }
 
 impl fmt::Debug for Vault {
@@ -80,6 +86,7 @@ impl Vault {
             limiter: Arc::new(Unlimited),
             refusal_interval: std::time::Duration::from_secs(60),
             retention: AuditRetention::default(),
+            egress: Arc::new(NoEgress),
         })
     }
 
@@ -97,13 +104,26 @@ impl Vault {
             parts.limits,
             parts.guard,
         );
+        let tokens = Tokens::new(
+            calls.clone(),
+            deks.clone(),
+            parts.store.clone(),
+            parts.guard,
+        );
         Self {
-            tokens: Tokens::new(
+            forwards: Forwards::new(
                 calls.clone(),
-                deks.clone(),
+                tokens.clone(),
                 parts.store.clone(),
+                parts.egress.clone(),
                 parts.guard,
             ),
+            destinations: DestinationAdmin::new(
+                calls.clone(),
+                parts.store.clone(),
+                parts.egress.clone(),
+            ),
+            tokens,
             trail: AuditTrail::new(
                 calls.clone(),
                 parts.store.clone(),
@@ -133,6 +153,14 @@ impl Vault {
     ) -> Self {
         self.parts.limiter = limiter;
         self.parts.refusal_interval = refusal_interval;
+        Self::assemble(self.parts)
+    }
+
+    /// The same vault sending forwards through `egress` (without one, forwarding is off:
+    /// every destination is refused at proposal and every forward fails).
+    #[must_use]
+    pub fn with_egress(mut self, egress: Arc<dyn Egress>) -> Self {
+        self.parts.egress = egress;
         Self::assemble(self.parts)
     }
 
@@ -301,6 +329,79 @@ impl Vault {
     /// Any [`VaultError`]; the call is audited either way.
     pub async fn delete(&self, ctx: &CallContext, command: TokenCommand) -> Result<(), VaultError> {
         self.tokens.delete(ctx, command).await
+    }
+
+    /// Sends the card behind a token to an approved destination and returns the processor's
+    /// answer with the card masked; two audit records (see [`crate::forward`]).
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; audited either way.
+    pub async fn forward(
+        &self,
+        ctx: &CallContext,
+        command: ForwardCommand,
+    ) -> Result<Forwarded, VaultError> {
+        self.forwards.forward(ctx, command).await
+    }
+
+    /// Records `unknown` as the outcome of forwards whose second record was lost (their
+    /// deadline long past). `vaultd` calls it at start and periodically. Returns how many.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn record_unknown_forward_outcomes(&self) -> Result<usize, VaultError> {
+        self.forwards.record_unknown_outcomes().await
+    }
+
+    /// Proposes a destination (its spec as JSON); a second admin must approve it.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; audited either way.
+    pub async fn propose_destination(
+        &self,
+        ctx: &CallContext,
+        spec_json: &str,
+        reason: &str,
+    ) -> Result<StoredDestination, VaultError> {
+        self.destinations.propose(ctx, spec_json, reason).await
+    }
+
+    /// Approves a proposed destination version (by a different admin than its proposer).
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; audited either way.
+    pub async fn approve_destination(
+        &self,
+        ctx: &CallContext,
+        id: &str,
+        reason: &str,
+    ) -> Result<StoredDestination, VaultError> {
+        self.destinations.approve(ctx, id, reason).await
+    }
+
+    /// Revokes every version of a destination; returns how many.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; audited either way.
+    pub async fn revoke_destination(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        reason: &str,
+    ) -> Result<u64, VaultError> {
+        self.destinations.revoke(ctx, name, reason).await
+    }
+
+    /// Every destination version (of `name`, if given) with its state.
+    ///
+    /// # Errors
+    /// Any [`VaultError`]; audited either way.
+    pub async fn list_destinations(
+        &self,
+        ctx: &CallContext,
+        name: Option<&str>,
+    ) -> Result<Vec<DestinationVersion>, VaultError> {
+        self.destinations.list(ctx, name).await
     }
 
     /// Refuses a call whose client certificate names no identity, auditing the attempt under

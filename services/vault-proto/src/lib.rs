@@ -125,6 +125,37 @@ impl fmt::Debug for v1::PruneRequest {
     }
 }
 
+/// Variables and headers are free text; the answer is a processor's, masked but not ours to
+/// print: sizes only.
+impl fmt::Debug for v1::ForwardRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwardRequest")
+            .field("destination_len", &self.destination.len())
+            .field("variables", &self.variables.len())
+            .field("headers", &self.headers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for v1::ForwardResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwardResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::ResponseHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseHeader")
+            .field("name", &self.name)
+            .field("value", &REDACTED)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;

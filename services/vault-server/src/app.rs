@@ -203,6 +203,10 @@ impl Application {
             .with_dek_limits(config.dek.limits())
             .with_audit_retention(config.audit.retention())
             .with_guard(config.guard.settings())
+            .with_egress(Arc::new(
+                vault_egress::HttpsEgress::new(config.forward.identities())
+                    .map_err(|e| anyhow::anyhow!("[forward] client identities: {e}"))?,
+            ))
             .with_limiter(
                 Arc::new(GovernorLimiter::new(&config.limits)),
                 config.limits.record_refusals_every,
@@ -268,6 +272,8 @@ impl Application {
             key_id = %public.key_id,
             "audit trail started"
         );
+        // Forwards whose outcome a stopped replica never recorded: recorded as unknown now.
+        record_unknown_forwards(&self.vault).await;
         let checkpoints = tokio::spawn(checkpoint_every(
             self.vault.clone(),
             self.checkpoint_interval,
@@ -323,6 +329,11 @@ impl Application {
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let audit = AuditServiceServer::new(AuditApi::new(calls.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let destinations =
+            vault_proto::v1::destination_admin_service_server::DestinationAdminServiceServer::new(
+                crate::destinations::DestinationApi::new(calls.clone()),
+            )
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let tokens = TokenServiceServer::new(TokenApi::new(calls))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -345,6 +356,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(tokens)
             .add_service(admin)
+            .add_service(destinations)
             .add_service(audit)
             .serve_with_incoming_shutdown(
                 tls::incoming(
@@ -582,8 +594,23 @@ async fn record_tls_refusals(vault: &Vault, refusals: &tls::RefusalCounts) {
     }
 }
 
-/// Every `interval`: records rate-limit refusals that were counted but not recorded and the
-/// summary of refused TLS connections, lets the limiter forget idle callers, and (every tenth
+/// Records `unknown` as the outcome of forwards whose second record was lost (see
+/// `vault_core::forward`); a failure is logged and retried next round.
+async fn record_unknown_forwards(vault: &Vault) {
+    match vault.record_unknown_forward_outcomes().await {
+        Ok(0) => {}
+        Ok(recorded) => tracing::warn!(
+            recorded,
+            "forwards found in flight past their deadline: their outcome is recorded as unknown"
+        ),
+        Err(error) => {
+            tracing::warn!(error = %error, "could not record the outcome of lost forwards");
+        }
+    }
+}
+
+/// Every `interval`: records rate-limit refusals that were counted but not recorded, the
+/// summary of refused TLS connections and the outcome of lost forwards, lets the limiter forget idle callers, and (every tenth
 /// round, at least hourly) purges the store's abuse tallies of windows that have ended.
 async fn keep_limits(vault: Vault, tls_refusals: Arc<tls::RefusalCounts>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
@@ -598,6 +625,7 @@ async fn keep_limits(vault: Vault, tls_refusals: Arc<tls::RefusalCounts>, interv
             tracing::warn!(error = %error, "could not record the rate-limit refusal counts");
         }
         record_tls_refusals(&vault, &tls_refusals).await;
+        record_unknown_forwards(&vault).await;
         vault.limiter().forget_idle();
         if round.is_multiple_of(purge_every) {
             match vault.purge_tallies().await {

@@ -74,6 +74,19 @@ impl Calls {
             .unwrap_or(Err(VaultError::Timeout(self.call_timeout)))
     }
 
+    /// Runs a forward, failing UNAVAILABLE if it takes longer than `storage.call_timeout_ms`
+    /// plus the longest timeout a destination may set (the destination's own timeout ends
+    /// the processor's part sooner).
+    pub(crate) async fn within_forward<T>(
+        &self,
+        call: impl Future<Output = Result<T, VaultError>>,
+    ) -> Result<T, VaultError> {
+        let limit = self.call_timeout + vault_core::forward::ports::MAX_FORWARD_TIMEOUT;
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(VaultError::Timeout(limit)))
+    }
+
     /// The call's context, or, for a certificate that names no identity, the audited
     /// UNAUTHENTICATED refusal.
     pub(crate) async fn identify<T>(
@@ -163,6 +176,7 @@ pub(crate) fn respond<T>(
                         ("enumeration_guard", *tripped)
                     }
                     vault_core::Throttle::NewMerchants => ("new_merchants", false),
+                    vault_core::Throttle::ForwardedTokens => ("forwarded_tokens", false),
                 };
                 crate::metrics::METRICS.throttled(operation.as_str(), label, tripped);
             }
@@ -356,5 +370,48 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
             .map(|()| pb::DeleteTokenResponse {});
         respond(&ctx, Operation::Delete, result)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let ctx = self.calls.identify(&request, Operation::Forward).await?;
+        let body = request.into_inner();
+        let command = vault_core::forward::ForwardCommand {
+            merchant_id: on_span(body.merchant_id),
+            token: body.token,
+            reason: body.reason,
+            destination: body.destination,
+            template: body.template,
+            method: body.method,
+            path: body.path,
+            variables: body.variables.into_iter().collect(),
+            headers: body.headers.into_iter().collect(),
+        };
+        let result = self
+            .calls
+            .within_forward(self.calls.vault.forward(&ctx, command))
+            .await
+            .map(|forwarded| {
+                if let Some(error) = &forwarded.unrecorded {
+                    tracing::error!(
+                        request_id = %ctx.request_id,
+                        error = %vault_core::error::chain(error),
+                        "forward.result could not be recorded; the answer was returned and \
+                         the outcome will be recorded as unknown once its deadline passes"
+                    );
+                }
+                pb::ForwardResponse {
+                    status: u32::from(forwarded.status),
+                    headers: forwarded
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| pb::ResponseHeader { name, value })
+                        .collect(),
+                    body: forwarded.body,
+                }
+            });
+        respond(&ctx, Operation::Forward, result)
     }
 }

@@ -26,6 +26,7 @@ pub mod app;
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod destinations;
 pub mod dev;
 pub mod grpc;
 pub mod hygiene;

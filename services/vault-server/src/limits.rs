@@ -97,11 +97,16 @@ impl<C: Clock + Clone> GovernorLimiter<C> {
             }
         }
         let mut per_merchant = HashMap::new();
-        if let Some(quota) = governor_quota(config.detokenize_per_merchant) {
-            per_merchant.insert(
-                Operation::Detokenize,
-                RateLimiter::dashmap_with_clock(quota, clock.clone()),
-            );
+        for (operation, quota) in [
+            (Operation::Detokenize, config.detokenize_per_merchant),
+            (Operation::Forward, config.forward_per_merchant),
+        ] {
+            if let Some(quota) = governor_quota(quota) {
+                per_merchant.insert(
+                    operation,
+                    RateLimiter::dashmap_with_clock(quota, clock.clone()),
+                );
+            }
         }
         let ungranted = governor_quota(config.ungranted)
             .map(|quota| RateLimiter::dashmap_with_clock(quota, clock.clone()));

@@ -125,7 +125,7 @@ impl Metrics {
         registry.register(
             "throttled_calls",
             "calls refused RESOURCE_EXHAUSTED, by operation and limit (rate_limit, \
-             enumeration_guard, new_merchants)",
+             enumeration_guard, new_merchants, forwarded_tokens)",
             refusals.clone(),
         );
         let guard_trips = Counter::default();
@@ -208,7 +208,7 @@ impl Metrics {
     }
 
     /// A call refused by one of the abuse limits (`limit`: `rate_limit`, `enumeration_guard`,
-    /// `new_merchants`); `tripped` if it spent an enumeration-guard bucket.
+    /// `new_merchants`, `forwarded_tokens`); `tripped` if it spent an enumeration-guard bucket.
     pub fn throttled(&self, operation: &'static str, limit: &'static str, tripped: bool) {
         self.refusals
             .get_or_create(&RefusalLabels { operation, limit })

@@ -56,6 +56,20 @@ pub fn to_status(error: &VaultError) -> Status {
                 .into(),
         ),
         VaultError::Throttled { limit, .. } => (Code::ResourceExhausted, limit.to_string().into()),
+        VaultError::Egress(failure) => {
+            use vault_core::forward::EgressFailure as F;
+            let code = match failure {
+                F::Unreachable | F::Untrusted | F::Misconfigured => Code::Unavailable,
+                F::Timeout => Code::DeadlineExceeded,
+                F::Redirect | F::Compressed | F::TooLarge | F::Protocol => Code::FailedPrecondition,
+            };
+            let delivery = if failure.before_sending() {
+                "nothing was sent"
+            } else {
+                "the request may have been delivered; its answer is withheld"
+            };
+            (code, format!("{failure}; {delivery}").into())
+        }
     };
     let mut status = Status::new(code, message);
     if let VaultError::Throttled { retry_after, .. } = error {

@@ -61,7 +61,11 @@ fn unit_at(bytes: &[u8], i: usize) -> Unit {
 /// card's.
 #[must_use]
 pub fn mask_card(bytes: &[u8], pan: &str, max_gap: usize) -> Vec<u8> {
-    let wanted: Vec<u8> = pan.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
+    let wanted: Vec<u8> = pan
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
     if wanted.len() < 4 {
         return bytes.to_vec();
     }
@@ -83,9 +87,9 @@ pub fn mask_card(bytes: &[u8], pan: &str, max_gap: usize) -> Vec<u8> {
     let hidden = wanted.len() - 4;
     for first in 0..digits.len() {
         let found = wanted.iter().enumerate().all(|(k, want)| {
-            digits.get(first + k).is_some_and(|(unit, gap)| {
-                unit.digit == Some(*want) && (k == 0 || *gap <= max_gap)
-            })
+            digits
+                .get(first + k)
+                .is_some_and(|(unit, gap)| unit.digit == Some(*want) && (k == 0 || *gap <= max_gap))
         });
         if found {
             for flag in masked.iter_mut().skip(first).take(hidden) {
@@ -118,7 +122,10 @@ mod tests {
 
     #[test]
     fn every_echo_of_the_card_is_masked() {
-        assert_eq!(masked("card 4012888888881881 ok"), "card ************1881 ok");
+        assert_eq!(
+            masked("card 4012888888881881 ok"),
+            "card ************1881 ok"
+        );
         assert_eq!(masked("4012 8888 8888 1881"), "**** **** **** 1881");
         assert_eq!(masked("4012-8888.8888 / 1881"), "****-****.**** / 1881");
         assert_eq!(

@@ -84,7 +84,10 @@ fn check_syntax(field: &'static str, path: &str) -> Result<(), InvalidArgument> 
             return Err(bad);
         }
     }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
         return Err(bad);
     }
     Ok(())
@@ -190,7 +193,13 @@ mod tests {
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
-        for path in ["/", "/v1/charges", "/v1/payments/pay_123/capture", "/a/%20b", "/a:b/c=d"] {
+        for path in [
+            "/",
+            "/v1/charges",
+            "/v1/payments/pay_123/capture",
+            "/a/%20b",
+            "/a:b/c=d",
+        ] {
             assert!(check_path(path).is_ok(), "{path}");
         }
     }

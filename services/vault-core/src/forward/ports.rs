@@ -59,6 +59,9 @@ pub struct ForwardInFlight {
     pub fingerprint: String,
     /// When the first record was written.
     pub begun_at: OffsetDateTime,
+    /// When the replica that sent it stops waiting for the answer (`begun_at` plus the
+    /// destination's timeout).
+    pub deadline_at: OffsetDateTime,
 }
 
 /// Durable storage for destinations and forwards in flight. Every change commits with its
@@ -73,8 +76,7 @@ pub trait DestinationStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// One version by id.
-    async fn destination_version(&self, id: &str)
-    -> Result<Option<StoredDestination>, StoreError>;
+    async fn destination_version(&self, id: &str) -> Result<Option<StoredDestination>, StoreError>;
 
     /// Every version (of `name`, if given), oldest first.
     async fn destination_versions(
@@ -103,8 +105,10 @@ pub trait DestinationStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// The version of `name` in force: the one approved last of those not revoked.
-    async fn approved_destination(&self, name: &str)
-    -> Result<Option<StoredDestination>, StoreError>;
+    async fn approved_destination(
+        &self,
+        name: &str,
+    ) -> Result<Option<StoredDestination>, StoreError>;
 
     /// Writes a forward's first audit record and marks it in flight, in one transaction.
     async fn begin_forward(
@@ -116,13 +120,16 @@ pub trait DestinationStore: Send + Sync {
     /// Writes a forward's second audit record and clears its in-flight mark, in one
     /// transaction, if it is still in flight. Returns whether it was (if not, nothing is
     /// written: another replica recorded its outcome already).
-    async fn finish_forward(&self, request_id: &str, audit: &AuditRecord)
-    -> Result<bool, StoreError>;
+    async fn finish_forward(
+        &self,
+        request_id: &str,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
 
-    /// The forwards in flight that began before `begun_before`, oldest first.
+    /// The forwards in flight whose deadline is before `deadline_before`, by deadline.
     async fn forwards_in_flight(
         &self,
-        begun_before: OffsetDateTime,
+        deadline_before: OffsetDateTime,
     ) -> Result<Vec<ForwardInFlight>, StoreError>;
 }
 
@@ -223,7 +230,10 @@ impl EgressFailure {
     /// True if the request cannot have reached the processor.
     #[must_use]
     pub fn before_sending(self) -> bool {
-        matches!(self, Self::Unreachable | Self::Untrusted | Self::Misconfigured)
+        matches!(
+            self,
+            Self::Unreachable | Self::Untrusted | Self::Misconfigured
+        )
     }
 }
 

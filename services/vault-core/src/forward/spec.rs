@@ -167,9 +167,9 @@ pub fn is_name(name: &str) -> bool {
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// True if `name` is a lower-case HTTP header name (an RFC 9110 token, lower case).
@@ -179,7 +179,10 @@ fn is_header_name(name: &str) -> bool {
         && name.bytes().all(|b| {
             b.is_ascii_lowercase()
                 || b.is_ascii_digit()
-                || matches!(b, b'-' | b'_' | b'.' | b'!' | b'#' | b'$' | b'&' | b'\'' | b'*')
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'!' | b'#' | b'$' | b'&' | b'\'' | b'*'
+                )
                 || matches!(b, b'+' | b'^' | b'`' | b'|' | b'~')
         })
 }
@@ -226,7 +229,10 @@ impl DestinationSpec {
             ));
         }
         check_base_url(&self.base_url)?;
-        if !self.trust_anchor_pem.contains("-----BEGIN CERTIFICATE-----") {
+        if !self
+            .trust_anchor_pem
+            .contains("-----BEGIN CERTIFICATE-----")
+        {
             return Err(invalid(
                 "trust_anchor_pem",
                 "must hold at least one PEM certificate",
@@ -235,10 +241,7 @@ impl DestinationSpec {
         if let Some(pin) = &self.pinned_sha256
             && (pin.len() != 64 || !pin.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         {
-            return Err(invalid(
-                "pinned_sha256",
-                "must be 64 lower-case hex digits",
-            ));
+            return Err(invalid("pinned_sha256", "must be 64 lower-case hex digits"));
         }
         if let Some(identity) = &self.client_identity
             && !is_name(identity)
@@ -271,7 +274,11 @@ impl DestinationSpec {
                 ));
             }
         }
-        if self.response_headers.iter().any(|name| !is_header_name(name)) {
+        if self
+            .response_headers
+            .iter()
+            .any(|name| !is_header_name(name))
+        {
             return Err(invalid(
                 "response_headers",
                 "must be lower-case header names",
@@ -293,10 +300,7 @@ impl DestinationSpec {
             return Err(invalid("timeout_ms", "must be 1 to 60000"));
         }
         if !(1..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
-            return Err(invalid(
-                "max_response_bytes",
-                "must be 1 to 16777216",
-            ));
+            return Err(invalid("max_response_bytes", "must be 1 to 16777216"));
         }
         Ok(())
     }

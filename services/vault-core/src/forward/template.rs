@@ -205,7 +205,10 @@ impl Template {
     ///
     /// # Errors
     /// An [`InvalidArgument`] naming `variables`.
-    pub fn check_variables(&self, variables: &BTreeMap<String, String>) -> Result<(), InvalidArgument> {
+    pub fn check_variables(
+        &self,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<(), InvalidArgument> {
         let bad = |problem| InvalidArgument {
             field: "variables",
             problem,
@@ -271,7 +274,9 @@ impl Template {
 /// True if `value` is a JSON number.
 fn is_json_number(value: &str) -> bool {
     let digits = value.strip_prefix('-').unwrap_or(value);
-    let (int, frac) = digits.split_once('.').map_or((digits, None), |(i, f)| (i, Some(f)));
+    let (int, frac) = digits
+        .split_once('.')
+        .map_or((digits, None), |(i, f)| (i, Some(f)));
     let int_ok = int == "0"
         || (!int.is_empty() && !int.starts_with('0') && int.bytes().all(|b| b.is_ascii_digit()));
     int_ok && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
@@ -378,8 +383,14 @@ mod tests {
     fn variables_are_exactly_the_templates_and_hold_no_card() {
         let t = json(r#"{"n":"{{card.number}}","o":"{{var.order}}"}"#).unwrap();
         assert!(t.check_variables(&vars(&[])).is_err());
-        assert!(t.check_variables(&vars(&[("order", "1"), ("x", "2")])).is_err());
-        assert!(t.check_variables(&vars(&[("order", "4111 1111 1111 1111")])).is_err());
+        assert!(
+            t.check_variables(&vars(&[("order", "1"), ("x", "2")]))
+                .is_err()
+        );
+        assert!(
+            t.check_variables(&vars(&[("order", "4111 1111 1111 1111")]))
+                .is_err()
+        );
         assert!(t.check_variables(&vars(&[("order", "ord_123")])).is_ok());
     }
 

@@ -25,6 +25,8 @@ pub struct GuardConfig {
     pub cards_per_bucket_per_batch: u64,
     /// New merchants one caller may create per hour, whatever its policy says.
     pub new_merchants_per_hour: u64,
+    /// Distinct tokens one caller may forward per hour, whatever the merchant.
+    pub forwarded_tokens_per_hour: u64,
 }
 
 impl Default for GuardConfig {
@@ -35,6 +37,7 @@ impl Default for GuardConfig {
             window: d.window,
             cards_per_bucket_per_batch: d.cards_per_bucket_per_batch,
             new_merchants_per_hour: d.new_merchants_per_hour,
+            forwarded_tokens_per_hour: d.forwarded_tokens_per_hour,
         }
     }
 }
@@ -53,6 +56,7 @@ impl GuardConfig {
             window: self.window,
             cards_per_bucket_per_batch: self.cards_per_bucket_per_batch,
             new_merchants_per_hour: self.new_merchants_per_hour,
+            forwarded_tokens_per_hour: self.forwarded_tokens_per_hour,
         }
     }
 
@@ -79,6 +83,9 @@ impl GuardConfig {
                 "cards_per_bucket_per_batch",
                 "must be from 1 to cards_per_bucket",
             ));
+        }
+        if self.forwarded_tokens_per_hour == 0 {
+            return Err(invalid("forwarded_tokens_per_hour", "must be at least 1"));
         }
         if self.new_merchants_per_hour == 0 {
             return Err(invalid("new_merchants_per_hour", "must be at least 1"));

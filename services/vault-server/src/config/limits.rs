@@ -46,6 +46,12 @@ pub struct LimitsConfig {
     pub detokenize: RateQuota,
     /// Detokenize, per caller and merchant: far tighter than tokenize.
     pub detokenize_per_merchant: RateQuota,
+    /// Forward, per caller: each one sends a card out of the vault.
+    pub forward: RateQuota,
+    /// Forward, per caller and merchant.
+    pub forward_per_merchant: RateQuota,
+    /// DestinationAdminService calls.
+    pub destinations_admin: RateQuota,
     /// GetTokenMetadata.
     pub metadata: RateQuota,
     /// DeleteToken.
@@ -75,6 +81,9 @@ impl Default for LimitsConfig {
             tokenize: RateQuota::new(10_000, 20_000),
             detokenize: RateQuota::new(100, 200),
             detokenize_per_merchant: RateQuota::new(20, 50),
+            forward: RateQuota::new(50, 100),
+            forward_per_merchant: RateQuota::new(20, 50),
+            destinations_admin: RateQuota::new(5, 20),
             metadata: RateQuota::new(1_000, 2_000),
             delete: RateQuota::new(100, 200),
             keys_admin: RateQuota::new(5, 20),
@@ -92,7 +101,7 @@ impl LimitsConfig {
 
     /// Each quota with its setting's name and the operation it counts (`None`: counted
     /// otherwise, per merchant or for ungranted calls).
-    pub(crate) fn quotas(&self) -> [(&'static str, Option<Operation>, RateQuota); 9] {
+    pub(crate) fn quotas(&self) -> [(&'static str, Option<Operation>, RateQuota); 12] {
         [
             ("tokenize", Some(Operation::Tokenize), self.tokenize),
             ("detokenize", Some(Operation::Detokenize), self.detokenize),
@@ -100,6 +109,13 @@ impl LimitsConfig {
                 "detokenize_per_merchant",
                 None,
                 self.detokenize_per_merchant,
+            ),
+            ("forward", Some(Operation::Forward), self.forward),
+            ("forward_per_merchant", None, self.forward_per_merchant),
+            (
+                "destinations_admin",
+                Some(Operation::DestinationsAdmin),
+                self.destinations_admin,
             ),
             ("metadata", Some(Operation::Metadata), self.metadata),
             ("delete", Some(Operation::Delete), self.delete),

@@ -3,6 +3,7 @@
 //! `[[previous_kek]]`, [`key_cache`](KeyCacheConfig), [`dek`](DekConfig),
 //! [`policy`](PolicyConfig) (and the policy file, [`load_policy`]), [`audit`](AuditConfig),
 //! [`limits`](LimitsConfig), [`guard`](GuardConfig), [`input`](InputConfig),
+//! [`forward`](ForwardConfig),
 //! [`telemetry`](TelemetryConfig); `[identity]` is
 //! `crate::identity::IdentityConfig`, beside the rules it sets.
 //!
@@ -17,6 +18,7 @@
 mod audit;
 mod dek;
 pub mod env;
+mod forward;
 mod guard;
 mod input;
 mod kek;
@@ -35,6 +37,7 @@ use serde::Deserialize;
 
 pub use audit::{AuditConfig, AuditSinkConfig};
 pub use dek::DekConfig;
+pub use forward::{ClientIdentityConfig, ForwardConfig};
 pub use guard::GuardConfig;
 pub use input::InputConfig;
 pub use kek::{KekConfig, read_secret, secret_source};
@@ -127,6 +130,9 @@ pub struct Config {
     /// Rules for free-text input.
     #[serde(default)]
     pub input: InputConfig,
+    /// The forward proxy's client certificates.
+    #[serde(default)]
+    pub forward: ForwardConfig,
     /// How a client certificate names its caller (`identity.rs`).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -154,6 +160,8 @@ impl Config {
         config.policy.resolve_paths(base);
         config.storage.resolve_password_file(base);
         config.audit.resolve_paths(base);
+        config.forward.resolve_paths(base);
+        config.forward.check(path)?;
         config.tls.check(path)?;
         config.dek.check(path)?;
         config.key_cache.check(path)?;

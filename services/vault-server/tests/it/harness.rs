@@ -154,7 +154,7 @@ merchants = ["*"]
 
 [[caller]]
 identity = "spiffe://vault.test/payments"
-operations = ["detokenize", "metadata"]
+operations = ["detokenize", "metadata", "forward"]
 merchants = ["*"]
 
 [[caller]]
@@ -169,12 +169,12 @@ merchants = ["*"]
 
 [[caller]]
 identity = "spiffe://vault.test/admin-1"
-operations = ["keys.admin", "audit.prune"]
+operations = ["keys.admin", "audit.prune", "destinations.admin"]
 merchants = ["*"]
 
 [[caller]]
 identity = "spiffe://vault.test/admin-2"
-operations = ["keys.admin"]
+operations = ["keys.admin", "destinations.admin"]
 merchants = ["*"]
 
 [[caller]]
@@ -189,6 +189,9 @@ pub const GENEROUS_LIMITS: &str = "[limits]\n\
     tokenize = { per_second = 1000000, burst = 1000000 }\n\
     detokenize = { per_second = 1000000, burst = 1000000 }\n\
     detokenize_per_merchant = { per_second = 1000000, burst = 1000000 }\n\
+    forward = { per_second = 1000000, burst = 1000000 }\n\
+    forward_per_merchant = { per_second = 1000000, burst = 1000000 }\n\
+    destinations_admin = { per_second = 1000000, burst = 1000000 }\n\
     metadata = { per_second = 1000000, burst = 1000000 }\n\
     delete = { per_second = 1000000, burst = 1000000 }\n\
     keys_admin = { per_second = 1000000, burst = 1000000 }\n\
