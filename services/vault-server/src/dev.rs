@@ -33,18 +33,18 @@ pub const DEV_IDENTITIES: [(&str, &str, &[&str]); 5] = [
     (
         "payments",
         "spiffe://vault.dev/payments",
-        &["detokenize", "metadata"],
+        &["detokenize", "forward", "metadata"],
     ),
     ("auditor", "spiffe://vault.dev/auditor", &["audit.read"]),
     (
         "admin-1",
         "spiffe://vault.dev/admin-1",
-        &["keys.admin", "audit.prune"],
+        &["keys.admin", "audit.prune", "destinations.admin"],
     ),
     (
         "admin-2",
         "spiffe://vault.dev/admin-2",
-        &["keys.admin", "audit.prune"],
+        &["keys.admin", "audit.prune", "destinations.admin"],
     ),
 ];
 
@@ -70,7 +70,8 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
     let mut policy = String::from(
         "# Access policy: identities not listed here may do nothing (deny by default).\n\
-         # operations: tokenize, detokenize, metadata, delete, audit.read, keys.admin, audit.prune\n\
+         # operations: tokenize, detokenize, forward, metadata, delete, audit.read, keys.admin,\n\
+         #   audit.prune, destinations.admin\n\
          # merchants: [\"*\"] for every merchant, or a list of merchant ids.\n",
     );
     for (name, spiffe, operations) in DEV_IDENTITIES {
