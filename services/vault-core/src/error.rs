@@ -63,7 +63,7 @@ pub enum VaultError {
     /// A forward got no usable answer from its processor ([`crate::forward::EgressFailure`]
     /// says why, and whether the request may have been delivered).
     #[error("{0}")]
-    Egress(crate::forward::EgressFailure),
+    Egress(EgressFailure),
     /// A limit refused the call: nothing was done. Try again after `retry_after`.
     #[error("{limit}")]
     Throttled {
@@ -246,6 +246,64 @@ impl From<StoreError> for VaultError {
             StoreError::Corrupt(_) => Self::Integrity,
             unavailable @ StoreError::Unavailable(_) => Self::StoreUnavailable(unavailable),
         }
+    }
+}
+
+/// Why no answer came back from a processor, in words that hold nothing of the request or the
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EgressFailure {
+    /// The processor could not be reached (DNS, TCP); nothing was sent.
+    #[error("the processor could not be reached")]
+    Unreachable,
+    /// The processor's certificate is not the approved one (chain or pin); nothing was sent.
+    #[error("the processor's certificate is not the approved one")]
+    Untrusted,
+    /// The destination's settings could not be used (client identity, trust anchor); nothing
+    /// was sent.
+    #[error("the destination's TLS settings could not be used")]
+    Misconfigured,
+    /// No complete answer within the destination's timeout; the request may have been
+    /// delivered.
+    #[error("the processor did not answer within the destination's timeout")]
+    Timeout,
+    /// The processor answered with a redirect, which is never followed.
+    #[error("the processor answered with a redirect, which is never followed")]
+    Redirect,
+    /// The processor answered with a compressed body, which is refused.
+    #[error("the processor answered with a compressed body")]
+    Compressed,
+    /// The answer was larger than the destination's cap.
+    #[error("the processor's answer was larger than the destination allows")]
+    TooLarge,
+    /// The answer broke HTTP, or the connection failed after the request was sent.
+    #[error("the processor's answer was malformed or cut off")]
+    Protocol,
+}
+
+impl EgressFailure {
+    /// The failure's name as audit records spell it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Untrusted => "untrusted_certificate",
+            Self::Misconfigured => "misconfigured",
+            Self::Timeout => "timeout",
+            Self::Redirect => "redirect",
+            Self::Compressed => "compressed",
+            Self::TooLarge => "too_large",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// True if the request cannot have reached the processor.
+    #[must_use]
+    pub fn before_sending(self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable | Self::Untrusted | Self::Misconfigured
+        )
     }
 }
 

@@ -594,18 +594,13 @@ async fn record_tls_refusals(vault: &Vault, refusals: &tls::RefusalCounts) {
     }
 }
 
-/// Records `unknown` as the outcome of forwards whose second record was lost (see
-/// `vault_core::forward`); a failure is logged and retried next round.
+/// Records `unknown` as the outcome of lost forwards (`vault_core::forward`); a failure is
+/// logged and retried next round.
 async fn record_unknown_forwards(vault: &Vault) {
     match vault.record_unknown_forward_outcomes().await {
         Ok(0) => {}
-        Ok(recorded) => tracing::warn!(
-            recorded,
-            "forwards found in flight past their deadline: their outcome is recorded as unknown"
-        ),
-        Err(error) => {
-            tracing::warn!(error = %error, "could not record the outcome of lost forwards");
-        }
+        Ok(recorded) => tracing::warn!(recorded, "lost forwards: outcome recorded as unknown"),
+        Err(error) => tracing::warn!(error = %error, "could not record lost forwards' outcome"),
     }
 }
 

@@ -6,22 +6,22 @@
 //! the same transaction as the change.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::audit::AuditRecord;
 use crate::audited::{Audited, Done};
 use crate::clock::now;
 use crate::error::VaultError;
-use crate::forward::ports::{Egress, StoredDestination};
+use crate::forward::ports::Egress;
 use crate::forward::spec::{DestinationSpec, is_name};
 use crate::ids::CallContext;
 use crate::invalid::InvalidArgument;
 use crate::policy::Operation;
+use crate::ports::StoredDestination;
 use crate::ports::TokenStore;
 use crate::reason::Reason;
 
 /// A proposal no second admin approved within this long must be made again.
-pub const PROPOSAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const PROPOSAL_TTL: time::Duration = time::Duration::days(7);
 
 /// Where a version of a destination stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! - `template.rs`: request bodies with the card and the caller's variables, escaped;
 //! - `path.rs`: the call's path and the approved patterns;
 //! - `mask.rs`: the card masked in the processor's answer;
-//! - `ports.rs`: [`DestinationStore`] and [`Egress`];
+//! - `ports.rs`: [`Egress`] (the store's part, [`DestinationStore`], is in `crate::ports`);
 //! - `service.rs`: the Forward use case and its two audit records;
 //! - `admin.rs`: destinations proposed, approved and revoked under dual control.
 
@@ -17,10 +17,8 @@ mod service;
 pub mod spec;
 pub mod template;
 
-pub use ports::{
-    DestinationStore, Egress, EgressFailure, ForwardInFlight, OutboundRequest, ProcessorResponse,
-    StoredDestination,
-};
+pub use crate::ports::{DestinationStore, ForwardInFlight, StoredDestination};
+pub use ports::{Egress, EgressFailure, OutboundRequest, ProcessorResponse};
 pub(crate) use service::Forwards;
 pub use service::{FORWARDED_TOKENS_SCOPE, ForwardCommand, Forwarded};
 pub use spec::{ContentType, Destination, DestinationSpec, Method, TemplateSpec};

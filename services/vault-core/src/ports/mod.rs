@@ -1,6 +1,5 @@
-//! The ports the use cases need from the outside world: a store and a key-encryption key.
-//! Adapters live in other crates (`vault-store`, `vault-kms`); this crate knows no SQL and no
-//! key backend.
+//! The ports the use cases need: a store (`destinations.rs`: the forward proxy's part) and a
+//! key-encryption key. Adapters live in other crates; this crate knows no SQL, no key backend.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -14,6 +13,8 @@ use crate::pan::Brand;
 use crate::reason::Reason;
 use crate::token::{Token, TokenFormat};
 use crate::truncation;
+mod destinations;
+pub use destinations::{DestinationStore, ForwardInFlight, StoredDestination};
 
 /// What a key is for. Part of the associated data its wrapping is bound to, so a wrapped DEK
 /// can never be unwrapped as a fingerprint key or the other way round.
@@ -578,9 +579,7 @@ pub trait TallyStore: Send + Sync {
 /// is unique in the vault, a (merchant, fingerprint, format) has at most one token, and a
 /// (merchant, purpose, version) at most one key.
 #[async_trait]
-pub trait TokenStore:
-    KeyStore + AuditStore + TallyStore + crate::forward::DestinationStore
-{
+pub trait TokenStore: KeyStore + AuditStore + TallyStore + DestinationStore {
     /// The merchant's newest DEK and its fingerprint key, if it has any.
     async fn merchant_keys(
         &self,
