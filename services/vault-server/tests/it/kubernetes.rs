@@ -254,7 +254,7 @@ fn the_manifests_hold_what_they_promise() {
         .flat_map(|rule| rule["ports"].as_array().unwrap().iter())
         .map(|port| port["port"].as_u64().unwrap())
         .collect();
-    assert_eq!(egress_ports, [5432, 1792, 53, 53]);
+    assert_eq!(egress_ports, [5432, 1792, 53, 53, 443]);
 
     let job = find(&docs, "Job", "card-vault-migrate");
     let migrate = &job["spec"]["template"]["spec"]["containers"][0];
