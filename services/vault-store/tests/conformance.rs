@@ -19,8 +19,9 @@ use vault_core::ids::{CallContext, CallerId, MerchantId};
 use vault_core::pan::Brand;
 use vault_core::policy::Operation;
 use vault_core::ports::{
-    CardMetadata, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet, ShredRequest, Tallied,
-    TallyRequest, TokenRecord, TokenStore, UseReservation, WrappedKey,
+    CardMetadata, ForwardInFlight, InsertOutcome, KeyContext, KeyPurpose, MerchantKeySet,
+    ShredRequest, StoredDestination, Tallied, TallyRequest, TokenRecord, TokenStore,
+    UseReservation, WrappedKey,
 };
 use vault_core::reason::Reason;
 use vault_core::token::{Token, TokenFormat};
@@ -1415,6 +1416,402 @@ async fn racing_repeated_items_admit_at_most_the_limit(
     );
 }
 
+const PROPOSER: &str = "spiffe://test/admin-1";
+const APPROVER: &str = "spiffe://test/admin-2";
+
+/// Version `id` of destination `name`, proposed by [`PROPOSER`] at `proposed_at`.
+fn destination(id: &str, name: &str, proposed_at: time::OffsetDateTime) -> StoredDestination {
+    StoredDestination {
+        id: id.into(),
+        name: name.into(),
+        spec_json: format!(r#"{{"name":"{name}","base_url":"https://{id}.example"}}"#),
+        fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        proposed_by: PROPOSER.into(),
+        proposed_at,
+        approved_by: None,
+        approved_at: None,
+        revoked_by: None,
+        revoked_at: None,
+    }
+}
+
+fn approved(
+    mut version: StoredDestination,
+    by: &str,
+    at: time::OffsetDateTime,
+) -> StoredDestination {
+    version.approved_by = Some(by.into());
+    version.approved_at = Some(at);
+    version
+}
+
+fn revoked(
+    mut version: StoredDestination,
+    by: &str,
+    at: time::OffsetDateTime,
+) -> StoredDestination {
+    version.revoked_by = Some(by.into());
+    version.revoked_at = Some(at);
+    version
+}
+
+/// Proposed versions read back exactly as stored, by id and by name, oldest first; a proposal
+/// is not in force.
+async fn destinations_proposed_read_back_oldest_first(store: &dyn TokenStore, audit_rows: Count) {
+    let t0 = now();
+    let second = time::Duration::seconds(1);
+    // Proposed out of order: listed by when they were proposed.
+    let acme_2 = destination("v-acme-2", "acme", t0 + second);
+    let acme_1 = destination("v-acme-1", "acme", t0);
+    let other = destination("v-other-1", "other", t0 + second * 2);
+    for (version, id) in [(&acme_2, "r1"), (&acme_1, "r2"), (&other, "r3")] {
+        store
+            .propose_destination(version, &audit(id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(audit_rows().await, 3, "one record per proposal");
+    assert_eq!(
+        store.destination_versions(None).await.unwrap(),
+        vec![acme_1.clone(), acme_2.clone(), other.clone()]
+    );
+    assert_eq!(
+        store.destination_versions(Some("acme")).await.unwrap(),
+        vec![acme_1.clone(), acme_2.clone()]
+    );
+    assert_eq!(
+        store.destination_versions(Some("nobody")).await.unwrap(),
+        Vec::new()
+    );
+    assert_eq!(
+        store.destination_version("v-acme-2").await.unwrap(),
+        Some(acme_2)
+    );
+    assert_eq!(store.destination_version("v-none").await.unwrap(), None);
+    assert_eq!(store.approved_destination("acme").await.unwrap(), None);
+    // A version id is proposed once.
+    assert!(
+        store
+            .propose_destination(&destination("v-acme-1", "acme", t0), &audit("r4"))
+            .await
+            .is_err()
+    );
+    assert_eq!(audit_rows().await, 3, "a refused proposal writes no record");
+}
+
+/// Dual control: the proposer cannot approve; another admin approves once; a second approval,
+/// or one of an unknown version, changes nothing and writes no record.
+async fn destination_approval_needs_a_second_admin(store: &dyn TokenStore, audit_rows: Count) {
+    let t0 = now();
+    let at = t0 + time::Duration::seconds(5);
+    let proposed = destination("v-1", "acme", t0);
+    store
+        .propose_destination(&proposed, &audit("r1"))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .approve_destination("v-1", PROPOSER, at, &audit("r2"))
+            .await
+            .unwrap(),
+        "the proposer cannot approve"
+    );
+    assert_eq!(
+        store.destination_version("v-1").await.unwrap(),
+        Some(proposed.clone())
+    );
+    assert!(
+        !store
+            .approve_destination("v-9", APPROVER, at, &audit("r3"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_rows().await, 1);
+    assert_eq!(store.approved_destination("acme").await.unwrap(), None);
+
+    assert!(
+        store
+            .approve_destination("v-1", APPROVER, at, &audit("r4"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_rows().await, 2);
+    let in_force = approved(proposed, APPROVER, at);
+    assert_eq!(
+        store.destination_version("v-1").await.unwrap(),
+        Some(in_force.clone())
+    );
+    assert_eq!(
+        store.approved_destination("acme").await.unwrap(),
+        Some(in_force.clone())
+    );
+    // Approved once: a second approval (by anyone) changes nothing.
+    let later = at + time::Duration::seconds(1);
+    assert!(
+        !store
+            .approve_destination("v-1", "spiffe://test/admin-3", later, &audit("r5"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_rows().await, 2);
+    assert_eq!(
+        store.destination_version("v-1").await.unwrap(),
+        Some(in_force)
+    );
+}
+
+/// The version in force is the one approved last of those not revoked; a revocation takes
+/// every version of the name out of force at once, and a revoked version cannot be approved.
+async fn destination_in_force_is_the_latest_approved_unrevoked(
+    store: &dyn TokenStore,
+    audit_rows: Count,
+) {
+    let t0 = now();
+    let s = time::Duration::seconds(1);
+    let v1 = destination("v-1", "acme", t0);
+    store.propose_destination(&v1, &audit("r1")).await.unwrap();
+    assert!(
+        store
+            .approve_destination("v-1", APPROVER, t0 + s, &audit("r2"))
+            .await
+            .unwrap()
+    );
+    let v1 = approved(v1, APPROVER, t0 + s);
+    assert_eq!(
+        store.approved_destination("acme").await.unwrap(),
+        Some(v1.clone())
+    );
+    // A new proposal leaves the approved version in force until it is approved itself.
+    let v2 = destination("v-2", "acme", t0 + s * 2);
+    store.propose_destination(&v2, &audit("r3")).await.unwrap();
+    assert_eq!(
+        store.approved_destination("acme").await.unwrap(),
+        Some(v1.clone())
+    );
+    assert!(
+        store
+            .approve_destination("v-2", APPROVER, t0 + s * 3, &audit("r4"))
+            .await
+            .unwrap()
+    );
+    let v2 = approved(v2, APPROVER, t0 + s * 3);
+    assert_eq!(
+        store.approved_destination("acme").await.unwrap(),
+        Some(v2.clone())
+    );
+    // Another name is not affected by any of it.
+    let other = destination("v-other", "other", t0);
+    store
+        .propose_destination(&other, &audit("r5"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .approve_destination("v-other", APPROVER, t0 + s, &audit("r6"))
+            .await
+            .unwrap()
+    );
+    let other = approved(other, APPROVER, t0 + s);
+    // A pending proposal goes with the revocation too.
+    let v3 = destination("v-3", "acme", t0 + s * 4);
+    store.propose_destination(&v3, &audit("r7")).await.unwrap();
+    assert_eq!(audit_rows().await, 7);
+
+    let revoker = "spiffe://test/admin-3";
+    let at = t0 + s * 5;
+    assert_eq!(
+        store
+            .revoke_destination("acme", revoker, at, &audit("r8"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(audit_rows().await, 8, "one record for the whole revocation");
+    assert_eq!(store.approved_destination("acme").await.unwrap(), None);
+    assert_eq!(
+        store.destination_versions(Some("acme")).await.unwrap(),
+        vec![
+            revoked(v1, revoker, at),
+            revoked(v2, revoker, at),
+            revoked(v3, revoker, at),
+        ]
+    );
+    assert_eq!(
+        store.approved_destination("other").await.unwrap(),
+        Some(other)
+    );
+    assert!(
+        !store
+            .approve_destination("v-3", APPROVER, at + s, &audit("r9"))
+            .await
+            .unwrap(),
+        "a revoked version cannot be approved"
+    );
+    assert_eq!(audit_rows().await, 8);
+
+    // A new version after a revocation is a fresh start; of two approved at the same time, the
+    // greater id is in force (the order is total).
+    let v4 = destination("v-4", "acme", at + s);
+    let v5 = destination("v-5", "acme", at + s);
+    store.propose_destination(&v5, &audit("r10")).await.unwrap();
+    store.propose_destination(&v4, &audit("r11")).await.unwrap();
+    for (id, record) in [("v-5", "r12"), ("v-4", "r13")] {
+        assert!(
+            store
+                .approve_destination(id, APPROVER, at + s * 2, &audit(record))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store.approved_destination("acme").await.unwrap(),
+        Some(approved(v5, APPROVER, at + s * 2))
+    );
+    assert_eq!(audit_rows().await, 12);
+}
+
+/// A revocation that finds nothing to revoke (an unknown name, or one revoked already) answers
+/// 0 and writes no record.
+async fn destination_revocation_of_nothing_writes_nothing(
+    store: &dyn TokenStore,
+    audit_rows: Count,
+) {
+    let t0 = now();
+    let at = t0 + time::Duration::seconds(1);
+    assert_eq!(
+        store
+            .revoke_destination("nobody", APPROVER, at, &audit("r1"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(audit_rows().await, 0);
+    store
+        .propose_destination(&destination("v-1", "acme", t0), &audit("r2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .revoke_destination("acme", APPROVER, at, &audit("r3"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(audit_rows().await, 2);
+    assert_eq!(
+        store
+            .revoke_destination("acme", PROPOSER, at, &audit("r4"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(audit_rows().await, 2);
+    // The first revocation stands.
+    assert_eq!(
+        store.destination_version("v-1").await.unwrap(),
+        Some(revoked(destination("v-1", "acme", t0), APPROVER, at))
+    );
+}
+
+fn in_flight(request_id: &str, begun_at: time::OffsetDateTime, timeout_ms: i64) -> ForwardInFlight {
+    ForwardInFlight {
+        request_id: request_id.into(),
+        caller: "spiffe://test/payments".into(),
+        merchant_id: "m1".into(),
+        token: "tok_AAAAAAAAAAAAAAAAAAAAAA".into(),
+        destination: "acme".into(),
+        fingerprint: format!("sha256:{}", "cd".repeat(32)),
+        begun_at,
+        deadline_at: begun_at + time::Duration::milliseconds(timeout_ms),
+    }
+}
+
+/// A forward is in flight from its first record's transaction to its second's: listed once
+/// its deadline is before the time asked, by deadline; finished once (a second finish, another
+/// replica's, writes nothing).
+async fn forwards_in_flight_are_marked_until_finished(store: &dyn TokenStore, audit_rows: Count) {
+    let t0 = now();
+    let s = time::Duration::seconds(1);
+    let slow = in_flight("req-slow", t0, 30_000);
+    let fast = in_flight("req-fast", t0 + s, 2_000);
+    store
+        .begin_forward(&slow, &audit("req-slow"))
+        .await
+        .unwrap();
+    store
+        .begin_forward(&fast, &audit("req-fast"))
+        .await
+        .unwrap();
+    assert_eq!(audit_rows().await, 2);
+    assert_eq!(store.forwards_in_flight(t0).await.unwrap(), Vec::new());
+    assert_eq!(
+        store.forwards_in_flight(t0 - s).await.unwrap(),
+        Vec::new(),
+        "nothing before the begin"
+    );
+    // Strictly before: a deadline equal to the time asked is not yet due.
+    assert_eq!(
+        store.forwards_in_flight(fast.deadline_at).await.unwrap(),
+        Vec::new()
+    );
+    assert_eq!(
+        store
+            .forwards_in_flight(fast.deadline_at + s)
+            .await
+            .unwrap(),
+        vec![fast.clone()]
+    );
+    assert_eq!(
+        store
+            .forwards_in_flight(slow.deadline_at + s)
+            .await
+            .unwrap(),
+        vec![fast.clone(), slow.clone()],
+        "by deadline, not by begin"
+    );
+    // A request id is in flight once.
+    assert!(
+        store
+            .begin_forward(&in_flight("req-fast", t0, 1_000), &audit("req-fast"))
+            .await
+            .is_err()
+    );
+    assert_eq!(audit_rows().await, 2);
+
+    assert!(
+        store
+            .finish_forward("req-fast", &audit("req-fast"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_rows().await, 3);
+    assert!(
+        !store
+            .finish_forward("req-fast", &audit("req-fast"))
+            .await
+            .unwrap(),
+        "finished already"
+    );
+    assert!(
+        !store
+            .finish_forward("req-none", &audit("req-none"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        audit_rows().await,
+        3,
+        "a finish that finds nothing writes nothing"
+    );
+    assert_eq!(
+        store
+            .forwards_in_flight(slow.deadline_at + s)
+            .await
+            .unwrap(),
+        vec![slow]
+    );
+}
+
 macro_rules! conformance_suite {
     ($fresh:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1555,6 +1952,36 @@ macro_rules! conformance_suite {
         async fn racing_tallies_admit_at_most_the_limit() {
             let (_guard, store, _) = $fresh().await;
             super::racing_tallies_admit_at_most_the_limit(std::sync::Arc::new(store)).await;
+        }
+
+        #[tokio::test]
+        async fn destinations_proposed_read_back_oldest_first() {
+            let (_guard, store, count) = $fresh().await;
+            super::destinations_proposed_read_back_oldest_first(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn destination_approval_needs_a_second_admin() {
+            let (_guard, store, count) = $fresh().await;
+            super::destination_approval_needs_a_second_admin(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn destination_in_force_is_the_latest_approved_unrevoked() {
+            let (_guard, store, count) = $fresh().await;
+            super::destination_in_force_is_the_latest_approved_unrevoked(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn destination_revocation_of_nothing_writes_nothing() {
+            let (_guard, store, count) = $fresh().await;
+            super::destination_revocation_of_nothing_writes_nothing(&store, count).await;
+        }
+
+        #[tokio::test]
+        async fn forwards_in_flight_are_marked_until_finished() {
+            let (_guard, store, count) = $fresh().await;
+            super::forwards_in_flight_are_marked_until_finished(&store, count).await;
         }
 
         #[tokio::test]

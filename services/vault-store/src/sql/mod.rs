@@ -5,6 +5,7 @@
 //! changes to one merchant's keys (see [`PG_LOCK_MERCHANT_KEYS`]).
 
 pub(crate) mod audit;
+pub(crate) mod destinations;
 pub(crate) mod keys;
 pub(crate) mod reads;
 mod statements;
@@ -26,10 +27,11 @@ pub(crate) fn row_key(record: &vault_core::ports::TokenRecord) -> RowKey {
     )
 }
 
-/// Implements every store port (`TokenStore`, `TallyStore`, `KeyStore`, `AuditStore`) and the
-/// group committer for `$store`, a struct with a `pool: Pool<$db>` field, a `chain`, a `group`,
-/// the point reads (`read_*`: `reads.rs`, or the backend's own) and an
-/// `async fn begin(&self) -> Result<Transaction<'static, $db>, StoreError>`; one module per port.
+/// Implements every store port (`TokenStore`, `TallyStore`, `KeyStore`, `AuditStore`,
+/// `DestinationStore`) and the group committer for `$store`, a struct with a `pool: Pool<$db>`
+/// field, a `chain`, a `group`, the point reads (`read_*`: `reads.rs`, or the backend's own)
+/// and an `async fn begin(&self) -> Result<Transaction<'static, $db>, StoreError>`; one module
+/// per port.
 macro_rules! token_store_impl {
     ($store:ty, $db:ty, $lock_merchant_keys:expr) => {
         impl $store {
@@ -46,6 +48,7 @@ macro_rules! token_store_impl {
         $crate::sql::tallies::tally_port!($store, $db);
         $crate::sql::keys::key_port!($store, $db, $lock_merchant_keys);
         $crate::sql::audit::audit_port!($store, $db);
+        $crate::sql::destinations::destination_port!($store);
     };
 }
 

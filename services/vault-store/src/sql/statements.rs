@@ -337,4 +337,71 @@ pub(crate) const FIND_AUDIT: &str = concat!(
      AND (at, writer, seq) > ($7, $8, $9) ORDER BY at, writer, seq LIMIT $10"
 );
 
+/// The columns of `destinations`, in the order `DestinationRow` and the insert use.
+macro_rules! destination_columns {
+    () => {
+        "id, name, spec_json, fingerprint, proposed_by, proposed_at, approved_by, approved_at, \
+         revoked_by, revoked_at"
+    };
+}
+
+/// The columns of `forwards_in_flight`, in the order `ForwardRow` and the insert use.
+macro_rules! forward_columns {
+    () => {
+        "request_id, caller, merchant_id, token, destination, fingerprint, begun_at, deadline_at"
+    };
+}
+
+pub(crate) const INSERT_DESTINATION: &str = concat!(
+    "INSERT INTO destinations (",
+    destination_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
+
+pub(crate) const SELECT_DESTINATION: &str = concat!(
+    "SELECT ",
+    destination_columns!(),
+    " FROM destinations WHERE id = $1"
+);
+
+/// Every version (of the name `$1`, or all if it is NULL), oldest first.
+pub(crate) const SELECT_DESTINATIONS: &str = concat!(
+    "SELECT ",
+    destination_columns!(),
+    " FROM destinations WHERE ($1 IS NULL OR name = $1) ORDER BY proposed_at, id"
+);
+
+/// Approves version `$1` as `$2` at `$3`, only if it is neither approved nor revoked and was
+/// proposed by someone else (dual control).
+pub(crate) const APPROVE_DESTINATION: &str = "UPDATE destinations SET approved_by = $2, \
+     approved_at = $3 WHERE id = $1 AND approved_at IS NULL AND revoked_at IS NULL AND \
+     proposed_by <> $2";
+
+/// Revokes every version of the name `$1` not revoked yet, as `$2` at `$3`.
+pub(crate) const REVOKE_DESTINATION: &str = "UPDATE destinations SET revoked_by = $2, \
+     revoked_at = $3 WHERE name = $1 AND revoked_at IS NULL";
+
+/// The version of a name in force: approved last of those not revoked.
+pub(crate) const SELECT_APPROVED_DESTINATION: &str = concat!(
+    "SELECT ",
+    destination_columns!(),
+    " FROM destinations WHERE name = $1 AND approved_at IS NOT NULL AND revoked_at IS NULL \
+     ORDER BY approved_at DESC, id DESC LIMIT 1"
+);
+
+pub(crate) const INSERT_FORWARD: &str = concat!(
+    "INSERT INTO forwards_in_flight (",
+    forward_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+);
+
+pub(crate) const DELETE_FORWARD: &str = "DELETE FROM forwards_in_flight WHERE request_id = $1";
+
+/// The forwards in flight whose deadline is before `$1`, by deadline.
+pub(crate) const SELECT_FORWARDS_DUE: &str = concat!(
+    "SELECT ",
+    forward_columns!(),
+    " FROM forwards_in_flight WHERE deadline_at < $1 ORDER BY deadline_at, request_id"
+);
+
 pub(crate) use {audit_columns, token_columns};

@@ -2,8 +2,10 @@
 //! transaction. It passes the same conformance suite as the SQLite and PostgreSQL stores
 //! (`vault-store/tests/conformance.rs`), and it can be told to fail ([`StoreFault`]).
 //!
-//! `keys.rs` holds the key ports, `trail.rs` the audit trail's.
+//! `keys.rs` holds the key ports, `trail.rs` the audit trail's, `destinations.rs` the
+//! forward proxy's.
 
+mod destinations;
 mod keys;
 mod trail;
 
@@ -19,8 +21,8 @@ use crate::audit::AuditRecord;
 use crate::error::StoreError;
 use crate::ids::MerchantId;
 use crate::ports::{
-    InsertOutcome, KeyContext, MerchantKeySet, ShredRequest, Tallied, TallyRequest, TallyStore,
-    TokenRecord, TokenStore, WrappedKey,
+    ForwardInFlight, InsertOutcome, KeyContext, MerchantKeySet, ShredRequest, StoredDestination,
+    Tallied, TallyRequest, TallyStore, TokenRecord, TokenStore, WrappedKey,
 };
 use crate::token::{Token, TokenFormat};
 
@@ -77,6 +79,10 @@ struct State {
     tallies: HashMap<TallyKey, (u64, HashSet<Vec<u8>>)>,
     /// Token inserts still to answer `TokenTaken` (see [`MemoryStore::collide_next_tokens`]).
     collisions: usize,
+    /// Every version of every destination, by id.
+    destinations: BTreeMap<String, StoredDestination>,
+    /// The forwards in flight, by request id.
+    forwards: BTreeMap<String, ForwardInFlight>,
 }
 
 /// Every store port in memory. Each method runs under one lock, as one transaction: a write
