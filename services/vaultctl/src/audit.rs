@@ -145,7 +145,8 @@ pub fn read_public_keys(path: &Path) -> Result<Vec<PublicKey>, Error> {
     Ok(keys)
 }
 
-fn read_segments(files: &[PathBuf]) -> Result<Vec<vault_audit::Segment>, Error> {
+/// Reads the export `files` (as `audit verify` and `audit trace` do).
+pub(crate) fn read_segments(files: &[PathBuf]) -> Result<Vec<vault_audit::Segment>, Error> {
     let mut segments = Vec::new();
     for path in files {
         let file = std::fs::File::open(path)

@@ -1,5 +1,6 @@
 //! The command line: global connection and output options, and one subcommand per RPC of
-//! `vault.v1.KeyAdminService`.
+//! `vault.v1.KeyAdminService`, `vault.v1.DestinationAdminService` and `vault.v1.AuditService`,
+//! plus the offline `audit verify` and `audit trace`.
 
 use std::path::PathBuf;
 
@@ -8,33 +9,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use vault_client::{ConnectionArgs, DEFAULT_ADDR, TlsFiles};
 
-const ABOUT: &str =
-    "Key administration for the card vault (vault.v1.KeyAdminService) over mutual TLS";
+const ABOUT: &str = "Key and destination administration and the audit trail of the card vault \
+(vault.v1.KeyAdminService, DestinationAdminService, AuditService) over mutual TLS";
 
 const LONG_ABOUT: &str = "\
-Key administration for the card vault (vault.v1.KeyAdminService) over mutual TLS.
+Key and destination administration and the audit trail of the card vault over mutual TLS:
+vault.v1.KeyAdminService (status, keys, kek, shred), vault.v1.DestinationAdminService
+(destination) and vault.v1.AuditService (audit export, audit public-key, audit prune).
 
-Every call needs a client certificate whose identity has the keys.admin permission, and is
-written to the vault's audit log, allowed or denied. Give the certificate either as three files
-(--ca, --cert, --key) or as a `vaultd dev` data directory and an identity name (--dev-dir,
---identity), which picks DIR/pki/ca.pem, DIR/pki/NAME.pem and DIR/pki/NAME.key.";
+Every call needs a client certificate whose identity has the permission the command names:
+keys.admin for status, keys, kek and shred; destinations.admin for destination; audit.read or
+audit.prune for audit. Each call is written to the vault's audit log, allowed or denied. Give
+the certificate either as three files (--ca, --cert, --key) or as a `vaultd dev` data directory
+and an identity name (--dev-dir, --identity), which picks DIR/pki/ca.pem, DIR/pki/NAME.pem and
+DIR/pki/NAME.key. `audit verify` and `audit trace` work offline on export files and need no
+certificate.";
 
 const AFTER_HELP: &str = "\
 Exit status:
   0  success
   1  the vault refused or failed the call (the gRPC code is printed, e.g. PERMISSION_DENIED,
-     UNAVAILABLE, DEADLINE_EXCEEDED), or a re-encryption or rewrap stopped before it finished
-     (run the same command again to resume)
+     UNAVAILABLE, DEADLINE_EXCEEDED), a re-encryption or rewrap stopped before it finished
+     (run the same command again to resume), or audit exports did not verify (audit verify,
+     trace and prune print what is wrong)
   2  usage or configuration error: bad arguments, no client identity given, an unreadable or
-     invalid certificate or key file, a malformed address
+     invalid certificate, key, spec or export file, a malformed address
 
 Examples:
   vaultctl --dev-dir .vault-dev --identity admin-1 status
   vaultctl --dev-dir .vault-dev --identity admin-1 keys rotate merchant-1 --reason 'quarterly rotation'
   vaultctl --ca ca.pem --cert me.pem --key me.key --addr vault.internal:50051 \\
-      --server-name vault.internal kek rewrap --reason 'KEK rotation CHG-1234'";
+      --server-name vault.internal kek rewrap --reason 'KEK rotation CHG-1234'
+  vaultctl --dev-dir .vault-dev --identity admin-1 destination propose acme.toml --reason 'onboard Acme'
+  vaultctl audit trace tok_123 --public-key vault-audit.pub q4.jsonl";
 
-/// `vaultctl`: the operators' client for the vault's key administration service.
+/// `vaultctl`: the operators' client for the vault's key and destination administration and
+/// its audit trail.
 #[derive(Debug, Parser)]
 #[command(
     name = "vaultctl",
@@ -87,9 +97,57 @@ pub enum Command {
     /// Crypto-shred a merchant's keys, under dual control (two different admins).
     #[command(subcommand)]
     Shred(ShredCommand),
-    /// The audit trail: export it, fetch its public key, verify exports offline.
+    /// Forward destinations, under dual control (needs `destinations.admin`).
+    #[command(subcommand)]
+    Destination(DestinationCommand),
+    /// The audit trail: export it, fetch its public key, verify exports and trace a token
+    /// offline, prune.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+/// `vaultctl destination ...` (`vault.v1.DestinationAdminService`; every command needs
+/// `destinations.admin`).
+#[derive(Debug, Subcommand)]
+pub enum DestinationCommand {
+    /// Step 1 of 2: propose a destination (a new one, or a new version of one).
+    ///
+    /// FILE is the spec as TOML (a `.toml` file) or JSON (any other name); see
+    /// docs/operations.md, "Destinations". `trust_anchor_file = "PATH"` (relative to FILE) is
+    /// read into `trust_anchor_pem`. Nothing is in force until a different admin approves the
+    /// printed id.
+    Propose {
+        /// The spec file (`.toml`, else JSON).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        reason: Reason,
+    },
+    /// Step 2 of 2: approve another admin's proposal; it replaces the version in force.
+    Approve {
+        /// The version id printed by `destination propose` (or shown by `destination list`).
+        #[arg(value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+    /// Revoke every version of a destination: forwards to it are refused from now on.
+    Revoke {
+        /// The destination's name.
+        #[arg(value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        #[command(flatten)]
+        reason: Reason,
+    },
+    /// List every version (of one destination, if named), oldest first, with its state.
+    List {
+        /// Only this destination's versions.
+        #[arg(value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+        name: Option<String>,
+        /// Also print each version's spec (JSON), to review a proposal before approving it.
+        #[arg(long)]
+        spec: bool,
+    },
 }
 
 /// `vaultctl audit ...`.
@@ -127,6 +185,26 @@ pub enum AuditCommand {
         /// The public key file (`audit public-key`).
         #[arg(long, value_name = "FILE")]
         public_key: PathBuf,
+        /// The export files.
+        #[arg(required = true, value_name = "EXPORT")]
+        files: Vec<PathBuf>,
+    },
+    /// Where did this card go? Every detokenize and forward of a token, from exports, offline.
+    ///
+    /// Verifies the exports first, exactly as `audit verify` does, and refuses (exit code 1,
+    /// no trace) if anything is wrong. Then lists, oldest first, each detokenize and forward
+    /// of the token: when, who, from where, why, the outcome, and for a forward the
+    /// destination, fingerprint, template, method, path and what came back.
+    Trace {
+        /// The token.
+        #[arg(value_name = "TOKEN", value_parser = NonEmptyStringValueParser::new())]
+        token: String,
+        /// The public key file (`audit public-key`).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// Only the token of this merchant (token strings are unique per merchant only).
+        #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+        merchant: Option<String>,
         /// The export files.
         #[arg(required = true, value_name = "EXPORT")]
         files: Vec<PathBuf>,
@@ -406,6 +484,9 @@ mod tests {
             &["kek", "rewrap"],
             &["shred", "request", "m-1"],
             &["shred", "approve", "m-1", "--request-id", "r-1"],
+            &["destination", "propose", "acme.toml"],
+            &["destination", "approve", "d-1"],
+            &["destination", "revoke", "acme"],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(
@@ -445,6 +526,88 @@ mod tests {
         }
         assert!(parse(&["shred", "approve", "m-1", "--reason", "r"]).is_err());
         assert!(parse(&["keys", "rotate", "--reason", "r"]).is_err());
+    }
+
+    #[test]
+    fn destination_commands_parse_their_arguments() {
+        let cli = parse(&[
+            "destination",
+            "propose",
+            "specs/acme.toml",
+            "--reason",
+            "onboard",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Destination(DestinationCommand::Propose { file, reason }) => {
+                assert_eq!(file, Path::new("specs/acme.toml"));
+                assert_eq!(reason.text, "onboard");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["destination", "approve", "d-1", "--reason", "ok"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Destination(DestinationCommand::Approve { id, .. }) if id == "d-1"
+        ));
+        let cli = parse(&["destination", "list", "--spec"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Destination(DestinationCommand::List {
+                name: None,
+                spec: true
+            })
+        ));
+        let cli = parse(&["destination", "list", "acme", "--output", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Destination(DestinationCommand::List { name: Some(n), spec: false })
+                if n == "acme"
+        ));
+        assert!(parse(&["destination", "approve", "", "--reason", "r"]).is_err());
+        assert!(parse(&["destination", "revoke", "--reason", "r"]).is_err());
+    }
+
+    #[test]
+    fn audit_trace_takes_a_token_a_key_and_exports() {
+        let cli = parse(&[
+            "audit",
+            "trace",
+            "tok_1",
+            "--public-key",
+            "k.pub",
+            "--merchant",
+            "m-1",
+            "a.jsonl",
+            "b.jsonl",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Audit(AuditCommand::Trace {
+                token,
+                public_key,
+                merchant,
+                files,
+            }) => {
+                assert_eq!(token, "tok_1");
+                assert_eq!(public_key, Path::new("k.pub"));
+                assert_eq!(merchant.as_deref(), Some("m-1"));
+                assert_eq!(files, [Path::new("a.jsonl"), Path::new("b.jsonl")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["audit", "trace", "tok_1", "a.jsonl", "--public-key", "k"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditCommand::Trace { merchant: None, .. })
+        ));
+        for args in [
+            &["audit", "trace", "tok_1", "--public-key", "k"][..],
+            &["audit", "trace", "tok_1", "a.jsonl"],
+            &["audit", "trace", "", "a.jsonl", "--public-key", "k"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `vaultctl`: the operators' command-line client for the vault's key administration service
-//! (`vault.v1.KeyAdminService` in `proto/vault/v1/admin.proto`), over mutual TLS only.
+//! `vaultctl`: the operators' command-line client for the vault's key administration
+//! (`vault.v1.KeyAdminService`), forward destinations (`vault.v1.DestinationAdminService`, both
+//! in `proto/vault/v1/admin.proto`) and audit trail (`vault.v1.AuditService`), over mutual TLS
+//! only; and the offline audit commands (`audit verify`, `audit trace`), which need no vault.
 //!
 //! The binary is a thin shell around [`run`]: parse a [`Cli`], run it, print the [`Report`] in
 //! the chosen [`OutputFormat`], or print the [`Error`] and exit with [`Error::exit_code`]. Tests
@@ -7,30 +9,37 @@
 //!
 //! - [`cli`]: the command line (clap).
 //! - [`connect`]: the mutual TLS channel.
+//! - [`audit`]: the audit trail's export, public key, offline verification and prune.
+//! - [`trace`]: `audit trace`, every detokenize and forward of a token in verified exports.
+//! - [`destination`]: destination spec files (TOML or JSON) for `destination propose`.
 //! - [`progress`]: following a streamed job, with a bar or plain lines on standard error.
 //! - [`output`]: what each command prints, as text or JSON.
 
 pub mod audit;
 pub mod cli;
 pub mod connect;
+pub mod destination;
 mod error;
 pub mod output;
 pub mod progress;
+pub mod trace;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tonic::{Response, Status, Streaming};
+use vault_proto::v1::destination_admin_service_client::DestinationAdminServiceClient;
 use vault_proto::v1::{
-    ApproveShredRequest, GetKeyStatusRequest, GetMerchantKeysRequest, Progress,
-    ReencryptMerchantRequest, RequestShredRequest, RewrapKeysRequest, RotateDekRequest,
+    ApproveDestinationRequest, ApproveShredRequest, GetKeyStatusRequest, GetMerchantKeysRequest,
+    ListDestinationsRequest, Progress, ProposeDestinationRequest, ReencryptMerchantRequest,
+    RequestShredRequest, RevokeDestinationRequest, RewrapKeysRequest, RotateDekRequest,
 };
 
 pub use cli::{Cli, OutputFormat};
 pub use error::{EXIT_FAILED, EXIT_USAGE, Error, code_name, status_text};
 pub use output::Report;
 
-use cli::{AuditCommand, Command, KekCommand, KeysCommand, ShredCommand};
+use cli::{AuditCommand, Command, DestinationCommand, KekCommand, KeysCommand, ShredCommand};
 use progress::Reporter;
 
 /// Runs one command: connects as `cli.connection` says, makes the command's one call and
@@ -45,6 +54,9 @@ use progress::Reporter;
 pub async fn run(cli: &Cli) -> Result<Report, Error> {
     if let Command::Audit(command) = &cli.command {
         return audit_command(&cli.connection, command).await;
+    }
+    if let Command::Destination(command) = &cli.command {
+        return destination_command(&cli.connection, command).await;
     }
     let mut client = connect::client(&cli.connection)?;
     let timeout = Duration::from_secs(cli.connection.timeout_secs);
@@ -144,12 +156,86 @@ pub async fn run(cli: &Cli) -> Result<Report, Error> {
                 keys_destroyed: approved.keys_destroyed,
             })
         }
-        Command::Audit(_) => Err(Error::Protocol("audit commands run above".to_owned())),
+        Command::Audit(_) | Command::Destination(_) => Err(Error::Protocol(
+            "audit and destination commands run above".to_owned(),
+        )),
     }
 }
 
-/// Runs an `audit` command. `audit verify` is offline: it opens no connection and needs no
-/// credentials.
+/// Runs a `destination` command (`vault.v1.DestinationAdminService`, which needs
+/// `destinations.admin`).
+async fn destination_command(
+    connection: &cli::ConnectionArgs,
+    command: &DestinationCommand,
+) -> Result<Report, Error> {
+    let client = || -> Result<_, Error> {
+        Ok(DestinationAdminServiceClient::new(connect::channel(
+            connection,
+        )?))
+    };
+    let timeout = Duration::from_secs(connection.timeout_secs);
+    match command {
+        DestinationCommand::Propose { file, reason } => {
+            let spec_json = destination::read_spec(file)?;
+            let version = unary(
+                timeout,
+                client()?.propose_destination(ProposeDestinationRequest {
+                    spec_json,
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            let addr = (connection.addr != cli::DEFAULT_ADDR).then_some(connection.addr.as_str());
+            let approve_command = output::destination_approve_command(addr, &version.id);
+            Ok(Report::DestinationProposed {
+                version,
+                approve_command,
+            })
+        }
+        DestinationCommand::Approve { id, reason } => {
+            let version = unary(
+                timeout,
+                client()?.approve_destination(ApproveDestinationRequest {
+                    id: id.clone(),
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            Ok(Report::DestinationApproved(version))
+        }
+        DestinationCommand::Revoke { name, reason } => {
+            let answer = unary(
+                timeout,
+                client()?.revoke_destination(RevokeDestinationRequest {
+                    name: name.clone(),
+                    reason: reason.text.clone(),
+                }),
+            )
+            .await?;
+            Ok(Report::DestinationRevoked {
+                name: name.clone(),
+                revoked: answer.revoked,
+            })
+        }
+        DestinationCommand::List { name, spec } => {
+            let answer = unary(
+                timeout,
+                client()?.list_destinations(ListDestinationsRequest {
+                    name: name.clone().unwrap_or_default(),
+                }),
+            )
+            .await?;
+            Ok(Report::Destinations {
+                name: name.clone(),
+                versions: answer.versions,
+                spec: *spec,
+            })
+        }
+    }
+}
+
+/// Runs an `audit` command. `audit verify` and `audit trace` are offline: they open no
+/// connection and need no credentials.
 async fn audit_command(
     connection: &cli::ConnectionArgs,
     command: &AuditCommand,
@@ -158,6 +244,17 @@ async fn audit_command(
         AuditCommand::Verify { public_key, files } => {
             Ok(Report::AuditVerified(audit::verify(public_key, files)?))
         }
+        AuditCommand::Trace {
+            token,
+            public_key,
+            merchant,
+            files,
+        } => Ok(Report::AuditTraced(trace::trace(
+            public_key,
+            files,
+            token,
+            merchant.as_deref(),
+        )?)),
         AuditCommand::Export { from, to, out } => Ok(Report::AuditExported(
             audit::export(connect::channel(connection)?, from.clone(), to.clone(), out).await?,
         )),

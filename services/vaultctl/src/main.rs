@@ -1,5 +1,6 @@
-//! `vaultctl`: the operators' command-line client for the vault's key administration service.
-//! See `vaultctl --help`; the work is done by [`vaultctl::run`].
+//! `vaultctl`: the operators' command-line client for the vault's key and destination
+//! administration and its audit trail. See `vaultctl --help`; the work is done by
+//! [`vaultctl::run`].
 
 use std::io::Write;
 use std::process::ExitCode;

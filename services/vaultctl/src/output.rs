@@ -1,11 +1,17 @@
-//! What each command prints: a [`Report`] rendered as text for people (here) or as one JSON
-//! object for scripts (`json`: `Report` is `Serialize`). Plain functions of the vault's
-//! answers, testable without a server.
+//! What each command prints: a [`Report`] rendered as text for people (here; `destinations`
+//! and `trace` for those commands) or as one JSON object for scripts (`json`: `Report` is
+//! `Serialize`). Plain functions of the vault's answers, testable without a server.
 
+mod destinations;
 mod json;
+mod trace;
 
 use serde_json::Value;
-use vault_proto::v1::{CacheStatus, GetKeyStatusResponse, GetMerchantKeysResponse, ShredRequest};
+use vault_proto::v1::{
+    CacheStatus, DestinationVersion, GetKeyStatusResponse, GetMerchantKeysResponse, ShredRequest,
+};
+
+pub use destinations::approve_command as destination_approve_command;
 
 use crate::cli::OutputFormat;
 
@@ -73,6 +79,33 @@ pub enum Report {
     AuditVerified(vault_audit::Report),
     /// `audit prune`: refused (the export did not verify), or what the vault removed.
     AuditPruned(crate::audit::Pruning),
+    /// `audit trace`: refused (the exports did not verify), or every access to the token.
+    AuditTraced(crate::trace::Trace),
+    /// `destination propose`: the proposed version, and how a second admin approves it.
+    DestinationProposed {
+        /// The version as the vault recorded it.
+        version: DestinationVersion,
+        /// The command the second admin runs (with their own credentials).
+        approve_command: String,
+    },
+    /// `destination approve`: the version now in force.
+    DestinationApproved(DestinationVersion),
+    /// `destination revoke`: how many versions of the destination were revoked.
+    DestinationRevoked {
+        /// The destination.
+        name: String,
+        /// Versions revoked.
+        revoked: u64,
+    },
+    /// `destination list`: every version (of `name`, if given), oldest first.
+    Destinations {
+        /// The destination asked about, if one was.
+        name: Option<String>,
+        /// The versions.
+        versions: Vec<DestinationVersion>,
+        /// Whether to show each version's spec (`--spec`).
+        spec: bool,
+    },
 }
 
 fn pruned_text(pruning: &crate::audit::Pruning) -> String {
@@ -151,6 +184,7 @@ impl Report {
         match self {
             Self::AuditVerified(report) if !report.is_clean() => crate::EXIT_FAILED,
             Self::AuditPruned(crate::audit::Pruning::Refused(_)) => crate::EXIT_FAILED,
+            Self::AuditTraced(trace) if trace.refused() => crate::EXIT_FAILED,
             _ => 0,
         }
     }
@@ -223,6 +257,20 @@ impl Report {
             ),
             Self::AuditVerified(report) => verify_text(report),
             Self::AuditPruned(pruning) => pruned_text(pruning),
+            Self::AuditTraced(trace) => trace::text(trace),
+            Self::DestinationProposed {
+                version,
+                approve_command,
+            } => destinations::proposed_text(version, approve_command),
+            Self::DestinationApproved(version) => destinations::approved_text(version),
+            Self::DestinationRevoked { name, revoked } => {
+                destinations::revoked_text(name, *revoked)
+            }
+            Self::Destinations {
+                name,
+                versions,
+                spec,
+            } => destinations::list_text(name.as_deref(), versions, *spec),
         }
     }
 

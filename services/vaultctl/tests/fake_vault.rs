@@ -1,5 +1,5 @@
-//! `vaultctl` against an in-process stand-in for `vault.v1.KeyAdminService` over real mutual
-//! TLS: the library's `run` and the built binary (output, progress lines, exit codes). The real
+//! `vaultctl` against an in-process stand-in for `vault.v1.KeyAdminService` and
+//! `vault.v1.DestinationAdminService` over real mutual TLS: the library's `run` and the built binary (output, progress lines, exit codes). The real
 //! server's end-to-end tests live with vault-server; this one checks the client's side of the
 //! contract with canned answers.
 
@@ -25,6 +25,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
+use vault_proto::v1::destination_admin_service_server::{
+    DestinationAdminService, DestinationAdminServiceServer,
+};
 use vault_proto::v1::key_admin_service_server::{KeyAdminService, KeyAdminServiceServer};
 use vault_proto::v1::*;
 use vaultctl::{Cli, Error, Report};
@@ -208,6 +211,99 @@ impl KeyAdminService for FakeVault {
     }
 }
 
+/// The destination administration stand-in: records (RPC, spec/id/name, reason) per call in
+/// the same list as [`FakeVault`].
+struct FakeDestinations {
+    calls: Calls,
+}
+
+fn destination_version(id: &str, name: &str, state: &str, spec_json: &str) -> DestinationVersion {
+    DestinationVersion {
+        id: id.into(),
+        name: name.into(),
+        fingerprint: "sha256:ab12".into(),
+        state: state.into(),
+        spec_json: spec_json.into(),
+        proposed_by: "spiffe://vault.test/admin-1".into(),
+        proposed_at: "2026-03-01T12:00:00Z".into(),
+        ..DestinationVersion::default()
+    }
+}
+
+impl FakeDestinations {
+    fn record<T>(&self, rpc: &str, request: &Request<T>, subject: &str, reason: &str) {
+        assert!(request.peer_certs().is_some_and(|certs| !certs.is_empty()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push((rpc.to_owned(), subject.to_owned(), reason.to_owned()));
+    }
+}
+
+#[tonic::async_trait]
+impl DestinationAdminService for FakeDestinations {
+    async fn propose_destination(
+        &self,
+        request: Request<ProposeDestinationRequest>,
+    ) -> Result<Response<DestinationVersion>, Status> {
+        let ProposeDestinationRequest { spec_json, reason } = request.get_ref().clone();
+        self.record("ProposeDestination", &request, &spec_json, &reason);
+        let spec: Value = serde_json::from_str(&spec_json)
+            .map_err(|e| Status::invalid_argument(format!("spec_json: {e}")))?;
+        let name = spec["name"].as_str().unwrap_or_default();
+        Ok(Response::new(destination_version(
+            "d-1", name, "proposed", &spec_json,
+        )))
+    }
+
+    async fn approve_destination(
+        &self,
+        request: Request<ApproveDestinationRequest>,
+    ) -> Result<Response<DestinationVersion>, Status> {
+        let ApproveDestinationRequest { id, reason } = request.get_ref().clone();
+        self.record("ApproveDestination", &request, &id, &reason);
+        if id != "d-1" {
+            return Err(Status::failed_precondition(
+                "the approver proposed this version",
+            ));
+        }
+        Ok(Response::new(DestinationVersion {
+            approved_by: "spiffe://vault.test/admin-2".into(),
+            approved_at: "2026-03-01T13:00:00Z".into(),
+            ..destination_version("d-1", "acme", "in_force", "{}")
+        }))
+    }
+
+    async fn revoke_destination(
+        &self,
+        request: Request<RevokeDestinationRequest>,
+    ) -> Result<Response<RevokeDestinationResponse>, Status> {
+        let RevokeDestinationRequest { name, reason } = request.get_ref().clone();
+        self.record("RevokeDestination", &request, &name, &reason);
+        if name != "acme" {
+            return Err(Status::not_found("no such destination"));
+        }
+        Ok(Response::new(RevokeDestinationResponse { revoked: 2 }))
+    }
+
+    async fn list_destinations(
+        &self,
+        request: Request<ListDestinationsRequest>,
+    ) -> Result<Response<ListDestinationsResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        self.record("ListDestinations", &request, &name, "");
+        let versions = [
+            destination_version("d-0", "acme", "superseded", r#"{"name":"acme"}"#),
+            destination_version("d-1", "acme", "in_force", r#"{"name":"acme"}"#),
+            destination_version("d-2", "beta", "proposed", r#"{"name":"beta"}"#),
+        ]
+        .into_iter()
+        .filter(|v| name.is_empty() || v.name == name)
+        .collect();
+        Ok(Response::new(ListDestinationsResponse { versions }))
+    }
+}
+
 /// A running fake vault and a `vaultd dev`-style data directory with its PKI.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -264,6 +360,9 @@ async fn start() -> Fixture {
     let server = Server::builder()
         .tls_config(tls)
         .unwrap()
+        .add_service(DestinationAdminServiceServer::new(FakeDestinations {
+            calls: calls.clone(),
+        }))
         .add_service(KeyAdminServiceServer::new(fake))
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
@@ -553,4 +652,156 @@ async fn the_binary_prints_text_json_progress_and_exit_codes() {
 
     let out = vault.binary(&["keys", "rotate", "m-1"]).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test]
+async fn destination_commands_make_their_calls() {
+    let vault = start().await;
+    let dir = vault.dir.path();
+    std::fs::write(
+        dir.join("acme-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n",
+    )
+    .unwrap();
+    let spec = dir.join("acme.toml");
+    std::fs::write(
+        &spec,
+        "name = \"acme\"\nbase_url = \"https://psp.example\"\n\
+         trust_anchor_file = \"acme-ca.pem\"\nmethods = [\"POST\"]\ntimeout_ms = 10000\n",
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+
+    let proposed = vault
+        .run(&["destination", "propose", spec, "--reason", "onboard"])
+        .await
+        .unwrap();
+    match &proposed {
+        Report::DestinationProposed {
+            version,
+            approve_command,
+        } => {
+            assert_eq!(
+                (version.id.as_str(), version.name.as_str()),
+                ("d-1", "acme")
+            );
+            assert_eq!(
+                approve_command,
+                &format!(
+                    "vaultctl --addr {} destination approve d-1 --reason 'REASON'",
+                    vault.addr
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let sent: Value = serde_json::from_str(&vault.calls()[0].1).unwrap();
+    assert_eq!(
+        sent,
+        json!({
+            "name": "acme",
+            "base_url": "https://psp.example",
+            "trust_anchor_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n",
+            "methods": ["POST"],
+            "timeout_ms": 10000,
+        })
+    );
+
+    let approved = vault
+        .run(&["destination", "approve", "d-1", "--reason", "reviewed"])
+        .await
+        .unwrap();
+    assert!(matches!(&approved, Report::DestinationApproved(v) if v.state == "in_force"));
+    let revoked = vault
+        .run(&["destination", "revoke", "acme", "--reason", "ended"])
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked,
+        Report::DestinationRevoked {
+            name: "acme".into(),
+            revoked: 2
+        }
+    );
+    let listed = vault.run(&["destination", "list", "acme"]).await.unwrap();
+    assert!(
+        matches!(&listed, Report::Destinations { versions, spec: false, .. } if versions.len() == 2)
+    );
+
+    let calls: Vec<(String, String)> = vault
+        .calls()
+        .into_iter()
+        .skip(1)
+        .map(|(rpc, subject, reason)| (format!("{rpc} {subject}"), reason))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("ApproveDestination d-1", "reviewed"),
+            ("RevokeDestination acme", "ended"),
+            ("ListDestinations acme", ""),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+
+    // The binary: text, JSON, refusals (exit 1) and a bad spec (exit 2, no call).
+    let out = vault
+        .binary(&["destination", "propose", spec, "--reason", "onboard"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("proposed destination acme\nid:          d-1\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" destination approve d-1 --reason 'REASON'\n"),
+        "{stdout}"
+    );
+
+    let out = vault
+        .binary(&["destination", "list", "--spec", "--output", "json"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["versions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(value["versions"][2]["spec"], json!({ "name": "beta" }));
+
+    let out = vault
+        .binary(&["destination", "approve", "d-9", "--reason", "mine"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "vaultctl: FAILED_PRECONDITION: the approver proposed this version\n"
+    );
+    let out = vault
+        .binary(&[
+            "destination",
+            "revoke",
+            "nope",
+            "--reason",
+            "r",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+
+    let before = vault.calls().len();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "name = 1").unwrap();
+    let out = vault
+        .binary(&[
+            "destination",
+            "propose",
+            bad.to_str().unwrap(),
+            "--reason",
+            "r",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("is not valid JSON"), "{out:?}");
+    assert_eq!(vault.calls().len(), before);
 }

@@ -8,6 +8,8 @@ use serde::{Serialize, Serializer};
 use vault_audit::{PublicKey, WriterSummary};
 use vault_proto::v1::{CacheStatus, GetKeyStatusResponse, KeyVersion, PruneResponse, ShredRequest};
 
+use super::destinations::{List, Proposed, Revoked, Version};
+use super::trace::Traced;
 use super::{Report, hit_ratio};
 use crate::audit::{Exported, Pruning};
 
@@ -85,6 +87,32 @@ impl Serialize for Report {
                 answer,
             }) => Pruned::new(export.display().to_string(), *checkpoints, answer)
                 .serialize(serializer),
+            Self::AuditTraced(trace) => Traced::new(trace).serialize(serializer),
+            Self::DestinationProposed {
+                version,
+                approve_command,
+            } => Proposed {
+                version: Version::new(version, false),
+                approve_command,
+            }
+            .serialize(serializer),
+            Self::DestinationApproved(version) => {
+                Version::new(version, false).serialize(serializer)
+            }
+            Self::DestinationRevoked { name, revoked } => Revoked {
+                name,
+                revoked: *revoked,
+            }
+            .serialize(serializer),
+            Self::Destinations {
+                name,
+                versions,
+                spec,
+            } => List {
+                name: name.as_deref(),
+                versions: versions.iter().map(|v| Version::new(v, *spec)).collect(),
+            }
+            .serialize(serializer),
         }
     }
 }
@@ -275,9 +303,9 @@ struct PublicKeys<'a> {
     keys: Vec<&'a str>,
 }
 
-/// `audit verify`.
+/// `audit verify` (and the `verified` part of `audit trace`).
 #[derive(Serialize)]
-struct AuditVerified<'a> {
+pub(super) struct AuditVerified<'a> {
     clean: bool,
     records: u64,
     checkpoints: u64,
@@ -288,7 +316,7 @@ struct AuditVerified<'a> {
 }
 
 impl<'a> AuditVerified<'a> {
-    fn new(report: &'a vault_audit::Report) -> Self {
+    pub(super) fn new(report: &'a vault_audit::Report) -> Self {
         Self {
             clean: report.is_clean(),
             records: report.records,
