@@ -153,7 +153,10 @@ async fn a_card_goes_out_in_json_and_form_and_comes_back_masked_however_echoed()
     assert_eq!(received[0].header("content-type"), Some("application/json"));
     assert_eq!(received[0].header("accept-encoding"), Some("identity"));
     assert_eq!(received[0].header("idempotency-key"), Some("idem-1"));
-    assert_eq!(received[0].path, "/v1/charges");
+    assert_eq!(
+        (received[0].method.as_str(), received[0].path.as_str()),
+        ("POST", "/v1/charges")
+    );
     // The answer: the processor echoed the card in its body and a header; both masked.
     let body = String::from_utf8(answer.body.clone()).unwrap();
     assert!(!body.contains(&pan), "{body}");
