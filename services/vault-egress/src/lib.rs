@@ -269,6 +269,17 @@ impl HttpsEgress {
     }
 }
 
+/// The TLS error behind `cause`, looking through `io::Error`s wrapped in one another (whose
+/// `source()` skips the error they wrap).
+fn tls_error<'a>(mut cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
 /// What a transport error means for the caller.
 fn failure_of(error: &reqwest::Error) -> EgressFailure {
     if error.is_timeout() {
@@ -276,17 +287,7 @@ fn failure_of(error: &reqwest::Error) -> EgressFailure {
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return match tls {
-                rustls::Error::InvalidCertificate(_) => EgressFailure::Untrusted,
-                _ => EgressFailure::Unreachable,
-            };
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
+        if let Some(tls) = tls_error(cause) {
             return match tls {
                 rustls::Error::InvalidCertificate(_) => EgressFailure::Untrusted,
                 _ => EgressFailure::Unreachable,
