@@ -559,3 +559,147 @@ async fn a_lost_second_record_is_recorded_as_unknown_after_the_deadline() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn audit_trace_lists_a_tokens_forwards_and_detokenizes_from_verified_exports() {
+    let vault = TestVault::start().await;
+    let processor = Processor::start().await;
+    let version = approve(&vault, &spec("acme", &processor)).await;
+    let pan = random_pan("4");
+    let token = tokenize(&vault, &pan).await;
+    let other = tokenize(&vault, &random_pan("4")).await;
+    let mut payments = vault.client("payments").await;
+    payments
+        .forward(forward(&token, "acme", "charge_json", "/v1/charges"))
+        .await
+        .unwrap();
+    payments
+        .forward(forward(&other, "acme", "charge_json", "/v1/charges"))
+        .await
+        .unwrap();
+    let redirected = payments
+        .forward(forward(&token, "acme", "charge_form", "/v1/redirect"))
+        .await
+        .unwrap_err();
+    assert_eq!(redirected.code(), Code::FailedPrecondition);
+    payments
+        .detokenize(detokenize_request("m1", &token))
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let key = out.path().join("vault-audit.pub");
+    let export = out.path().join("trail.jsonl");
+    let (key_s, export_s) = (key.to_string_lossy(), export.to_string_lossy());
+    vault
+        .vaultctl("auditor", &["audit", "public-key", "--out", &key_s])
+        .await
+        .unwrap();
+    vault
+        .vaultctl("auditor", &["audit", "export", "--out", &export_s])
+        .await
+        .unwrap();
+    let trace = |file: String| {
+        let (token, key) = (token.clone(), key_s.to_string());
+        let vault = &vault;
+        async move {
+            let args = ["audit", "trace", &token, "--public-key", &key, &file];
+            match vault.vaultctl("auditor", &args).await.unwrap() {
+                vaultctl::Report::AuditTraced(trace) => trace,
+                other => panic!("trace printed {other:?}"),
+            }
+        }
+    };
+    let traced = trace(export_s.to_string()).await;
+    assert!(!traced.refused());
+    let accesses = traced.accesses.unwrap();
+    assert_eq!(
+        accesses.len(),
+        3,
+        "two forwards and a detokenize: {accesses:#?}"
+    );
+    let first = accesses[0].forward.as_ref().expect("a forward first");
+    assert_eq!(accesses[0].caller, PAYMENTS);
+    assert_eq!(accesses[0].reason.as_deref(), Some("charge order 42"));
+    assert_eq!(first.destination.as_deref(), Some("acme"));
+    assert_eq!(
+        first.fingerprint.as_deref(),
+        Some(version.fingerprint.as_str())
+    );
+    assert_eq!(first.template.as_deref(), Some("charge_json"));
+    assert_eq!(first.path.as_deref(), Some("/v1/charges"));
+    assert_eq!(first.results[0].status, Some(201));
+    let second = accesses[1].forward.as_ref().unwrap();
+    assert_eq!(second.results[0].error.as_deref(), Some("redirect"));
+    assert!(accesses[2].forward.is_none(), "then the detokenize");
+    // The export holds no card.
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(!text.contains(&pan));
+
+    // One record changed: the whole export is refused, and no trace is given.
+    let tampered = out.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        text.replacen("destination=acme", "destination=evil", 1),
+    )
+    .unwrap();
+    let refused = trace(tampered.to_string_lossy().into_owned()).await;
+    assert!(refused.refused());
+    assert!(refused.accesses.is_none());
+}
+
+#[tokio::test]
+async fn a_destination_with_a_client_identity_presents_it_to_the_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+    let client_ca = vault_server::pki::DevCa::generate("vault to processor CA").unwrap();
+    let client = client_ca.issue_client(Some("card-vault"), None).unwrap();
+    std::fs::write(dir.path().join("acme-client.pem"), &client.cert_pem).unwrap();
+    write_private(&dir.path().join("acme-client.key"), &client.key_pem);
+    let forward_config = "[forward.client_identities.acme]\n\
+                          certificate = \"acme-client.pem\"\nkey = \"acme-client.key\"\n";
+    let vault = TestVault::start_in(
+        dir,
+        "url = \"sqlite:vault.db\"\n",
+        &format!("{DEV_KEK}{forward_config}"),
+        &[],
+        "info",
+    )
+    .await;
+    let processor = Processor::start_with(Some(&client_ca.cert_pem())).await;
+    let mut with_identity = spec("acme", &processor);
+    with_identity["client_identity"] = json!("acme");
+    approve(&vault, &with_identity).await;
+    approve(&vault, &spec("anonymous", &processor)).await;
+    let token = tokenize(&vault, &random_pan("4")).await;
+    let mut payments = vault.client("payments").await;
+    let answer = payments
+        .forward(forward(&token, "acme", "charge_json", "/v1/charges"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 201);
+    // Without the certificate the processor refuses the handshake: nothing is delivered.
+    let status = payments
+        .forward(forward(&token, "anonymous", "charge_json", "/v1/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert_eq!(processor.received().len(), 1);
+    // A destination naming an identity the vault does not have is refused at proposal.
+    let mut unknown = spec("other", &processor);
+    unknown["client_identity"] = json!("nobody");
+    let refused = admin(&vault, "admin-1")
+        .await
+        .propose_destination(pb::ProposeDestinationRequest {
+            spec_json: unknown.to_string(),
+            reason: "onboarding".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("client_identity:"),
+        "{}",
+        refused.message()
+    );
+}
