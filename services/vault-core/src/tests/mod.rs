@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+mod forward;
 mod keys;
 mod tokens;
 mod trail;
@@ -85,15 +86,24 @@ fn grant(operations: &[Operation], merchants: Option<&[&str]>) -> Grant {
 }
 
 fn policy() -> Policy {
-    use Operation::{AuditPrune, AuditRead, Delete, Detokenize, KeysAdmin, Metadata, Tokenize};
+    use Operation::{
+        AuditPrune, AuditRead, Delete, DestinationsAdmin, Detokenize, Forward, KeysAdmin, Metadata,
+        Tokenize,
+    };
     Policy::new([
         (CallerId::new(GATEWAY), grant(&[Tokenize], None)),
         (
             CallerId::new(PAYMENTS),
-            grant(&[Detokenize, Metadata, Delete], Some(&[M1])),
+            grant(&[Detokenize, Forward, Metadata, Delete], Some(&[M1])),
         ),
-        (CallerId::new(ADMIN_A), grant(&[KeysAdmin], None)),
-        (CallerId::new(ADMIN_B), grant(&[KeysAdmin], None)),
+        (
+            CallerId::new(ADMIN_A),
+            grant(&[KeysAdmin, DestinationsAdmin], None),
+        ),
+        (
+            CallerId::new(ADMIN_B),
+            grant(&[KeysAdmin, DestinationsAdmin], None),
+        ),
         (
             CallerId::new(AUDITOR),
             grant(&[AuditRead, AuditPrune], None),

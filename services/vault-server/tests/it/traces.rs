@@ -260,3 +260,50 @@ async fn a_collector_receives_the_callers_trace_continued_with_its_child_spans_a
     }
     assert!(!everything.contains("baggage") && !everything.contains("pan="));
 }
+
+/// A forward is traced like any call, and no span holds the card it sent or the processor
+/// echoed back.
+#[tokio::test]
+async fn a_forward_leaves_no_card_in_any_span() {
+    use crate::forward::{approve, forward, spec, tokenize};
+    let received = Received::default();
+    let collector = received.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    vault_kms::DangerLocalFileKek::create(&dir.path().join("kek.key")).unwrap();
+    let vault = TestVault::start_in(
+        dir,
+        "url = \"sqlite:vault.db\"\n",
+        &format!("{DEV_KEK}[telemetry]\notlp_endpoint = \"http://{collector}\"\n"),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+        "trace",
+    )
+    .await;
+    let processor = crate::processor::Processor::start().await;
+    approve(&vault, &spec("acme", &processor)).await;
+    let pan = random_pan("4");
+    let token = tokenize(&vault, &pan).await;
+    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let mut payments = vault.client("payments").await;
+    for path in ["/v1/charges", "/v1/echo/unicode", "/v1/redirect"] {
+        let _ = payments
+            .forward(traced(
+                forward(&token, "acme", "charge_json", path),
+                &parent,
+            ))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received
+        .spans()
+        .iter()
+        .filter(|s| s.name == "call" && attribute(s, "merchant").as_deref() == Some("m1"))
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "{:#?}", received.spans());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let everything = format!("{:?}", received.0.lock().unwrap());
+    assert!(!everything.contains(&pan), "the card in a span");
+    assert!(!vault.logs().contains(&pan), "the card in the logs");
+}
