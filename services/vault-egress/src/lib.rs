@@ -413,3 +413,70 @@ impl Egress for HttpsEgress {
             .unwrap_or(Err(EgressFailure::Timeout))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn spec(base_url: &str, pin: Option<&str>) -> DestinationSpec {
+        DestinationSpec::from_json(
+            &serde_json::json!({
+                "name": "acme",
+                "base_url": base_url,
+                "trust_anchor_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "pinned_sha256": pin,
+                "methods": ["POST"],
+                "path_patterns": ["/v1/charges"],
+                "templates": {"t": {"content_type": "form", "body": "n={{card.number}}"}},
+                "timeout_ms": 1000,
+                "max_response_bytes": 10
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_go_to_the_base_url_and_nowhere_else() {
+        let acme = spec("https://psp.example:8443/api/", None);
+        assert_eq!(
+            url(&acme, "/v1/charges").unwrap().as_str(),
+            "https://psp.example:8443/api/v1/charges"
+        );
+        // Whatever a path might do once joined (the domain refuses these paths first), the
+        // host and port stay the base URL's, with no user info, query or fragment.
+        let bare = spec("https://psp.example", None);
+        for path in [
+            "@evil.example/x",
+            ".evil.example/x",
+            ":9/x",
+            "/x?q=1",
+            "/x#f",
+        ] {
+            assert_eq!(
+                url(&bare, path).err(),
+                Some(EgressFailure::Misconfigured),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pin_decodes_or_fails_closed() {
+        let pinned = spec("https://psp.example", Some(&"ab".repeat(32)));
+        assert_eq!(pin(&pinned), Some(Some([0xab; 32])));
+        assert_eq!(pin(&spec("https://psp.example", None)), Some(None));
+    }
+
+    #[test]
+    fn a_spec_whose_trust_anchor_is_no_certificate_is_refused() {
+        let egress = HttpsEgress::new(BTreeMap::new()).unwrap();
+        let refused = egress
+            .check(&spec("https://psp.example", None))
+            .unwrap_err();
+        assert_eq!(refused.field, "trust_anchor_pem");
+        assert!(!format!("{egress:?}").contains("key"));
+    }
+}
