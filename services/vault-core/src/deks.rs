@@ -12,15 +12,13 @@ use crate::audit::AuditRecord;
 use crate::clock::now;
 use crate::error::{Throttle, VaultError};
 use crate::expiry::Expiry;
-use crate::guard::{self, GuardSettings, Verdict, answered_in_full};
+use crate::guard::{self, GuardSettings};
 use crate::ids::{CallerId, MerchantId};
 use crate::key_sets::{KEY_SET_MAX_AGE, KeySets};
 use crate::keyring::KeyRing;
 use crate::lifecycle::{DekLimits, UseLeases};
 use crate::pan::Pan;
-use crate::ports::{
-    KeyContext, KeyPurpose, MerchantKeySet, TallyRequest, TokenRecord, TokenStore, WrappedKey,
-};
+use crate::ports::{KeyContext, KeyPurpose, MerchantKeySet, TokenRecord, TokenStore, WrappedKey};
 use crate::spans;
 use crate::token::Token;
 
@@ -218,30 +216,15 @@ impl Deks {
         merchant: &MerchantId,
         caller: &CallerId,
     ) -> Result<(), VaultError> {
-        let (window_end, retry_after) =
-            guard::window_at(now().unix_timestamp(), std::time::Duration::from_secs(3600));
-        let request = TallyRequest {
-            scope: guard::MERCHANT_CREATE_SCOPE,
-            subject: caller.as_str().to_owned(),
-            window_end,
-            items: vec![merchant.as_str().as_bytes().to_vec()],
-            limit: self.guard.new_merchants_per_hour,
-            trip: false,
-        };
-        let requests = std::slice::from_ref(&request);
-        let tallies = spans::step(spans::store("tally"), self.store.tally(requests)).await?;
-        answered_in_full(requests, &tallies)?;
-        match guard::verdict(
-            tallies.first().map_or(&[][..], Vec::as_slice),
-            request.limit,
-            false,
-        ) {
-            Verdict::Admitted => Ok(()),
-            Verdict::Refused { .. } => Err(VaultError::Throttled {
-                limit: Throttle::NewMerchants,
-                retry_after,
-            }),
-        }
+        guard::count_hourly(
+            self.store.as_ref(),
+            guard::MERCHANT_CREATE_SCOPE,
+            caller,
+            merchant.as_str().as_bytes(),
+            self.guard.new_merchants_per_hour,
+            Throttle::NewMerchants,
+        )
+        .await
     }
 
     /// A shredded merchant's answer. Its keys also leave this replica's cache: the replica that

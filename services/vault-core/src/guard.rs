@@ -148,6 +148,41 @@ pub fn card_tally(
     }
 }
 
+/// Counts one `item` in the caller's hourly tally of `scope` (vault-wide, in the store), and
+/// refuses with `limit` once more than `per_hour` distinct items are in this hour's tally.
+pub(crate) async fn count_hourly(
+    store: &dyn crate::ports::TallyStore,
+    scope: &'static str,
+    caller: &CallerId,
+    item: &[u8],
+    per_hour: u64,
+    limit: crate::error::Throttle,
+) -> Result<(), VaultError> {
+    let (window_end, retry_after) = window_at(
+        crate::clock::now().unix_timestamp(),
+        Duration::from_secs(3600),
+    );
+    let request = TallyRequest {
+        scope,
+        subject: caller.as_str().to_owned(),
+        window_end,
+        items: vec![item.to_vec()],
+        limit: per_hour,
+        trip: false,
+    };
+    let requests = std::slice::from_ref(&request);
+    let tallies = crate::spans::step(crate::spans::store("tally"), store.tally(requests)).await?;
+    answered_in_full(requests, &tallies)?;
+    match verdict(
+        tallies.first().map_or(&[][..], Vec::as_slice),
+        per_hour,
+        false,
+    ) {
+        Verdict::Admitted => Ok(()),
+        Verdict::Refused { .. } => Err(VaultError::Throttled { limit, retry_after }),
+    }
+}
+
 /// Fails closed unless the store answered every item of every tally request: a short answer
 /// must not read as "nothing over the limit".
 pub(crate) fn answered_in_full(

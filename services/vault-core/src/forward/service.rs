@@ -30,20 +30,18 @@ use crate::forward::path::check_path;
 use crate::forward::ports::{Egress, OutboundRequest};
 use crate::forward::spec::{Destination, Method, is_name};
 use crate::forward::template::CardValues;
-use crate::guard::{self, GuardSettings, Verdict, answered_in_full};
+use crate::guard::{self, GuardSettings};
 use crate::ids::CallContext;
 use crate::invalid::InvalidArgument;
 use crate::pan::contains_card_number;
 use crate::policy::Operation;
-use crate::ports::{ForwardInFlight, TallyRequest, TokenStore};
+use crate::ports::{ForwardInFlight, TokenStore};
 use crate::reason::Reason;
 use crate::spans;
 use crate::tokens::{TokenCommand, Tokens};
 
 /// The tally scope of the distinct-tokens limit.
 pub const FORWARDED_TOKENS_SCOPE: &str = "forward.tokens";
-/// The window of the distinct-tokens limit.
-pub const FORWARDED_TOKENS_WINDOW: Duration = Duration::from_secs(3600);
 /// How long after a forward's deadline its in-flight mark is taken for a lost outcome: the
 /// time its replica may still need to write the second record.
 pub const OUTCOME_GRACE: Duration = Duration::from_secs(10);
@@ -374,30 +372,15 @@ impl Forwards {
         audit: &AuditRecord,
         token: &crate::token::Token,
     ) -> Result<(), VaultError> {
-        let (window_end, retry_after) =
-            guard::window_at(now().unix_timestamp(), FORWARDED_TOKENS_WINDOW);
-        let request = TallyRequest {
-            scope: FORWARDED_TOKENS_SCOPE,
-            subject: audit.caller.as_str().to_owned(),
-            window_end,
-            items: vec![token.as_str().as_bytes().to_vec()],
-            limit: self.guard.forwarded_tokens_per_hour,
-            trip: false,
-        };
-        let requests = std::slice::from_ref(&request);
-        let tallies = spans::step(spans::store("tally"), self.store.tally(requests)).await?;
-        answered_in_full(requests, &tallies)?;
-        match guard::verdict(
-            tallies.first().map_or(&[][..], Vec::as_slice),
-            request.limit,
-            false,
-        ) {
-            Verdict::Admitted => Ok(()),
-            Verdict::Refused { .. } => Err(VaultError::Throttled {
-                limit: Throttle::ForwardedTokens,
-                retry_after,
-            }),
-        }
+        guard::count_hourly(
+            self.store.as_ref(),
+            FORWARDED_TOKENS_SCOPE,
+            &audit.caller,
+            token.as_str().as_bytes(),
+            self.guard.forwarded_tokens_per_hour,
+            Throttle::ForwardedTokens,
+        )
+        .await
     }
 
     /// Records `unknown` as the outcome of every forward still in flight whose deadline passed
