@@ -204,7 +204,7 @@ impl Application {
             .with_audit_retention(config.audit.retention())
             .with_guard(config.guard.settings())
             .with_egress(Arc::new(
-                vault_egress::HttpsEgress::new(config.forward.identities())
+                vault_egress::HttpsEgress::new(config.forward.identities()?)
                     .map_err(|e| anyhow::anyhow!("[forward] client identities: {e}"))?,
             ))
             .with_limiter(

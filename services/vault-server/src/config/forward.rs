@@ -52,19 +52,26 @@ impl ForwardConfig {
         Ok(())
     }
 
-    /// The identities as the egress adapter reads them.
-    #[must_use]
-    pub fn identities(&self) -> BTreeMap<String, vault_egress::ClientIdentityFiles> {
+    /// The identities as the egress adapter reads them, once each key file is known to be
+    /// private (`vault_kms::check_private`, the rule for every secret file).
+    ///
+    /// # Errors
+    /// The first key file that is missing or readable by others.
+    pub fn identities(
+        &self,
+    ) -> Result<BTreeMap<String, vault_egress::ClientIdentityFiles>, vault_kms::SecretFileError>
+    {
         self.client_identities
             .iter()
             .map(|(name, files)| {
-                (
+                vault_kms::check_private(&files.key)?;
+                Ok((
                     name.clone(),
                     vault_egress::ClientIdentityFiles {
                         certificate: files.certificate.clone(),
                         key: files.key.clone(),
                     },
-                )
+                ))
             })
             .collect()
     }

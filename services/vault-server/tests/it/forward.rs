@@ -702,4 +702,10 @@ async fn a_destination_with_a_client_identity_presents_it_to_the_processor() {
         "{}",
         refused.message()
     );
+    // A client key others may read is refused at start, as every secret file is.
+    let dir = vault.stop();
+    let key = dir.path().join("acme-client.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let printed = refused_start(dir.path());
+    assert!(printed.contains("acme-client.key"), "{printed}");
 }
