@@ -250,11 +250,15 @@ impl Forwards {
                 .ok_or(VaultError::FailedPrecondition(
                     "template: not approved for this destination",
                 ))?;
-        let method = Method::from_name(&command.method)
-            .filter(|m| destination.spec().methods.contains(m))
-            .ok_or(VaultError::FailedPrecondition(
+        let method = Method::from_name(&command.method).ok_or(InvalidArgument {
+            field: "method",
+            problem: "must be GET, POST, PUT, PATCH or DELETE",
+        })?;
+        if !destination.spec().methods.contains(&method) {
+            return Err(VaultError::FailedPrecondition(
                 "method: not approved for this destination",
-            ))?;
+            ));
+        }
         check_path(&command.path)?;
         if !destination.allows_path(&command.path) {
             return Err(VaultError::FailedPrecondition(

@@ -390,6 +390,10 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
     let mut get = fw("acme", "/v1/charges");
     get.method = "GET".into();
     refused(&vault, "payments", get, Code::FailedPrecondition).await;
+    let mut bogus = fw("acme", "/v1/charges");
+    bogus.method = "TRACE".into();
+    let trail = refused(&vault, "payments", bogus, Code::InvalidArgument).await;
+    assert_eq!(trail[0].2, "method");
     for path in [
         "//evil.example/v1/charges",
         "/v1/echo/../charges",
