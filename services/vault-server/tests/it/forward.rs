@@ -713,3 +713,21 @@ async fn a_destination_with_a_client_identity_presents_it_to_the_processor() {
     let printed = refused_start(dir.path());
     assert!(printed.contains("acme-client.key"), "{printed}");
 }
+
+/// The example destination in `examples/` is a spec the vault accepts once its trust anchor
+/// is given: a newcomer starts from something that works.
+#[test]
+fn the_example_destination_is_a_valid_spec() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/destinations/acme.toml");
+    let mut spec: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(spec.remove("trust_anchor_file").is_some());
+    let ca = vault_server::pki::DevCa::generate("example CA").unwrap();
+    spec.insert(
+        "trust_anchor_pem".into(),
+        toml::Value::String(ca.cert_pem()),
+    );
+    let json = serde_json::to_string(&spec).unwrap();
+    let parsed = vault_core::forward::DestinationSpec::from_json(&json).unwrap();
+    assert_eq!(parsed.templates.len(), 2);
+}
