@@ -39,7 +39,8 @@ pub struct ConnectionArgs {
     /// This client's certificate (PEM).
     ///
     /// Its identity needs the permission its calls use in the vault's policy (keys.admin for
-    /// vaultctl's key commands, tokenize and detokenize for loadtest).
+    /// vaultctl's key commands, destinations.admin for its destination commands, audit.read
+    /// for audit export, tokenize and detokenize for loadtest).
     #[arg(
         long,
         global = true,
