@@ -1,6 +1,7 @@
 //! The per-request CPU work of tokenize and detokenize, piece by piece: parsing a PAN, making a
 //! token, the fingerprint that deduplicates, sealing and opening the PAN under its bound AAD,
-//! and hashing the call's audit record into its writer's chain.
+//! and hashing the call's audit record into its writer's chain; and a forward's own work:
+//! rendering its template, checking its path and masking the card in the processor's answer.
 //!
 //! `cargo bench -p vault-core --bench hot_path`; figures in docs/benchmarks.md.
 
@@ -109,5 +110,46 @@ fn audit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pan_and_token, crypto, audit);
+fn forward(c: &mut Criterion) {
+    use std::collections::BTreeMap;
+    use vault_core::forward::mask::mask_card;
+    use vault_core::forward::path::check_path;
+    use vault_core::forward::template::{CardValues, Template};
+    use vault_core::forward::{ContentType, TemplateSpec};
+
+    let template = Template::parse(&TemplateSpec {
+        content_type: ContentType::Json,
+        body: r#"{"card":{"number":"{{card.number}}","exp_month":"{{card.exp_month}}","exp_year":{{card.exp_year}}},"amount":{{var.amount}},"order":"{{var.order}}"}"#.to_owned(),
+    })
+    .unwrap_or_else(|_| unreachable!());
+    let variables = BTreeMap::from([
+        ("amount".to_owned(), "1999".to_owned()),
+        ("order".to_owned(), "ord_\"42\"".to_owned()),
+    ]);
+    let card = CardValues {
+        number: "4111111111111111",
+        expiry: Some((7, 2031)),
+    };
+    c.bench_function("forward_render_json", |b| {
+        b.iter(|| template.render(black_box(&card), black_box(&variables)));
+    });
+    c.bench_function("forward_check_path", |b| {
+        b.iter(|| {
+            check_path(black_box(
+                "/v1/payments/pay_3MtwBwLkdIwHu7ix28a3tqPa/capture",
+            ))
+        });
+    });
+    // A 64 KiB JSON answer (the default cap) echoing the card once, near its end.
+    let mut answer = String::from("{\"items\":[");
+    while answer.len() < 64 * 1024 - 64 {
+        answer.push_str("{\"id\":\"it_123456\",\"qty\":2,\"price\":1999},");
+    }
+    answer.push_str("{}],\"card\":\"4111 1111 1111 1111\"}");
+    c.bench_function("forward_mask_64k", |b| {
+        b.iter(|| mask_card(black_box(answer.as_bytes()), "4111111111111111", 3));
+    });
+}
+
+criterion_group!(benches, pan_and_token, crypto, audit, forward);
 criterion_main!(benches);
