@@ -213,6 +213,6 @@ mod tests {
             "other"
         );
         assert_eq!(method_label(""), "other");
-        assert_eq!(vault_proto::METHODS.len(), 16);
+        assert_eq!(vault_proto::METHODS.len(), 21);
     }
 }
