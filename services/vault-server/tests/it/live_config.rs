@@ -23,7 +23,7 @@ async fn sighup_swaps_the_policy_and_the_trail_records_it() {
 
     // The payments service gains tokenize and loses detokenize; nothing else changes.
     let policy = POLICY.replace(
-        "operations = [\"detokenize\", \"metadata\"]",
+        "operations = [\"detokenize\", \"metadata\", \"forward\"]",
         "operations = [\"tokenize\", \"metadata\"]",
     );
     assert_ne!(policy, POLICY);
