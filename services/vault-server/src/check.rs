@@ -47,9 +47,12 @@ pub fn check_config(path: &Path) -> anyhow::Result<String> {
             );
         }
     }
+    // The processors' client certificates: private, and readable as a chain and a key.
+    vault_egress::HttpsEgress::new(config.forward.identities()?)
+        .map_err(|e| anyhow::anyhow!("{}: forward.client_identities: {e}", path.display()))?;
     Ok(format!(
         "listen {}, storage {storage}, kek {}, {} previous kek(s), {} caller(s) in the policy \
-         (sha256:{}), metrics {}, traces {}",
+         (sha256:{}), metrics {}, traces {}, {} forward client identit(ies)",
         config.listen,
         crate::kek::backend_name(&config.kek),
         config.previous_kek.len(),
@@ -64,5 +67,6 @@ pub fn check_config(path: &Path) -> anyhow::Result<String> {
         } else {
             "off"
         },
+        config.forward.client_identities.len(),
     ))
 }

@@ -718,6 +718,14 @@ async fn a_destination_with_a_client_identity_presents_it_to_the_processor() {
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let printed = refused_start(dir.path());
     assert!(printed.contains("acme-client.key"), "{printed}");
+    let config = dir.path().join("vaultd.toml");
+    let (code, printed) = run_vaultd(&["check-config", "--config", &config.to_string_lossy()]);
+    assert_eq!(
+        code,
+        Some(78),
+        "check-config finds it before a start does: {printed}"
+    );
+    assert!(printed.contains("acme-client.key"), "{printed}");
 }
 
 /// The example destination in `examples/` is a spec the vault accepts once its trust anchor
