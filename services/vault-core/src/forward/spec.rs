@@ -222,6 +222,32 @@ impl DestinationSpec {
 
     /// Checks every field.
     fn check(&self) -> Result<(), InvalidArgument> {
+        // Names, the URL and the patterns reach the audit trail (forward records name the
+        // destination, template and path): none may hold a card number.
+        let texts = [
+            ("name", Some(&self.name)),
+            ("base_url", Some(&self.base_url)),
+            ("client_identity", self.client_identity.as_ref()),
+        ];
+        for (field, text) in texts {
+            if text.is_some_and(|t| crate::pan::contains_card_number(t)) {
+                return Err(invalid(field, crate::pan::CARD_LIKE));
+            }
+        }
+        if self
+            .templates
+            .keys()
+            .any(|name| crate::pan::contains_card_number(name))
+        {
+            return Err(invalid("templates", crate::pan::CARD_LIKE));
+        }
+        if self
+            .path_patterns
+            .iter()
+            .any(|pattern| crate::pan::contains_card_number(pattern))
+        {
+            return Err(invalid("path_patterns", crate::pan::CARD_LIKE));
+        }
         if !is_name(&self.name) {
             return Err(invalid(
                 "name",
@@ -421,5 +447,86 @@ impl Destination {
     #[must_use]
     pub fn allows_path(&self, path: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn spec() -> serde_json::Value {
+        serde_json::json!({
+            "name": "acme",
+            "base_url": "https://psp.example:8443/api",
+            "trust_anchor_pem": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n",
+            "methods": ["POST"],
+            "path_patterns": ["/v1/charges"],
+            "templates": {"charge": {"content_type": "form", "body": "n={{card.number}}"}},
+            "timeout_ms": 1000,
+            "max_response_bytes": 1024
+        })
+    }
+
+    fn refused(change: impl FnOnce(&mut serde_json::Value)) -> InvalidArgument {
+        let mut spec = spec();
+        change(&mut spec);
+        DestinationSpec::from_json(&spec.to_string()).unwrap_err()
+    }
+
+    #[test]
+    fn a_spec_is_checked_field_by_field_and_holds_no_card_number() {
+        let ok = DestinationSpec::from_json(&spec().to_string()).unwrap();
+        let json = ok.canonical_json();
+        assert_eq!(DestinationSpec::from_json(&json).unwrap(), ok);
+        assert!(DestinationSpec::fingerprint_of(&json).starts_with("sha256:"));
+        assert_eq!(
+            refused(|s| s["name"] = "4111111111111111".into()).field,
+            "name"
+        );
+        assert_eq!(refused(|s| s["name"] = "Acme".into()).field, "name");
+        assert_eq!(
+            refused(|s| s["base_url"] = "http://psp.example".into()).field,
+            "base_url"
+        );
+        assert_eq!(
+            refused(|s| s["base_url"] = "https://user@psp.example".into()).field,
+            "base_url"
+        );
+        assert_eq!(
+            refused(|s| s["base_url"] = "https://psp.example/4111-1111-1111-1111".into()).field,
+            "base_url"
+        );
+        assert_eq!(
+            refused(|s| s["path_patterns"] = serde_json::json!(["/v1/4111111111111111"])).field,
+            "path_patterns"
+        );
+        assert_eq!(
+            refused(|s| s["templates"] = serde_json::json!({"4111111111111111":
+                {"content_type": "form", "body": "n={{card.number}}"}}))
+            .field,
+            "templates"
+        );
+        assert_eq!(
+            refused(|s| s["request_headers"] = serde_json::json!(["host"])).field,
+            "request_headers"
+        );
+        assert_eq!(
+            refused(|s| s["timeout_ms"] = 60_001.into()).field,
+            "timeout_ms"
+        );
+        assert_eq!(refused(|s| s["extra"] = 1.into()).field, "spec");
+    }
+
+    #[test]
+    fn a_stored_spec_must_match_its_fingerprint() {
+        let json = DestinationSpec::from_json(&spec().to_string())
+            .unwrap()
+            .canonical_json();
+        let fingerprint = DestinationSpec::fingerprint_of(&json);
+        assert!(Destination::from_stored(&json, &fingerprint).is_ok());
+        let altered = json.replace("psp.example", "evil.example");
+        assert!(Destination::from_stored(&altered, &fingerprint).is_err());
     }
 }
