@@ -195,12 +195,12 @@ impl Forwards {
             self.store.finish_forward(&in_flight.request_id, &result),
         )
         .await;
-        let answer = match (sent, recorded) {
+        // Ok(false): a replica found the mark past its deadline and recorded `unknown`.
+        let (answer, unrecorded) = match (sent, recorded) {
             (Ok(answer), recorded) => (answer, recorded.err()),
             (Err(_), Err(error)) => return Err(VaultError::AuditUnavailable(error)),
             (Err(failure), Ok(_)) => return Err(VaultError::Egress(failure)),
         };
-        let (answer, unrecorded) = answer;
         let max_gap = crate::pan::card_number_rule().max_gap();
         let digits = pan.expose_digits();
         Ok(Forwarded {
