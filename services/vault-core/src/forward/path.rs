@@ -10,8 +10,9 @@ use crate::pan::{CARD_LIKE, contains_card_number};
 pub const MAX_PATH: usize = 1024;
 
 const PROBLEM: &str = "must be an absolute path of letters, digits and - . _ ~ ! $ & ' ( ) * + , \
-                       ; = : with no //, \\, @, query, fragment, placeholder, dot segment or \
-                       percent-encoded dot, slash, backslash or percent";
+                       ; = : with no //, \\, @, query, fragment, placeholder, dot segment (also as \
+                       `..;x` or `..%20`), or percent-encoded dot, slash, backslash, percent or \
+                       non-ASCII byte";
 
 /// True for the bytes a path may hold as they are (RFC 3986 `pchar` without `@` and
 /// percent-encodings, and `/`).
@@ -70,9 +71,11 @@ fn check_syntax(field: &'static str, path: &str) -> Result<(), InvalidArgument> 
             };
             // An encoded byte that could change which path a server reads, or that never
             // needed encoding (so a server could decode it to something else in context).
+            // Bytes above ASCII are refused too: no processor path needs them, and an overlong
+            // UTF-8 form (`%c0%ae`) is a dot to some servers.
             if decoded < 0x21 && decoded != b' '
                 || matches!(decoded, b'.' | b'/' | b'\\' | b'%' | b'@' | b'?' | b'#')
-                || decoded == 0x7f
+                || decoded >= 0x7f
                 || is_plain(decoded)
             {
                 return Err(bad);
@@ -84,13 +87,21 @@ fn check_syntax(field: &'static str, path: &str) -> Result<(), InvalidArgument> 
             return Err(bad);
         }
     }
-    if path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if path.split('/').any(is_dot_like) {
         return Err(bad);
     }
     Ok(())
+}
+
+/// True for a segment some server may read as `.`, `..` or an empty segment: once its path
+/// parameters (`;...`, which Tomcat, Jetty and Spring drop) and encoded spaces are taken away,
+/// nothing but dots is left (`..;x`, `..%20`, `...`), or nothing at all (`;x`).
+fn is_dot_like(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let name = segment.split(';').next().unwrap_or_default();
+    name.replace("%20", "").bytes().all(|b| b == b'.')
 }
 
 /// Checks a forward's `path`: the syntax above and the card-number rule.
@@ -190,6 +201,15 @@ mod tests {
             "/v1/charges/4111111111111111",
             "/v1/charges/4111-1111-1111-1111",
             "/v1/*",
+            "/v1/payments/..;/capture",
+            "/v1/payments/..;jsessionid=x/capture",
+            "/v1/payments/;x/capture",
+            "/v1/payments/..%20/capture",
+            "/v1/payments/%20/capture",
+            "/v1/payments/.../capture",
+            "/v1/%c0%ae%c0%ae/admin",
+            "/v1/%e2%80%a8",
+            "/v1/%7f",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
@@ -199,6 +219,9 @@ mod tests {
             "/v1/payments/pay_123/capture",
             "/a/%20b",
             "/a:b/c=d",
+            "/v1/charges/",
+            "/v1/a;b=c/charges",
+            "/v1/a..b/charges",
         ] {
             assert!(check_path(path).is_ok(), "{path}");
         }

@@ -134,9 +134,10 @@ pub struct DestinationSpec {
     pub max_response_bytes: u64,
 }
 
-/// Request headers no caller may set: the vault sets them, or they change how the request is
-/// framed or routed.
-const RESERVED_REQUEST_HEADERS: [&str; 14] = [
+/// Request headers no caller may set: the vault sets them, they change how the request is
+/// framed, or a proxy or framework in front of the processor may read them as another path,
+/// host or method. Names starting `proxy-` and `x-forwarded-` are refused too.
+const RESERVED_REQUEST_HEADERS: [&str; 23] = [
     "host",
     "content-length",
     "content-type",
@@ -151,6 +152,15 @@ const RESERVED_REQUEST_HEADERS: [&str; 14] = [
     "proxy-authorization",
     "proxy-connection",
     "expect",
+    "forwarded",
+    "via",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
 ];
 
 fn invalid(field: &'static str, problem: &'static str) -> InvalidArgument {
@@ -293,10 +303,14 @@ impl DestinationSpec {
                     "must be lower-case header names",
                 ));
             }
-            if RESERVED_REQUEST_HEADERS.contains(&name.as_str()) || name.starts_with("proxy-") {
+            if RESERVED_REQUEST_HEADERS.contains(&name.as_str())
+                || name.starts_with("proxy-")
+                || name.starts_with("x-forwarded-")
+            {
                 return Err(invalid(
                     "request_headers",
-                    "may not name a header the vault sets or one that frames the request",
+                    "may not name a header the vault sets, one that frames the request or one \
+                     that reroutes it",
                 ));
             }
         }
@@ -508,10 +522,22 @@ mod tests {
             .field,
             "templates"
         );
-        assert_eq!(
-            refused(|s| s["request_headers"] = serde_json::json!(["host"])).field,
-            "request_headers"
-        );
+        for header in [
+            "host",
+            "transfer-encoding",
+            "proxy-anything",
+            "x-forwarded-host",
+            "x-forwarded-prefix",
+            "forwarded",
+            "x-original-url",
+            "x-http-method-override",
+        ] {
+            assert_eq!(
+                refused(|s| s["request_headers"] = serde_json::json!([header])).field,
+                "request_headers",
+                "{header}"
+            );
+        }
         assert_eq!(
             refused(|s| s["timeout_ms"] = 60_001.into()).field,
             "timeout_ms"
