@@ -4,7 +4,7 @@
 //! (`%34`). Every such occurrence of the card's digits has all but its last four replaced by
 //! `*`; the rest of the answer is untouched.
 
-/// One character of the answer, decoded: its byte range and, for a digit, its value.
+/// One character of the answer, read: its byte range and, for a digit, its value.
 struct Unit {
     start: usize,
     end: usize,
@@ -15,8 +15,9 @@ fn hex(b: u8) -> Option<u32> {
     char::from(b).to_digit(16)
 }
 
-/// The unit at `i`: an ASCII digit, a `\uXXXX` escape, a `%XX` encoding, or one character.
-fn unit_at(bytes: &[u8], i: usize) -> Unit {
+/// The unit at `i`: a `\uXXXX` escape or a `%XX` encoding if `decode`, else one character (an
+/// ASCII byte, or a UTF-8 lead byte and the continuation bytes that follow it).
+fn unit_at(bytes: &[u8], i: usize, decode: bool) -> Unit {
     let code = |from: usize, len: usize| -> Option<u32> {
         let digits = bytes.get(from..from + len)?;
         digits
@@ -24,6 +25,7 @@ fn unit_at(bytes: &[u8], i: usize) -> Unit {
             .try_fold(0u32, |acc, &b| Some(acc * 16 + hex(b)?))
     };
     let decoded = match bytes.get(i) {
+        _ if !decode => None,
         Some(b'\\') if matches!(bytes.get(i + 1), Some(b'u' | b'U')) => {
             code(i + 2, 4).map(|c| (c, 6))
         }
@@ -42,23 +44,68 @@ fn unit_at(bytes: &[u8], i: usize) -> Unit {
         };
     }
     let first = bytes.get(i).copied().unwrap_or(0);
-    let len = match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        0xf0..=0xf7 => 4,
-        _ => 1,
-    };
+    let mut end = i + 1;
+    if first >= 0xc0 {
+        // Only continuation bytes belong to the character: a stray lead byte never swallows
+        // the digits after it.
+        while end < (i + 4).min(bytes.len()) && bytes.get(end).is_some_and(|b| b & 0xc0 == 0x80) {
+            end += 1;
+        }
+    }
     Unit {
         start: i,
-        end: (i + len).min(bytes.len()),
+        end,
         digit: first.is_ascii_digit().then(|| first - b'0'),
     }
 }
 
+/// The byte ranges to mask: the digit units (read with or without decoding escapes) of every
+/// occurrence of `wanted` whose digits are at most `max_gap` characters apart, all but the
+/// last four of each.
+fn occurrences(bytes: &[u8], wanted: &[u8], max_gap: usize, decode: bool) -> Vec<(usize, usize)> {
+    // The digits of the answer, each with the number of characters since the previous one.
+    let mut digits: Vec<(Unit, usize)> = Vec::new();
+    let mut gap = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let unit = unit_at(bytes, i, decode);
+        i = unit.end.max(i + 1);
+        if unit.digit.is_some() {
+            digits.push((unit, gap));
+            gap = 0;
+        } else {
+            gap = gap.saturating_add(1);
+        }
+    }
+    let hidden = wanted.len().saturating_sub(4);
+    let mut ranges = Vec::new();
+    for first in 0..digits.len() {
+        let found = wanted.iter().enumerate().all(|(k, want)| {
+            digits
+                .get(first + k)
+                .is_some_and(|(unit, gap)| unit.digit == Some(*want) && (k == 0 || *gap <= max_gap))
+        });
+        if found {
+            ranges.extend(
+                digits
+                    .iter()
+                    .skip(first)
+                    .take(hidden)
+                    .map(|(unit, _)| (unit.start, unit.end)),
+            );
+        }
+    }
+    ranges
+}
+
 /// `bytes` with every occurrence of `pan` (its digits, at most `max_gap` characters apart)
-/// masked: all but the last four digits become `*`. Linear in the answer's length times the
-/// card's.
+/// masked: all but the last four digits become `*`.
+///
+/// The answer is read twice, once decoding `\u` and `%` escapes and once taking them as the
+/// characters they are, and what either reading finds is masked: so an escape that swallows
+/// the card's first digits (`%4012…` read as `@12…`, perhaps from a caller's variable ending
+/// in `%`) cannot hide the card. Ranges the two readings both mask become one `*`. Linear in
+/// the answer's length times the card's.
 #[must_use]
 pub fn mask_card(bytes: &[u8], pan: &str, max_gap: usize) -> Vec<u8> {
     let wanted: Vec<u8> = pan
@@ -69,42 +116,23 @@ pub fn mask_card(bytes: &[u8], pan: &str, max_gap: usize) -> Vec<u8> {
     if wanted.len() < 4 {
         return bytes.to_vec();
     }
-    // The digits of the answer, each with the number of characters since the previous one.
-    let mut digits: Vec<(Unit, usize)> = Vec::new();
-    let mut gap = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        let unit = unit_at(bytes, i);
-        i = unit.end.max(i + 1);
-        if unit.digit.is_some() {
-            digits.push((unit, gap));
-            gap = 0;
-        } else {
-            gap = gap.saturating_add(1);
-        }
-    }
-    let mut masked = vec![false; digits.len()];
-    let hidden = wanted.len() - 4;
-    for first in 0..digits.len() {
-        let found = wanted.iter().enumerate().all(|(k, want)| {
-            digits
-                .get(first + k)
-                .is_some_and(|(unit, gap)| unit.digit == Some(*want) && (k == 0 || *gap <= max_gap))
-        });
-        if found {
-            for flag in masked.iter_mut().skip(first).take(hidden) {
-                *flag = true;
-            }
-        }
-    }
+    let mut ranges = occurrences(bytes, &wanted, max_gap, true);
+    ranges.extend(occurrences(bytes, &wanted, max_gap, false));
+    ranges.sort_unstable();
     let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
-    for ((unit, _), mask) in digits.iter().zip(masked) {
-        if mask {
-            out.extend_from_slice(bytes.get(copied..unit.start).unwrap_or_default());
-            out.push(b'*');
-            copied = unit.end;
+    for (start, end) in ranges {
+        if end <= copied {
+            continue;
         }
+        if start < copied {
+            // Overlaps the range masked last: extend that `*` over it.
+            copied = end;
+            continue;
+        }
+        out.extend_from_slice(bytes.get(copied..start).unwrap_or_default());
+        out.push(b'*');
+        copied = end;
     }
     out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
     out
@@ -148,6 +176,20 @@ mod tests {
             masked("h\u{e9}llo 4012888888881881"),
             "h\u{e9}llo ************1881"
         );
+    }
+
+    #[test]
+    fn an_escape_cannot_swallow_the_cards_first_digits() {
+        // `%40` is `@` and `\u4012` a CJK character, but the card follows the `%` or `\u`.
+        assert_eq!(masked("100%4012888888881881"), "100%************1881");
+        assert_eq!(masked(r"x\u4012888888881881"), r"x\u************1881");
+        // A stray UTF-8 lead byte (Latin-1 `é`) takes no digit with it.
+        let mut latin1 = b"caf\xe9".to_vec();
+        latin1.extend_from_slice(PAN.as_bytes());
+        let out = mask_card(&latin1, PAN, 3);
+        assert_eq!(out.get(4..), Some(&b"************1881"[..]), "{out:?}");
+        // Both readings find the card: still one `*` per masked digit.
+        assert_eq!(masked("%34%30%31%32888888881881"), "************1881");
     }
 
     #[test]
