@@ -288,9 +288,17 @@ fn failure_of(error: &reqwest::Error) -> EgressFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(tls) = tls_error(cause) {
+            // A TLS failure while connecting sent nothing. In TLS 1.3 a server refuses our
+            // client certificate only after we have written the request, with an alert: its
+            // TLS layer never accepted the connection, so nothing was processed. Any other
+            // failure may have come after the processor read the request.
             return match tls {
                 rustls::Error::InvalidCertificate(_) => EgressFailure::Untrusted,
-                _ => EgressFailure::Unreachable,
+                _ if error.is_connect() => EgressFailure::Unreachable,
+                rustls::Error::AlertReceived(alert) if refuses_handshake(*alert) => {
+                    EgressFailure::Unreachable
+                }
+                _ => EgressFailure::Protocol,
             };
         }
         source = cause.source();
@@ -300,6 +308,26 @@ fn failure_of(error: &reqwest::Error) -> EgressFailure {
     } else {
         EgressFailure::Protocol
     }
+}
+
+/// True for the alerts a server sends when it refuses the handshake (our certificate, the
+/// protocol), before any application data is processed.
+fn refuses_handshake(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::HandshakeFailure
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+            | A::ProtocolVersion
+            | A::InsufficientSecurity
+    )
 }
 
 /// The request's URL: the base URL and the path, and the same host and port once parsed.
@@ -360,7 +388,17 @@ async fn exchange(
         .get_all(reqwest::header::CONTENT_ENCODING)
         .iter()
         .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    // `Transfer-Encoding: gzip, chunked` is compressed too: hyper removes the chunking only.
+    let transfer_coded = response
+        .headers()
+        .get_all(reqwest::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| {
+            !coding.eq_ignore_ascii_case(b"chunked") && !coding.eq_ignore_ascii_case(b"identity")
+        });
+    if encoded || transfer_coded {
         return Err(EgressFailure::Compressed);
     }
     let headers = response

@@ -74,9 +74,11 @@ impl Calls {
             .unwrap_or(Err(VaultError::Timeout(self.call_timeout)))
     }
 
-    /// Runs a forward, failing UNAVAILABLE if it takes longer than `storage.call_timeout_ms`
-    /// plus the longest timeout a destination may set (the destination's own timeout ends
-    /// the processor's part sooner).
+    /// Runs a forward, failing DEADLINE_EXCEEDED if it takes longer than
+    /// `storage.call_timeout_ms` plus the longest timeout a destination may set (the
+    /// destination's own timeout ends the processor's part sooner). Not the generic timeout:
+    /// its "no card data was released" may be untrue once the first record is written, so
+    /// the caller is told the request may have been delivered.
     pub(crate) async fn within_forward<T>(
         &self,
         call: impl Future<Output = Result<T, VaultError>>,
@@ -84,7 +86,9 @@ impl Calls {
         let limit = self.call_timeout + vault_core::forward::ports::MAX_FORWARD_TIMEOUT;
         tokio::time::timeout(limit, call)
             .await
-            .unwrap_or(Err(VaultError::Timeout(limit)))
+            .unwrap_or(Err(VaultError::Egress(
+                vault_core::forward::EgressFailure::Timeout,
+            )))
     }
 
     /// The call's context, or, for a certificate that names no identity, the audited

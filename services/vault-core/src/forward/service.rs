@@ -11,8 +11,8 @@
 //! method, path) is made durable with an in-flight mark *before* the request leaves: no
 //! record, no forward. The second (`forward.result`: status and bytes, or why no answer came)
 //! clears the mark. If the second cannot be written, the caller still gets the (masked)
-//! answer: the processor has acted, and withholding its answer would invite a blind retry
-//! and a second charge. The mark stays, and [`Forwards::record_unknown_outcomes`] (at start
+//! answer, or the processor's failure: the processor may have acted, and withholding its
+//! answer would invite a blind retry and a second charge. The mark stays, and [`Forwards::record_unknown_outcomes`] (at start
 //! and periodically) records such a forward's outcome as `unknown` once its deadline has
 //! passed; exactly one replica records it.
 
@@ -195,11 +195,12 @@ impl Forwards {
             self.store.finish_forward(&in_flight.request_id, &result),
         )
         .await;
-        // Ok(false): a replica found the mark past its deadline and recorded `unknown`.
+        // Ok(false): a replica found the mark past its deadline and recorded `unknown`. Once
+        // the request may have left, the caller learns what the processor did even if this
+        // record is lost: "audit unavailable, nothing released" would be untrue.
         let (answer, unrecorded) = match (sent, recorded) {
             (Ok(answer), recorded) => (answer, recorded.err()),
-            (Err(_), Err(error)) => return Err(VaultError::AuditUnavailable(error)),
-            (Err(failure), Ok(_)) => return Err(VaultError::Egress(failure)),
+            (Err(failure), _) => return Err(VaultError::Egress(failure)),
         };
         let max_gap = crate::pan::card_number_rule().max_gap();
         let digits = pan.expose_digits();
@@ -267,7 +268,7 @@ impl Forwards {
         }
         let headers = self.headers(&destination, command)?;
         template.check_variables(&command.variables)?;
-        self.count_token(audit, &token).await?;
+        self.count_token(audit, &merchant, &token).await?;
 
         let card = self.tokens.open_card(&merchant, &token).await?;
         let values = CardValues {
@@ -369,18 +370,27 @@ impl Forwards {
             .collect()
     }
 
-    /// Counts the token against the caller's distinct-tokens limit (vault-wide, per hour): a
-    /// stolen identity cannot forward the vault's cards in bulk.
+    /// Counts the merchant's token against the caller's distinct-tokens limit (vault-wide, per
+    /// hour): a stolen identity cannot forward the vault's cards in bulk. The item is merchant
+    /// and token together: a token is unique only within its merchant, so the same token
+    /// string at two merchants is two cards.
     async fn count_token(
         &self,
         audit: &AuditRecord,
+        merchant: &crate::ids::MerchantId,
         token: &crate::token::Token,
     ) -> Result<(), VaultError> {
+        let item = [
+            merchant.as_str().as_bytes(),
+            b"\0",
+            token.as_str().as_bytes(),
+        ]
+        .concat();
         guard::count_hourly(
             self.store.as_ref(),
             FORWARDED_TOKENS_SCOPE,
             &audit.caller,
-            token.as_str().as_bytes(),
+            &item,
             self.guard.forwarded_tokens_per_hour,
             Throttle::ForwardedTokens,
         )

@@ -23,7 +23,7 @@ pub fn spec(name: &str, processor: &Processor) -> Value {
         "trust_anchor_pem": processor.ca_pem,
         "methods": ["POST"],
         "path_patterns": ["/v1/charges", "/v1/payments/*/capture", "/v1/echo/*",
-                          "/v1/redirect", "/v1/gzip", "/v1/big", "/v1/hang"],
+                          "/v1/redirect", "/v1/gzip", "/v1/gzip-te", "/v1/big", "/v1/hang"],
         "request_headers": ["idempotency-key"],
         "response_headers": ["content-type", "x-request-id", "x-card"],
         "templates": {
@@ -401,6 +401,8 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
         "/v1/echo/a@evil.example",
         "/v1\\charges",
         "/v1/charges?number=1",
+        "/v1/echo/..;/charges",
+        "/v1/echo/%c0%ae%c0%ae/charges",
     ] {
         let trail = refused(&vault, "payments", fw("acme", path), Code::InvalidArgument).await;
         assert_eq!(trail[0].2, "path", "{path}: {trail:?}");
@@ -462,6 +464,7 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
     for (path, code, error) in [
         ("/v1/redirect", Code::FailedPrecondition, "redirect"),
         ("/v1/gzip", Code::FailedPrecondition, "compressed"),
+        ("/v1/gzip-te", Code::FailedPrecondition, "compressed"),
         ("/v1/big", Code::FailedPrecondition, "too_large"),
         ("/v1/hang", Code::DeadlineExceeded, "timeout"),
     ] {
@@ -470,7 +473,7 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
         assert_eq!(trail[0].1, "success", "the first record: the request left");
         assert!(trail[1].2.contains(&format!("error={error}")), "{trail:?}");
     }
-    assert_eq!(sent(), 5);
+    assert_eq!(sent(), 6);
     assert!(!vault.logs().contains(&pan));
 }
 

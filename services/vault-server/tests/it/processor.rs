@@ -6,8 +6,9 @@
 //! - `/v1/echo/MODE`: 200, the card echoed in the body as MODE says: `plain`, `split`
 //!   (groups of four split by spaces and dashes), `unicode` (every digit `\u00XX`), `percent`
 //!   (every digit `%3X`), `header` (plainly in a header only);
-//! - `/v1/redirect`: 302 to another host; `/v1/gzip`: a gzip-encoded body; `/v1/big`: a
-//!   body of 1 MiB; `/v1/hang`: accepts the request and never answers.
+//! - `/v1/redirect`: 302 to another host; `/v1/gzip`: a gzip-encoded body (`/v1/gzip-te`: by
+//!   `Transfer-Encoding: gzip, chunked`); `/v1/big`: a body of 1 MiB; `/v1/hang`: accepts the
+//!   request and never answers.
 //!
 //! The card it echoes is the one in the body it received (the digits after `number`), so
 //! the test learns nothing it did not send through the vault.
@@ -142,6 +143,13 @@ async fn answer(
         "/v1/gzip" => Response::builder()
             .status(200)
             .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from_static(&[
+                0x1f, 0x8b, 8, 0, 0, 0, 0, 0,
+            ]))),
+        // Compressed by a transfer coding, which an HTTP client removes only the chunking of.
+        "/v1/gzip-te" => Response::builder()
+            .status(200)
+            .header("transfer-encoding", "gzip, chunked")
             .body(Full::new(Bytes::from_static(&[
                 0x1f, 0x8b, 8, 0, 0, 0, 0, 0,
             ]))),
