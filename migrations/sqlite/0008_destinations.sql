@@ -15,8 +15,12 @@ CREATE TABLE destinations (
     approved_at INTEGER,
     revoked_by  TEXT,
     revoked_at  INTEGER,
+    -- The audit signing key's Ed25519 signature of the approval (id, name, fingerprint,
+    -- proposer, approver): a row written outside the vault cannot put a destination in force.
+    approval_seal BLOB,
     CHECK (approved_by <> proposed_by),
     CHECK ((approved_by IS NULL) = (approved_at IS NULL)),
+    CHECK ((approved_by IS NULL) = (approval_seal IS NULL)),
     CHECK ((revoked_by IS NULL) = (revoked_at IS NULL))
 ) STRICT;
 

@@ -110,6 +110,12 @@ impl Vault {
             parts.store.clone(),
             parts.guard,
         );
+        let trail = AuditTrail::new(
+            calls.clone(),
+            parts.store.clone(),
+            parts.keys.clone(),
+            parts.retention,
+        );
         Self {
             forwards: Forwards::new(
                 calls.clone(),
@@ -117,19 +123,16 @@ impl Vault {
                 parts.store.clone(),
                 parts.egress.clone(),
                 parts.guard,
+                trail.clone(),
             ),
             destinations: DestinationAdmin::new(
                 calls.clone(),
                 parts.store.clone(),
                 parts.egress.clone(),
+                trail.clone(),
             ),
             tokens,
-            trail: AuditTrail::new(
-                calls.clone(),
-                parts.store.clone(),
-                parts.keys.clone(),
-                parts.retention,
-            ),
+            trail,
             admin: KeyAdmin::new(calls.clone(), deks, parts.store.clone()),
             calls,
             parts,
@@ -366,7 +369,8 @@ impl Vault {
         self.destinations.propose(ctx, spec_json, reason).await
     }
 
-    /// Approves a proposed destination version (by a different admin than its proposer).
+    /// Approves a proposed destination version (by a different admin than its proposer),
+    /// whose fingerprint must be the `fingerprint` the approver reviewed.
     ///
     /// # Errors
     /// Any [`VaultError`]; audited either way.
@@ -374,9 +378,12 @@ impl Vault {
         &self,
         ctx: &CallContext,
         id: &str,
+        fingerprint: &str,
         reason: &str,
     ) -> Result<StoredDestination, VaultError> {
-        self.destinations.approve(ctx, id, reason).await
+        self.destinations
+            .approve(ctx, id, fingerprint, reason)
+            .await
     }
 
     /// Revokes every version of a destination; returns how many.

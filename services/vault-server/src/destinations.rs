@@ -71,11 +71,12 @@ impl DestinationAdminService for DestinationApi {
         let body = request.into_inner();
         let result = self
             .calls
-            .within(
-                self.calls
-                    .vault
-                    .approve_destination(&ctx, &body.id, &body.reason),
-            )
+            .within(self.calls.vault.approve_destination(
+                &ctx,
+                &body.id,
+                &body.fingerprint,
+                &body.reason,
+            ))
             .await
             .map(|stored| version_to_proto(stored, "in_force"));
         respond(&ctx, op, result)

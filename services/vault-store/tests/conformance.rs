@@ -1430,6 +1430,7 @@ fn destination(id: &str, name: &str, proposed_at: time::OffsetDateTime) -> Store
         proposed_at,
         approved_by: None,
         approved_at: None,
+        approval_seal: None,
         revoked_by: None,
         revoked_at: None,
     }
@@ -1442,6 +1443,7 @@ fn approved(
 ) -> StoredDestination {
     version.approved_by = Some(by.into());
     version.approved_at = Some(at);
+    version.approval_seal = Some(b"seal".to_vec());
     version
 }
 
@@ -1511,7 +1513,7 @@ async fn destination_approval_needs_a_second_admin(store: &dyn TokenStore, audit
         .unwrap();
     assert!(
         !store
-            .approve_destination("v-1", PROPOSER, at, &audit("r2"))
+            .approve_destination("v-1", PROPOSER, at, b"seal", &audit("r2"))
             .await
             .unwrap(),
         "the proposer cannot approve"
@@ -1522,7 +1524,7 @@ async fn destination_approval_needs_a_second_admin(store: &dyn TokenStore, audit
     );
     assert!(
         !store
-            .approve_destination("v-9", APPROVER, at, &audit("r3"))
+            .approve_destination("v-9", APPROVER, at, b"seal", &audit("r3"))
             .await
             .unwrap()
     );
@@ -1531,7 +1533,7 @@ async fn destination_approval_needs_a_second_admin(store: &dyn TokenStore, audit
 
     assert!(
         store
-            .approve_destination("v-1", APPROVER, at, &audit("r4"))
+            .approve_destination("v-1", APPROVER, at, b"seal", &audit("r4"))
             .await
             .unwrap()
     );
@@ -1549,7 +1551,7 @@ async fn destination_approval_needs_a_second_admin(store: &dyn TokenStore, audit
     let later = at + time::Duration::seconds(1);
     assert!(
         !store
-            .approve_destination("v-1", "spiffe://test/admin-3", later, &audit("r5"))
+            .approve_destination("v-1", "spiffe://test/admin-3", later, b"seal", &audit("r5"))
             .await
             .unwrap()
     );
@@ -1572,7 +1574,7 @@ async fn destination_in_force_is_the_latest_approved_unrevoked(
     store.propose_destination(&v1, &audit("r1")).await.unwrap();
     assert!(
         store
-            .approve_destination("v-1", APPROVER, t0 + s, &audit("r2"))
+            .approve_destination("v-1", APPROVER, t0 + s, b"seal", &audit("r2"))
             .await
             .unwrap()
     );
@@ -1590,7 +1592,7 @@ async fn destination_in_force_is_the_latest_approved_unrevoked(
     );
     assert!(
         store
-            .approve_destination("v-2", APPROVER, t0 + s * 3, &audit("r4"))
+            .approve_destination("v-2", APPROVER, t0 + s * 3, b"seal", &audit("r4"))
             .await
             .unwrap()
     );
@@ -1607,7 +1609,7 @@ async fn destination_in_force_is_the_latest_approved_unrevoked(
         .unwrap();
     assert!(
         store
-            .approve_destination("v-other", APPROVER, t0 + s, &audit("r6"))
+            .approve_destination("v-other", APPROVER, t0 + s, b"seal", &audit("r6"))
             .await
             .unwrap()
     );
@@ -1642,7 +1644,7 @@ async fn destination_in_force_is_the_latest_approved_unrevoked(
     );
     assert!(
         !store
-            .approve_destination("v-3", APPROVER, at + s, &audit("r9"))
+            .approve_destination("v-3", APPROVER, at + s, b"seal", &audit("r9"))
             .await
             .unwrap(),
         "a revoked version cannot be approved"
@@ -1658,7 +1660,7 @@ async fn destination_in_force_is_the_latest_approved_unrevoked(
     for (id, record) in [("v-5", "r12"), ("v-4", "r13")] {
         assert!(
             store
-                .approve_destination(id, APPROVER, at + s * 2, &audit(record))
+                .approve_destination(id, APPROVER, at + s * 2, b"seal", &audit(record))
                 .await
                 .unwrap()
         );

@@ -124,10 +124,16 @@ pub enum DestinationCommand {
         reason: Reason,
     },
     /// Step 2 of 2: approve another admin's proposal; it replaces the version in force.
+    ///
+    /// Review the version first (`destination list NAME --spec`) and name its fingerprint: a
+    /// version whose fingerprint is not the one given is not approved.
     Approve {
         /// The version id printed by `destination propose` (or shown by `destination list`).
         #[arg(value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
         id: String,
+        /// The fingerprint of the version reviewed (`sha256:...`).
+        #[arg(long, value_name = "FINGERPRINT", value_parser = NonEmptyStringValueParser::new())]
+        fingerprint: String,
         #[command(flatten)]
         reason: Reason,
     },
@@ -485,7 +491,13 @@ mod tests {
             &["shred", "request", "m-1"],
             &["shred", "approve", "m-1", "--request-id", "r-1"],
             &["destination", "propose", "acme.toml"],
-            &["destination", "approve", "d-1"],
+            &[
+                "destination",
+                "approve",
+                "d-1",
+                "--fingerprint",
+                "sha256:ab12",
+            ],
             &["destination", "revoke", "acme"],
         ] {
             let err = parse(args).unwrap_err();
@@ -545,11 +557,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let cli = parse(&["destination", "approve", "d-1", "--reason", "ok"]).unwrap();
+        let cli = parse(&[
+            "destination",
+            "approve",
+            "d-1",
+            "--fingerprint",
+            "sha256:ab12",
+            "--reason",
+            "ok",
+        ])
+        .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Destination(DestinationCommand::Approve { id, .. }) if id == "d-1"
+            Command::Destination(DestinationCommand::Approve { id, fingerprint, .. })
+                if id == "d-1" && fingerprint == "sha256:ab12"
         ));
+        assert!(parse(&["destination", "approve", "d-1", "--reason", "ok"]).is_err());
         let cli = parse(&["destination", "list", "--spec"]).unwrap();
         assert!(matches!(
             cli.command,
@@ -564,7 +587,18 @@ mod tests {
             Command::Destination(DestinationCommand::List { name: Some(n), spec: false })
                 if n == "acme"
         ));
-        assert!(parse(&["destination", "approve", "", "--reason", "r"]).is_err());
+        assert!(
+            parse(&[
+                "destination",
+                "approve",
+                "",
+                "--fingerprint",
+                "f",
+                "--reason",
+                "r"
+            ])
+            .is_err()
+        );
         assert!(parse(&["destination", "revoke", "--reason", "r"]).is_err());
     }
 

@@ -186,18 +186,24 @@ async fn destination_command(
             )
             .await?;
             let addr = (connection.addr != cli::DEFAULT_ADDR).then_some(connection.addr.as_str());
-            let approve_command = output::destination_approve_command(addr, &version.id);
+            let approve_command =
+                output::destination_approve_command(addr, &version.id, &version.fingerprint);
             Ok(Report::DestinationProposed {
                 version,
                 approve_command,
             })
         }
-        DestinationCommand::Approve { id, reason } => {
+        DestinationCommand::Approve {
+            id,
+            fingerprint,
+            reason,
+        } => {
             let version = unary(
                 timeout,
                 client()?.approve_destination(ApproveDestinationRequest {
                     id: id.clone(),
                     reason: reason.text.clone(),
+                    fingerprint: fingerprint.clone(),
                 }),
             )
             .await?;

@@ -260,11 +260,20 @@ impl DestinationAdminService for FakeDestinations {
         &self,
         request: Request<ApproveDestinationRequest>,
     ) -> Result<Response<DestinationVersion>, Status> {
-        let ApproveDestinationRequest { id, reason } = request.get_ref().clone();
+        let ApproveDestinationRequest {
+            id,
+            reason,
+            fingerprint,
+        } = request.get_ref().clone();
         self.record("ApproveDestination", &request, &id, &reason);
         if id != "d-1" {
             return Err(Status::failed_precondition(
                 "the approver proposed this version",
+            ));
+        }
+        if fingerprint != "sha256:ab12" {
+            return Err(Status::failed_precondition(
+                "fingerprint: not this version's",
             ));
         }
         Ok(Response::new(DestinationVersion {
@@ -688,7 +697,8 @@ async fn destination_commands_make_their_calls() {
             assert_eq!(
                 approve_command,
                 &format!(
-                    "vaultctl --addr {} destination approve d-1 --reason 'REASON'",
+                    "vaultctl --addr {} destination approve d-1 --fingerprint sha256:ab12 \
+                     --reason 'REASON'",
                     vault.addr
                 )
             );
@@ -708,7 +718,15 @@ async fn destination_commands_make_their_calls() {
     );
 
     let approved = vault
-        .run(&["destination", "approve", "d-1", "--reason", "reviewed"])
+        .run(&[
+            "destination",
+            "approve",
+            "d-1",
+            "--fingerprint",
+            "sha256:ab12",
+            "--reason",
+            "reviewed",
+        ])
         .await
         .unwrap();
     assert!(matches!(&approved, Report::DestinationApproved(v) if v.state == "in_force"));
@@ -755,7 +773,7 @@ async fn destination_commands_make_their_calls() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(" destination approve d-1 --reason 'REASON'\n"),
+        stdout.contains(" destination approve d-1 --fingerprint sha256:ab12 --reason 'REASON'\n"),
         "{stdout}"
     );
 
@@ -768,7 +786,15 @@ async fn destination_commands_make_their_calls() {
     assert_eq!(value["versions"][2]["spec"], json!({ "name": "beta" }));
 
     let out = vault
-        .binary(&["destination", "approve", "d-9", "--reason", "mine"])
+        .binary(&[
+            "destination",
+            "approve",
+            "d-9",
+            "--fingerprint",
+            "sha256:ab12",
+            "--reason",
+            "mine",
+        ])
         .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(

@@ -4,6 +4,10 @@
 //! Nothing else adds or changes a destination: a change is a new proposal, and approving it
 //! puts it in force in place of the version before. Each step is one audit record, written in
 //! the same transaction as the change.
+//!
+//! The vault signs each approval with the audit signing key ([`approval_message`]), and a
+//! forward uses a version only if that signature holds: a row written into the database by
+//! anyone but the vault (an approved destination pointing elsewhere) puts nothing in force.
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use crate::policy::Operation;
 use crate::ports::StoredDestination;
 use crate::ports::TokenStore;
 use crate::reason::Reason;
+use crate::trail::AuditTrail;
 
 /// A proposal no second admin approved within this long must be made again.
 pub const PROPOSAL_TTL: time::Duration = time::Duration::days(7);
@@ -67,6 +72,22 @@ pub(crate) struct DestinationAdmin {
     calls: Audited,
     store: Arc<dyn TokenStore>,
     egress: Arc<dyn Egress>,
+    trail: AuditTrail,
+}
+
+/// What the audit signing key signs when `approver` approves `version`: every field that
+/// decides what a forward may send where (the spec through its fingerprint), and who.
+pub(crate) fn approval_message(version: &StoredDestination, approver: &str) -> Vec<u8> {
+    vault_crypto::associated_data(
+        "vault.destination.approval.v1",
+        &[
+            version.id.as_bytes(),
+            version.name.as_bytes(),
+            version.fingerprint.as_bytes(),
+            version.proposed_by.as_bytes(),
+            approver.as_bytes(),
+        ],
+    )
 }
 
 fn detail(action: &str, version: &StoredDestination) -> String {
@@ -77,11 +98,17 @@ fn detail(action: &str, version: &StoredDestination) -> String {
 }
 
 impl DestinationAdmin {
-    pub(crate) fn new(calls: Audited, store: Arc<dyn TokenStore>, egress: Arc<dyn Egress>) -> Self {
+    pub(crate) fn new(
+        calls: Audited,
+        store: Arc<dyn TokenStore>,
+        egress: Arc<dyn Egress>,
+        trail: AuditTrail,
+    ) -> Self {
         Self {
             calls,
             store,
             egress,
+            trail,
         }
     }
 
@@ -131,6 +158,7 @@ impl DestinationAdmin {
                 proposed_at: now(),
                 approved_by: None,
                 approved_at: None,
+                approval_seal: None,
                 revoked_by: None,
                 revoked_at: None,
             };
@@ -142,15 +170,18 @@ impl DestinationAdmin {
         self.calls.conclude(audit, result).await
     }
 
-    /// Approves proposed version `id`, putting it in force for its name.
+    /// Approves proposed version `id`, whose fingerprint must be `fingerprint` (what the
+    /// approver reviewed), putting it in force for its name.
     ///
     /// # Errors
     /// [`VaultError::NotFound`] for an unknown id; [`VaultError::FailedPrecondition`] if the
-    /// version is not a pending proposal or the approver proposed it. Audited either way.
+    /// version is not a pending proposal, the approver proposed it, or its fingerprint is not
+    /// `fingerprint`. Audited either way.
     pub(crate) async fn approve(
         &self,
         ctx: &CallContext,
         id: &str,
+        fingerprint: &str,
         reason: &str,
     ) -> Result<StoredDestination, VaultError> {
         let mut audit = AuditRecord::begin(ctx, Operation::DestinationsAdmin);
@@ -168,6 +199,19 @@ impl DestinationAdmin {
                 .await?
                 .ok_or(VaultError::NotFound)?;
             audit.detail = Some(detail("destination.approve", &version).into());
+            if fingerprint.is_empty() {
+                return Err(InvalidArgument {
+                    field: "fingerprint",
+                    problem: "must be the fingerprint of the version reviewed (sha256:...)",
+                }
+                .into());
+            }
+            if version.fingerprint != fingerprint {
+                return Err(VaultError::FailedPrecondition(
+                    "fingerprint: not this version's; the proposal is not what was reviewed, \
+                     review it again (destination list NAME --spec)",
+                ));
+            }
             if version.proposed_by == ctx.caller.as_str() {
                 return Err(VaultError::FailedPrecondition(
                     "dual control: a destination must be approved by a different admin than \
@@ -185,9 +229,13 @@ impl DestinationAdmin {
                 ));
             }
             let at = now();
+            let seal = self
+                .trail
+                .seal(&approval_message(&version, ctx.caller.as_str()))
+                .await?;
             if !self
                 .store
-                .approve_destination(&id, ctx.caller.as_str(), at, &audit)
+                .approve_destination(&id, ctx.caller.as_str(), at, &seal, &audit)
                 .await?
             {
                 return Err(VaultError::FailedPrecondition(
@@ -196,6 +244,7 @@ impl DestinationAdmin {
             }
             version.approved_by = Some(ctx.caller.as_str().to_owned());
             version.approved_at = Some(at);
+            version.approval_seal = Some(seal);
             Ok(Done::audited(version))
         }
         .await;

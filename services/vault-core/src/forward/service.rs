@@ -25,6 +25,7 @@ use crate::audit::{AuditRecord, Event, Outcome};
 use crate::audited::Audited;
 use crate::clock::now;
 use crate::error::{StoreError, Throttle, VaultError};
+use crate::forward::admin::approval_message;
 use crate::forward::mask::mask_card;
 use crate::forward::path::check_path;
 use crate::forward::ports::{Egress, OutboundRequest};
@@ -39,6 +40,7 @@ use crate::ports::{ForwardInFlight, TokenStore};
 use crate::reason::Reason;
 use crate::spans;
 use crate::tokens::{TokenCommand, Tokens};
+use crate::trail::AuditTrail;
 
 /// The tally scope of the distinct-tokens limit.
 pub const FORWARDED_TOKENS_SCOPE: &str = "forward.tokens";
@@ -118,6 +120,7 @@ pub(crate) struct Forwards {
     store: Arc<dyn TokenStore>,
     egress: Arc<dyn Egress>,
     guard: GuardSettings,
+    trail: AuditTrail,
 }
 
 impl Forwards {
@@ -127,6 +130,7 @@ impl Forwards {
         store: Arc<dyn TokenStore>,
         egress: Arc<dyn Egress>,
         guard: GuardSettings,
+        trail: AuditTrail,
     ) -> Self {
         Self {
             calls,
@@ -134,6 +138,7 @@ impl Forwards {
             store,
             egress,
             guard,
+            trail,
         }
     }
 
@@ -325,7 +330,17 @@ impl Forwards {
         let Some(stored) = self.store.approved_destination(name).await? else {
             return Err(refused);
         };
-        // A stored spec that no longer matches its fingerprint was altered outside the vault.
+        // An approval the vault did not sign, or a stored spec that no longer matches its
+        // fingerprint, was written outside the vault.
+        let approver = stored.approved_by.as_deref().unwrap_or_default();
+        let seal = stored.approval_seal.as_deref().unwrap_or_default();
+        if !self
+            .trail
+            .seal_holds(&approval_message(&stored, approver), seal)
+            .await?
+        {
+            return Err(VaultError::Integrity);
+        }
         Destination::from_stored(&stored.spec_json, &stored.fingerprint)
             .map_err(|_| VaultError::Integrity)
     }

@@ -28,6 +28,9 @@ pub struct StoredDestination {
     pub approved_by: Option<String>,
     /// When.
     pub approved_at: Option<OffsetDateTime>,
+    /// The audit signing key's signature of the approval, made by the vault as it approved
+    /// (`crate::forward::admin::approval_message`); checked before every forward.
+    pub approval_seal: Option<Vec<u8>>,
     /// The admin who revoked it, once revoked.
     pub revoked_by: Option<String>,
     /// When.
@@ -78,13 +81,15 @@ pub trait DestinationStore: Send + Sync {
         name: Option<&str>,
     ) -> Result<Vec<StoredDestination>, StoreError>;
 
-    /// Approves version `id` as `approver` at `at`, with its audit record, if it is still
-    /// neither approved nor revoked and was proposed by someone else. Returns whether it was.
+    /// Approves version `id` as `approver` at `at` with the approval's `seal`, with its audit
+    /// record, if it is still neither approved nor revoked and was proposed by someone else.
+    /// Returns whether it was.
     async fn approve_destination(
         &self,
         id: &str,
         approver: &str,
         at: OffsetDateTime,
+        seal: &[u8],
         audit: &AuditRecord,
     ) -> Result<bool, StoreError>;
 

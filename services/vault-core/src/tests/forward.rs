@@ -81,7 +81,7 @@ async fn a_destination_needs_two_admins_and_a_change_is_a_new_version() {
         .unwrap();
     let own = world
         .vault
-        .approve_destination(&ctx(ADMIN_A), &v1.id, "self")
+        .approve_destination(&ctx(ADMIN_A), &v1.id, &v1.fingerprint, "self")
         .await
         .unwrap_err();
     assert!(matches!(own, VaultError::FailedPrecondition(m) if m.contains("dual control")));
@@ -91,9 +91,25 @@ async fn a_destination_needs_two_admins_and_a_change_is_a_new_version() {
         .await
         .unwrap_err();
     assert!(matches!(refused, VaultError::PermissionDenied { .. }));
+    // The approver names what they reviewed: another fingerprint, or none, approves nothing.
+    let other = format!("sha256:{}", "0".repeat(64));
+    for (fingerprint, field) in [(other.as_str(), None), ("", Some("fingerprint"))] {
+        let error = world
+            .vault
+            .approve_destination(&ctx(ADMIN_B), &v1.id, fingerprint, "reviewed")
+            .await
+            .unwrap_err();
+        match (error, field) {
+            (VaultError::FailedPrecondition(m), None) => assert!(m.starts_with("fingerprint")),
+            (VaultError::InvalidArgument(invalid), Some(field)) => {
+                assert_eq!(invalid.field, field);
+            }
+            (error, _) => panic!("{error:?}"),
+        }
+    }
     world
         .vault
-        .approve_destination(&ctx(ADMIN_B), &v1.id, "reviewed")
+        .approve_destination(&ctx(ADMIN_B), &v1.id, &v1.fingerprint, "reviewed")
         .await
         .unwrap();
     let v2 = world
@@ -107,7 +123,7 @@ async fn a_destination_needs_two_admins_and_a_change_is_a_new_version() {
     );
     world
         .vault
-        .approve_destination(&ctx(ADMIN_A), &v2.id, "reviewed")
+        .approve_destination(&ctx(ADMIN_A), &v2.id, &v2.fingerprint, "reviewed")
         .await
         .unwrap();
     let states: Vec<(String, VersionState)> = world
@@ -155,7 +171,7 @@ async fn no_first_record_no_forward() {
         .unwrap();
     world
         .vault
-        .approve_destination(&ctx(ADMIN_B), &v1.id, "reviewed")
+        .approve_destination(&ctx(ADMIN_B), &v1.id, &v1.fingerprint, "reviewed")
         .await
         .unwrap();
     let pan = cards(1).remove(0);

@@ -295,6 +295,23 @@ impl AuditTrail {
         Ok(Some(checkpoint))
     }
 
+    /// The audit signing key's signature of `message` (a destination's approval,
+    /// `crate::forward::admin::approval_message`, whose label keeps it apart from checkpoints),
+    /// loading the key if it is not loaded yet.
+    pub(crate) async fn seal(&self, message: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.load_audit_key().await?;
+        Ok(self.signer()?.key.sign(message).to_vec())
+    }
+
+    /// True if `seal` is the audit signing key's signature of `message`. A key replaced since
+    /// (`vaultd replace-audit-key`) makes every seal it made fail: approve again.
+    pub(crate) async fn seal_holds(&self, message: &[u8], seal: &[u8]) -> Result<bool, VaultError> {
+        self.load_audit_key().await?;
+        let public = self.signer()?.public;
+        Ok(<[u8; vault_crypto::SIGNATURE_LEN]>::try_from(seal)
+            .is_ok_and(|seal| vault_crypto::verify_signature(&public, message, &seal)))
+    }
+
     fn last_signed(&self) -> Option<u64> {
         self.state.last_signed.lock().ok().and_then(|last| *last)
     }

@@ -66,6 +66,7 @@ pub async fn approve(vault: &TestVault, spec: &Value) -> pb::DestinationVersion 
         .approve_destination(pb::ApproveDestinationRequest {
             id: proposed.id,
             reason: "reviewed CHG-1".into(),
+            fingerprint: proposed.fingerprint,
         })
         .await
         .unwrap()
@@ -329,6 +330,7 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
         .approve_destination(pb::ApproveDestinationRequest {
             id: proposed.id.clone(),
             reason: "self".into(),
+            fingerprint: proposed.fingerprint.clone(),
         })
         .await
         .unwrap_err();
@@ -475,6 +477,64 @@ async fn forwards_outside_the_approval_are_refused_and_audited() {
     }
     assert_eq!(sent(), 6);
     assert!(!vault.logs().contains(&pan));
+}
+
+/// What a row written into the database holds for `spec`: its canonical JSON and fingerprint.
+fn stored_form(spec: &Value) -> (String, String) {
+    use vault_core::forward::spec::DestinationSpec;
+    let json = DestinationSpec::from_json(&spec.to_string())
+        .unwrap()
+        .canonical_json();
+    let fingerprint = DestinationSpec::fingerprint_of(&json);
+    (json, fingerprint)
+}
+
+#[tokio::test]
+async fn a_destination_written_into_the_database_is_never_in_force() {
+    let vault = TestVault::start().await;
+    let processor = Processor::start().await;
+    let attacker = Processor::start().await;
+    let token = tokenize(&vault, &random_pan("4")).await;
+    approve(&vault, &spec("acme", &processor)).await;
+    let db = vault.db().await;
+
+    // Someone with write access to the database points the approved destination elsewhere,
+    // with a spec and fingerprint that match each other.
+    let point_acme_at = |to: &Processor| {
+        let (json, fingerprint) = stored_form(&spec("acme", to));
+        sqlx::query("UPDATE destinations SET spec_json = ?, fingerprint = ? WHERE name = 'acme'")
+            .bind(json)
+            .bind(fingerprint)
+            .execute(&db)
+    };
+    point_acme_at(&attacker).await.unwrap();
+    let request = forward(&token, "acme", "charge_json", "/v1/charges");
+    refused(&vault, "payments", request.clone(), Code::DataLoss).await;
+
+    // Or adds an approved row of their own, with the seal of another approval.
+    let (json, fingerprint) = stored_form(&spec("shadow", &attacker));
+    sqlx::query(
+        "INSERT INTO destinations (id, name, spec_json, fingerprint, proposed_by, proposed_at, \
+         approved_by, approved_at, approval_seal) SELECT '00000000-0000-4000-8000-000000000001', \
+         'shadow', ?, ?, proposed_by, proposed_at, approved_by, approved_at, approval_seal \
+         FROM destinations WHERE name = 'acme'",
+    )
+    .bind(&json)
+    .bind(&fingerprint)
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut shadow = request.clone();
+    shadow.destination = "shadow".into();
+    let trail = refused(&vault, "payments", shadow, Code::DataLoss).await;
+    assert_eq!(trail.len(), 1, "refused before anything left: {trail:?}");
+    assert!(attacker.received().is_empty());
+    assert!(processor.received().is_empty());
+
+    // What the vault approved itself still works once the row is as it approved it.
+    point_acme_at(&processor).await.unwrap();
+    let answer = vault.client("payments").await.forward(request).await;
+    assert_eq!(answer.unwrap().into_inner().status, 201);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ pub(crate) struct DestinationRow {
     pub proposed_at: i64,
     pub approved_by: Option<String>,
     pub approved_at: Option<i64>,
+    pub approval_seal: Option<Vec<u8>>,
     pub revoked_by: Option<String>,
     pub revoked_at: Option<i64>,
 }
@@ -34,6 +35,7 @@ impl DestinationRow {
             proposed_at: from_micros(self.proposed_at)?,
             approved_by: self.approved_by,
             approved_at: self.approved_at.map(from_micros).transpose()?,
+            approval_seal: self.approval_seal,
             revoked_by: self.revoked_by,
             revoked_at: self.revoked_at.map(from_micros).transpose()?,
         })
@@ -95,6 +97,7 @@ macro_rules! destination_port {
                     .bind($crate::sql::destinations::micros_or_null(
                         version.approved_at,
                     ))
+                    .bind(&version.approval_seal)
                     .bind(&version.revoked_by)
                     .bind($crate::sql::destinations::micros_or_null(
                         version.revoked_at,
@@ -140,6 +143,7 @@ macro_rules! destination_port {
                 id: &str,
                 approver: &str,
                 at: time::OffsetDateTime,
+                seal: &[u8],
                 audit: &vault_core::audit::AuditRecord,
             ) -> Result<bool, vault_core::StoreError> {
                 let mut tx = self.begin().await?;
@@ -147,6 +151,7 @@ macro_rules! destination_port {
                     .bind(id)
                     .bind(approver)
                     .bind($crate::rows::micros(at))
+                    .bind(seal)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::error::unavailable)?;

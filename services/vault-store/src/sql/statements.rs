@@ -341,7 +341,7 @@ pub(crate) const FIND_AUDIT: &str = concat!(
 macro_rules! destination_columns {
     () => {
         "id, name, spec_json, fingerprint, proposed_by, proposed_at, approved_by, approved_at, \
-         revoked_by, revoked_at"
+         approval_seal, revoked_by, revoked_at"
     };
 }
 
@@ -355,7 +355,7 @@ macro_rules! forward_columns {
 pub(crate) const INSERT_DESTINATION: &str = concat!(
     "INSERT INTO destinations (",
     destination_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 );
 
 pub(crate) const SELECT_DESTINATION: &str = concat!(
@@ -371,10 +371,10 @@ pub(crate) const SELECT_DESTINATIONS: &str = concat!(
     " FROM destinations WHERE ($1 IS NULL OR name = $1) ORDER BY proposed_at, id"
 );
 
-/// Approves version `$1` as `$2` at `$3`, only if it is neither approved nor revoked and was
+/// Approves version `$1` as `$2` at `$3` with seal `$4`, only if it is neither approved nor revoked and was
 /// proposed by someone else (dual control).
 pub(crate) const APPROVE_DESTINATION: &str = "UPDATE destinations SET approved_by = $2, \
-     approved_at = $3 WHERE id = $1 AND approved_at IS NULL AND revoked_at IS NULL AND \
+     approved_at = $3, approval_seal = $4 WHERE id = $1 AND approved_at IS NULL AND revoked_at IS NULL AND \
      proposed_by <> $2";
 
 /// Revokes every version of the name `$1` not revoked yet, as `$2` at `$3`.

@@ -8,14 +8,16 @@ use vault_proto::v1::DestinationVersion;
 
 use super::{Align, plural, shell_quote, table};
 
-/// The `vaultctl destination approve` command line for version `id`, as a second admin would
-/// type it. `addr` is added when the vault is not at the default address.
+/// The `vaultctl destination approve` command line for version `id` with `fingerprint`, as a
+/// second admin would type it once they have reviewed that version. `addr` is added when the
+/// vault is not at the default address.
 #[must_use]
-pub fn approve_command(addr: Option<&str>, id: &str) -> String {
+pub fn approve_command(addr: Option<&str>, id: &str, fingerprint: &str) -> String {
     let addr = addr.map_or_else(String::new, |addr| format!("--addr {} ", shell_quote(addr)));
     format!(
-        "vaultctl {addr}destination approve {} --reason 'REASON'",
-        shell_quote(id)
+        "vaultctl {addr}destination approve {} --fingerprint {} --reason 'REASON'",
+        shell_quote(id),
+        shell_quote(fingerprint)
     )
 }
 
@@ -232,14 +234,15 @@ mod tests {
 
     #[test]
     fn a_proposal_says_who_must_approve_and_how() {
-        let command = approve_command(None, "d-7");
+        let command = approve_command(None, "d-7", "sha256:ab12");
         assert_eq!(
             command,
-            "vaultctl destination approve d-7 --reason 'REASON'"
+            "vaultctl destination approve d-7 --fingerprint sha256:ab12 --reason 'REASON'"
         );
         assert_eq!(
-            approve_command(Some("vault:443"), "it's"),
-            "vaultctl --addr vault:443 destination approve 'it'\\''s' --reason 'REASON'"
+            approve_command(Some("vault:443"), "it's", "sha256:ab12"),
+            "vaultctl --addr vault:443 destination approve 'it'\\''s' --fingerprint sha256:ab12 \
+             --reason 'REASON'"
         );
         let report = Report::DestinationProposed {
             version: version("proposed"),

@@ -63,6 +63,7 @@ impl DestinationStore for MemoryStore {
         id: &str,
         approver: &str,
         at: OffsetDateTime,
+        seal: &[u8],
         audit: &AuditRecord,
     ) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
@@ -77,6 +78,7 @@ impl DestinationStore for MemoryStore {
         if let Some(version) = state.destinations.get_mut(id) {
             version.approved_by = Some(approver.to_owned());
             version.approved_at = Some(at);
+            version.approval_seal = Some(seal.to_vec());
         }
         Ok(true)
     }
