@@ -100,8 +100,14 @@ fn is_dot_like(segment: &str) -> bool {
     if segment.is_empty() {
         return false;
     }
-    let name = segment.split(';').next().unwrap_or_default();
-    name.replace("%20", "").bytes().all(|b| b == b'.')
+    let mut rest = segment.split(';').next().unwrap_or_default().as_bytes();
+    loop {
+        match rest {
+            [] => return true,
+            [b'.', tail @ ..] | [b'%', b'2', b'0', tail @ ..] => rest = tail,
+            _ => return false,
+        }
+    }
 }
 
 /// Checks a forward's `path`: the syntax above and the card-number rule.
