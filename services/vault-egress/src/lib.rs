@@ -444,8 +444,7 @@ impl Egress for HttpsEgress {
 
     async fn send(&self, request: OutboundRequest) -> Result<ProcessorResponse, EgressFailure> {
         let client = self.client(&request.destination)?;
-        let timeout =
-            Duration::from_millis(request.destination.spec().timeout_ms).min(MAX_FORWARD_TIMEOUT);
+        let timeout = request.timeout.min(MAX_FORWARD_TIMEOUT);
         tokio::time::timeout(timeout, exchange(client, request))
             .await
             .unwrap_or(Err(EgressFailure::Timeout))

@@ -24,6 +24,10 @@ pub struct OutboundRequest {
     pub headers: Vec<(String, String)>,
     /// The rendered body.
     pub body: Zeroizing<Vec<u8>>,
+    /// What is left of the destination's timeout once the first audit record is durable: the
+    /// exchange ends within it, so the forward's answer comes before the deadline its
+    /// in-flight mark names.
+    pub timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for OutboundRequest {

@@ -28,7 +28,7 @@ use crate::error::{StoreError, Throttle, VaultError};
 use crate::forward::admin::approval_message;
 use crate::forward::mask::mask_card;
 use crate::forward::path::check_path;
-use crate::forward::ports::{Egress, OutboundRequest};
+use crate::forward::ports::{Egress, EgressFailure, OutboundRequest};
 use crate::forward::spec::{Destination, Method, is_name};
 use crate::forward::template::CardValues;
 use crate::guard::{self, GuardSettings};
@@ -158,7 +158,7 @@ impl Forwards {
             Err(error) => return self.calls.conclude(audit, Err(error)).await,
         };
         let Prepared {
-            request,
+            mut request,
             pan,
             in_flight,
         } = prepared;
@@ -170,7 +170,15 @@ impl Forwards {
         .await
         .map_err(VaultError::AuditUnavailable)?;
 
-        let sent = self.egress.send(request).await;
+        // The deadline counts from before the first record: a slow commit shortens the
+        // exchange, so no replica takes this forward for lost while it is still running.
+        let left = in_flight.deadline_at - now();
+        request.timeout = left.try_into().unwrap_or_default();
+        let sent = if request.timeout.is_zero() {
+            Err(EgressFailure::Timeout)
+        } else {
+            self.egress.send(request).await
+        };
 
         let mut result = audit;
         result.event = Event::ForwardResult;
@@ -317,6 +325,7 @@ impl Forwards {
                 path: command.path.clone(),
                 headers,
                 body,
+                timeout: deadline,
             },
             pan: card.pan,
             in_flight,
