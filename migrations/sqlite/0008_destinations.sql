@@ -16,7 +16,7 @@ CREATE TABLE destinations (
     revoked_by  TEXT,
     revoked_at  INTEGER,
     -- The audit signing key's Ed25519 signature of the approval (id, name, fingerprint,
-    -- proposer, approver): a row written outside the vault cannot put a destination in force.
+    -- proposer, approver, approved_at): a row written or altered outside the vault is refused.
     approval_seal BLOB,
     CHECK (approved_by <> proposed_by),
     CHECK ((approved_by IS NULL) = (approved_at IS NULL)),

@@ -111,7 +111,7 @@ impl Outcome {
                 ..
             } => Self::EnumerationRefused,
             VaultError::Throttled { .. } => Self::RateLimited,
-            VaultError::Egress(failure) if failure.before_sending() => Self::Unavailable,
+            VaultError::Egress(failure) if failure.not_accepted() => Self::Unavailable,
             VaultError::Egress(_) => Self::FailedPrecondition,
         }
     }

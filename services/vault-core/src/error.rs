@@ -259,6 +259,12 @@ pub enum EgressFailure {
     /// The processor's certificate is not the approved one (chain or pin); nothing was sent.
     #[error("the processor's certificate is not the approved one")]
     Untrusted,
+    /// The processor refused the TLS handshake with an alert (our client certificate, the
+    /// protocol). In TLS 1.3 that alert comes after the request was written, encrypted, to
+    /// the connection: the processor's TLS layer refused it, so it was not accepted, but it
+    /// was sent.
+    #[error("the processor refused the TLS handshake (client certificate or protocol)")]
+    Refused,
     /// The destination's settings could not be used (client identity, trust anchor); nothing
     /// was sent.
     #[error("the destination's TLS settings could not be used")]
@@ -288,6 +294,7 @@ impl EgressFailure {
         match self {
             Self::Unreachable => "unreachable",
             Self::Untrusted => "untrusted_certificate",
+            Self::Refused => "handshake_refused",
             Self::Misconfigured => "misconfigured",
             Self::Timeout => "timeout",
             Self::Redirect => "redirect",
@@ -304,6 +311,13 @@ impl EgressFailure {
             self,
             Self::Unreachable | Self::Untrusted | Self::Misconfigured
         )
+    }
+
+    /// True if the processor cannot have acted on the request: nothing was sent, or its TLS
+    /// layer refused the connection.
+    #[must_use]
+    pub fn not_accepted(self) -> bool {
+        self.before_sending() || self == Self::Refused
     }
 }
 

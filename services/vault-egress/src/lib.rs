@@ -289,14 +289,14 @@ fn failure_of(error: &reqwest::Error) -> EgressFailure {
     while let Some(cause) = source {
         if let Some(tls) = tls_error(cause) {
             // A TLS failure while connecting sent nothing. In TLS 1.3 a server refuses our
-            // client certificate only after we have written the request, with an alert: its
-            // TLS layer never accepted the connection, so nothing was processed. Any other
-            // failure may have come after the processor read the request.
+            // client certificate only after we have written the request, with an alert: sent,
+            // but its TLS layer never accepted it. Any other failure may have come after the
+            // processor read the request.
             return match tls {
                 rustls::Error::InvalidCertificate(_) => EgressFailure::Untrusted,
                 _ if error.is_connect() => EgressFailure::Unreachable,
                 rustls::Error::AlertReceived(alert) if refuses_handshake(*alert) => {
-                    EgressFailure::Unreachable
+                    EgressFailure::Refused
                 }
                 _ => EgressFailure::Protocol,
             };

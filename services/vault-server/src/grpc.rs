@@ -397,24 +397,14 @@ impl pb::token_service_server::TokenService for TokenApi {
             .calls
             .within_forward(self.calls.vault.forward(&ctx, command))
             .await
-            .map(|forwarded| {
-                if let Some(error) = &forwarded.unrecorded {
-                    tracing::error!(
-                        request_id = %ctx.request_id,
-                        error = %vault_core::error::chain(error),
-                        "forward.result could not be recorded; the answer was returned and \
-                         the outcome will be recorded as unknown once its deadline passes"
-                    );
-                }
-                pb::ForwardResponse {
-                    status: u32::from(forwarded.status),
-                    headers: forwarded
-                        .headers
-                        .into_iter()
-                        .map(|(name, value)| pb::ResponseHeader { name, value })
-                        .collect(),
-                    body: forwarded.body,
-                }
+            .map(|forwarded| pb::ForwardResponse {
+                status: u32::from(forwarded.status),
+                headers: forwarded
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| pb::ResponseHeader { name, value })
+                    .collect(),
+                body: forwarded.body,
             });
         respond(&ctx, Operation::Forward, result)
     }

@@ -59,12 +59,14 @@ pub fn to_status(error: &VaultError) -> Status {
         VaultError::Egress(failure) => {
             use vault_core::forward::EgressFailure as F;
             let code = match failure {
-                F::Unreachable | F::Untrusted | F::Misconfigured => Code::Unavailable,
+                F::Unreachable | F::Untrusted | F::Refused | F::Misconfigured => Code::Unavailable,
                 F::Timeout => Code::DeadlineExceeded,
                 F::Redirect | F::Compressed | F::TooLarge | F::Protocol => Code::FailedPrecondition,
             };
             let delivery = if failure.before_sending() {
                 "nothing was sent"
+            } else if failure.not_accepted() {
+                "the request was not accepted"
             } else {
                 "the request may have been delivered; its answer is withheld"
             };

@@ -6,14 +6,18 @@
 //! the same transaction as the change.
 //!
 //! The vault signs each approval with the audit signing key ([`approval_message`]), and a
-//! forward uses a version only if that signature holds: a row written into the database by
-//! anyone but the vault (an approved destination pointing elsewhere) puts nothing in force.
+//! forward uses a version only if that signature holds: a row written or altered in the
+//! database by anyone but the vault (an approved destination pointing elsewhere) puts nothing
+//! in force. Revocations are not signed: deleting rows or clearing a revocation can still
+//! bring back a version the vault once approved.
 
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use crate::audit::AuditRecord;
 use crate::audited::{Audited, Done};
-use crate::clock::now;
+use crate::clock::{micros, now};
 use crate::error::VaultError;
 use crate::forward::ports::Egress;
 use crate::forward::spec::{DestinationSpec, is_name};
@@ -75,9 +79,14 @@ pub(crate) struct DestinationAdmin {
     trail: AuditTrail,
 }
 
-/// What the audit signing key signs when `approver` approves `version`: every field that
-/// decides what a forward may send where (the spec through its fingerprint), and who.
-pub(crate) fn approval_message(version: &StoredDestination, approver: &str) -> Vec<u8> {
+/// What the audit signing key signs when `approver` approves `version` at `at`: every field
+/// that decides what a forward may send where (the spec through its fingerprint), who, and
+/// when (which approved version of a name is in force: the one approved last).
+pub(crate) fn approval_message(
+    version: &StoredDestination,
+    approver: &str,
+    at: OffsetDateTime,
+) -> Vec<u8> {
     vault_crypto::associated_data(
         "vault.destination.approval.v1",
         &[
@@ -86,6 +95,7 @@ pub(crate) fn approval_message(version: &StoredDestination, approver: &str) -> V
             version.fingerprint.as_bytes(),
             version.proposed_by.as_bytes(),
             approver.as_bytes(),
+            &micros(at).to_be_bytes(),
         ],
     )
 }
@@ -231,7 +241,7 @@ impl DestinationAdmin {
             let at = now();
             let seal = self
                 .trail
-                .seal(&approval_message(&version, ctx.caller.as_str()))
+                .seal(&approval_message(&version, ctx.caller.as_str(), at))
                 .await?;
             if !self
                 .store

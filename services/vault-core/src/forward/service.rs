@@ -12,9 +12,10 @@
 //! record, no forward. The second (`forward.result`: status and bytes, or why no answer came)
 //! clears the mark. If the second cannot be written, the caller still gets the (masked)
 //! answer, or the processor's failure: the processor may have acted, and withholding its
-//! answer would invite a blind retry and a second charge. The mark stays, and [`Forwards::record_unknown_outcomes`] (at start
-//! and periodically) records such a forward's outcome as `unknown` once its deadline has
-//! passed; exactly one replica records it.
+//! answer would invite a blind retry and a second charge. The loss is logged, the mark stays,
+//! and [`Forwards::record_unknown_outcomes`] (at start and periodically) records such a
+//! forward's outcome as `unknown` once its deadline has passed; exactly one replica records
+//! it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use crate::audit::{AuditRecord, Event, Outcome};
 use crate::audited::Audited;
 use crate::clock::now;
-use crate::error::{StoreError, Throttle, VaultError};
+use crate::error::{Throttle, VaultError};
 use crate::forward::admin::approval_message;
 use crate::forward::mask::mask_card;
 use crate::forward::path::check_path;
@@ -91,9 +92,6 @@ pub struct Forwarded {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The body, masked.
     pub body: Vec<u8>,
-    /// Set when the second audit record could not be written: the caller still gets the
-    /// answer, and the outcome is recorded as `unknown` later (see the module doc).
-    pub unrecorded: Option<StoreError>,
 }
 
 impl fmt::Debug for Forwarded {
@@ -211,10 +209,15 @@ impl Forwards {
         // Ok(false): a replica found the mark past its deadline and recorded `unknown`. Once
         // the request may have left, the caller learns what the processor did even if this
         // record is lost: "audit unavailable, nothing released" would be untrue.
-        let (answer, unrecorded) = match (sent, recorded) {
-            (Ok(answer), recorded) => (answer, recorded.err()),
-            (Err(failure), _) => return Err(VaultError::Egress(failure)),
-        };
+        if let Err(error) = &recorded {
+            tracing::error!(
+                request_id = %result.request_id,
+                error = %crate::error::chain(error),
+                "forward.result could not be recorded; the caller gets the processor's answer \
+                 or failure, and the outcome will be recorded as unknown once its deadline passes"
+            );
+        }
+        let answer = sent.map_err(VaultError::Egress)?;
         let max_gap = crate::pan::card_number_rule().max_gap();
         let digits = pan.expose_digits();
         Ok(Forwarded {
@@ -225,7 +228,6 @@ impl Forwards {
                 .map(|(name, value)| (name.clone(), mask_card(value, digits, max_gap)))
                 .collect(),
             body: mask_card(&answer.body, digits, max_gap),
-            unrecorded,
         })
     }
 
@@ -341,11 +343,16 @@ impl Forwards {
         };
         // An approval the vault did not sign, or a stored spec that no longer matches its
         // fingerprint, was written outside the vault.
-        let approver = stored.approved_by.as_deref().unwrap_or_default();
-        let seal = stored.approval_seal.as_deref().unwrap_or_default();
+        let (Some(approver), Some(at), Some(seal)) = (
+            stored.approved_by.as_deref(),
+            stored.approved_at,
+            stored.approval_seal.as_deref(),
+        ) else {
+            return Err(VaultError::Integrity);
+        };
         if !self
             .trail
-            .seal_holds(&approval_message(&stored, approver), seal)
+            .seal_holds(&approval_message(&stored, approver, at), seal)
             .await?
         {
             return Err(VaultError::Integrity);

@@ -495,7 +495,7 @@ async fn a_destination_written_into_the_database_is_never_in_force() {
     let processor = Processor::start().await;
     let attacker = Processor::start().await;
     let token = tokenize(&vault, &random_pan("4")).await;
-    approve(&vault, &spec("acme", &processor)).await;
+    let first = approve(&vault, &spec("acme", &processor)).await;
     let db = vault.db().await;
 
     // Someone with write access to the database points the approved destination elsewhere,
@@ -533,8 +533,24 @@ async fn a_destination_written_into_the_database_is_never_in_force() {
 
     // What the vault approved itself still works once the row is as it approved it.
     point_acme_at(&processor).await.unwrap();
-    let answer = vault.client("payments").await.forward(request).await;
+    let answer = vault
+        .client("payments")
+        .await
+        .forward(request.clone())
+        .await;
     assert_eq!(answer.unwrap().into_inner().status, 201);
+
+    // Nor can it bring back a superseded version by moving its approval time past the newer
+    // one's: the version in force is the one approved last, and the seal names when.
+    let mut second = spec("acme", &processor);
+    second["timeout_ms"] = json!(3000);
+    approve(&vault, &second).await;
+    sqlx::query("UPDATE destinations SET approved_at = approved_at + 3600000000 WHERE id = ?")
+        .bind(&first.id)
+        .execute(&db)
+        .await
+        .unwrap();
+    refused(&vault, "payments", request, Code::DataLoss).await;
 }
 
 #[tokio::test]
@@ -751,12 +767,15 @@ async fn a_destination_with_a_client_identity_presents_it_to_the_processor() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.status, 201);
-    // Without the certificate the processor refuses the handshake: nothing is delivered.
+    // Without the certificate the processor refuses the handshake: written, not accepted.
     let status = payments
         .forward(forward(&token, "anonymous", "charge_json", "/v1/charges"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().ends_with("the request was not accepted"));
+    let trail = records(&vault, &request_id(status.metadata())).await;
+    assert!(trail[1].2.contains("error=handshake_refused"), "{trail:?}");
     assert_eq!(processor.received().len(), 1);
     // A destination naming an identity the vault does not have is refused at proposal.
     let mut unknown = spec("other", &processor);

@@ -371,11 +371,11 @@ pub(crate) const SELECT_DESTINATIONS: &str = concat!(
     " FROM destinations WHERE ($1 IS NULL OR name = $1) ORDER BY proposed_at, id"
 );
 
-/// Approves version `$1` as `$2` at `$3` with seal `$4`, only if it is neither approved nor revoked and was
-/// proposed by someone else (dual control).
+/// Approves version `$1` as `$2` at `$3` with seal `$4`, only if it is neither approved nor
+/// revoked and was proposed by someone else (dual control).
 pub(crate) const APPROVE_DESTINATION: &str = "UPDATE destinations SET approved_by = $2, \
-     approved_at = $3, approval_seal = $4 WHERE id = $1 AND approved_at IS NULL AND revoked_at IS NULL AND \
-     proposed_by <> $2";
+     approved_at = $3, approval_seal = $4 WHERE id = $1 AND approved_at IS NULL AND \
+     revoked_at IS NULL AND proposed_by <> $2";
 
 /// Revokes every version of the name `$1` not revoked yet, as `$2` at `$3`.
 pub(crate) const REVOKE_DESTINATION: &str = "UPDATE destinations SET revoked_by = $2, \
