@@ -553,6 +553,64 @@ async fn a_destination_written_into_the_database_is_never_in_force() {
     refused(&vault, "payments", request, Code::DataLoss).await;
 }
 
+/// On PostgreSQL, with two replicas: what one replica approved, the other forwards, with both
+/// records in the shared trail; a row forged in the database is refused by either.
+#[tokio::test]
+async fn replicas_on_postgresql_forward_what_either_approved_and_refuse_a_forged_row() {
+    let db = vault_store::testing::TestDatabase::create()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vault = TestVault::start_on(&db.url, "info").await;
+    let two = vault.replica(2).await;
+    let processor = Processor::start().await;
+    let attacker = Processor::start().await;
+    let pan = random_pan("4");
+    let token = tokenize(&vault, &pan).await;
+    approve(&vault, &spec("acme", &processor)).await;
+
+    let request = forward(&token, "acme", "charge_json", "/v1/charges");
+    let answer = vault
+        .client_at(&two.addr, "payments")
+        .await
+        .forward(request.clone())
+        .await
+        .unwrap();
+    let id = request_id(answer.metadata());
+    let answer = answer.into_inner();
+    assert_eq!(answer.status, 201);
+    assert!(!String::from_utf8_lossy(&answer.body).contains(&pan));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let trail: Vec<(String, String)> = sqlx::query_as(
+        "SELECT operation, outcome FROM audit_log WHERE request_id = $1 ORDER BY at, seq",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert!(trail.iter().all(|(_, outcome)| outcome == "success"));
+
+    let (json, fingerprint) = stored_form(&spec("acme", &attacker));
+    sqlx::query("UPDATE destinations SET spec_json = $1, fingerprint = $2 WHERE name = 'acme'")
+        .bind(json)
+        .bind(fingerprint)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for addr in [&vault.addr, &two.addr] {
+        let status = vault
+            .client_at(addr, "payments")
+            .await
+            .forward(request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+    }
+    assert!(attacker.received().is_empty());
+    assert_eq!(processor.received().len(), 1);
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn a_caller_cannot_forward_more_distinct_tokens_than_its_hourly_limit() {
     let dir = tempfile::tempdir().unwrap();
