@@ -62,6 +62,10 @@ pub struct Application {
     start_detail: String,
     /// The policy file, and the digest of the policy in force.
     policy_file: (std::path::PathBuf, [u8; 32]),
+    /// SIGHUP, caught from the moment the vault is built: `vaultd` says it is listening
+    /// before [`Application::run`] starts the trail, and a SIGHUP in between must not take
+    /// the default action (ending the process).
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// The store the configuration selects.
@@ -239,6 +243,7 @@ impl Application {
             probe,
             start_detail,
             policy_file: (config.policy.path.clone(), sha256),
+            hangups: hangups(),
         })
     }
 
@@ -281,7 +286,6 @@ impl Application {
         // Connections refused before a caller is known: counted by the accept loop, recorded
         // as one `tls.refused` summary per interval and at shutdown.
         let tls_refusals = Arc::new(tls::RefusalCounts::default());
-        // Registered before anything is served, so a SIGHUP never takes the default action.
         let crl_watch = tokio::spawn(watch_reloads(
             Arc::clone(&self.tls),
             PolicyReload {
@@ -290,7 +294,7 @@ impl Application {
                 rules: self.identity,
                 in_force: self.policy_file.1,
             },
-            hangups(),
+            self.hangups,
         ));
         let housekeeping = tokio::spawn(keep_limits(
             self.vault.clone(),
