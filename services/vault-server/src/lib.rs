@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pki;
 pub mod probe;
+mod reload;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
